@@ -1,0 +1,11 @@
+//! Shared engine of the hybrid-access daemons `hcpe` (CPE side) and `hag` (gateway side).
+//!
+//! The MPTCP protocol itself is the Linux kernel's. This crate owns everything around it that both daemons
+//! need: the RFC 8803 Convert protocol codec with our Auth TLV ([`convert`]), kernel MPTCP sockets and their
+//! introspection ([`mptcp`]), the bidirectional relay ([`relay`]) and config helpers ([`config`]).
+//! Protocol code here is sans-IO: no sockets, no clock inside the codecs.
+
+pub mod config;
+pub mod convert;
+pub mod mptcp;
+pub mod relay;

@@ -1,0 +1,1 @@
+//! hag daemon library.

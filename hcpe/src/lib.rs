@@ -1,0 +1,1 @@
+//! hcpe daemon library.

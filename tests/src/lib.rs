@@ -1,0 +1,1 @@
+//! Testbed library: namespaces, link emulator, traffic tools.
