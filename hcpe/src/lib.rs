@@ -1,1 +1,4 @@
-//! hcpe daemon library.
+//! hcpe, the CPE daemon: intercepts LAN TCP on a TUN device, terminates it in the kernel through a small
+//! userspace NAT ([`nat`]), and carries every connection to hag as one MPTCP connection with the Convert protocol.
+
+pub mod nat;
