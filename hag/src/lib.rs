@@ -1,1 +1,10 @@
-//! hag daemon library.
+//! hag: the hybrid access gateway daemon as a library, so tests and benches reach every part.
+//!
+//! A CPE opens a kernel MPTCP connection (TCP Fast Open, Convert message in the SYN); the hag reads the RFC
+//! 8803 Convert message, authenticates the CPE (Auth TLV), checks the destination policy, connects plain TCP
+//! to the destination, answers with a Convert header or an Error TLV, and relays.
+//!
+//! Modules: [`config`] (YAML file and its validation), [`policy`] (destination policy).
+
+pub mod config;
+pub mod policy;
