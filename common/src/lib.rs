@@ -8,4 +8,5 @@
 pub mod config;
 pub mod convert;
 pub mod mptcp;
+pub mod pm;
 pub mod relay;

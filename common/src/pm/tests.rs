@@ -1,0 +1,257 @@
+//! Against the real kernel: every test runs in a fresh network namespace of its own (the endpoint table and the
+//! limits are per namespace, so nothing here touches the host's path manager).
+//!
+//! `in_new_netns` runs the body on a new thread that first calls `unshare(CLONE_NEWNET)`: only that thread
+//! moves into the new, anonymous namespace. The namespace is referenced by that thread and by the sockets made
+//! in it; the body's tokio runtime (and with it every socket) is dropped before the thread returns, so when
+//! the thread exits the last reference goes and the kernel destroys the namespace with its endpoints. Nothing
+//! is mounted or named, so there is nothing to clean up, also when the body panics.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+fn netns_inode() -> std::path::PathBuf {
+    std::fs::read_link("/proc/thread-self/ns/net").expect("read /proc/thread-self/ns/net")
+}
+
+/// Run `body` on its own thread, in a new network namespace, on a current-thread tokio runtime.
+fn in_new_netns<F, Fut>(body: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let parent_ns = netns_inode();
+    let parent = parent_ns.clone();
+    let thread = std::thread::spawn(move || {
+        // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only the calling thread.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET) (tests need root): {}", io::Error::last_os_error());
+        assert_ne!(netns_inode(), parent, "the test thread must be in a namespace of its own");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        rt.block_on(body());
+        drop(rt); // closes every socket of the body before the thread (the namespace's last user) exits
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+    assert_eq!(netns_inode(), parent_ns, "the test's own thread never left its namespace");
+}
+
+/// `ip link set lo up` in the current namespace (a new namespace's loopback starts down).
+fn loopback_up() {
+    // SAFETY: plain ioctls on a socket we own, with a zeroed, NUL-terminated ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr), 0, "SIOCGIFFLAGS: {}", io::Error::last_os_error());
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr), 0, "SIOCSIFFLAGS: {}", io::Error::last_os_error());
+        libc::close(fd);
+    }
+}
+
+const LOCAL2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const LOOP6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+#[test]
+fn limits_set_and_read_back_and_over_maximum_is_einval_with_the_kernels_reason() {
+    in_new_netns(|| async {
+        let pm = PathManager::connect().await.unwrap();
+        pm.set_limits(Limits { subflows: 4, add_addr_accepted: 3 }).await.unwrap();
+        assert_eq!(pm.limits().await.unwrap(), Limits { subflows: 4, add_addr_accepted: 3 });
+        pm.set_limits(Limits { subflows: 8, add_addr_accepted: 0 }).await.unwrap();
+        assert_eq!(pm.limits().await.unwrap(), Limits { subflows: 8, add_addr_accepted: 0 });
+
+        let err = pm.set_limits(Limits { subflows: 9, add_addr_accepted: 0 }).await.unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("SET_LIMITS") && text.contains("limit greater than maximum"), "{text}");
+        assert_eq!(pm.limits().await.unwrap(), Limits { subflows: 8, add_addr_accepted: 0 }, "refused = unchanged");
+    });
+}
+
+#[test]
+fn endpoints_add_list_change_delete_flush() {
+    in_new_netns(|| async {
+        let pm = PathManager::connect().await.unwrap();
+        assert_eq!(pm.endpoints().await.unwrap(), vec![], "a new namespace has no endpoints");
+
+        // IPv4, kernel-chosen id, subflow.
+        let id4 = pm.add_endpoint(Endpoint::new(LOCAL2, EndpointFlags::SUBFLOW)).await.unwrap();
+        // IPv6, our id, subflow + backup, bound to lo (ifindex 1).
+        let v6 = Endpoint {
+            addr: LOOP6,
+            id: Some(42),
+            flags: EndpointFlags::SUBFLOW | EndpointFlags::BACKUP,
+            ifindex: Some(1),
+            port: None,
+        };
+        assert_eq!(pm.add_endpoint(v6.clone()).await.unwrap(), 42);
+        // A signal endpoint with a port.
+        let sig = Endpoint { port: Some(5124), ..Endpoint::new("127.0.0.3".parse().unwrap(), EndpointFlags::SIGNAL) };
+        let id_sig = pm.add_endpoint(sig.clone()).await.unwrap();
+        assert!(id4 != 42 && id_sig != 42 && id4 != id_sig);
+
+        let mut listed = pm.endpoints().await.unwrap();
+        listed.sort_by_key(|e| e.id);
+        let mut expected = vec![
+            Endpoint { id: Some(id4), ..Endpoint::new(LOCAL2, EndpointFlags::SUBFLOW) },
+            v6.clone(),
+            Endpoint { id: Some(id_sig), ..sig },
+        ];
+        expected.sort_by_key(|e| e.id);
+        assert_eq!(listed, expected);
+        assert_eq!(pm.endpoint(42).await.unwrap(), v6);
+
+        // Backup on by id, read back; off by address, read back; fullmesh survives set_backup.
+        pm.set_flags(id4, EndpointFlags::SUBFLOW | EndpointFlags::BACKUP).await.unwrap();
+        assert_eq!(pm.endpoint(id4).await.unwrap().flags, EndpointFlags::SUBFLOW | EndpointFlags::BACKUP);
+        pm.set_flags(LOOP6, EndpointFlags::SUBFLOW).await.unwrap();
+        assert_eq!(pm.endpoint(42).await.unwrap().flags, EndpointFlags::SUBFLOW);
+        pm.set_flags(42, EndpointFlags::SUBFLOW | EndpointFlags::FULLMESH).await.unwrap();
+        pm.set_backup(42, true).await.unwrap();
+        assert_eq!(
+            pm.endpoint(42).await.unwrap().flags,
+            EndpointFlags::SUBFLOW | EndpointFlags::FULLMESH | EndpointFlags::BACKUP
+        );
+        pm.set_backup(42, false).await.unwrap();
+        assert_eq!(pm.endpoint(42).await.unwrap().flags, EndpointFlags::SUBFLOW | EndpointFlags::FULLMESH);
+
+        pm.del_endpoint(id4).await.unwrap();
+        let ids: Vec<_> = pm.endpoints().await.unwrap().into_iter().map(|e| e.id).collect();
+        assert!(!ids.contains(&Some(id4)) && ids.len() == 2, "{ids:?}");
+
+        pm.flush().await.unwrap();
+        assert_eq!(pm.endpoints().await.unwrap(), vec![]);
+    });
+}
+
+#[test]
+fn kernel_refusals_map_to_pm_error_with_errno_and_message() {
+    in_new_netns(|| async {
+        let pm = PathManager::connect().await.unwrap();
+
+        let err = pm.del_endpoint(200).await.unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
+        match &err {
+            PmError::Kernel { op: wire::PmCmd::DelAddr, message: Some(m), .. } => {
+                assert!(m.contains("address not found"), "{m}")
+            }
+            other => panic!("expected a DEL_ADDR kernel error with a message, got {other:?}"),
+        }
+
+        pm.add_endpoint(Endpoint::new(LOCAL2, EndpointFlags::SUBFLOW)).await.unwrap();
+        let dup = pm.add_endpoint(Endpoint::new(LOCAL2, EndpointFlags::SUBFLOW)).await.unwrap_err();
+        assert_eq!(dup.errno(), Some(libc::EEXIST), "{dup}");
+
+        // A port without `signal` is refused by the kernel's validation, not silently dropped.
+        let bad = Endpoint { port: Some(1000), ..Endpoint::new("127.0.0.9".parse().unwrap(), EndpointFlags::SUBFLOW) };
+        let err = pm.add_endpoint(bad).await.unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
+
+        assert_eq!(pm.endpoint(77).await.unwrap_err().errno(), Some(libc::EINVAL));
+        assert_eq!(pm.set_flags(77, EndpointFlags::BACKUP).await.unwrap_err().errno(), Some(libc::EINVAL));
+    });
+}
+
+fn mptcp_socket(addr: SocketAddr) -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::MPTCP))
+        .expect("MPTCP socket (kernel with MPTCP)");
+    s.set_nonblocking(true).unwrap();
+    s
+}
+
+/// Next event that `want` accepts, or a panic listing what came instead.
+async fn wait_for(events: &mut PmEvents, what: &str, mut want: impl FnMut(&PmEvent) -> bool) -> PmEvent {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = events.next().await {
+            let ev = ev.expect("event stream error");
+            if want(&ev) {
+                return Some(ev);
+            }
+            seen.push(ev);
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(ev)) => ev,
+        _ => panic!("no {what} event; saw {seen:#?}"),
+    }
+}
+
+#[test]
+fn events_follow_an_mptcp_connection_over_loopback() {
+    in_new_netns(|| async {
+        loopback_up();
+        let pm = PathManager::connect().await.unwrap();
+        pm.set_limits(Limits { subflows: 2, add_addr_accepted: 0 }).await.unwrap();
+        let id2 = pm.add_endpoint(Endpoint::new(LOCAL2, EndpointFlags::SUBFLOW)).await.unwrap();
+        let mut events = pm.subscribe().await.unwrap();
+
+        let listen_on: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let ls = mptcp_socket(listen_on);
+        ls.bind(&listen_on.into()).unwrap();
+        ls.listen(16).unwrap();
+        let listener = tokio::net::TcpListener::from_std(ls.into()).unwrap();
+        let server_addr = listener.local_addr().unwrap();
+
+        let cs = mptcp_socket(server_addr);
+        match cs.connect(&server_addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => panic!("connect: {e}"),
+        }
+        let mut client = tokio::net::TcpStream::from_std(cs.into()).unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        // One round trip so that both sides are fully established (the client then opens its extra subflow).
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        server.write_all(&buf).await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        let client_addr = client.local_addr().unwrap();
+
+        let is_client = |c: &ConnectionEvent| !c.server_side && c.local == client_addr && c.remote == server_addr;
+        let created = wait_for(&mut events, "client CREATED", |e| matches!(e, PmEvent::Created(c) if is_client(c))).await;
+        let PmEvent::Created(created) = created else { unreachable!() };
+        let token = created.token;
+        assert_ne!(token, 0);
+        wait_for(&mut events, "client ESTABLISHED", |e| {
+            matches!(e, PmEvent::Established(c) if c.token == token && is_client(c))
+        })
+        .await;
+        let sub = wait_for(&mut events, "SUB_ESTABLISHED from endpoint 127.0.0.2", |e| {
+            matches!(e, PmEvent::SubflowEstablished(s) if s.token == token)
+        })
+        .await;
+        let PmEvent::SubflowEstablished(sub) = sub else { unreachable!() };
+        assert_eq!((sub.local.ip(), sub.local_id, sub.remote), (LOCAL2, id2, server_addr));
+        assert!(!sub.backup);
+
+        // Backup on: MP_PRIO goes over the subflow and the kernel reports the new priority.
+        pm.set_backup(id2, true).await.unwrap();
+        let prio = wait_for(&mut events, "SUB_PRIORITY backup", |e| {
+            matches!(e, PmEvent::SubflowPriority(s) if s.backup && (s.local.ip() == LOCAL2 || s.remote.ip() == LOCAL2))
+        })
+        .await;
+        let PmEvent::SubflowPriority(prio) = prio else { unreachable!() };
+        assert!(prio.local.port() == sub.local.port() || prio.remote.port() == sub.local.port(), "{prio:?}");
+
+        drop(client);
+        drop(server);
+        wait_for(&mut events, "client CLOSED", |e| matches!(e, PmEvent::Closed { token: t } if *t == token)).await;
+    });
+}
