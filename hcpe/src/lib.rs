@@ -2,3 +2,4 @@
 //! userspace NAT ([`nat`]), and carries every connection to hag as one MPTCP connection with the Convert protocol.
 
 pub mod nat;
+pub mod intercept;
