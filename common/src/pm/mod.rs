@@ -252,6 +252,41 @@ impl PathManager {
         Ok(())
     }
 
+    /// Remove the endpoint on `addr` (any port), if there is one; returns whether one was removed.
+    /// For cleaning up after a crash, when the ids handed out before are lost.
+    pub async fn del_endpoint_addr(&self, addr: IpAddr) -> Result<bool, PmError> {
+        let mut removed = false;
+        for ep in self.endpoints().await?.into_iter().filter(|e| e.addr == addr) {
+            if let Some(id) = ep.id {
+                self.del_endpoint(id).await?;
+                removed = true;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Make the table hold `ep` (found by address and port), changing as little as possible, and return its
+    /// id: nothing if it is already so; SET_FLAGS if only BACKUP/FULLMESH differ (subflows stay up and the
+    /// peer gets MP_PRIO); otherwise delete and re-add. Makes daemon setup idempotent across restarts.
+    pub async fn ensure_endpoint(&self, ep: Endpoint) -> Result<u8, PmError> {
+        const CHANGEABLE: u32 = EndpointFlags::BACKUP.bits() | EndpointFlags::FULLMESH.bits();
+        let existing = self.endpoints().await?.into_iter().find(|e| e.addr == ep.addr && e.port == ep.port);
+        let Some(cur) = existing else {
+            return self.add_endpoint(ep).await;
+        };
+        let cur_id = cur.id.ok_or(PmError::MissingReply { op: PmCmd::GetAddr, what: "MPTCP_PM_ADDR_ATTR_ID" })?;
+        let same_identity = ep.id.is_none_or(|id| id == cur_id) && ep.ifindex == cur.ifindex;
+        let fixed_bits_equal = (cur.flags.bits() ^ ep.flags.bits()) & !CHANGEABLE == 0;
+        if same_identity && fixed_bits_equal {
+            if cur.flags != ep.flags {
+                self.set_flags(cur_id, ep.flags).await?;
+            }
+            return Ok(cur_id);
+        }
+        self.del_endpoint(cur_id).await?;
+        self.add_endpoint(ep).await
+    }
+
     /// One endpoint by id.
     pub async fn endpoint(&self, id: u8) -> Result<Endpoint, PmError> {
         let replies = self.request(PmCmd::GetAddr, vec![PmAttr::Addr(vec![wire::AddrAttr::Id(id)])], false).await?;

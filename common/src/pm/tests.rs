@@ -138,6 +138,32 @@ fn endpoints_add_list_change_delete_flush() {
 }
 
 #[test]
+fn ensure_endpoint_is_idempotent_and_changes_only_what_differs() {
+    in_new_netns(|| async {
+        let pm = PathManager::connect().await.unwrap();
+        let want = Endpoint::new(LOCAL2, EndpointFlags::SUBFLOW);
+        let id = pm.ensure_endpoint(want.clone()).await.unwrap();
+        assert_eq!(pm.ensure_endpoint(want.clone()).await.unwrap(), id);
+        assert_eq!(pm.endpoints().await.unwrap(), vec![Endpoint { id: Some(id), ..want.clone() }]);
+
+        // Backup toggled in place.
+        let backup = Endpoint::new(LOCAL2, EndpointFlags::SUBFLOW | EndpointFlags::BACKUP);
+        assert_eq!(pm.ensure_endpoint(backup.clone()).await.unwrap(), id);
+        assert_eq!(pm.endpoints().await.unwrap(), vec![Endpoint { id: Some(id), ..backup }]);
+
+        // A different interface or a different fixed flag means a new endpoint on the same address.
+        let bound = Endpoint { ifindex: Some(1), ..Endpoint::new(LOCAL2, EndpointFlags::SIGNAL) };
+        let id2 = pm.ensure_endpoint(bound.clone()).await.unwrap();
+        assert_eq!(pm.endpoints().await.unwrap(), vec![Endpoint { id: Some(id2), ..bound }]);
+
+        // Cleanup by address, when the id is lost.
+        assert!(pm.del_endpoint_addr(LOCAL2).await.unwrap());
+        assert!(!pm.del_endpoint_addr(LOCAL2).await.unwrap());
+        assert_eq!(pm.endpoints().await.unwrap(), vec![]);
+    });
+}
+
+#[test]
 fn kernel_refusals_map_to_pm_error_with_errno_and_message() {
     in_new_netns(|| async {
         let pm = PathManager::connect().await.unwrap();
