@@ -281,3 +281,20 @@ fn events_follow_an_mptcp_connection_over_loopback() {
         wait_for(&mut events, "client CLOSED", |e| matches!(e, PmEvent::Closed { token: t } if *t == token)).await;
     });
 }
+
+/// The daemons share one `PathManager` between tasks of a multi-thread runtime: its futures must be `Send`.
+#[allow(dead_code, clippy::let_underscore_future)]
+fn futures_are_send(pm: &PathManager) {
+    fn send<T: Send>(_: T) {}
+    send(PathManager::connect());
+    send(pm.add_endpoint(Endpoint::new(LOCAL2, EndpointFlags::SUBFLOW)));
+    send(pm.ensure_endpoint(Endpoint::new(LOCAL2, EndpointFlags::SUBFLOW)));
+    send(pm.endpoints());
+    send(pm.set_backup(1, true));
+    send(pm.limits());
+    send(pm.subscribe());
+    fn sync<T: Send + Sync>() {}
+    sync::<PathManager>();
+    sync::<PmError>();
+    send::<Option<PmEvents>>(None);
+}
