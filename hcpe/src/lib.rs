@@ -3,3 +3,4 @@
 
 pub mod nat;
 pub mod intercept;
+pub mod config;

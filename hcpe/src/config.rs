@@ -1,0 +1,468 @@
+//! hcpe configuration: the YAML file's shape ([`FileConfig`]), its validation, and the resolved [`Config`]
+//! the daemon runs with (key read from its file, hag addresses with the default port filled in).
+//!
+//! Invariants:
+//! - A [`Config`] is only built by [`Config::from_file`] / [`Config::from_yaml`], i.e. it passed validation:
+//!   at least one LAN interface, one uplink and one hag address; the TUN has an address of every family an
+//!   uplink and a hag address share; the key is readable and long enough; the CPE id is 1..=64 bytes.
+//! - Every error names the field path (see `common::config`), and no error or `Debug` output shows the key.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::config::{self as cfg, ConfigError};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+
+/// Default HAG service port (DESIGN §3).
+pub const DEFAULT_HAG_PORT: u16 = 5124;
+/// Longest CPE id the Auth TLV can carry.
+pub const MAX_CPE_ID_LEN: usize = 64;
+
+/// The config file as written (`deny_unknown_fields` everywhere).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// LAN interfaces whose TCP is intercepted.
+    pub lan_interfaces: Vec<String>,
+    #[serde(default)]
+    pub tun: TunFile,
+    pub hag: HagFile,
+    /// Uplinks in order of preference; the first healthy one carries the initial subflow.
+    pub uplinks: Vec<UplinkFile>,
+    /// Destinations that are never intercepted (in addition to the hag addresses and the LAN subnets).
+    #[serde(default)]
+    pub bypass: Vec<IpNet>,
+    /// What to do when hag cannot be reached or the Convert exchange fails.
+    #[serde(default)]
+    pub fallback: Fallback,
+    #[serde(default)]
+    pub routing: RoutingFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// tracing filter directive; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+/// The TUN device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunFile {
+    #[serde(default = "default_tun_name")]
+    pub name: String,
+    /// TUN address and prefix; the rest of the subnet is the NAT's fake source pool. `null` disables IPv4.
+    #[serde(default = "default_tun_v4")]
+    pub ipv4: Option<Ipv4Net>,
+    #[serde(default = "default_tun_v6")]
+    pub ipv6: Option<Ipv6Net>,
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Port of the local listeners on the TUN addresses.
+    #[serde(default = "default_listen_port")]
+    pub listen_port: u16,
+    /// Use GSO/GRO offload when the kernel supports it.
+    #[serde(default = "default_true")]
+    pub offload: bool,
+    /// TUN queues (multi-queue when > 1 and supported).
+    #[serde(default = "default_queues")]
+    pub queues: usize,
+}
+
+impl Default for TunFile {
+    fn default() -> Self {
+        TunFile {
+            name: default_tun_name(),
+            ipv4: default_tun_v4(),
+            ipv6: default_tun_v6(),
+            mtu: default_mtu(),
+            listen_port: default_listen_port(),
+            offload: true,
+            queues: default_queues(),
+        }
+    }
+}
+
+/// Where the hag is and who we are to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HagFile {
+    /// hag service addresses; a bare address gets port 5124.
+    pub addresses: Vec<String>,
+    /// CPE id sent in the Auth TLV (1..=64 bytes).
+    pub cpe_id: String,
+    /// File with the shared secret (hex text or raw bytes); relative to this config file.
+    pub key_file: PathBuf,
+}
+
+/// One uplink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkFile {
+    pub name: String,
+    pub interface: String,
+    #[serde(default)]
+    pub ipv4: Option<UplinkFamily<Ipv4Addr>>,
+    #[serde(default)]
+    pub ipv6: Option<UplinkFamily<Ipv6Addr>>,
+}
+
+/// An uplink's address and gateway in one family.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkFamily<A> {
+    /// Local address on the uplink interface; connections to hag over this uplink bind to it.
+    pub address: A,
+    pub gateway: Option<A>,
+}
+
+/// Behaviour when hag is unreachable or the Convert exchange fails (not when hag answers with an Error).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Connect straight to the destination over the primary uplink, plain TCP.
+    #[default]
+    Direct,
+    /// Reset the LAN client at once.
+    Reject,
+}
+
+/// Where hcpe's routing state lives. Everything hcpe adds carries these numbers, which is how leftovers of a
+/// crashed run are found and removed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingFile {
+    /// Routing table holding the route into the TUN device.
+    #[serde(default = "default_table")]
+    pub table: u32,
+    /// Priority of the first hcpe rule; hcpe uses `rule_priority .. rule_priority + 999`.
+    #[serde(default = "default_rule_priority")]
+    pub rule_priority: u32,
+}
+
+impl Default for RoutingFile {
+    fn default() -> Self {
+        RoutingFile { table: default_table(), rule_priority: default_rule_priority() }
+    }
+}
+
+/// Timers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// A relay with no traffic either way is closed.
+    #[serde(with = "cfg::duration", default = "default_idle")]
+    pub idle_timeout: Duration,
+    /// To reach hag (and, with `fallback: direct`, the destination).
+    #[serde(with = "cfg::duration", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// To get hag's Convert reply.
+    #[serde(with = "cfg::duration", default = "default_reply_timeout")]
+    pub reply_timeout: Duration,
+    /// Fake source addresses per family for the NAT (x 64512 ports each = concurrent LAN connections).
+    #[serde(default = "default_pool")]
+    pub nat_pool_addresses: u32,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            idle_timeout: default_idle(),
+            connect_timeout: default_connect_timeout(),
+            reply_timeout: default_reply_timeout(),
+            nat_pool_addresses: default_pool(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_tun_name() -> String {
+    "hcpe0".into()
+}
+fn default_tun_v4() -> Option<Ipv4Net> {
+    Some("100.127.254.1/24".parse().expect("valid"))
+}
+fn default_tun_v6() -> Option<Ipv6Net> {
+    Some("fdc9:5c1e:b7d4::1/64".parse().expect("valid"))
+}
+fn default_mtu() -> u16 {
+    1500
+}
+fn default_listen_port() -> u16 {
+    7000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_queues() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4)
+}
+fn default_table() -> u32 {
+    5124
+}
+fn default_rule_priority() -> u32 {
+    5000
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_reply_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_pool() -> u32 {
+    64
+}
+
+/// An uplink, validated.
+#[derive(Debug, Clone)]
+pub struct Uplink {
+    pub name: String,
+    pub interface: String,
+    pub ipv4: Option<UplinkFamily<Ipv4Addr>>,
+    pub ipv6: Option<UplinkFamily<Ipv6Addr>>,
+}
+
+impl Uplink {
+    /// This uplink's local address in the family of `peer`.
+    pub fn source_for(&self, peer: IpAddr) -> Option<IpAddr> {
+        match peer {
+            IpAddr::V4(_) => self.ipv4.map(|f| IpAddr::V4(f.address)),
+            IpAddr::V6(_) => self.ipv6.map(|f| IpAddr::V6(f.address)),
+        }
+    }
+}
+
+/// The key bytes; `Debug` never shows them.
+#[derive(Clone)]
+pub struct Key(pub Vec<u8>);
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({} bytes)", self.0.len())
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub lan_interfaces: Vec<String>,
+    pub tun: TunFile,
+    pub hag_addresses: Vec<SocketAddr>,
+    pub cpe_id: String,
+    pub key: Key,
+    pub uplinks: Vec<Uplink>,
+    pub bypass: Vec<IpNet>,
+    pub fallback: Fallback,
+    pub routing: RoutingFile,
+    pub limits: LimitsFile,
+    pub log_level: String,
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let file: FileConfig = cfg::load_yaml(path)?;
+        Config::validate(file, path)
+    }
+
+    /// Parses and validates YAML text; relative paths are taken relative to `config_path`.
+    pub fn from_yaml(text: &str, config_path: &Path) -> Result<Config, ConfigError> {
+        let file: FileConfig = cfg::from_yaml_str(text)?;
+        Config::validate(file, config_path)
+    }
+
+    fn validate(f: FileConfig, config_path: &Path) -> Result<Config, ConfigError> {
+        if f.lan_interfaces.is_empty() {
+            return Err(ConfigError::invalid("lan_interfaces", "at least one LAN interface is needed"));
+        }
+        for (i, name) in f.lan_interfaces.iter().enumerate() {
+            check_ifname(&format!("lan_interfaces[{i}]"), name)?;
+        }
+        check_ifname("tun.name", &f.tun.name)?;
+        if f.tun.ipv4.is_none() && f.tun.ipv6.is_none() {
+            return Err(ConfigError::invalid("tun", "needs an ipv4 or an ipv6 address"));
+        }
+        if let Some(n) = f.tun.ipv4
+            && n.prefix_len() > 30
+        {
+            return Err(ConfigError::invalid("tun.ipv4", "prefix longer than /30 leaves no fake source addresses"));
+        }
+        if let Some(n) = f.tun.ipv6
+            && n.prefix_len() > 126
+        {
+            return Err(ConfigError::invalid("tun.ipv6", "prefix longer than /126 leaves no fake source addresses"));
+        }
+        if f.tun.mtu < 1280 {
+            return Err(ConfigError::invalid("tun.mtu", "must be at least 1280"));
+        }
+        if f.tun.listen_port == 0 {
+            return Err(ConfigError::invalid("tun.listen_port", "must not be 0"));
+        }
+        if f.tun.queues == 0 {
+            return Err(ConfigError::invalid("tun.queues", "must be at least 1"));
+        }
+        if f.hag.addresses.is_empty() {
+            return Err(ConfigError::invalid("hag.addresses", "at least one hag address is needed"));
+        }
+        let mut hag_addresses = Vec::new();
+        for (i, a) in f.hag.addresses.iter().enumerate() {
+            let addr = cfg::parse_addr_with_default_port(a, DEFAULT_HAG_PORT)
+                .map_err(|e| ConfigError::invalid(format!("hag.addresses[{i}]"), e))?;
+            hag_addresses.push(addr);
+        }
+        if f.hag.cpe_id.is_empty() || f.hag.cpe_id.len() > MAX_CPE_ID_LEN {
+            return Err(ConfigError::invalid("hag.cpe_id", format!("must be 1..={MAX_CPE_ID_LEN} bytes")));
+        }
+        let key_path = cfg::resolve_relative(config_path, &f.hag.key_file);
+        let key = Key(cfg::read_secret_key("hag.key_file", &key_path)?);
+        if f.uplinks.is_empty() {
+            return Err(ConfigError::invalid("uplinks", "at least one uplink is needed"));
+        }
+        let mut uplinks = Vec::new();
+        for (i, u) in f.uplinks.iter().enumerate() {
+            if u.name.is_empty() {
+                return Err(ConfigError::invalid(format!("uplinks[{i}].name"), "must not be empty"));
+            }
+            if f.uplinks[..i].iter().any(|o| o.name == u.name) {
+                return Err(ConfigError::invalid(format!("uplinks[{i}].name"), format!("duplicate `{}`", u.name)));
+            }
+            check_ifname(&format!("uplinks[{i}].interface"), &u.interface)?;
+            if u.ipv4.is_none() && u.ipv6.is_none() {
+                return Err(ConfigError::invalid(format!("uplinks[{i}]"), "needs an ipv4 or an ipv6 section"));
+            }
+            uplinks.push(Uplink { name: u.name.clone(), interface: u.interface.clone(), ipv4: u.ipv4, ipv6: u.ipv6 });
+        }
+        let reachable = hag_addresses.iter().any(|h| uplinks.iter().any(|u| u.source_for(h.ip()).is_some()));
+        if !reachable {
+            return Err(ConfigError::invalid("hag.addresses", "no uplink has an address of a hag address's family"));
+        }
+        if f.routing.table == 0 || (253..=255).contains(&f.routing.table) {
+            return Err(ConfigError::invalid("routing.table", "0, 253, 254 and 255 are the kernel's tables"));
+        }
+        if f.routing.rule_priority == 0 || f.routing.rule_priority > 32000 - 1000 {
+            return Err(ConfigError::invalid("routing.rule_priority", "must be in 1..=31000 (before main at 32766)"));
+        }
+        if f.limits.nat_pool_addresses == 0 {
+            return Err(ConfigError::invalid("limits.nat_pool_addresses", "must be at least 1"));
+        }
+        for (field, d) in [
+            ("limits.idle_timeout", f.limits.idle_timeout),
+            ("limits.connect_timeout", f.limits.connect_timeout),
+            ("limits.reply_timeout", f.limits.reply_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(field, "must be more than 0"));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&f.log_level) {
+            return Err(ConfigError::invalid("log_level", e));
+        }
+        Ok(Config {
+            lan_interfaces: f.lan_interfaces,
+            tun: f.tun,
+            hag_addresses,
+            cpe_id: f.hag.cpe_id,
+            key,
+            uplinks,
+            bypass: f.bypass,
+            fallback: f.fallback,
+            routing: f.routing,
+            limits: f.limits,
+            log_level: f.log_level,
+        })
+    }
+
+    /// The uplink that carries initial subflows (the first one; the uplink manager will pick by health).
+    pub fn primary_uplink(&self) -> &Uplink {
+        &self.uplinks[0]
+    }
+}
+
+fn check_ifname(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+        return Err(ConfigError::invalid(field, format!("`{name}` is not a valid interface name (1..=15 bytes)")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_dir() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
+        let cfg = dir.path().join("hcpe.yaml");
+        (dir, cfg)
+    }
+
+    const GOOD: &str = r#"
+lan_interfaces: [lan0]
+hag:
+  addresses: [198.51.100.1, "[2001:db8::1]:6000"]
+  cpe_id: cpe-1
+  key_file: cpe.key
+uplinks:
+  - name: dsl
+    interface: dsl0
+    ipv4: { address: 192.0.2.2, gateway: 192.0.2.1 }
+  - name: lte
+    interface: lte0
+    ipv4: { address: 203.0.113.2, gateway: 203.0.113.1 }
+    ipv6: { address: "2001:db8:1::2", gateway: "2001:db8:1::1" }
+bypass: [10.0.0.0/8]
+fallback: reject
+"#;
+
+    fn err_of(text: &str) -> ConfigError {
+        let (_d, path) = key_dir();
+        Config::from_yaml(text, &path).unwrap_err()
+    }
+
+    #[test]
+    fn example_parses_with_defaults() {
+        let (_d, path) = key_dir();
+        let c = Config::from_yaml(GOOD, &path).unwrap();
+        assert_eq!(c.hag_addresses, vec!["198.51.100.1:5124".parse().unwrap(), "[2001:db8::1]:6000".parse().unwrap()]);
+        assert_eq!(c.fallback, Fallback::Reject);
+        assert_eq!(c.tun.name, "hcpe0");
+        assert_eq!(c.primary_uplink().name, "dsl");
+        assert_eq!(c.key.0.len(), 16);
+        assert!(!format!("{c:?}").contains("00112233"), "Debug never shows the key");
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/hcpe.yaml");
+        Config::from_file(&path).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (GOOD.replace("fallback: reject", "fallback: maybe"), "fallback"),
+            (GOOD.replace("lan_interfaces: [lan0]", "lan_interfaces: []"), "lan_interfaces"),
+            (GOOD.replace("198.51.100.1,", "not-an-ip,"), "hag.addresses[0]"),
+            (GOOD.replace("cpe_id: cpe-1", "cpe_id: \"\""), "hag.cpe_id"),
+            (GOOD.replace("key_file: cpe.key", "key_file: missing.key"), "hag.key_file"),
+            (GOOD.replace("interface: lte0", "interface: lte0\n    colour: red"), "uplinks[1].colour"),
+            (GOOD.replace("name: lte", "name: dsl"), "uplinks[1].name"),
+            (GOOD.replace("bypass: [10.0.0.0/8]", "bypass: [10.0.0.0/33]"), "bypass[0]"),
+            (format!("{GOOD}routing: {{ table: 254 }}\n"), "routing.table"),
+            (format!("{GOOD}limits: {{ idle_timeout: forever }}\n"), "limits.idle_timeout"),
+            (format!("{GOOD}tun: {{ ipv4: null, ipv6: null }}\n"), "tun"),
+        ];
+        for (text, field) in cases {
+            let e = err_of(&text);
+            assert_eq!(e.field(), Some(field), "{e}");
+        }
+    }
+}
