@@ -8,5 +8,6 @@
 pub mod config;
 pub mod convert;
 pub mod mptcp;
+pub mod net;
 pub mod pm;
 pub mod relay;
