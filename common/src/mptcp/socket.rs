@@ -1,0 +1,162 @@
+//! Opening MPTCP (or plain TCP) sockets: listeners with a TFO queue, and client connects that put the first
+//! bytes into the SYN.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{IPPROTO_MPTCP, sys};
+
+/// How to open a listener.
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    pub backlog: u32,
+    /// `TCP_FASTOPEN` queue length (pending TFO requests); `None` = no TFO on this listener.
+    pub tfo_queue: Option<u32>,
+    /// `false` opens a plain TCP listener.
+    pub mptcp: bool,
+    /// `SO_BINDTODEVICE`.
+    pub bind_device: Option<String>,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions { backlog: 1024, tfo_queue: Some(1024), mptcp: true, bind_device: None }
+    }
+}
+
+fn new_socket(addr: &SocketAddr, mptcp: bool) -> io::Result<Socket> {
+    let proto = if mptcp { Protocol::from(IPPROTO_MPTCP) } else { Protocol::TCP };
+    Socket::new(Domain::for_address(*addr), Type::STREAM, Some(proto)).map_err(|e| {
+        if mptcp {
+            io::Error::new(e.kind(), format!("cannot create an MPTCP socket ({e}); is net.mptcp.enabled=1?"))
+        } else {
+            e
+        }
+    })
+}
+
+/// MPTCP listener: `SO_REUSEADDR`, `IPV6_V6ONLY` for IPv6 (v4 and v6 get separate listeners), a TFO queue
+/// of `tfo_queue`, non-blocking, registered with the current tokio runtime.
+pub fn listen(addr: SocketAddr, backlog: u32, tfo_queue: Option<u32>) -> io::Result<TcpListener> {
+    listen_with(addr, &ListenOptions { backlog, tfo_queue, ..ListenOptions::default() })
+}
+
+/// [`listen`] with every option.
+pub fn listen_with(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListener> {
+    let sock = new_socket(&addr, opts.mptcp)?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    if let Some(dev) = &opts.bind_device {
+        sock.bind_device(Some(dev.as_bytes()))?;
+    }
+    sock.bind(&addr.into())?;
+    if let Some(q) = opts.tfo_queue {
+        let q = libc::c_int::try_from(q).unwrap_or(libc::c_int::MAX);
+        sys::setsockopt_int(sock.as_fd(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN, q)?;
+    }
+    sock.listen(libc::c_int::try_from(opts.backlog).unwrap_or(libc::c_int::MAX))?;
+    sock.set_nonblocking(true)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// How to open a client connection.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Local address (and port, 0 = any) to bind before connecting: selects the uplink of the initial subflow.
+    pub bind: Option<SocketAddr>,
+    /// `SO_BINDTODEVICE`.
+    pub bind_device: Option<String>,
+    /// `false` = plain TCP (fallback paths).
+    pub mptcp: bool,
+    /// Put `first_bytes` into the SYN (TCP Fast Open without cookie).
+    pub fastopen: bool,
+    /// Bound on the whole handshake.
+    pub timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions { bind: None, bind_device: None, mptcp: true, fastopen: true, timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Connects to `dst`, with TFO putting as much of `first_bytes` as fits into the SYN.
+///
+/// Returns the connected stream and how many leading bytes of `first_bytes` the kernel already took (sent in
+/// the SYN, or retransmitted by the kernel after the handshake if the server declined SYN data). The caller
+/// writes `first_bytes[n..]` itself. `n` is 0 without TFO, with empty `first_bytes`, when the namespace has TFO
+/// client support switched off (`EOPNOTSUPP`, then a normal connect is made), or when the kernel wanted a
+/// cookie round trip first (`EINPROGRESS` with nothing queued).
+///
+/// Mechanism: `TCP_FASTOPEN_NO_COOKIE` on the socket, then `sendto(first_bytes, MSG_FASTOPEN, dst)` on the
+/// unconnected non-blocking socket; this starts the handshake and returns the byte count queued in the SYN.
+pub async fn connect_with_data(
+    dst: SocketAddr,
+    first_bytes: &[u8],
+    opts: &ConnectOptions,
+) -> io::Result<(TcpStream, usize)> {
+    let sock = new_socket(&dst, opts.mptcp)?;
+    sock.set_nonblocking(true)?;
+    if let Some(dev) = &opts.bind_device {
+        sock.bind_device(Some(dev.as_bytes()))?;
+    }
+    if let Some(bind) = opts.bind {
+        sock.bind(&bind.into())?;
+    }
+    let dst_addr = socket2::SockAddr::from(dst);
+    let mut sent = 0;
+    let mut connecting = false;
+    if opts.fastopen && !first_bytes.is_empty() {
+        sys::setsockopt_int(sock.as_fd(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN_NO_COOKIE, 1)?;
+        match sock.send_to_with_flags(first_bytes, &dst_addr, libc::MSG_FASTOPEN) {
+            Ok(n) => {
+                sent = n;
+                connecting = true;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => connecting = true,
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                tracing::debug!(%dst, "TCP Fast Open client disabled in this namespace (net.ipv4.tcp_fastopen & 1 == 0)");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if !connecting {
+        match sock.connect(&dst_addr) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(sock))?;
+    match tokio::time::timeout(opts.timeout, stream.writable()).await {
+        Ok(ready) => ready?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {dst} timed out after {:?}", opts.timeout),
+            ));
+        }
+    }
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    // Writable without an error means established; peer_addr() confirms it (ENOTCONN otherwise).
+    stream.peer_addr()?;
+    Ok((stream, sent))
+}
+
+/// Whether data in the SYN made it: on a client, the server acknowledged the SYN data; on an accepted
+/// socket, the SYN carried data (`TCPI_OPT_SYN_DATA` of the initial subflow's `TCP_INFO`).
+pub fn syn_data_acked(fd: &impl AsFd) -> io::Result<bool> {
+    // SAFETY: libc::tcp_info is plain old data (integers only), so all-zero is a valid value.
+    let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
+    sys::getsockopt_into(fd.as_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, &mut ti)?;
+    Ok(ti.tcpi_options & sys::TCPI_OPT_SYN_DATA != 0)
+}

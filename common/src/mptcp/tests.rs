@@ -1,0 +1,238 @@
+//! Socket tests on loopback, each inside a throwaway network namespace so the TFO sysctl can be set
+//! without touching the host.
+//!
+//! The namespace belongs to one dedicated thread (`unshare(CLONE_NEWNET)` affects only the calling thread),
+//! which also runs a current-thread tokio runtime, so every socket of the test is created inside it. The
+//! namespace is anonymous: it disappears when the thread has exited and the sockets are closed, also when
+//! the test panics. Nothing is named, mounted or left behind. Needs root (CAP_SYS_ADMIN), as the whole suite.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// Brings `lo` up in the calling thread's namespace (SIOCGIFFLAGS/SIOCSIFFLAGS; `ip link` would run in a
+/// child process, which would not share this thread's namespace).
+fn loopback_up() {
+    // SAFETY: plain syscalls on a socket we own; `ifreq` is a C struct for which all-zero is valid and the
+    // name is NUL-terminated within IFNAMSIZ.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0, "SIOCGIFFLAGS");
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req), 0, "SIOCSIFFLAGS: {}", std::io::Error::last_os_error());
+        libc::close(fd);
+    }
+}
+
+/// Runs `body` on a fresh thread inside a new, anonymous network namespace with `lo` up and
+/// `net.ipv4.tcp_fastopen = tfo`, on a current-thread tokio runtime.
+fn in_netns<F, Fut>(tfo: u32, body: F)
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare only changes this thread's namespace membership.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "unshare(CLONE_NEWNET) (tests need root): {}", std::io::Error::last_os_error());
+            loopback_up();
+            std::fs::write("/proc/sys/net/ipv4/tcp_fastopen", tfo.to_string()).expect("set tcp_fastopen");
+            assert_eq!(read_tfo_sysctl(), Ok(tfo), "sysctl must be the namespace's own");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(body());
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    });
+}
+
+const TFO_BOTH: u32 = TFO_CLIENT_ENABLE | TFO_SERVER_ENABLE | TFO_SERVER_COOKIE_NOT_REQUIRED;
+
+fn plain() -> ConnectOptions {
+    ConnectOptions { fastopen: false, timeout: Duration::from_secs(5), ..ConnectOptions::default() }
+}
+
+async fn pair(listener: &TcpListener, first: &[u8], opts: &ConnectOptions) -> (TcpStream, usize, TcpStream) {
+    let addr = listener.local_addr().unwrap();
+    let (client, accepted) = tokio::join!(connect_with_data(addr, first, opts), listener.accept());
+    let (client, sent) = client.expect("connect");
+    (client, sent, accepted.expect("accept").0)
+}
+
+#[test]
+fn mptcp_connection_reports_token_and_one_subflow() {
+    in_netns(TFO_BOTH, || async {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 16, Some(16)).unwrap();
+        assert!(is_mptcp_socket(&listener));
+        let (mut client, sent, mut server) = pair(&listener, b"", &plain()).await;
+        assert_eq!(sent, 0);
+        assert!(is_mptcp_socket(&client) && is_mptcp_socket(&server));
+
+        client.write_all(&[7u8; 1000]).await.unwrap();
+        let mut buf = [0u8; 1000];
+        server.read_exact(&mut buf).await.unwrap();
+
+        let si = info(&server).unwrap().expect("accepted connection is MPTCP");
+        let ci = info(&client).unwrap().expect("client connection is MPTCP");
+        assert_ne!(si.token, 0);
+        assert_ne!(ci.token, 0);
+        assert_eq!((si.subflows, ci.subflows), (1, 1));
+        assert_eq!(si.flags & sys::MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED, sys::MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED);
+        assert_eq!(si.bytes_received, 1000);
+    });
+}
+
+#[test]
+fn tfo_first_bytes_ride_in_the_syn_v4_and_v6() {
+    in_netns(TFO_BOTH, || async {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = listen(addr.parse().unwrap(), 16, Some(16)).unwrap();
+            let first = b"convert header + auth + client bytes";
+            let (client, sent, mut server) = pair(&listener, first, &ConnectOptions::default()).await;
+            assert_eq!(sent, first.len(), "{addr}: all first bytes in the SYN");
+            let mut got = vec![0u8; first.len()];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, first);
+            assert!(syn_data_acked(&server).unwrap(), "{addr}: server saw data in the SYN");
+            assert!(syn_data_acked(&client).unwrap(), "{addr}: client saw its SYN data acked");
+            assert!(info(&server).unwrap().is_some(), "{addr}: TFO connection is still MPTCP");
+        }
+    });
+}
+
+#[test]
+fn tfo_declined_by_server_still_delivers_the_bytes() {
+    // Server without 0x200: the SYN data is not accepted; the kernel retransmits it after the handshake.
+    in_netns(TFO_CLIENT_ENABLE | TFO_SERVER_ENABLE, || async {
+        assert!(check_tfo_sysctl(TfoRole::Server).unwrap_err().contains("lacks bit 0x200"));
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 16, Some(16)).unwrap();
+        let (client, sent, mut server) = pair(&listener, b"hello", &ConnectOptions::default()).await;
+        assert_eq!(sent, 5, "kernel took the bytes");
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        assert!(!syn_data_acked(&client).unwrap());
+    });
+}
+
+#[test]
+fn tfo_client_disabled_falls_back_to_a_normal_connect() {
+    in_netns(TFO_SERVER_ENABLE | TFO_SERVER_COOKIE_NOT_REQUIRED, || async {
+        let err = check_tfo_sysctl(TfoRole::Client).unwrap_err();
+        assert!(err.contains("lacks bit 0x1") && err.contains("tcp_fastopen=515"), "{err}");
+        assert_eq!(check_tfo_sysctl(TfoRole::Server), Ok(()));
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 16, Some(16)).unwrap();
+        let (mut client, sent, mut server) = pair(&listener, b"abc", &ConnectOptions::default()).await;
+        assert_eq!(sent, 0, "nothing went in the SYN");
+        client.write_all(b"abc").await.unwrap();
+        let mut got = [0u8; 3];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abc");
+        assert!(info(&server).unwrap().is_some());
+    });
+}
+
+#[test]
+fn full_info_lists_the_subflow_addresses_and_bytes() {
+    in_netns(TFO_BOTH, || async {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 16, Some(16)).unwrap();
+        let laddr = listener.local_addr().unwrap();
+        let (mut client, _, mut server) = pair(&listener, b"", &plain()).await;
+        let data = vec![0x5au8; 100_000];
+        client.write_all(&data).await.unwrap();
+        let mut got = vec![0u8; data.len()];
+        server.read_exact(&mut got).await.unwrap();
+        server.write_all(b"k").await.unwrap();
+        client.read_exact(&mut [0u8; 1]).await.unwrap();
+
+        let cf = full_info(&client).unwrap().expect("client is MPTCP");
+        assert_eq!(cf.subflows.len(), 1);
+        assert_eq!(cf.info.subflows, 1);
+        let sf = &cf.subflows[0];
+        assert_eq!(sf.local, Some(client.local_addr().unwrap()));
+        assert_eq!(sf.remote, Some(laddr));
+        assert!(sf.bytes_sent >= 100_000, "acked {}", sf.bytes_sent);
+        assert!(sf.rtt > Duration::ZERO);
+        assert_eq!(sf.tcp_state, 1, "TCP_ESTABLISHED");
+
+        let sfull = full_info(&server).unwrap().expect("server is MPTCP");
+        assert_eq!(sfull.info.token, info(&server).unwrap().unwrap().token);
+        let ss = &sfull.subflows[0];
+        assert_eq!((ss.local, ss.remote), (Some(laddr), Some(client.local_addr().unwrap())));
+        assert!(ss.bytes_received >= 100_000, "received {}", ss.bytes_received);
+    });
+}
+
+#[test]
+fn plain_tcp_peers_read_as_not_mptcp() {
+    in_netns(TFO_BOTH, || async {
+        // Plain TCP client -> MPTCP listener: the accepted socket is TCP.
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 16, Some(16)).unwrap();
+        let opts = ConnectOptions { mptcp: false, ..plain() };
+        let (client, _, server) = pair(&listener, b"", &opts).await;
+        assert!(!is_mptcp_socket(&server) && !is_mptcp_socket(&client));
+        assert_eq!(info(&server).unwrap(), None);
+        assert_eq!(full_info(&server).unwrap(), None);
+        assert_eq!(info(&client).unwrap(), None);
+
+        // MPTCP client -> plain TCP listener: the socket stays MPTCP but the connection fell back.
+        let tcp = listen_with("127.0.0.1:0".parse().unwrap(), &ListenOptions { mptcp: false, ..Default::default() })
+            .unwrap();
+        let (client, _, _server) = pair(&tcp, b"", &plain()).await;
+        assert!(is_mptcp_socket(&client));
+        assert_eq!(info(&client).unwrap(), None);
+        assert_eq!(full_info(&client).unwrap(), None);
+    });
+}
+
+#[test]
+fn connect_binds_address_and_device() {
+    in_netns(TFO_BOTH, || async {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 16, Some(16)).unwrap();
+        let opts = ConnectOptions {
+            bind: Some("127.0.0.2:0".parse().unwrap()),
+            bind_device: Some("lo".into()),
+            ..ConnectOptions::default()
+        };
+        let (client, sent, server) = pair(&listener, b"x", &opts).await;
+        assert_eq!(sent, 1);
+        assert_eq!(client.local_addr().unwrap().ip(), "127.0.0.2".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(server.peer_addr().unwrap(), client.local_addr().unwrap());
+    });
+}
+
+#[test]
+fn connect_errors_refused_and_timeout() {
+    in_netns(TFO_BOTH, || async {
+        // Refused: nothing listens (port of a listener we just closed).
+        let port = listen("127.0.0.1:0".parse().unwrap(), 1, None).unwrap().local_addr().unwrap().port();
+        let dst: SocketAddr = ([127, 0, 0, 1], port).into();
+        for opts in [plain(), ConnectOptions::default()] {
+            let err = connect_with_data(dst, b"x", &opts).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        }
+        // Timeout: a listener with a full accept queue drops further SYNs.
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 0, None).unwrap();
+        let dst = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        let opts = ConnectOptions { timeout: Duration::from_millis(300), ..plain() };
+        let err = loop {
+            match connect_with_data(dst, b"", &opts).await {
+                Ok((s, _)) => held.push(s),
+                Err(e) => break e,
+            }
+            assert!(held.len() < 8, "SYNs never dropped");
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    });
+}
