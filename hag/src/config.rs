@@ -235,9 +235,6 @@ impl Config {
             if !seen.insert(a.0) {
                 return Err(ConfigError::invalid(format!("listen[{i}]"), format!("{} is listed twice", a.0)));
             }
-            if a.0.port() == 0 {
-                return Err(ConfigError::invalid(format!("listen[{i}]"), "port 0 is not a service port"));
-            }
         }
         let mut clients = HashMap::new();
         for (id, entry) in &file.clients {

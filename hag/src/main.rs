@@ -1,1 +1,66 @@
-fn main() {}
+//! `hag --config FILE [--check-config]`: parse the CLI, load and validate the config (exit 64 naming the
+//! field when it is bad), start tracing and the runtime, serve until SIGTERM/SIGINT, drain, exit 0.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use common::config::EXIT_BAD_CONFIG;
+use tracing_subscriber::EnvFilter;
+
+/// Hybrid access gateway: accepts MPTCP connections from CPEs (RFC 8803 Convert) and relays them to TCP.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// YAML config file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Validate the config and exit: 0 when valid, 64 (naming the field) when not.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match hag::Config::from_file(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hag: bad config {}: {e}", cli.config.display());
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    if cli.check_config {
+        println!("hag: config {} is valid", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let hag = match hag::Hag::bind(config) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let signals = async {
+            if let Err(e) = hag::shutdown_signal().await {
+                tracing::error!(error = %e, "cannot install signal handlers; stopping");
+            }
+        };
+        hag.run(signals).await;
+        ExitCode::SUCCESS
+    })
+}

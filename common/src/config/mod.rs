@@ -94,8 +94,13 @@ pub fn from_yaml_str<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> 
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
         let mut reason = err.inner().to_string();
-        // serde_yaml_ng already prefixes nested errors with the path; we print the path once, as `field`.
-        if let Some(rest) = reason.strip_prefix(&format!("{path}: ")) {
+        // serde_yaml_ng prefixes nested errors with its own idea of the path (sometimes the parent of ours);
+        // we print the path once, as `field`.
+        if let Some((prefix, rest)) = reason.split_once(": ")
+            && !prefix.is_empty()
+            && !prefix.contains(char::is_whitespace)
+            && path.starts_with(prefix)
+        {
             reason = rest.to_owned();
         }
         ConfigError::Field { field: field_of(&path, &reason), reason }
@@ -261,7 +266,7 @@ mod tests {
     fn bad_value_names_index_and_reason() {
         let e = err_of("listen: ['192.0.2.1:5124', 'not-an-address']\nlimits: {max: 1}\n");
         assert_eq!(e.field(), Some("listen[1]"), "{e}");
-        assert!(e.to_string().starts_with("listen[1]: "), "{e}");
+        assert!(e.to_string().starts_with("listen[1]: invalid"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,511 @@
+//! The hag server: MPTCP listeners (with TCP Fast Open), the accept loops, the per-connection task
+//! (Convert message -> auth -> policy -> limits -> connect -> reply -> relay), and graceful shutdown.
+//!
+//! Invariants:
+//! - Every accepted connection holds an [`ActiveGuard`] for its whole life, so `stats.active` and the total
+//!   limit are exact; an authenticated connection also holds a [`CpeGuard`] (per-CPE limit).
+//! - A client gets exactly one Convert reply: the success header (then the destination's bytes) or an Error
+//!   TLV followed by our FIN. Client bytes that arrived after the Convert message are forwarded before the
+//!   relay starts, in order.
+//! - The MAC is checked before the nonce enters the replay window, so nobody without a key can fill it.
+//! - On shutdown the listeners close first (no new connection), then open connections get up to the drain
+//!   deadline; [`Hag::run`] returns after that, whatever is still open.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::convert::{self, ErrorCode, Message, auth::ReplayWindow};
+use crate::shim::mptcp;
+use crate::shim::relay::{self, RelayCounters};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, field, info, info_span, warn};
+
+use crate::config::Config;
+use crate::policy::{DestinationPolicy, PrefixPolicy, local_addresses};
+use crate::ratelimit::LogLimiter;
+use crate::stats::Stats;
+
+/// How long a rejected client gets to read its Error reply and close, before we drop the socket.
+const REJECT_LINGER: Duration = Duration::from_secs(2);
+/// Most bytes read (and discarded) from a rejected client while it lingers.
+const REJECT_DRAIN_MAX: usize = 256 * 1024;
+/// Read buffer for the Convert message; a whole message is at most 1020 bytes, the rest is client data.
+const HEADER_BUF: usize = 16 * 1024;
+
+/// Why the hag could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address from `listen`.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The host's interface addresses (for the destination policy) could not be read.
+    #[error("cannot read the host's interface addresses: {0}")]
+    LocalAddresses(#[source] io::Error),
+}
+
+/// State every connection task shares.
+struct Shared {
+    config: Config,
+    policy: Box<dyn DestinationPolicy>,
+    stats: Arc<Stats>,
+    replay: Mutex<ReplayWindow>,
+    per_cpe: Mutex<HashMap<String, usize>>,
+    auth_log: Mutex<LogLimiter>,
+}
+
+/// A bound, not yet running hag.
+pub struct Hag {
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+}
+
+impl Hag {
+    /// Binds every listen address (MPTCP, TFO) and learns the host's own addresses for the policy.
+    /// Must be called inside a tokio runtime.
+    pub fn bind(config: Config) -> Result<Hag, StartError> {
+        let tfo = (config.limits.tfo_queue > 0).then_some(config.limits.tfo_queue);
+        if tfo.is_some()
+            && let Err(missing) = mptcp::check_tfo_sysctl(mptcp::TfoRole::Server)
+        {
+            warn!("TCP Fast Open is not fully enabled for the server side, 0-RTT Convert will not work: {missing}");
+        }
+        let mut listeners = Vec::new();
+        for &addr in &config.listen {
+            let l = mptcp::listen(addr, config.limits.backlog, tfo)
+                .map_err(|source| StartError::Listen { addr, source })?;
+            info!(%addr, local = ?l.local_addr().ok(), tfo_queue = ?tfo, "listening (MPTCP)");
+            listeners.push(l);
+        }
+        let mut own = local_addresses().map_err(StartError::LocalAddresses)?;
+        own.extend(config.listen.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()));
+        debug!(?own, "own addresses, denied as destinations unless allowed");
+        let policy = PrefixPolicy::new(config.destinations.allow.clone(), config.destinations.deny.clone(), own);
+        Ok(Hag::with_policy(config, Box::new(policy), listeners))
+    }
+
+    fn with_policy(config: Config, policy: Box<dyn DestinationPolicy>, listeners: Vec<TcpListener>) -> Hag {
+        let replay = ReplayWindow::new(config.limits.auth_skew.as_secs().max(1), config.limits.replay_entries);
+        Hag {
+            shared: Arc::new(Shared {
+                config,
+                policy,
+                stats: Arc::new(Stats::default()),
+                replay: Mutex::new(replay),
+                per_cpe: Mutex::new(HashMap::new()),
+                auth_log: Mutex::new(LogLimiter::new(20, Duration::from_secs(10))),
+            }),
+            listeners,
+        }
+    }
+
+    /// The bound addresses (useful when a listen port was 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and drains open connections for up to the
+    /// configured drain deadline.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut accept_loops = Vec::new();
+        for listener in self.listeners {
+            let (shared, cancel, tracker2) = (self.shared.clone(), cancel.clone(), tracker.clone());
+            accept_loops.push(tokio::spawn(accept_loop(listener, shared, cancel, tracker2)));
+        }
+        shutdown.await;
+        cancel.cancel();
+        for l in accept_loops {
+            let _ = l.await;
+        }
+        tracker.close();
+        let open = self.shared.stats.active.load(Relaxed);
+        let drain = self.shared.config.limits.drain_deadline;
+        info!(open, ?drain, "shutting down: listeners closed, draining open connections");
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            warn!(
+                open = self.shared.stats.active.load(Relaxed),
+                "drain deadline passed; closing the remaining connections"
+            );
+        }
+        info!(stats = %self.shared.stats.snapshot(), "stopped");
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() -> io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the kernel keeps the backlog.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared.stats.accepted.fetch_add(1, Relaxed);
+        let guard = ActiveGuard::new(shared.stats.clone());
+        let span = info_span!("conn", %peer, cpe = field::Empty, dst = field::Empty, token = field::Empty);
+        tracker.spawn(serve(shared.clone(), stream, peer, guard).instrument(span));
+    }
+}
+
+/// Holds one slot of the total connection count.
+struct ActiveGuard {
+    stats: Arc<Stats>,
+    /// Connections open including this one, when it was accepted.
+    open: u64,
+}
+
+impl ActiveGuard {
+    fn new(stats: Arc<Stats>) -> Self {
+        let open = stats.active.fetch_add(1, Relaxed) + 1;
+        ActiveGuard { stats, open }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.stats.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Holds one slot of a CPE's connection count.
+struct CpeGuard {
+    shared: Arc<Shared>,
+    cpe: String,
+}
+
+impl CpeGuard {
+    fn acquire(shared: &Arc<Shared>, cpe: &str) -> Option<CpeGuard> {
+        let mut map = shared.per_cpe.lock().expect("per-CPE map poisoned");
+        let n = map.entry(cpe.to_owned()).or_insert(0);
+        if *n >= shared.config.limits.max_connections_per_cpe {
+            return None;
+        }
+        *n += 1;
+        Some(CpeGuard { shared: shared.clone(), cpe: cpe.to_owned() })
+    }
+}
+
+impl Drop for CpeGuard {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_cpe.lock().expect("per-CPE map poisoned");
+        if let Some(n) = map.get_mut(&self.cpe) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.cpe);
+            }
+        }
+    }
+}
+
+/// Why a connection was refused, for the log; [`Refusal::code`] goes on the wire.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("bad Convert message: {0}")]
+    Decode(#[from] convert::DecodeError),
+    #[error("no Connect TLV in the Convert message")]
+    NoConnect,
+    #[error("client closed after {0} bytes, before its Convert message was complete")]
+    Truncated(usize),
+    #[error("authentication failed: {0}")]
+    Auth(#[from] convert::auth::AuthError),
+    #[error("unknown CPE id")]
+    UnknownCpe,
+    #[error("no Auth TLV from an untrusted source")]
+    MissingAuth,
+    #[error("destination {dst} denied: {why}")]
+    Policy { dst: IpAddr, why: crate::policy::Denied },
+    #[error("too many connections in total ({0})")]
+    TotalLimit(usize),
+    #[error("too many connections for this CPE ({0})")]
+    CpeLimit(usize),
+    #[error("connecting to the destination: {0}")]
+    Connect(io::Error),
+    #[error("connecting to the destination timed out after {0:?}")]
+    ConnectTimeout(Duration),
+}
+
+impl Refusal {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::Decode(e) => e.code(),
+            // RFC 8803 lets a client ask only for Info; this converter answers that only with Connect.
+            Refusal::NoConnect => ErrorCode::UnsupportedMessage,
+            Refusal::Truncated(_) => ErrorCode::MalformedMessage,
+            Refusal::Auth(e) => e.code(),
+            Refusal::UnknownCpe | Refusal::MissingAuth | Refusal::Policy { .. } => ErrorCode::NotAuthorized,
+            Refusal::TotalLimit(_) | Refusal::CpeLimit(_) => ErrorCode::ResourceExceeded,
+            Refusal::Connect(e) => connect_error_code(e),
+            Refusal::ConnectTimeout(_) => ErrorCode::NetworkFailure,
+        }
+    }
+
+    fn is_auth_failure(&self) -> bool {
+        matches!(self, Refusal::UnknownCpe | Refusal::MissingAuth)
+            || matches!(self, Refusal::Auth(e) if e.code() == ErrorCode::NotAuthorized)
+    }
+}
+
+/// RFC 8803 §4.2 error codes for a failed connect to the destination.
+pub fn connect_error_code(e: &io::Error) -> ErrorCode {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => ErrorCode::ConnectionReset,
+        io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => ErrorCode::DestinationUnreachable,
+        _ => match e.raw_os_error() {
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EADDRNOTAVAIL) => {
+                ErrorCode::DestinationUnreachable
+            }
+            _ => ErrorCode::NetworkFailure,
+        },
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The whole life of one accepted connection.
+async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, active: ActiveGuard) {
+    let span = tracing::Span::current();
+    let started = Instant::now();
+    match mptcp::info(&client) {
+        Ok(Some(i)) => {
+            span.record("token", field::display(format_args!("{:08x}", i.token)));
+        }
+        Ok(None) => {
+            shared.stats.fallback.fetch_add(1, Relaxed);
+            span.record("token", "fallback");
+        }
+        Err(e) => debug!(error = %e, "MPTCP_INFO failed"),
+    }
+    let _ = client.set_nodelay(true);
+    if active.open > shared.config.limits.max_connections as u64 {
+        return reject(&shared, client, Refusal::TotalLimit(shared.config.limits.max_connections)).await;
+    }
+
+    let header = tokio::time::timeout(shared.config.limits.header_deadline, read_convert(&mut client)).await;
+    let (message, buf, consumed) = match header {
+        Err(_) => {
+            shared.stats.header_timeouts.fetch_add(1, Relaxed);
+            info!(deadline = ?shared.config.limits.header_deadline, "no Convert message within the deadline; closing");
+            return;
+        }
+        Ok(Err(ReadError::Closed(e))) => {
+            shared.stats.closed_before_header.fetch_add(1, Relaxed);
+            debug!(error = ?e, "client went away before its Convert message was complete");
+            return;
+        }
+        Ok(Err(ReadError::Invalid(e))) => return reject(&shared, client, Refusal::Decode(e)).await,
+        // Half-closed mid-message: it can still read our verdict.
+        Ok(Err(ReadError::Truncated(n))) => return reject(&shared, client, Refusal::Truncated(n)).await,
+        Ok(Ok(m)) => m,
+    };
+
+    let _cpe_guard = match admit(&shared, peer, &message, &buf[..consumed]) {
+        Ok(g) => g,
+        Err(r) => return reject(&shared, client, r).await,
+    };
+    let dst = match message.connect() {
+        Some(c) => c.remote,
+        None => return reject(&shared, client, Refusal::NoConnect).await,
+    };
+    span.record("dst", field::display(dst));
+    if let Err(why) = shared.policy.check(dst.ip()) {
+        return reject(&shared, client, Refusal::Policy { dst: dst.ip(), why }).await;
+    }
+
+    let timeout = shared.config.limits.connect_timeout;
+    let mut server = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return reject(&shared, client, Refusal::Connect(e)).await,
+        Err(_) => return reject(&shared, client, Refusal::ConnectTimeout(timeout)).await,
+    };
+    let _ = server.set_nodelay(true);
+    let leftover = &buf[consumed..];
+    let reply = Message::success().to_bytes().expect("bare header encodes");
+    let early = async {
+        client.write_all(&reply).await?;
+        server.write_all(leftover).await
+    };
+    if let Err(e) = early.await {
+        shared.stats.relay_errors.fetch_add(1, Relaxed);
+        info!(error = %e, "connection lost right after connect");
+        return;
+    }
+    shared.stats.relayed.fetch_add(1, Relaxed);
+    shared.stats.bytes_up.fetch_add(leftover.len() as u64, Relaxed);
+    debug!(early_bytes = leftover.len(), connect_ms = started.elapsed().as_millis() as u64, "relaying");
+
+    let counters = RelayCounters::default();
+    let result = relay::relay(client, server, shared.config.limits.idle_timeout, &counters).await;
+    let (up, down) = (counters.a_to_b.load(Relaxed), counters.b_to_a.load(Relaxed));
+    shared.stats.bytes_up.fetch_add(up, Relaxed);
+    shared.stats.bytes_down.fetch_add(down, Relaxed);
+    match result {
+        Ok(outcome) => info!(up, down, secs = started.elapsed().as_secs_f64(), ?outcome, "relay done"),
+        Err(e) => {
+            if is_idle(&e) {
+                shared.stats.idle_timeouts.fetch_add(1, Relaxed);
+            } else {
+                shared.stats.relay_errors.fetch_add(1, Relaxed);
+            }
+            info!(up, down, secs = started.elapsed().as_secs_f64(), error = %e, "relay ended");
+        }
+    }
+}
+
+fn is_idle(e: &relay::RelayError) -> bool {
+    matches!(e, relay::RelayError::IdleTimeout { .. })
+}
+
+/// Authentication and per-CPE admission. Returns the per-CPE slot for authenticated clients.
+fn admit(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    message: &Message,
+    raw: &[u8],
+) -> Result<Option<CpeGuard>, Refusal> {
+    let Some(auth) = message.auth() else {
+        return if shared.config.is_trusted(peer.ip()) { Ok(None) } else { Err(Refusal::MissingAuth) };
+    };
+    tracing::Span::current().record("cpe", auth.cpe_id.as_str());
+    let key = shared.config.clients.get(&auth.cpe_id).ok_or(Refusal::UnknownCpe)?;
+    convert::auth::verify_mac(key.expose(), raw)?;
+    shared.replay.lock().expect("replay window poisoned").check(now_unix(), auth)?;
+    match CpeGuard::acquire(shared, &auth.cpe_id) {
+        Some(g) => Ok(Some(g)),
+        None => Err(Refusal::CpeLimit(shared.config.limits.max_connections_per_cpe)),
+    }
+}
+
+enum ReadError {
+    /// EOF or an IO error before the message was complete.
+    Closed(Option<io::Error>),
+    /// The bytes are not a valid Convert message.
+    Invalid(convert::DecodeError),
+    /// EOF after this many bytes of an incomplete message.
+    Truncated(usize),
+}
+
+/// Reads until one whole Convert message is buffered. Returns it, the buffer, and the message's length
+/// (the rest of the buffer is client data that came with it).
+async fn read_convert(client: &mut TcpStream) -> Result<(Message, Vec<u8>, usize), ReadError> {
+    let mut buf = vec![0u8; HEADER_BUF];
+    let mut filled = 0;
+    loop {
+        let n = match client.read(&mut buf[filled..]).await {
+            Ok(0) if filled == 0 => return Err(ReadError::Closed(None)),
+            Ok(0) => return Err(ReadError::Truncated(filled)),
+            Ok(n) => n,
+            Err(e) => return Err(ReadError::Closed(Some(e))),
+        };
+        filled += n;
+        match convert::parse(&buf[..filled]) {
+            Ok(Some((message, consumed))) => {
+                buf.truncate(filled);
+                return Ok((message, buf, consumed));
+            }
+            Ok(None) => {
+                // A message is at most MAX_MESSAGE_LEN < HEADER_BUF bytes, so the parser decides before the
+                // buffer fills; this only guards against a parser bug.
+                if filled == buf.len() {
+                    return Err(ReadError::Closed(None));
+                }
+            }
+            // A wrong first byte is only an unsupported *version* if the rest is a Convert header; text or
+            // noise is malformed (RFC 8803 error 1), so wait for the magic before choosing the code.
+            Err(convert::DecodeError::UnsupportedVersion(_)) if filled < convert::HEADER_LEN => {}
+            Err(convert::DecodeError::UnsupportedVersion(_)) if buf[2..4] != convert::MAGIC.to_be_bytes() => {
+                return Err(ReadError::Invalid(convert::DecodeError::BadMagic));
+            }
+            Err(e) => return Err(ReadError::Invalid(e)),
+        }
+    }
+}
+
+/// Sends the Error TLV for `why`, counts it, closes our side and lets the client read the reply before the
+/// socket goes (closing with unread input would send a RST that can destroy the reply in flight).
+async fn reject(shared: &Shared, mut client: TcpStream, why: Refusal) {
+    let code = why.code();
+    shared.stats.error_sent(code);
+    if matches!(why, Refusal::Policy { .. }) {
+        shared.stats.policy_denied.fetch_add(1, Relaxed);
+    }
+    if why.is_auth_failure() {
+        shared.stats.auth_failures.fetch_add(1, Relaxed);
+        let allowed = shared.auth_log.lock().expect("log limiter poisoned").allow(Instant::now());
+        if let Some(suppressed) = allowed {
+            warn!(code = code.code(), suppressed, "refused: {why}");
+        }
+    } else {
+        info!(code = code.code(), "refused: {why}");
+    }
+    let reply = Message::error_reply(code).to_bytes().expect("error reply encodes");
+    let linger = async {
+        client.write_all(&reply).await?;
+        client.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < REJECT_DRAIN_MAX {
+            match client.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(REJECT_LINGER, linger).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_errors_map_to_rfc8803_codes() {
+        let code = |e: io::Error| connect_error_code(&e).code();
+        assert_eq!(code(io::Error::from(io::ErrorKind::ConnectionRefused)), 96);
+        assert_eq!(code(io::Error::from_raw_os_error(libc::ECONNREFUSED)), 96);
+        assert_eq!(code(io::Error::from_raw_os_error(libc::ENETUNREACH)), 97);
+        assert_eq!(code(io::Error::from_raw_os_error(libc::EHOSTUNREACH)), 97);
+        assert_eq!(code(io::Error::from_raw_os_error(libc::ETIMEDOUT)), 65);
+        assert_eq!(code(io::Error::from_raw_os_error(libc::EACCES)), 65);
+    }
+}
