@@ -4,3 +4,5 @@
 pub mod nat;
 pub mod intercept;
 pub mod config;
+pub mod conn;
+pub mod daemon;

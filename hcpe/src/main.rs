@@ -1,1 +1,64 @@
-fn main() {}
+//! `hcpe --config FILE [--check-config]`: parse the CLI, load and validate the config (exit 64 naming the
+//! field when it is bad), start tracing, run the daemon until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use common::config::EXIT_BAD_CONFIG;
+use hcpe::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Hybrid-access CPE: LAN TCP over kernel MPTCP to a hag")]
+struct Cli {
+    /// YAML config file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Validate the config and exit (0 ok, 64 bad).
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_file(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hcpe: bad config {}: {e}", cli.config.display());
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    if cli.check_config {
+        println!("hcpe: config {} is valid", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hcpe: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(hcpe::daemon::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("hcpe failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

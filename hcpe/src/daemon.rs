@@ -1,0 +1,187 @@
+//! The hcpe daemon's life: clean leftovers, bring up the TUN interception and the policy routing that feeds it,
+//! accept LAN connections until told to stop, then remove everything it added.
+//!
+//! Invariants:
+//! - every rule and route hcpe adds carries [`RT_PROTO_HCPE`]; start flushes those first (a crash leaves no
+//!   duplicate) and stop flushes them again; the TUN device is not persistent, so the kernel deletes it (and
+//!   its routes) when the process ends, however it ends;
+//! - bypass rules (hag addresses, LAN subnets, configured prefixes) have lower priority numbers than the
+//!   interception rule, so they are matched first;
+//! - rules are removed before the TUN goes away, so LAN traffic falls back to normal routing, not a blackhole.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use anyhow::Context as _;
+use common::net::{DeviceRoute, Family, Netlink, Rule};
+use ipnet::IpNet;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::conn::{self, ConnCounters, Shared};
+use crate::intercept::{Interceptor, TunSettings};
+use crate::nat::Timeouts;
+
+/// rtnetlink protocol number marking hcpe's rules and routes (unassigned in iproute2's rt_protos).
+pub const RT_PROTO_HCPE: u8 = 72;
+
+/// Offset of the interception rule from `routing.rule_priority`; bypass rules use the priorities before it.
+pub const INTERCEPT_OFFSET: u32 = 900;
+
+fn tun_settings(cfg: &Config) -> TunSettings {
+    TunSettings {
+        name: cfg.tun.name.clone(),
+        ipv4: cfg.tun.ipv4.map(|n| (n.addr(), n.prefix_len())),
+        ipv6: cfg.tun.ipv6.map(|n| (n.addr(), n.prefix_len())),
+        mtu: cfg.tun.mtu,
+        listen_port: cfg.tun.listen_port,
+        offload: cfg.tun.offload,
+        queues: cfg.tun.queues,
+        max_pool_addresses: cfg.limits.nat_pool_addresses,
+        timeouts: Timeouts {
+            syn: std::time::Duration::from_secs(30),
+            // Outlive the relay's idle timeout so an entry never goes while its socket is open.
+            idle: cfg.limits.idle_timeout + std::time::Duration::from_secs(60),
+            closed: std::time::Duration::from_secs(10),
+        },
+    }
+}
+
+/// Prefixes never intercepted: configured bypass, the hag addresses, the LAN interfaces' subnets.
+async fn bypass_prefixes(cfg: &Config, nl: &Netlink) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = cfg.bypass.clone();
+    out.extend(cfg.hag_addresses.iter().map(|a| IpNet::from(a.ip())));
+    for lan in &cfg.lan_interfaces {
+        match common::net::ifindex(lan) {
+            Ok(idx) => match nl.addresses(idx).await {
+                Ok(addrs) => out.extend(addrs.into_iter().map(|n| n.trunc()).filter(|n| match n.addr() {
+                    IpAddr::V6(a) => !a.is_unicast_link_local(),
+                    IpAddr::V4(_) => true,
+                })),
+                Err(e) => warn!(lan, error = %e, "cannot list LAN addresses for bypass"),
+            },
+            Err(_) => warn!(lan, "LAN interface not present; its subnets are not bypassed"),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|n| seen.insert(*n));
+    out
+}
+
+/// Rules and routes hcpe wants, given the TUN's ifindex.
+async fn install_routing(cfg: &Config, nl: &Netlink, ifindex: u32) -> anyhow::Result<(usize, usize)> {
+    let table = cfg.routing.table;
+    let base = cfg.routing.rule_priority;
+    let mut families = Vec::new();
+    if cfg.tun.ipv4.is_some() {
+        families.push((Family::V4, "0.0.0.0/0".parse::<IpNet>().expect("valid")));
+    }
+    if cfg.tun.ipv6.is_some() {
+        families.push((Family::V6, "::/0".parse::<IpNet>().expect("valid")));
+    }
+    let mut routes = 0;
+    for (_, default) in &families {
+        nl.add_route(&DeviceRoute { dst: *default, ifindex, table, protocol: RT_PROTO_HCPE })
+            .await
+            .context("adding the route into the TUN device")?;
+        routes += 1;
+    }
+    let bypass = bypass_prefixes(cfg, nl).await;
+    let mut rules = 0;
+    for lan in &cfg.lan_interfaces {
+        for (family, _) in &families {
+            let mut prio = base;
+            for net in bypass.iter().filter(|n| matches!((family, n), (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_)))) {
+                if prio >= base + INTERCEPT_OFFSET {
+                    anyhow::bail!("more than {INTERCEPT_OFFSET} bypass prefixes");
+                }
+                nl.add_rule(&Rule {
+                    family: *family,
+                    priority: prio,
+                    iif: Some(lan.clone()),
+                    tcp_only: true,
+                    to: Some(*net),
+                    table: 254,
+                    protocol: RT_PROTO_HCPE,
+                })
+                .await
+                .with_context(|| format!("adding bypass rule for {net}"))?;
+                prio += 1;
+                rules += 1;
+            }
+            nl.add_rule(&Rule {
+                family: *family,
+                priority: base + INTERCEPT_OFFSET,
+                iif: Some(lan.clone()),
+                tcp_only: true,
+                to: None,
+                table,
+                protocol: RT_PROTO_HCPE,
+            })
+            .await
+            .context("adding the interception rule")?;
+            rules += 1;
+        }
+    }
+    Ok((rules, routes))
+}
+
+/// Runs the daemon until `shutdown` resolves, then removes everything it added.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if let Err(missing) = common::mptcp::check_tfo_sysctl(common::mptcp::TfoRole::Client) {
+        warn!("TCP Fast Open: {missing}; the Convert request will cost an extra round trip");
+    }
+    let nl = Netlink::new().context("rtnetlink")?;
+    let flushed = nl.flush_marked(RT_PROTO_HCPE).await.context("removing leftovers")?;
+    if flushed.rules + flushed.routes > 0 {
+        info!(rules = flushed.rules, routes = flushed.routes, "removed leftovers of an earlier run");
+    }
+    let mut interceptor = Interceptor::start(&tun_settings(&cfg)).await?;
+    let result = async {
+        let (rules, routes) = install_routing(&cfg, &nl, interceptor.ifindex).await?;
+        info!(rules, routes, tun = %cfg.tun.name, "hcpe ready");
+        let shared = Arc::new(Shared { config: cfg.clone(), counters: ConnCounters::default() });
+        serve(&mut interceptor, shared, shutdown).await;
+        anyhow::Ok(())
+    }
+    .await;
+    // Rules first, so LAN traffic goes back to normal routing before the TUN disappears.
+    match nl.flush_marked(RT_PROTO_HCPE).await {
+        Ok(f) => info!(rules = f.rules, routes = f.routes, "removed hcpe rules and routes"),
+        Err(e) => warn!(error = %e, "removing rules and routes"),
+    }
+    interceptor.shutdown().await;
+    info!("hcpe stopped");
+    result
+}
+
+async fn serve(interceptor: &mut Interceptor, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = interceptor.accept() => match accepted {
+                Ok((stream, Some(flow))) => {
+                    shared.counters.accepted.fetch_add(1, Relaxed);
+                    conns.spawn(conn::handle(stream, flow, shared.clone()));
+                }
+                Ok((stream, None)) => {
+                    shared.counters.orphaned.fetch_add(1, Relaxed);
+                    warn!("accepted a connection without a NAT entry; resetting it");
+                    conn::reset(stream);
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    info!(open = conns.len(), "stopping: closing open connections");
+    conns.shutdown().await;
+}
