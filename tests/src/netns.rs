@@ -406,9 +406,9 @@ impl Netns {
     /// Creates a veth pair `a:ifa <-> b:ifb` (created directly inside the two namespaces) and
     /// brings both ends up. Removed together with either namespace.
     pub fn veth(a: &Netns, ifa: &str, b: &Netns, ifb: &str) -> Result<()> {
-        a.ip(&["link", "add", ifa, "type", "veth", "peer", "name", ifb, "netns", &b.name])?;
-        a.ip(&["link", "set", ifa, "up"])?;
-        b.ip(&["link", "set", ifb, "up"])?;
+        a.ip(&["link", "add", "name", ifa, "type", "veth", "peer", "name", ifb, "netns", &b.name])?;
+        a.ip(&["link", "set", "dev", ifa, "up"])?;
+        b.ip(&["link", "set", "dev", ifb, "up"])?;
         Ok(())
     }
 
@@ -460,7 +460,7 @@ impl Netns {
 
     /// Sets a link up or down (`ip link set dev up|down`).
     pub fn link_set(&self, dev: &str, up: bool) -> Result<()> {
-        self.ip(&["link", "set", dev, if up { "up" } else { "down" }]).map(drop)
+        self.ip(&["link", "set", "dev", dev, if up { "up" } else { "down" }]).map(drop)
     }
 }
 
