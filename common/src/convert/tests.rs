@@ -439,6 +439,20 @@ proptest! {
     }
 
     #[test]
+    fn mutated_valid_messages_never_panic(
+        m in arb_message(), flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut bytes = m.to_bytes().unwrap();
+        for (at, x) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        bytes.truncate(cut.index(bytes.len() + 1).max(1));
+        check_decoded_is_stable(&bytes);
+    }
+
+    #[test]
     fn signed_requests_verify_and_pass_the_window(
         key in prop::collection::vec(any::<u8>(), 0..80), remote in arb_socket_addr(),
         id in "[a-z0-9-]{1,64}", ts in 0u64..u64::MAX / 2, nonce in any::<[u8; 16]>(),

@@ -428,14 +428,12 @@ impl Tlv {
             return Err(EncodeError::TlvTooLong { kind, len });
         }
         match self {
-            Tlv::Connect(c) => {
-                if tcp_options_without_padding(&c.options) != Some(&c.options[..]) {
-                    return Err(EncodeError::BadTcpOptions);
-                }
+            Tlv::Connect(c) if tcp_options_without_padding(&c.options) != Some(&c.options[..]) => {
+                return Err(EncodeError::BadTcpOptions);
             }
             Tlv::SupportedTcpExtensions { kinds } if kinds.contains(&0) => return Err(EncodeError::ZeroOptionKind),
             Tlv::Error { value, .. } if value.last() == Some(&0) => return Err(EncodeError::ErrorValueEndsInZero),
-            Tlv::ExtendedTcpHeader { .. } | Tlv::Cookie(_) | Tlv::Unknown { .. } if self.unpadded_len() % 4 != 0 => {
+            Tlv::ExtendedTcpHeader { .. } | Tlv::Cookie(_) | Tlv::Unknown { .. } if self.unpadded_len() & 3 != 0 => {
                 return Err(EncodeError::Unaligned { kind });
             }
             Tlv::Unknown { kind, .. } if tlv_type::is_known(*kind) => {
