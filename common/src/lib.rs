@@ -10,4 +10,5 @@ pub mod convert;
 pub mod mptcp;
 pub mod net;
 pub mod pm;
+pub mod probe;
 pub mod relay;

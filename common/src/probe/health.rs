@@ -1,0 +1,538 @@
+//! Per-uplink health state machine, sans-IO: the caller passes `now` into every call and performs the
+//! [`Action`]s it gets back (send a probe with this sequence number; report a state change).
+//!
+//! Rules (defaults from issue 5):
+//! - A probe is due every `interval` (200 ms) while the carrier is up. If the caller falls behind (a long
+//!   pause), probing resumes one interval after `now`; missed slots are not sent in a burst.
+//! - A probe not answered within its timeout is a miss. The timeout adapts like a TCP RTO
+//!   (RFC 6298: `srtt + 4 * rttvar`), clamped to `[timeout_min, timeout_max]`, and is `timeout_max`
+//!   before the first RTT sample: a link whose delay grows slowly under load (bufferbloat) is not declared
+//!   dead, while a blackholed link with a steady RTT is detected after `down_after` probes.
+//! - `down_after` consecutive misses (3) make the uplink Down; `up_after` consecutive successes (3) make it
+//!   Up. Successes and misses are counted in the order they are resolved.
+//! - `carrier(false)` makes it Down at once, forgets outstanding probes and stops probing; `carrier(true)`
+//!   resumes probing and it needs `up_after` successes to be Up again.
+//! - RTT: RFC 6298 smoothing (alpha 1/8, beta 1/4) over replies that arrived within their timeout; a late
+//!   or unknown reply changes nothing. Loss: misses / resolved probes over the last `loss_window` probes.
+//!
+//! Invariants: outstanding probes never exceed `timeout_max / interval + 2` (older ones are resolved as
+//! misses first); the loss window never holds more than `loss_window` outcomes.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Tuning of the state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Time between probes.
+    pub interval: Duration,
+    /// Consecutive misses that make an uplink Down.
+    pub down_after: u32,
+    /// Consecutive successes that make an uplink Up.
+    pub up_after: u32,
+    /// Lower bound of the adaptive probe timeout.
+    pub timeout_min: Duration,
+    /// Upper bound of the adaptive probe timeout, and the timeout before the first RTT sample.
+    pub timeout_max: Duration,
+    /// Probes over which loss is computed.
+    pub loss_window: usize,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: Duration::from_millis(200),
+            down_after: 3,
+            up_after: 3,
+            timeout_min: Duration::from_millis(200),
+            timeout_max: Duration::from_secs(1),
+            loss_window: 50,
+        }
+    }
+}
+
+/// Verdict on one uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HealthState {
+    /// No verdict yet (just started).
+    Unknown,
+    /// Probes are answered.
+    Up,
+    /// `down_after` probes in a row went unanswered, or the carrier is down.
+    Down,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "unknown",
+            HealthState::Up => "up",
+            HealthState::Down => "down",
+        }
+    }
+}
+
+/// A state transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateChange {
+    pub from: HealthState,
+    pub to: HealthState,
+    pub at: Instant,
+}
+
+/// What the caller must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send a probe request with this sequence number now.
+    SendProbe { seq: u32 },
+    /// The verdict changed.
+    StateChanged(StateChange),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    seq: u32,
+    sent: Instant,
+    deadline: Instant,
+}
+
+/// The state machine of one uplink.
+#[derive(Debug)]
+pub struct Health {
+    config: HealthConfig,
+    state: HealthState,
+    last_change: Instant,
+    carrier: bool,
+    next_seq: u32,
+    next_send: Instant,
+    outstanding: VecDeque<Outstanding>,
+    misses_in_row: u32,
+    successes_in_row: u32,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    latest_rtt: Option<Duration>,
+    /// true = answered, false = missed; newest at the back.
+    window: VecDeque<bool>,
+}
+
+impl Health {
+    /// Starts in [`HealthState::Unknown`] with carrier up and the first probe due at `now`.
+    pub fn new(config: HealthConfig, now: Instant) -> Self {
+        let window = VecDeque::with_capacity(config.loss_window);
+        Health {
+            config,
+            state: HealthState::Unknown,
+            last_change: now,
+            carrier: true,
+            next_seq: 0,
+            next_send: now,
+            outstanding: VecDeque::new(),
+            misses_in_row: 0,
+            successes_in_row: 0,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            latest_rtt: None,
+            window,
+        }
+    }
+
+    pub fn config(&self) -> &HealthConfig {
+        &self.config
+    }
+
+    pub fn state(&self) -> HealthState {
+        self.state
+    }
+
+    /// When the state last changed (construction time if never).
+    pub fn last_change(&self) -> Instant {
+        self.last_change
+    }
+
+    pub fn carrier_up(&self) -> bool {
+        self.carrier
+    }
+
+    /// Smoothed RTT (RFC 6298 SRTT); `None` before the first answered probe.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// RTT variation (RFC 6298 RTTVAR).
+    pub fn rttvar(&self) -> Duration {
+        self.rttvar
+    }
+
+    /// RTT of the most recent answered probe.
+    pub fn latest_rtt(&self) -> Option<Duration> {
+        self.latest_rtt
+    }
+
+    /// Fraction of the last `loss_window` resolved probes that were missed (0.0 with no probes yet).
+    pub fn loss(&self) -> f64 {
+        if self.window.is_empty() {
+            return 0.0;
+        }
+        let missed = self.window.iter().filter(|ok| !**ok).count();
+        missed as f64 / self.window.len() as f64
+    }
+
+    /// The timeout a probe sent now would get.
+    pub fn timeout(&self) -> Duration {
+        match self.srtt {
+            None => self.config.timeout_max,
+            Some(srtt) => {
+                let rto = srtt + 4 * self.rttvar;
+                rto.clamp(self.config.timeout_min, self.config.timeout_max.max(self.config.timeout_min))
+            }
+        }
+    }
+
+    /// Probes sent and not yet answered or timed out.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// The next instant at which [`Health::on_tick`] has work: a probe due or a probe timing out. `None`
+    /// while the carrier is down (nothing happens until [`Health::carrier`]).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.carrier {
+            return None;
+        }
+        let first_timeout = self.outstanding.iter().map(|o| o.deadline).min();
+        Some(first_timeout.map_or(self.next_send, |t| t.min(self.next_send)))
+    }
+
+    /// Resolves probes whose timeout passed (misses), then asks for a probe if one is due.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if !self.carrier {
+            return actions;
+        }
+        // Timeouts may differ per probe (adaptive), so scan rather than only looking at the front.
+        let mut expired = Vec::new();
+        self.outstanding.retain(|o| {
+            if o.deadline <= now {
+                expired.push(o.seq);
+                false
+            } else {
+                true
+            }
+        });
+        for _ in expired {
+            self.miss(now, &mut actions);
+        }
+        if now >= self.next_send {
+            let seq = self.next_seq;
+            self.next_seq = self.next_seq.wrapping_add(1);
+            let timeout = self.timeout();
+            self.outstanding.push_back(Outstanding { seq, sent: now, deadline: now + timeout });
+            // Bound: a probe older than any timeout could be is a miss already.
+            let cap = (self.config.timeout_max.as_nanos() / self.config.interval.as_nanos().max(1)) as usize + 2;
+            while self.outstanding.len() > cap {
+                self.outstanding.pop_front();
+                self.miss(now, &mut actions);
+            }
+            self.next_send += self.config.interval;
+            if self.next_send <= now {
+                self.next_send = now + self.config.interval;
+            }
+            actions.push(Action::SendProbe { seq });
+        }
+        actions
+    }
+
+    /// An authenticated reply for `seq` arrived. Replies for probes already resolved (late, duplicate,
+    /// unknown) are ignored; returns whether the reply was counted.
+    pub fn on_reply(&mut self, now: Instant, seq: u32) -> (bool, Vec<Action>) {
+        let mut actions = Vec::new();
+        let Some(pos) = self.outstanding.iter().position(|o| o.seq == seq) else {
+            return (false, actions);
+        };
+        let probe = self.outstanding.remove(pos).expect("position is in range");
+        if now > probe.deadline {
+            // Answered, but after its timeout: the next on_tick would have called it a miss.
+            self.miss(now, &mut actions);
+            return (false, actions);
+        }
+        self.rtt_sample(now.saturating_duration_since(probe.sent));
+        self.record(true);
+        self.misses_in_row = 0;
+        self.successes_in_row = self.successes_in_row.saturating_add(1);
+        if self.state != HealthState::Up && self.successes_in_row >= self.config.up_after {
+            self.set_state(now, HealthState::Up, &mut actions);
+        }
+        (true, actions)
+    }
+
+    /// Link carrier changed. Down acts at once; up resumes probing at `now`.
+    pub fn carrier(&mut self, now: Instant, up: bool) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if up == self.carrier {
+            return actions;
+        }
+        self.carrier = up;
+        self.outstanding.clear();
+        self.misses_in_row = 0;
+        self.successes_in_row = 0;
+        if up {
+            self.next_send = now;
+        } else {
+            self.set_state(now, HealthState::Down, &mut actions);
+        }
+        actions
+    }
+
+    fn miss(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.record(false);
+        self.successes_in_row = 0;
+        self.misses_in_row = self.misses_in_row.saturating_add(1);
+        if self.state != HealthState::Down && self.misses_in_row >= self.config.down_after {
+            self.set_state(now, HealthState::Down, actions);
+        }
+    }
+
+    fn record(&mut self, answered: bool) {
+        if self.config.loss_window == 0 {
+            return;
+        }
+        if self.window.len() == self.config.loss_window {
+            self.window.pop_front();
+        }
+        self.window.push_back(answered);
+    }
+
+    /// RFC 6298 §2: first sample R: SRTT = R, RTTVAR = R/2; then RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R|,
+    /// SRTT = 7/8 SRTT + 1/8 R.
+    fn rtt_sample(&mut self, r: Duration) {
+        self.latest_rtt = Some(r);
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(r);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((srtt * 7 + r) / 8);
+            }
+        }
+    }
+
+    fn set_state(&mut self, now: Instant, to: HealthState, actions: &mut Vec<Action>) {
+        if self.state == to {
+            return;
+        }
+        let change = StateChange { from: self.state, to, at: now };
+        self.state = to;
+        self.last_change = now;
+        actions.push(Action::StateChanged(change));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Test harness: a simulated link answering each probe after `rtt` unless `answering` is false.
+    struct Sim {
+        t0: Instant,
+        now: Instant,
+        h: Health,
+        rtt: Duration,
+        answering: bool,
+        /// (arrival time, seq) of replies in flight.
+        in_flight: Vec<(Instant, u32)>,
+        changes: Vec<(u64, HealthState)>,
+        sent: u32,
+    }
+
+    impl Sim {
+        fn new(config: HealthConfig, rtt: Duration) -> Self {
+            let t0 = Instant::now();
+            Sim { t0, now: t0, h: Health::new(config, t0), rtt, answering: true, in_flight: vec![], changes: vec![], sent: 0 }
+        }
+
+        fn ms(&self) -> u64 {
+            (self.now - self.t0).as_millis() as u64
+        }
+
+        fn apply(&mut self, actions: Vec<Action>) {
+            for a in actions {
+                match a {
+                    Action::SendProbe { seq } => {
+                        self.sent += 1;
+                        if self.answering {
+                            self.in_flight.push((self.now + self.rtt, seq));
+                        }
+                    }
+                    Action::StateChanged(c) => {
+                        assert_eq!(c.at, self.now);
+                        assert_eq!(c.from, self.changes.last().map_or(HealthState::Unknown, |x| x.1));
+                        self.changes.push(((c.at - self.t0).as_millis() as u64, c.to));
+                    }
+                }
+            }
+        }
+
+        /// Advances in 1 ms steps to `until_ms`, delivering replies and ticks.
+        /// The current millisecond is processed again first (harmless: nothing is due twice).
+        fn run_to(&mut self, until_ms: u64) {
+            loop {
+                let now = self.now;
+                let (due, later): (Vec<_>, Vec<_>) = self.in_flight.drain(..).partition(|(t, _)| *t <= now);
+                self.in_flight = later;
+                for (_, seq) in due {
+                    let (_, actions) = self.h.on_reply(now, seq);
+                    self.apply(actions);
+                }
+                let actions = self.h.on_tick(now);
+                self.apply(actions);
+                if self.ms() >= until_ms {
+                    break;
+                }
+                self.now += MS;
+            }
+        }
+    }
+
+    #[test]
+    fn first_probe_is_immediate_then_every_interval() {
+        let t0 = Instant::now();
+        let mut h = Health::new(HealthConfig::default(), t0);
+        assert_eq!(h.on_tick(t0), vec![Action::SendProbe { seq: 0 }]);
+        assert_eq!(h.on_tick(t0 + 199 * MS), vec![]);
+        assert_eq!(h.on_tick(t0 + 200 * MS), vec![Action::SendProbe { seq: 1 }]);
+        assert_eq!(h.next_deadline(), Some(t0 + 400 * MS));
+    }
+
+    #[test]
+    fn up_after_three_successes_down_after_three_misses_and_back() {
+        let mut s = Sim::new(HealthConfig::default(), 20 * MS);
+        s.run_to(1000);
+        // Replies at 20, 220, 420 ms: Up on the third.
+        assert_eq!(s.changes, vec![(420, HealthState::Up)]);
+        assert_eq!(s.h.srtt(), Some(20 * MS));
+
+        // Blackhole right after the probe at 1000 ms. With srtt 20 ms and a small rttvar the timeout is
+        // timeout_min = 200 ms: probes at 1200, 1400, 1600 are missed at 1400, 1600, 1800.
+        s.answering = false;
+        s.run_to(2000);
+        assert_eq!(s.changes[1], (1800, HealthState::Down));
+        assert_eq!(s.h.timeout(), 200 * MS);
+
+        // Restored right after the probe at 2000 ms: probes at 2200, 2400, 2600 answered 20 ms later.
+        s.answering = true;
+        s.run_to(3000);
+        assert_eq!(s.changes[2], (2620, HealthState::Up));
+        assert_eq!(s.changes.len(), 3);
+        assert!(s.h.loss() > 0.0);
+    }
+
+    #[test]
+    fn unknown_goes_down_when_nothing_answers_from_the_start() {
+        let mut s = Sim::new(HealthConfig::default(), 20 * MS);
+        s.answering = false;
+        s.run_to(3000);
+        // No RTT sample yet: the timeout is timeout_max (1 s). Probes at 0, 200, 400 time out at 1000,
+        // 1200, 1400.
+        assert_eq!(s.changes, vec![(1400, HealthState::Down)]);
+        assert_eq!(s.h.loss(), 1.0);
+        assert!(s.h.outstanding() <= 7);
+    }
+
+    #[test]
+    fn carrier_loss_acts_at_once_and_stops_probing() {
+        let mut s = Sim::new(HealthConfig::default(), 10 * MS);
+        s.run_to(1000);
+        assert_eq!(s.h.state(), HealthState::Up);
+        let now = s.now;
+        let actions = s.h.carrier(now, false);
+        s.apply(actions);
+        assert_eq!(s.changes.last(), Some(&(1000, HealthState::Down)));
+        assert_eq!(s.h.next_deadline(), None);
+        let sent = s.sent;
+        s.run_to(5000);
+        assert_eq!(s.sent, sent, "no probes without carrier");
+        assert_eq!(s.h.state(), HealthState::Down);
+
+        let now = s.now;
+        let actions = s.h.carrier(now, true);
+        s.apply(actions);
+        s.run_to(6000);
+        // Probes at 5000, 5200, 5400, answered 10 ms later.
+        assert_eq!(s.changes.last(), Some(&(5410, HealthState::Up)));
+    }
+
+    #[test]
+    fn timeout_adapts_to_slowly_growing_rtt_instead_of_flapping() {
+        let mut s = Sim::new(HealthConfig::default(), 20 * MS);
+        s.run_to(1000);
+        // Bufferbloat: RTT climbs 20 ms per probe up to 400 ms (above timeout_min).
+        for step in 1..=19u32 {
+            s.rtt = 20 * MS + step * 20 * MS;
+            let t = s.ms() + 200;
+            s.run_to(t);
+        }
+        s.run_to(s.ms() + 5000);
+        assert_eq!(s.changes, vec![(420, HealthState::Up)], "no flap while the RTT grows");
+        let srtt = s.h.srtt().unwrap();
+        assert!(srtt > 300 * MS && srtt <= 400 * MS, "srtt {srtt:?}");
+        assert!(s.h.timeout() >= 400 * MS);
+    }
+
+    #[test]
+    fn rfc6298_smoothing() {
+        let t0 = Instant::now();
+        let mut h = Health::new(HealthConfig { up_after: 1, ..Default::default() }, t0);
+        h.on_tick(t0);
+        let (counted, actions) = h.on_reply(t0 + 100 * MS, 0);
+        assert!(counted);
+        assert!(matches!(actions[..], [Action::StateChanged(StateChange { to: HealthState::Up, .. })]));
+        assert_eq!((h.srtt(), h.rttvar()), (Some(100 * MS), 50 * MS));
+        h.on_tick(t0 + 200 * MS);
+        h.on_reply(t0 + 220 * MS, 1);
+        // RTTVAR = 3/4 * 50 + 1/4 * |100 - 20| = 57.5; SRTT = 7/8 * 100 + 1/8 * 20 = 90.
+        assert_eq!(h.srtt(), Some(90 * MS));
+        assert_eq!(h.rttvar(), Duration::from_micros(57_500));
+        assert_eq!(h.latest_rtt(), Some(20 * MS));
+    }
+
+    #[test]
+    fn late_duplicate_and_unknown_replies_do_not_count() {
+        let t0 = Instant::now();
+        let mut h = Health::new(HealthConfig::default(), t0);
+        h.on_tick(t0);
+        assert!(!h.on_reply(t0 + MS, 77).0, "never sent");
+        assert!(h.on_reply(t0 + 2 * MS, 0).0);
+        assert!(!h.on_reply(t0 + 3 * MS, 0).0, "duplicate");
+        // Probe 1 (timeout 200 ms after the first sample) answered after its deadline counts as a miss.
+        h.on_tick(t0 + 200 * MS);
+        assert!(!h.on_reply(t0 + 401 * MS, 1).0);
+        assert_eq!(h.loss(), 0.5);
+    }
+
+    #[test]
+    fn loss_is_over_a_sliding_window() {
+        let cfg = HealthConfig { loss_window: 10, ..Default::default() };
+        let mut s = Sim::new(cfg, 10 * MS);
+        s.answering = false;
+        s.run_to(1000); // first misses
+        s.answering = true;
+        s.run_to(10_000);
+        assert_eq!(s.h.loss(), 0.0, "old misses left the window");
+    }
+
+    #[test]
+    fn falling_behind_does_not_burst() {
+        let t0 = Instant::now();
+        let mut h = Health::new(HealthConfig::default(), t0);
+        h.on_tick(t0);
+        // The caller was stalled for 5 s: one probe now, the next one interval later.
+        let actions = h.on_tick(t0 + 5000 * MS);
+        assert_eq!(actions.iter().filter(|a| matches!(a, Action::SendProbe { .. })).count(), 1);
+        assert_eq!(h.next_deadline(), Some(t0 + 5200 * MS));
+    }
+}
