@@ -68,7 +68,7 @@ pub fn check_tfo_value(role: TfoRole, value: u32) -> Result<(), String> {
     let wanted = missing.iter().fold(value, |v, (bit, _)| v | bit);
     Err(format!(
         "TCP Fast Open {role}: net.ipv4.tcp_fastopen = {value} (0x{value:x}) lacks bit {}; \
-         set `sysctl -w net.ipv4.tcp_fastopen={wanted}` (0x{wanted:x}) in this network namespace",
+         set net.ipv4.tcp_fastopen={wanted} (0x{wanted:x}) in this network namespace (sysctl -w)",
         names.join(" and ")
     ))
 }
