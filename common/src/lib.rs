@@ -5,6 +5,7 @@
 //! introspection ([`mptcp`]), the bidirectional relay ([`relay`]) and config helpers ([`config`]).
 //! Protocol code here is sans-IO: no sockets, no clock inside the codecs.
 
+pub mod admin;
 pub mod config;
 pub mod convert;
 pub mod mptcp;
