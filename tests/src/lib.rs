@@ -15,4 +15,4 @@ pub mod traffic;
 pub use emulator::{Direction, LinkConfig, LinkEmulator, Shape};
 pub use netns::{bin_path, ChildGuard, Netns};
 pub use testbed::{addr, Testbed, TestbedConfig};
-pub use traffic::{Client, Server};
+pub use traffic::{one_way_probes, Client, Server};

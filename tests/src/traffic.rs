@@ -658,6 +658,103 @@ fn serve(mut s: TcpStream) -> Result<(), Error> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// One-way delay probes
+// ---------------------------------------------------------------------------------------------
+
+/// Result of [`one_way_probes`]: per probe, the one-way delay or `None` if it never arrived.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    /// Delay of probe `i`, in sending order.
+    pub delays: Vec<Option<Duration>>,
+}
+
+impl Probes {
+    /// Delays of the probes that arrived, sorted.
+    pub fn received(&self) -> Vec<Duration> {
+        let mut v: Vec<Duration> = self.delays.iter().flatten().copied().collect();
+        v.sort();
+        v
+    }
+    /// Fraction of probes lost.
+    pub fn loss(&self) -> f64 {
+        if self.delays.is_empty() {
+            return 0.0;
+        }
+        1.0 - self.received().len() as f64 / self.delays.len() as f64
+    }
+    /// The q-quantile of the received delays (0.5 = median); `None` if none arrived.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let v = self.received();
+        (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize])
+    }
+    /// The median one-way delay.
+    pub fn median(&self) -> Option<Duration> {
+        self.quantile(0.5)
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sends `count` UDP probes every `interval` from `from` (optionally bound to `src`) to `dst` in
+/// `to`, and measures each one's one-way delay with the shared monotonic clock (both ends are
+/// in this process). Waits `grace` after the last probe for stragglers.
+pub fn one_way_probes(
+    from: &Netns,
+    src: Option<SocketAddr>,
+    to: &Netns,
+    dst: SocketAddr,
+    count: u32,
+    interval: Duration,
+    grace: Duration,
+) -> Result<Probes, Error> {
+    let rx = to.within(|| std::net::UdpSocket::bind(dst))?.map_err(io("bind probe receiver"))?;
+    let dst = SocketAddr::new(dst.ip(), rx.local_addr().map_err(io("local addr"))?.port());
+    let any: SocketAddr =
+        if dst.is_ipv4() { (std::net::Ipv4Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let tx = from.within(|| std::net::UdpSocket::bind(src.unwrap_or(any)))?.map_err(io("bind probe sender"))?;
+    rx.set_read_timeout(Some(Duration::from_millis(20))).map_err(io("set timeout"))?;
+    let done = Arc::new(AtomicBool::new(false));
+    let done2 = done.clone();
+    let receiver = std::thread::spawn(move || {
+        let mut delays = vec![None; count as usize];
+        let mut buf = [0u8; 64];
+        while !done2.load(Ordering::Relaxed) {
+            if let Ok(n) = rx.recv(&mut buf) {
+                let now = monotonic_ns();
+                if n >= 12 {
+                    let seq = u32::from_be_bytes(buf[..4].try_into().expect("4")) as usize;
+                    let sent = u64::from_be_bytes(buf[4..12].try_into().expect("8"));
+                    if seq < delays.len() {
+                        delays[seq] = Some(Duration::from_nanos(now.saturating_sub(sent)));
+                    }
+                }
+            }
+        }
+        delays
+    });
+    let start = Instant::now();
+    for i in 0..count {
+        let due = start + interval * i;
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let mut p = [0u8; 40];
+        p[..4].copy_from_slice(&i.to_be_bytes());
+        p[4..12].copy_from_slice(&monotonic_ns().to_be_bytes());
+        let _ = tx.send_to(&p, dst);
+    }
+    std::thread::sleep(grace);
+    done.store(true, Ordering::Relaxed);
+    let delays = receiver.join().map_err(|_| Error::Protocol("probe receiver panicked".into()))?;
+    Ok(Probes { delays })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
