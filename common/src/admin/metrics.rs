@@ -8,7 +8,7 @@
 //!
 //! Invariants of [`MetricsWriter`] output:
 //! - Every family has exactly one `# HELP` and one `# TYPE` line, before its samples, and its samples are
-//!   contiguous. A second family with the same name is dropped (and is a bug: `debug_assert!`).
+//!   contiguous. A second family with the same name is dropped (a bug: debug builds panic).
 //! - Metric and label names match the Prometheus grammar; a family or sample with an invalid name is dropped,
 //!   never written half. Label values and HELP text are escaped, so no value can break a line or a label set.
 //! - The output ends with a newline.
@@ -104,11 +104,25 @@ impl MetricValue for bool {
 }
 
 /// Builds one scrape's worth of Prometheus text. Names given to it get the writer's prefix (e.g. `hcpe_`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MetricsWriter {
     out: String,
     prefix: String,
     families: HashSet<String>,
+    /// Panic on an invalid name or a repeated family (a bug in the caller) instead of dropping it: in debug
+    /// builds, so tests catch it; a release daemon drops the item, logs, and keeps serving the rest.
+    strict: bool,
+}
+
+impl Default for MetricsWriter {
+    fn default() -> Self {
+        MetricsWriter {
+            out: String::new(),
+            prefix: String::new(),
+            families: HashSet::new(),
+            strict: cfg!(debug_assertions),
+        }
+    }
 }
 
 impl MetricsWriter {
@@ -146,7 +160,10 @@ impl MetricsWriter {
     pub fn family(&mut self, name: &str, help: &str, kind: MetricType) -> Family<'_> {
         let full = format!("{}{name}", self.prefix);
         let ok = valid_metric_name(&full) && self.families.insert(full.clone());
-        debug_assert!(ok, "metric family {full:?} has an invalid name or is written twice");
+        assert!(
+            ok || !self.strict,
+            "metric family {full:?} has an invalid name or is written twice"
+        );
         if !ok {
             tracing::error!(family = %full, "metric family dropped: invalid name or written twice");
             return Family {
@@ -194,7 +211,7 @@ pub struct Family<'w> {
 impl Family<'_> {
     /// Adds a sample with the given labels (name, value). Label values may hold any text; they are escaped.
     ///
-    /// A label with an invalid or duplicate name drops this sample (a bug: `debug_assert!`).
+    /// A label with an invalid or duplicate name drops this sample (a bug: debug builds panic).
     pub fn sample(&mut self, labels: &[(&str, &str)], value: impl MetricValue) -> &mut Self {
         if !self.ok {
             return self;
@@ -203,8 +220,8 @@ impl Family<'_> {
             .iter()
             .enumerate()
             .all(|(i, (name, _))| valid_label_name(name) && !labels[..i].iter().any(|(other, _)| other == name));
-        debug_assert!(
-            labels_ok,
+        assert!(
+            labels_ok || !self.w.strict,
             "metric {}: invalid or duplicate label name in {labels:?}",
             self.name
         );
@@ -623,10 +640,12 @@ mod tests {
         }
     }
 
-    #[cfg(not(debug_assertions))]
     #[test]
-    fn invalid_names_and_repeated_families_are_dropped_whole() {
-        let mut w = MetricsWriter::new();
+    fn release_builds_drop_invalid_names_and_repeated_families_whole() {
+        let mut w = MetricsWriter {
+            strict: false,
+            ..MetricsWriter::new()
+        };
         w.counter("bad-name", "x", 1u64);
         w.counter("ok_total", "x", 1u64);
         w.counter("ok_total", "again", 2u64);
@@ -640,11 +659,13 @@ mod tests {
         assert_eq!(fams[1].samples.len(), 1);
     }
 
-    #[cfg(debug_assertions)]
     #[test]
     #[should_panic(expected = "written twice")]
     fn repeated_family_is_a_bug_in_debug_builds() {
-        let mut w = MetricsWriter::new();
+        let mut w = MetricsWriter {
+            strict: true,
+            ..MetricsWriter::new()
+        };
         w.counter("ok_total", "x", 1u64);
         w.counter("ok_total", "again", 2u64);
     }
