@@ -352,7 +352,16 @@ mod tests {
     impl Sim {
         fn new(config: HealthConfig, rtt: Duration) -> Self {
             let t0 = Instant::now();
-            Sim { t0, now: t0, h: Health::new(config, t0), rtt, answering: true, in_flight: vec![], changes: vec![], sent: 0 }
+            Sim {
+                t0,
+                now: t0,
+                h: Health::new(config, t0),
+                rtt,
+                answering: true,
+                in_flight: vec![],
+                changes: vec![],
+                sent: 0,
+            }
         }
 
         fn ms(&self) -> u64 {

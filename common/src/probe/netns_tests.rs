@@ -53,6 +53,25 @@ fn set_lo_up() {
     }
 }
 
+/// `ip -6 addr add|del ADDR/128 dev lo` by ioctl (SIOCSIFADDR / SIOCDIFADDR with an in6_ifreq).
+fn lo_v6(request: libc::c_ulong, addr: std::net::Ipv6Addr) {
+    // SAFETY: in6_ifreq is plain old data, fully initialised; the socket is closed below.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let ifindex = libc::if_nametoindex(c"lo".as_ptr());
+        assert!(ifindex > 0);
+        let req = libc::in6_ifreq {
+            ifr6_addr: libc::in6_addr { s6_addr: addr.octets() },
+            ifr6_prefixlen: 128,
+            ifr6_ifindex: ifindex as libc::c_int,
+        };
+        let rc = libc::ioctl(fd, request as _, &req);
+        assert_eq!(rc, 0, "ioctl {request:#x} {addr}: {}", std::io::Error::last_os_error());
+        libc::close(fd);
+    }
+}
+
 fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
 }
@@ -161,6 +180,48 @@ fn wrong_key_is_never_answered_and_the_uplink_goes_down() {
             assert!(took >= 1400 * MS && took <= 1450 * MS, "down after {took:?}");
             let s = counters.snapshot();
             assert!(s.bad_mac >= 3 && s.replied == 0, "{s:?}");
+            drop(health);
+            task.await.unwrap().unwrap();
+            responder.abort();
+        });
+    });
+}
+
+#[test]
+fn renumbered_uplink_is_rebound_and_recovers_without_a_restart() {
+    in_private_netns(|| {
+        paused_runtime().block_on(async {
+            let old: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+            let new: std::net::Ipv6Addr = "fd00::3".parse().unwrap();
+            lo_v6(libc::SIOCSIFADDR, old);
+            let target = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), DEFAULT_PORT);
+            let socket = UdpSocket::bind(target).await.unwrap();
+            let keys = HashMap::from([("cpe-1".to_owned(), KEY.to_vec())]);
+            let responder = tokio::spawn(serve_udp(socket, Responder::new(ResponderConfig::default()), move |id| {
+                keys.get(id).cloned()
+            }));
+            let config = ProberConfig { source: IpAddr::V6(old), target, ..prober_config(KEY) };
+            let prober = Prober::new(config).unwrap();
+            let mut health = prober.subscribe();
+            let source = prober.source_control();
+            let task = tokio::spawn(prober.run());
+            until_state(&mut health, HealthState::Up).await;
+
+            // The modem renumbers: the old address goes away. Probes from it fail, the uplink goes Down.
+            lo_v6(libc::SIOCSIFADDR, new);
+            lo_v6(libc::SIOCDIFADDR, old);
+            let took = until_state(&mut health, HealthState::Down).await;
+            assert!(took <= 1000 * MS, "down after {took:?}");
+
+            // The uplink manager learns the new address: same prober, new socket, Up after 3 probes.
+            source.send(IpAddr::V6(new)).unwrap();
+            let took = until_state(&mut health, HealthState::Up).await;
+            assert!(took >= 400 * MS && took <= 600 * MS, "up after rebind: {took:?}");
+            let h = health.borrow().clone();
+            assert_eq!((h.source, h.stats.rebinds), (IpAddr::V6(new), 1));
+            assert!(h.stats.replies >= 6, "{h:?}");
+            println!("after renumbering: {:?}", h.stats);
+
             drop(health);
             task.await.unwrap().unwrap();
             responder.abort();

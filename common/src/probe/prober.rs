@@ -8,7 +8,11 @@
 //! - The watch value is refreshed after every event (fresh RTT and loss for metrics), but receivers are
 //!   woken only when `state` or `carrier` changes, so `changed()` means "the verdict moved".
 //! - Socket errors that concern one datagram (ICMP unreachable, no route, address gone) never stop the
-//!   prober: an unsent or unanswered probe simply becomes a miss.
+//!   prober: an unsent or unanswered probe simply becomes a miss. Every send error is of that kind.
+//! - The socket is bound with IP_FREEBIND, so a source address that is not (yet, or any more) on the
+//!   interface still binds; probes then fail to send and count as misses until the address is there.
+//!   When the uplink is renumbered, the new address goes through [`Prober::source_control`]: the socket
+//!   is replaced, the health state and its counters carry on.
 //! - Time comes from tokio's clock, so tests run it under a paused clock.
 
 use std::collections::VecDeque;
@@ -73,6 +77,8 @@ pub struct ProberStats {
     pub late_replies: u64,
     /// Datagrams that were not a valid reply to us (malformed, bad MAC, wrong uplink, unknown nonce).
     pub bad_replies: u64,
+    /// Times the socket was re-bound to a new source address.
+    pub rebinds: u64,
     /// Receive errors reported by the socket (e.g. ICMP port unreachable from the HAG).
     pub recv_errors: u64,
 }
@@ -83,6 +89,8 @@ pub struct UplinkHealth {
     pub state: HealthState,
     /// Carrier as last told through [`Prober::carrier_control`].
     pub carrier: bool,
+    /// Source address the probes are sent from.
+    pub source: IpAddr,
     /// Smoothed RTT (RFC 6298); `None` before the first reply.
     pub srtt: Option<Duration>,
     pub rttvar: Duration,
@@ -105,6 +113,8 @@ pub struct Prober {
     tx: watch::Sender<UplinkHealth>,
     carrier_tx: watch::Sender<bool>,
     carrier_rx: watch::Receiver<bool>,
+    source_tx: watch::Sender<IpAddr>,
+    source_rx: watch::Receiver<IpAddr>,
 }
 
 fn now() -> Instant {
@@ -115,8 +125,8 @@ fn socket_err(what: &'static str) -> impl FnOnce(std::io::Error) -> ProbeError {
     move |source| ProbeError::Socket { what, source }
 }
 
-/// A non-blocking UDP socket bound to `source` (port chosen by the kernel), optionally to `device`, and
-/// connected to `target` so only the HAG's datagrams are received.
+/// A non-blocking UDP socket bound to `source` (port chosen by the kernel, IP_FREEBIND), optionally to
+/// `device`, and connected to `target` so only the HAG's datagrams are received.
 fn probe_socket(source: IpAddr, device: Option<&str>, target: SocketAddr) -> Result<std::net::UdpSocket, ProbeError> {
     if source.is_ipv4() != target.is_ipv4() {
         return Err(ProbeError::Config(format!("source {source} and target {target} are of different families")));
@@ -125,6 +135,11 @@ fn probe_socket(source: IpAddr, device: Option<&str>, target: SocketAddr) -> Res
         .map_err(socket_err("create"))?;
     if let Some(dev) = device {
         socket.bind_device(Some(dev.as_bytes())).map_err(socket_err("SO_BINDTODEVICE"))?;
+    }
+    if source.is_ipv4() {
+        socket.set_freebind_v4(true).map_err(socket_err("IP_FREEBIND"))?;
+    } else {
+        socket.set_freebind_v6(true).map_err(socket_err("IPV6_FREEBIND"))?;
     }
     socket.bind(&SocketAddr::new(source, 0).into()).map_err(socket_err("bind"))?;
     socket.connect(&target.into()).map_err(socket_err("connect"))?;
@@ -143,8 +158,20 @@ impl Prober {
         let socket = UdpSocket::from_std(std_socket).map_err(socket_err("register with tokio"))?;
         let health = Health::new(config.health.clone(), now());
         let (carrier_tx, carrier_rx) = watch::channel(true);
-        let (tx, _) = watch::channel(Self::view(&health, ProberStats::default()));
-        Ok(Prober { config, socket, health, stats: ProberStats::default(), nonces: VecDeque::new(), tx, carrier_tx, carrier_rx })
+        let (source_tx, source_rx) = watch::channel(config.source);
+        let (tx, _) = watch::channel(Self::view(&health, config.source, ProberStats::default()));
+        Ok(Prober {
+            config,
+            socket,
+            health,
+            stats: ProberStats::default(),
+            nonces: VecDeque::new(),
+            tx,
+            carrier_tx,
+            carrier_rx,
+            source_tx,
+            source_rx,
+        })
     }
 
     /// A receiver of this uplink's health. [`Prober::run`] returns once every receiver is dropped, so take
@@ -159,15 +186,23 @@ impl Prober {
         self.carrier_tx.clone()
     }
 
+    /// Sender for the uplink's source address (from the rtnetlink address events): a new value re-binds
+    /// the probe socket to it, keeping the health state. A rebind that fails (e.g. an address of the other
+    /// family) is logged and the old socket kept.
+    pub fn source_control(&self) -> watch::Sender<IpAddr> {
+        self.source_tx.clone()
+    }
+
     /// The bound local address of the probe socket.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.socket.local_addr()
     }
 
-    fn view(health: &Health, stats: ProberStats) -> UplinkHealth {
+    fn view(health: &Health, source: IpAddr, stats: ProberStats) -> UplinkHealth {
         UplinkHealth {
             state: health.state(),
             carrier: health.carrier_up(),
+            source,
             srtt: health.srtt(),
             rttvar: health.rttvar(),
             latest_rtt: health.latest_rtt(),
@@ -178,9 +213,9 @@ impl Prober {
     }
 
     fn publish(&self) {
-        let fresh = Self::view(&self.health, self.stats);
+        let fresh = Self::view(&self.health, self.config.source, self.stats);
         self.tx.send_if_modified(|cur| {
-            let wake = cur.state != fresh.state || cur.carrier != fresh.carrier;
+            let wake = cur.state != fresh.state || cur.carrier != fresh.carrier || cur.source != fresh.source;
             *cur = fresh;
             wake
         });
@@ -225,9 +260,32 @@ impl Prober {
                         self.perform(actions).await?;
                     }
                 }
+                r = self.source_rx.changed() => {
+                    if r.is_ok() {
+                        let source = *self.source_rx.borrow_and_update();
+                        self.rebind(source);
+                    }
+                }
                 () = self.tx.closed() => return Ok(()),
             }
             self.publish();
+        }
+    }
+
+    fn rebind(&mut self, source: IpAddr) {
+        if source == self.config.source {
+            return;
+        }
+        let socket = probe_socket(source, self.config.device.as_deref(), self.config.target)
+            .and_then(|s| UdpSocket::from_std(s).map_err(socket_err("register with tokio")));
+        match socket {
+            Ok(socket) => {
+                tracing::info!(old = %self.config.source, new = %source, "probe source address changed");
+                self.socket = socket;
+                self.config.source = source;
+                self.stats.rebinds += 1;
+            }
+            Err(e) => tracing::warn!(%source, error = %e, "cannot re-bind probe socket; keeping the old one"),
         }
     }
 
@@ -259,13 +317,14 @@ impl Prober {
             self.nonces.pop_front();
         }
         self.nonces.push_back((seq, nonce));
+        // Any send error (no route, source address gone: EINVAL/EADDRNOTAVAIL, ...) concerns this probe
+        // only; it becomes a miss when its timeout passes.
         match self.socket.send(&bytes).await {
             Ok(_) => self.stats.sent += 1,
-            Err(e) if is_transient(&e) => {
+            Err(e) => {
                 self.stats.send_errors += 1;
                 tracing::debug!(error = %e, seq, "probe send");
             }
-            Err(e) => return Err(ProbeError::Socket { what: "send", source: e }),
         }
         Ok(())
     }

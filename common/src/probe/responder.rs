@@ -309,7 +309,10 @@ mod tests {
     }
 
     fn at(base: Instant, ms: u64) -> Now {
-        Now { mono: base + Duration::from_millis(ms), unix: Duration::from_secs(1_800_000_000) + Duration::from_millis(ms) }
+        Now {
+            mono: base + Duration::from_millis(ms),
+            unix: Duration::from_secs(1_800_000_000) + Duration::from_millis(ms),
+        }
     }
 
     fn request(seq: u32, now: Now) -> Request {

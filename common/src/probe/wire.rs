@@ -377,9 +377,8 @@ mod tests {
     }
 
     fn arb_request() -> impl Strategy<Value = Request> {
-        (any::<u32>(), any::<u64>(), any::<u8>(), "[a-z0-9.-]{1,64}", any::<[u8; 16]>()).prop_map(
-            |(seq, timestamp_us, uplink, cpe_id, nonce)| Request { seq, timestamp_us, uplink, cpe_id, nonce },
-        )
+        (any::<u32>(), any::<u64>(), any::<u8>(), "[a-z0-9.-]{1,64}", any::<[u8; 16]>())
+            .prop_map(|(seq, timestamp_us, uplink, cpe_id, nonce)| Request { seq, timestamp_us, uplink, cpe_id, nonce })
     }
 
     proptest! {
