@@ -8,11 +8,12 @@
 //!   unknown route without a token answers 401, not 404.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
@@ -127,22 +128,31 @@ fn warn_if_others_can_read(field: &str, path: &Path, file: &std::fs::File) {
 #[cfg(not(unix))]
 fn warn_if_others_can_read(_field: &str, _path: &Path, _file: &std::fs::File) {}
 
-/// State of the [`require_bearer`] middleware.
+/// The admin API's token and refusal counter, shared by the middleware and the daemon (which may replace the
+/// token on a config reload through [`Auth::set_token`]).
 #[derive(Debug)]
 pub struct Auth {
-    token: BearerToken,
-    public: HashSet<String>,
+    token: RwLock<BearerToken>,
     failures: AtomicU64,
 }
 
 impl Auth {
-    /// Requires `token` on every path but those in `public` (exact paths, e.g. `/healthz`).
-    pub fn new(token: BearerToken, public: impl IntoIterator<Item = String>) -> Self {
+    /// Requires `token`.
+    pub fn new(token: BearerToken) -> Self {
         Auth {
-            token,
-            public: public.into_iter().collect(),
+            token: RwLock::new(token),
             failures: AtomicU64::new(0),
         }
+    }
+
+    /// Replaces the token; requests from then on need the new one.
+    pub fn set_token(&self, token: BearerToken) {
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    /// Whether `headers` carry the current token.
+    pub fn authorizes(&self, headers: &HeaderMap) -> bool {
+        self.token.read().unwrap_or_else(|p| p.into_inner()).authorizes(headers)
     }
 
     /// Requests refused for a missing or wrong token since start.
@@ -151,16 +161,42 @@ impl Auth {
     }
 }
 
-/// Middleware (`axum::middleware::from_fn_with_state(auth, require_bearer)`): lets public paths and requests
+/// State of the [`require_bearer`] middleware: the [`Auth`] and the paths served without it.
+#[derive(Debug, Clone)]
+pub struct AuthGate {
+    auth: Arc<Auth>,
+    public: Arc<HashSet<String>>,
+}
+
+impl AuthGate {
+    /// Requires `auth`'s token on every path but those in `public` (exact paths, e.g. `/healthz`).
+    pub fn new(auth: Arc<Auth>, public: impl IntoIterator<Item = String>) -> Self {
+        AuthGate {
+            auth,
+            public: Arc::new(public.into_iter().collect()),
+        }
+    }
+}
+
+/// Middleware (`axum::middleware::from_fn_with_state(gate, require_bearer)`): lets public paths and requests
 /// with the right bearer token through; answers anything else 401 `{"error":"unauthorized"}` with
 /// `WWW-Authenticate: Bearer`.
-pub async fn require_bearer(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
-    if auth.public.contains(req.uri().path()) || auth.token.authorizes(req.headers()) {
+pub async fn require_bearer(State(gate): State<AuthGate>, req: Request, next: Next) -> Response {
+    if gate.public.contains(req.uri().path()) || gate.auth.authorizes(req.headers()) {
         return next.run(req).await;
     }
-    auth.failures.fetch_add(1, Ordering::Relaxed);
-    // Method and path only: the header (a wrong token may be a real one of another system) is never logged.
-    tracing::info!(method = %req.method(), path = req.uri().path(), "admin API: missing or wrong bearer token");
+    gate.auth.failures.fetch_add(1, Ordering::Relaxed);
+    // Peer, method and path only: the header (a wrong token may be a real one of another system) is never logged.
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string());
+    tracing::info!(
+        peer = peer.as_deref().unwrap_or("-"),
+        method = %req.method(),
+        path = req.uri().path(),
+        "admin API: missing or wrong bearer token"
+    );
     ApiError::unauthorized().into_response()
 }
 
@@ -196,9 +232,18 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_token_takes_effect_and_the_old_one_stops_working() {
+        let auth = Auth::new(BearerToken::new("old-token-0123456789").unwrap());
+        assert!(auth.authorizes(&headers("Bearer old-token-0123456789")));
+        auth.set_token(BearerToken::new("new-token-0123456789").unwrap());
+        assert!(auth.authorizes(&headers("Bearer new-token-0123456789")));
+        assert!(!auth.authorizes(&headers("Bearer old-token-0123456789")));
+    }
+
+    #[test]
     fn debug_does_not_show_the_token() {
         let t = BearerToken::new("visible-secret-value").unwrap();
-        let dbg = format!("{t:?} {:?}", Auth::new(t.clone(), []));
+        let dbg = format!("{t:?} {:?}", AuthGate::new(Arc::new(Auth::new(t.clone())), []));
         assert!(!dbg.contains("visible-secret-value"), "{dbg}");
         assert!(
             !dbg.contains(&hex::encode(Sha256::digest(b"visible-secret-value"))),

@@ -39,6 +39,21 @@ impl<T: Metrics + ?Sized> Metrics for std::sync::Arc<T> {
     }
 }
 
+/// Several sources written one after the other (their family names must differ).
+impl<M: Metrics> Metrics for [M] {
+    fn write_metrics(&self, out: &mut MetricsWriter) {
+        for m in self {
+            m.write_metrics(out);
+        }
+    }
+}
+
+impl<M: Metrics> Metrics for Vec<M> {
+    fn write_metrics(&self, out: &mut MetricsWriter) {
+        self.as_slice().write_metrics(out);
+    }
+}
+
 /// Type of a metric family (the `# TYPE` line). Histograms and summaries are not offered: nothing exports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricType {

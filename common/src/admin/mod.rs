@@ -42,7 +42,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-pub use auth::{Auth, BearerToken};
+pub use auth::{Auth, AuthGate, BearerToken};
 pub use error::{ApiError, ApiJson, ApiPath};
 pub use metrics::{MetricType, Metrics, MetricsWriter};
 
@@ -256,7 +256,7 @@ type StatusDetail = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 /// JSON errors, body limit and timeout.
 pub struct AdminApp {
     process: ProcessInfo,
-    token: BearerToken,
+    auth: Arc<Auth>,
     metrics: Arc<dyn Metrics>,
     status_detail: StatusDetail,
     public: Vec<String>,
@@ -284,13 +284,18 @@ impl AdminApp {
     pub fn new(process: ProcessInfo, token: BearerToken, metrics: Arc<dyn Metrics>) -> Self {
         AdminApp {
             process,
-            token,
+            auth: Arc::new(Auth::new(token)),
             metrics,
             status_detail: Arc::new(|| serde_json::Value::Object(Default::default())),
             public: vec![HEALTHZ.to_owned()],
             max_body: DEFAULT_MAX_BODY,
             timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// The token holder, for the daemon to replace the token on a config reload ([`Auth::set_token`]).
+    pub fn auth(&self) -> Arc<Auth> {
+        self.auth.clone()
     }
 
     /// Takes body limit and timeout from the config section.
@@ -316,7 +321,8 @@ impl AdminApp {
     /// The complete router. `api` holds the daemon's routes (state applied); it must not define `/healthz`,
     /// `/metrics` or `/api/v1/status`, and needs no fallback (unknown routes get the JSON 404 here).
     pub fn router(self, api: Router) -> Router {
-        let auth = Arc::new(Auth::new(self.token, self.public));
+        let auth = self.auth;
+        let gate = AuthGate::new(auth.clone(), self.public);
         let shared = Arc::new(Shared {
             process: self.process,
             metrics: self.metrics,
@@ -336,7 +342,7 @@ impl AdminApp {
         base.merge(api)
             .fallback(error::not_found)
             .layer(RequestBodyLimitLayer::new(self.max_body))
-            .layer(axum::middleware::from_fn_with_state(auth, auth::require_bearer))
+            .layer(axum::middleware::from_fn_with_state(gate, auth::require_bearer))
             .layer(TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 self.timeout,
@@ -429,7 +435,7 @@ pub async fn serve(
             tracing::info!(%addr, "admin API listening");
         }
         tasks.spawn(
-            axum::serve(l, router.clone())
+            axum::serve(l, router.clone().into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(shutdown.clone())
                 .into_future(),
         );

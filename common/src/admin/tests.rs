@@ -404,3 +404,70 @@ fn binding_a_foreign_address_names_it() {
     let e = bind(&[addr]).unwrap_err();
     assert!(e.to_string().contains("192.0.2.1:9"), "{e}");
 }
+
+#[tokio::test]
+async fn a_token_replaced_on_reload_applies_at_once() {
+    let app = AdminApp::new(
+        ProcessInfo::new("hcpe", "1"),
+        BearerToken::new(TOKEN).unwrap(),
+        Arc::new(()),
+    );
+    let auth = app.auth();
+    let router = app.router(api());
+    let a = send_to(
+        router.clone(),
+        req(Method::GET, "/api/v1/status", Some(TOKEN), Body::empty()),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    auth.set_token(BearerToken::new("another-token-0123456789").unwrap());
+    let a = send_to(
+        router.clone(),
+        req(Method::GET, "/api/v1/status", Some(TOKEN), Body::empty()),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let r = req(
+        Method::GET,
+        "/api/v1/status",
+        Some("another-token-0123456789"),
+        Body::empty(),
+    );
+    assert_eq!(send_to(router, r).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn extra_public_paths_are_served_without_token_and_only_they() {
+    let api = api().route("/", get(|| async { "status page" }));
+    let router = AdminApp::new(
+        ProcessInfo::new("hcpe", "1"),
+        BearerToken::new(TOKEN).unwrap(),
+        Arc::new(()),
+    )
+    .public_path("/")
+    .router(api);
+    let a = send_to(router.clone(), req(Method::GET, "/", None, Body::empty())).await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "status page"));
+    for uri in ["/api/v1/status", "/index.html", "/metrics"] {
+        let a = send_to(router.clone(), req(Method::GET, uri, None, Body::empty())).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+}
+
+#[test]
+fn several_metric_sources_write_in_order() {
+    struct One(&'static str);
+    impl Metrics for One {
+        fn write_metrics(&self, out: &mut MetricsWriter) {
+            out.gauge(self.0, "x", 1u8);
+        }
+    }
+    let mut w = MetricsWriter::new();
+    vec![One("a"), One("b")].write_metrics(&mut w);
+    let names: Vec<_> = metrics::parse(w.as_str())
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+}
