@@ -55,6 +55,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        tracing::info!(addrs = ?hag.local_addrs(), "ready");
         let signals = async {
             if let Err(e) = hag::shutdown_signal().await {
                 tracing::error!(error = %e, "cannot install signal handlers; stopping");

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::convert::{self, ErrorCode, Message, auth::ReplayWindow};
-use crate::shim::mptcp;
+use common::mptcp;
 use crate::shim::relay::{self, RelayCounters};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -180,7 +180,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
         };
         shared.stats.accepted.fetch_add(1, Relaxed);
         let guard = ActiveGuard::new(shared.stats.clone());
-        let span = info_span!("conn", %peer, cpe = field::Empty, dst = field::Empty, token = field::Empty);
+        let span = info_span!(
+            "conn",
+            %peer,
+            cpe = field::Empty,
+            dst = field::Empty,
+            token = field::Empty,
+            tfo = field::Empty
+        );
         tracker.spawn(serve(shared.clone(), stream, peer, guard).instrument(span));
     }
 }
@@ -314,6 +321,9 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, act
             span.record("token", "fallback");
         }
         Err(e) => debug!(error = %e, "MPTCP_INFO failed"),
+    }
+    if let Ok(syn_data) = mptcp::syn_data_acked(&client) {
+        span.record("tfo", syn_data);
     }
     let _ = client.set_nodelay(true);
     if active.open > shared.config.limits.max_connections as u64 {

@@ -1,38 +1,6 @@
-//! TEMPORARY stand-ins for `common::mptcp` and `common::relay` until they land; same signatures as the
+//! TEMPORARY stand-in for `common::relay` until they land; same signatures as the
 //! contract. Removed as soon as the real modules are in.
 #![allow(dead_code)]
-
-pub mod mptcp {
-    use std::io;
-    use std::net::SocketAddr;
-    use std::os::fd::AsFd;
-
-    pub enum TfoRole {
-        Client,
-        Server,
-    }
-    pub struct MptcpInfo {
-        pub token: u32,
-    }
-    pub fn check_tfo_sysctl(_role: TfoRole) -> Result<(), String> {
-        Ok(())
-    }
-    pub fn info(_fd: &impl AsFd) -> io::Result<Option<MptcpInfo>> {
-        Ok(None)
-    }
-    pub fn listen(addr: SocketAddr, backlog: u32, _tfo: Option<u32>) -> io::Result<tokio::net::TcpListener> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::from(libc::IPPROTO_MPTCP)))?;
-        s.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        s.set_nonblocking(true)?;
-        s.bind(&addr.into())?;
-        s.listen(backlog as i32)?;
-        tokio::net::TcpListener::from_std(s.into())
-    }
-}
 
 pub mod relay {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
