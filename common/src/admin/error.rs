@@ -135,9 +135,12 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
+/// Message of the 404 for unknown routes (distinguishes it from a handler's "no such resource" 404).
+pub const NO_SUCH_ROUTE: &str = "no such route";
+
 /// Handler for unknown routes: 404 JSON.
 pub async fn not_found() -> ApiError {
-    ApiError::not_found("no such route")
+    ApiError::not_found(NO_SUCH_ROUTE)
 }
 
 /// What [`json_errors`] needs to word the errors that tower-http layers produce.

@@ -1,5 +1,6 @@
 //! Admin API pieces both daemons mount: config section, bearer auth, JSON errors, `/healthz`, `/metrics`,
-//! `/api/v1/status`, limits, and serving on the configured addresses.
+//! `/api/v1/status`, `/api/v1/openapi.json` (shared part + the daemon's), limits, and serving on the configured
+//! addresses.
 //!
 //! A daemon builds its own `Router` of `/api/v1/...` routes (with its state applied), then
 //! [`AdminApp::router`] adds the shared routes and layers around it, and [`serve`] runs it:
@@ -8,7 +9,8 @@
 //! let token = cfg.admin.load_token("admin.token_file")?;
 //! let app = AdminApp::new(ProcessInfo::new("hcpe", env!("CARGO_PKG_VERSION")), token, metrics)
 //!     .limits(&cfg.admin)
-//!     .status_detail(move || serde_json::json!({ "uplinks": summary.clone() }));
+//!     .status_detail(move || serde_json::json!({ "uplinks": summary.clone() }))
+//!     .openapi(serde_json::json!({ "paths": { "/api/v1/uplinks": { "get": { /* ... */ } } } }));
 //! let listeners = admin::bind(&cfg.admin.listen)?;
 //! tokio::spawn(admin::serve(listeners, app.router(api_routes), shutdown));
 //! ```
@@ -24,6 +26,7 @@
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 
 use std::future::Future;
 use std::io;
@@ -259,6 +262,7 @@ pub struct AdminApp {
     auth: Arc<Auth>,
     metrics: Arc<dyn Metrics>,
     status_detail: StatusDetail,
+    openapi: serde_json::Value,
     public: Vec<String>,
     max_body: usize,
     timeout: Duration,
@@ -283,14 +287,27 @@ impl AdminApp {
     /// under the prefix `<daemon>_`.
     pub fn new(process: ProcessInfo, token: BearerToken, metrics: Arc<dyn Metrics>) -> Self {
         AdminApp {
-            process,
             auth: Arc::new(Auth::new(token)),
             metrics,
             status_detail: Arc::new(|| serde_json::Value::Object(Default::default())),
+            openapi: openapi::base(process.daemon, process.version),
             public: vec![HEALTHZ.to_owned()],
             max_body: DEFAULT_MAX_BODY,
             timeout: DEFAULT_TIMEOUT,
+            process,
         }
+    }
+
+    /// Adds the daemon's part of the OpenAPI document (its `paths` and `components`), merged into the shared
+    /// part ([`openapi::base`]); the result is served at [`openapi::PATH`].
+    pub fn openapi(mut self, extra: serde_json::Value) -> Self {
+        openapi::merge(&mut self.openapi, extra);
+        self
+    }
+
+    /// The OpenAPI document as it will be served, for tests ([`openapi::missing_operations`]).
+    pub fn openapi_document(&self) -> &serde_json::Value {
+        &self.openapi
     }
 
     /// The token holder, for the daemon to replace the token on a config reload ([`Auth::set_token`]).
@@ -319,7 +336,7 @@ impl AdminApp {
     }
 
     /// The complete router. `api` holds the daemon's routes (state applied); it must not define `/healthz`,
-    /// `/metrics` or `/api/v1/status`, and needs no fallback (unknown routes get the JSON 404 here).
+    /// `/metrics`, `/api/v1/status` or `/api/v1/openapi.json`, and needs no fallback (unknown routes get the JSON 404 here).
     pub fn router(self, api: Router) -> Router {
         let auth = self.auth;
         let gate = AuthGate::new(auth.clone(), self.public);
@@ -333,11 +350,16 @@ impl AdminApp {
             max_body: self.max_body,
             timeout: self.timeout,
         };
+        let doc = axum::body::Bytes::from(serde_json::to_vec_pretty(&self.openapi).expect("a Value serializes"));
         let base = Router::new()
             .route(HEALTHZ, get(|| async { "ok" }))
             .route("/metrics", get(metrics_handler))
             .route("/api/v1/status", get(status_handler))
-            .with_state(shared);
+            .with_state(shared)
+            .route(
+                openapi::PATH,
+                get(move || std::future::ready(([(CONTENT_TYPE, "application/json")], doc.clone()))),
+            );
         // Layers run outermost last-added: JSON errors, timeout, auth, body limit, routes.
         base.merge(api)
             .fallback(error::not_found)

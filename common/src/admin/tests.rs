@@ -471,3 +471,46 @@ fn several_metric_sources_write_in_order() {
         .collect();
     assert_eq!(names, ["a", "b"]);
 }
+
+#[tokio::test]
+async fn openapi_document_is_served_and_every_operation_in_it_is_routed() {
+    let app = AdminApp::new(
+        ProcessInfo::new("hcpe", "1.2.3"),
+        BearerToken::new(TOKEN).unwrap(),
+        Arc::new(()),
+    )
+    .openapi(serde_json::json!({ "paths": {
+            "/api/v1/uplinks/{name}": { "patch": { "responses": {} } },
+            "/api/v1/connections/{id}": { "get": { "responses": {} } },
+            "/api/v1/echo": { "post": { "responses": {} } }
+        } }));
+    let doc = app.openapi_document().clone();
+    let router = app.router(api());
+    let a = send_to(
+        router.clone(),
+        req(Method::GET, openapi::PATH, Some(TOKEN), Body::empty()),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&a.body).unwrap(), doc);
+    assert_eq!(openapi::operations(&doc).len(), 7);
+    assert_eq!(
+        openapi::missing_operations(&router, &doc, TOKEN, "0").await,
+        Vec::<String>::new()
+    );
+
+    // A documented operation that is not routed, or a wrong method, is reported.
+    let mut wrong = doc.clone();
+    openapi::merge(
+        &mut wrong,
+        serde_json::json!({ "paths": {
+            "/api/v1/ghost": { "get": { "responses": {} } },
+            "/api/v1/status": { "delete": { "responses": {} } }
+        } }),
+    );
+    let missing = openapi::missing_operations(&router, &wrong, TOKEN, "0").await;
+    assert_eq!(missing.len(), 2, "{missing:?}");
+    assert!(missing[0].starts_with("GET /api/v1/ghost") && missing[1].starts_with("DELETE /api/v1/status"));
+    // A wrong token makes every authenticated operation "missing", so a broken test setup cannot pass.
+    assert_eq!(openapi::missing_operations(&router, &doc, "bad", "0").await.len(), 6);
+}
