@@ -268,6 +268,7 @@ impl Interceptor {
 
     /// Stops the packet loops and closes the device (the kernel removes a non-persistent TUN on close).
     pub async fn shutdown(mut self) {
+        tracing::info!(flows = self.flows(), counters = ?self.counters(), "NAT at shutdown");
         self.tasks.shutdown().await;
         self.listeners.clear();
     }
