@@ -208,6 +208,8 @@ impl DirParams {
 struct DirShared {
     params: DirParams,
     counters: AtomicCounters,
+    /// Worker loop iterations, so [`LinkEmulator::cut`] can wait until a cut is in force.
+    iterations: AtomicU64,
 }
 
 /// Configuration of a link: shape per direction and the RNG seed (loss, jitter).
@@ -259,7 +261,11 @@ impl LinkEmulator {
         let sa = Arc::new(sa);
         let sb = Arc::new(sb);
         let mk = |s: &Shape| {
-            let d = DirShared { params: DirParams::default(), counters: AtomicCounters::default() };
+            let d = DirShared {
+                params: DirParams::default(),
+                counters: AtomicCounters::default(),
+                iterations: AtomicU64::new(0),
+            };
             d.params.store(s);
             Arc::new(d)
         };
@@ -304,11 +310,21 @@ impl LinkEmulator {
         self.dir(d).params.load()
     }
 
-    /// Blackholes the link both ways: every frame is silently dropped, carrier stays up (the
-    /// realistic DSL failure: nothing tells the endpoints).
+    /// Blackholes the link both ways: every frame is silently dropped, also those already
+    /// queued, carrier stays up (the realistic DSL failure: nothing tells the endpoints). When
+    /// this returns, nothing more gets through.
     pub fn cut(&self) {
         for d in &self.dirs {
-            d.params.cut.store(true, Ordering::Relaxed);
+            d.params.cut.store(true, Ordering::SeqCst);
+        }
+        // Wait until each worker has started a new loop iteration: sends of an iteration that
+        // read the flag before it was set are over by then.
+        let seen: Vec<u64> = self.dirs.iter().map(|d| d.iterations.load(Ordering::SeqCst)).collect();
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < deadline
+            && self.dirs.iter().zip(&seen).any(|(d, &k)| d.iterations.load(Ordering::SeqCst) <= k)
+        {
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 
@@ -492,9 +508,15 @@ fn worker(rx: &OwnedFd, tx: &OwnedFd, shared: &DirShared, stop: &AtomicBool, see
     let c = &shared.counters;
     let p = &shared.params;
     while !stop.load(Ordering::Relaxed) {
+        shared.iterations.fetch_add(1, Ordering::SeqCst);
         let now = Instant::now();
         while queue.front().is_some_and(|q| q.due <= now) {
             let q = queue.pop_front().expect("front exists");
+            if p.cut.load(Ordering::SeqCst) {
+                // Cut means nothing gets through, also what was already in flight.
+                c.drop_cut.fetch_add(q.segs, Ordering::Relaxed);
+                continue;
+            }
             // SAFETY: sending an owned buffer on a bound packet socket.
             let r = unsafe { libc::send(tx.as_raw_fd(), q.frame.as_ptr().cast(), q.frame.len(), 0) };
             if r < 0 {
