@@ -70,6 +70,17 @@ fn lo_v6(request: libc::c_ulong, addr: std::net::Ipv6Addr) {
         assert_eq!(rc, 0, "ioctl {request:#x} {addr}: {}", std::io::Error::last_os_error());
         libc::close(fd);
     }
+    if request == libc::SIOCSIFADDR {
+        // The kernel finishes (skips) duplicate address detection on lo in a work queue, in real time; until
+        // then the address is tentative and drops what is sent to it. Under the paused clock that real-time
+        // moment would be many virtual seconds, so wait here until a plain bind (which refuses tentative
+        // addresses) succeeds.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::UdpSocket::bind((addr, 0)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{addr} still tentative after 5 s");
+            std::thread::sleep(MS);
+        }
+    }
 }
 
 fn paused_runtime() -> tokio::runtime::Runtime {

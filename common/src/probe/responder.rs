@@ -442,6 +442,16 @@ mod tests {
         assert!(r.handle(now, ip(1), &bytes, |id| keys.get(id)).is_some());
     }
 
+    proptest::proptest! {
+        /// Without the key nobody gets an answer, whatever they send; and nothing panics.
+        #[test]
+        fn arbitrary_datagrams_are_never_answered(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let mut r = Responder::new(ResponderConfig::default());
+            let keys = keys();
+            proptest::prop_assert!(r.handle(at(Instant::now(), 0), SRC, &bytes, |id| keys.get(id)).is_none());
+        }
+    }
+
     #[test]
     fn ipv4_mapped_ipv6_counts_as_ipv4() {
         assert_eq!(source_key("::ffff:192.0.2.1".parse().unwrap()), SRC);
