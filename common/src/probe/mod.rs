@@ -11,6 +11,33 @@
 //! - [`prober`]: CPE side async driver: a UDP socket bound to the uplink's source address (optionally to its
 //!   device), publishing [`UplinkHealth`] on a `tokio::sync::watch` channel.
 //!
+//! # Use from the daemons
+//! ```no_run
+//! # async fn demo(keys: std::collections::HashMap<String, Vec<u8>>) -> Result<(), Box<dyn std::error::Error>> {
+//! use common::probe::*;
+//! // hag: one task per service address.
+//! let socket = tokio::net::UdpSocket::bind(("0.0.0.0", DEFAULT_PORT)).await?;
+//! let responder = Responder::new(ResponderConfig::default());
+//! let counters = responder.counters().clone(); // for /metrics: counters.snapshot()
+//! tokio::spawn(serve_udp(socket, responder, move |cpe_id| keys.get(cpe_id).cloned()));
+//!
+//! // hcpe: one prober per uplink.
+//! let prober = Prober::new(ProberConfig {
+//!     cpe_id: "cpe-1".into(),
+//!     key: b"the CPE's Convert Auth key".to_vec(),
+//!     uplink: 0,
+//!     source: "192.0.2.10".parse()?,
+//!     device: Some("dsl0".into()),
+//!     target: "198.51.100.1:5124".parse()?,
+//!     health: HealthConfig::default(),
+//! })?;
+//! let mut health = prober.subscribe(); // health.changed().await wakes on state/carrier/source changes
+//! let carrier = prober.carrier_control(); // carrier.send(false) on link down
+//! let source = prober.source_control(); // source.send(new_ip) when the uplink is renumbered
+//! tokio::spawn(prober.run()); // ends when every receiver is dropped
+//! # Ok(()) }
+//! ```
+//!
 //! # Wire format (all integers big-endian)
 //! ```text
 //! Request (CPE -> HAG), 67..=130 bytes:

@@ -457,3 +457,50 @@ mod tests {
         assert_eq!(source_key("::ffff:192.0.2.1".parse().unwrap()), SRC);
     }
 }
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::probe::wire::Request;
+
+    /// `cargo test --release -p common --lib probe::responder::bench -- --ignored --nocapture`: responder
+    /// cost per probe, printed against the same run's baseline of one bare HMAC-SHA256 over a request.
+    #[test]
+    #[ignore = "benchmark; prints numbers"]
+    fn handle_cost_against_one_hmac() {
+        use hmac::{Hmac, KeyInit, Mac};
+        const N: u32 = 200_000;
+        let key = [7u8; 32];
+        let mut r = Responder::new(ResponderConfig { rate_per_sec: 1e12, burst: 1e12, ..Default::default() });
+        let base = Instant::now();
+        let now = Now { mono: base, unix: Duration::from_secs(1_800_000_000) };
+        let req = Request {
+            seq: 1,
+            timestamp_us: now.unix.as_micros() as u64,
+            uplink: 0,
+            cpe_id: "cpe-00001".into(),
+            nonce: [1; 16],
+        };
+        let bytes = req.to_bytes(&key).unwrap();
+        let src = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+        let t = Instant::now();
+        let mut sink = 0u8;
+        for _ in 0..N {
+            let mut m = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).unwrap();
+            m.update(&bytes);
+            sink ^= m.finalize().into_bytes()[0];
+        }
+        let hmac = t.elapsed() / N;
+        let t = Instant::now();
+        for _ in 0..N {
+            sink ^= r.handle(now, src, &bytes, |_| Some(&key[..])).unwrap()[0];
+        }
+        let handle = t.elapsed() / N;
+        println!(
+            "one HMAC: {hmac:?}; Responder::handle (parse, 2 HMACs, rate limit): {handle:?} = {:.1}x; {:.0} probes/s/core ({sink})",
+            handle.as_secs_f64() / hmac.as_secs_f64(),
+            1.0 / handle.as_secs_f64()
+        );
+    }
+}
