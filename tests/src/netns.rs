@@ -214,20 +214,21 @@ fn pid_alive(pid: i32) -> bool {
     }
 }
 
-/// Removes `tb-<pid>-...` namespaces whose creating process is gone (left by a SIGKILLed run).
-fn remove_stale_namespaces() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or("");
-            let Some(rest) = name.strip_prefix("tb-") else { continue };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
-            }
+/// Removes `tb-<pid>-...` namespaces whose creating process is gone (left by a SIGKILLed run);
+/// returns their names. [`Netns::new`] calls it once per process.
+pub fn remove_stale_namespaces() -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return removed };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix("tb-") else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+            removed.push(name.to_string());
         }
-    });
+    }
+    removed
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,7 +287,10 @@ impl Netns {
     pub fn new(role: &str) -> Result<Netns> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         install_signal_handler();
-        remove_stale_namespaces();
+        static STALE: Once = Once::new();
+        STALE.call_once(|| {
+            remove_stale_namespaces();
+        });
         let name = format!("tb-{}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), role);
         // Register before creating so a signal arriving in between still removes it.
         lock_registry().namespaces.insert(name.clone());
