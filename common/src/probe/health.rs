@@ -544,4 +544,73 @@ mod tests {
         assert_eq!(actions.iter().filter(|a| matches!(a, Action::SendProbe { .. })).count(), 1);
         assert_eq!(h.next_deadline(), Some(t0 + 5200 * MS));
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Tick,
+        /// Reply to the probe sent this many probes ago.
+        Reply(u32),
+        Carrier(bool),
+    }
+
+    fn arb_op() -> impl proptest::strategy::Strategy<Value = (u64, Op)> {
+        use proptest::prelude::*;
+        let op = prop_oneof![
+            4 => Just(Op::Tick),
+            4 => (0u32..8).prop_map(Op::Reply),
+            1 => any::<bool>().prop_map(Op::Carrier),
+        ];
+        (0u64..700, op)
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of events: nothing panics, bounds hold, no probe without carrier, every
+        /// reported change is a real change, and after on_tick nothing is overdue.
+        #[test]
+        fn invariants_hold_under_arbitrary_events(ops in proptest::collection::vec(arb_op(), 1..300)) {
+            let cfg = HealthConfig { loss_window: 20, ..Default::default() };
+            let cap = (cfg.timeout_max.as_nanos() / cfg.interval.as_nanos()) as usize + 2;
+            let mut now = Instant::now();
+            let mut h = Health::new(cfg, now);
+            let mut last_sent: Option<u32> = None;
+            let mut state = HealthState::Unknown;
+            for (ms, op) in ops {
+                now += Duration::from_millis(ms);
+                let carrier_before = h.carrier_up();
+                let actions = match op {
+                    Op::Tick => h.on_tick(now),
+                    Op::Reply(back) => match last_sent {
+                        Some(seq) => h.on_reply(now, seq.wrapping_sub(back)).1,
+                        None => vec![],
+                    },
+                    Op::Carrier(up) => h.carrier(now, up),
+                };
+                for a in actions {
+                    match a {
+                        Action::SendProbe { seq } => {
+                            proptest::prop_assert!(carrier_before && h.carrier_up());
+                            last_sent = Some(seq);
+                        }
+                        Action::StateChanged(c) => {
+                            proptest::prop_assert_eq!(c.from, state);
+                            proptest::prop_assert_ne!(c.from, c.to);
+                            proptest::prop_assert_eq!(c.at, now);
+                            state = c.to;
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(h.state(), state);
+                proptest::prop_assert!(h.outstanding() <= cap);
+                proptest::prop_assert!((0.0..=1.0).contains(&h.loss()));
+                if !h.carrier_up() {
+                    proptest::prop_assert_eq!(h.state(), HealthState::Down);
+                    proptest::prop_assert_eq!(h.next_deadline(), None);
+                } else if matches!(op, Op::Tick) {
+                    proptest::prop_assert!(h.next_deadline().unwrap() > now);
+                }
+                let t = h.timeout();
+                proptest::prop_assert!(t >= h.config().timeout_min && t <= h.config().timeout_max);
+            }
+        }
+    }
 }
