@@ -191,7 +191,8 @@ impl MetricsWriter {
         out.push_str("# HELP ");
         out.push_str(&full);
         out.push(' ');
-        escape_help(help, out);
+        // Trimmed: parsers differ on whitespace after the name, and it means nothing in a doc string.
+        escape_help(help.trim(), out);
         out.push_str("\n# TYPE ");
         out.push_str(&full);
         out.push(' ');
@@ -350,7 +351,8 @@ pub fn parse(text: &str) -> Result<Vec<ParsedFamily>, String> {
     let mut series: HashSet<(String, BTreeMap<String, String>)> = HashSet::new();
     // Whether the current (last) family has had a sample; a TYPE line must come before the first.
     let mut has_samples = false;
-    for (i, line) in text.lines().enumerate() {
+    // Lines end at `\n` only, as in Prometheus: a `\r` is text (in HELP or a label value), not a line end.
+    for (i, line) in text.split('\n').enumerate() {
         let err = |m: String| format!("line {}: {m}: {line:?}", i + 1);
         if line.trim().is_empty() {
             continue;
@@ -683,6 +685,30 @@ mod tests {
         };
         w.counter("ok_total", "x", 1u64);
         w.counter("ok_total", "again", 2u64);
+    }
+
+    proptest::proptest! {
+        /// Any label value and (trimmed) HELP text (quotes, backslashes, newlines, braces, any Unicode) comes back intact,
+        /// and any value comes back equal (NaN as NaN).
+        #[test]
+        fn any_text_and_value_round_trip(
+            help in ".*",
+            values in proptest::collection::vec((".*", proptest::num::f64::ANY), 1..5),
+        ) {
+            let mut w = MetricsWriter::new();
+            let mut f = w.family("m", &help, MetricType::Gauge);
+            for (i, (v, x)) in values.iter().enumerate() {
+                f.sample(&[("i", &i.to_string()), ("v", v)], *x);
+            }
+            let text = w.finish();
+            let fams = parse(&text).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}\n{text}")))?;
+            proptest::prop_assert_eq!(fams.len(), 1);
+            proptest::prop_assert_eq!(fams[0].help.as_deref(), Some(help.trim()));
+            for (i, (v, x)) in values.iter().enumerate() {
+                let got = fams[0].value(&[("i", &i.to_string()), ("v", v)]);
+                proptest::prop_assert!(got.is_some_and(|g| g == *x || (g.is_nan() && x.is_nan())), "{got:?} != {x}");
+            }
+        }
     }
 
     #[test]
