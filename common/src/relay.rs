@@ -240,10 +240,11 @@ impl Direction {
                     Poll::Ready(r) => r.map_err(|e| DirError::Write(self.to, e))?,
                     Poll::Pending => {
                         // While the writer is full, top the buffer up so the next write is larger.
-                        if !self.read_eof && self.cap < self.buf.len() {
-                            if let Poll::Ready(r) = self.fill(cx, reader, moved) {
-                                r?;
-                            }
+                        if !self.read_eof
+                            && self.cap < self.buf.len()
+                            && let Poll::Ready(r) = self.fill(cx, reader, moved)
+                        {
+                            r?;
                         }
                         return Poll::Pending;
                     }
