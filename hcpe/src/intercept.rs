@@ -104,8 +104,12 @@ fn listener(addr: SocketAddr) -> Result<TcpListener, InterceptError> {
     let err = |source| InterceptError::Listen { addr, source };
     let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).map_err(err)?;
+    // Freebind: the TUN address may still be settling (IPv6) when we bind; packets only come once it is up.
     if addr.is_ipv6() {
         sock.set_only_v6(true).map_err(err)?;
+        sock.set_freebind_v6(true).map_err(err)?;
+    } else {
+        sock.set_freebind_v4(true).map_err(err)?;
     }
     sock.set_reuse_address(true).map_err(err)?;
     sock.set_nonblocking(true).map_err(err)?;
