@@ -81,7 +81,10 @@ impl Hag {
         if tfo.is_some()
             && let Err(missing) = mptcp::check_tfo_sysctl(mptcp::TfoRole::Server)
         {
-            warn!("TCP Fast Open is not fully enabled for the server side, 0-RTT Convert will not work: {missing}");
+            warn!(
+                "TCP Fast Open is not fully enabled for the server side: {missing}; CPEs sending the Convert \
+                 message in the SYN lose 0-RTT (and on Linux 6.18 their MPTCP connections fall back to TCP)"
+            );
         }
         let mut listeners = Vec::new();
         for &addr in &config.listen {
