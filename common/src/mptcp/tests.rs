@@ -236,3 +236,17 @@ fn connect_errors_refused_and_timeout() {
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     });
 }
+
+#[test]
+fn first_bytes_larger_than_the_syn_are_split_and_the_rest_is_the_callers() {
+    in_netns(TFO_BOTH, || async {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 16, Some(16)).unwrap();
+        let first: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut client, sent, mut server) = pair(&listener, &first, &ConnectOptions::default()).await;
+        assert!(sent > 0 && sent < first.len(), "SYN carries a prefix only, got {sent}");
+        client.write_all(&first[sent..]).await.unwrap();
+        let mut got = vec![0u8; first.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert!(got == first, "prefix from the SYN + rest from the caller arrive in order");
+    });
+}
