@@ -188,12 +188,17 @@ impl MetricsWriter {
             };
         }
         let out = &mut self.out;
-        out.push_str("# HELP ");
-        out.push_str(&full);
-        out.push(' ');
-        // Trimmed: parsers differ on whitespace after the name, and it means nothing in a doc string.
-        escape_help(help.trim(), out);
-        out.push_str("\n# TYPE ");
+        // Trimmed: Prometheus' lexer drops whitespace after the name, and an empty HELP text is not accepted
+        // by every version, so an empty HELP is left out (it is optional).
+        let help = help.trim();
+        if !help.is_empty() {
+            out.push_str("# HELP ");
+            out.push_str(&full);
+            out.push(' ');
+            escape_help(help, out);
+            out.push('\n');
+        }
+        out.push_str("# TYPE ");
         out.push_str(&full);
         out.push(' ');
         out.push_str(kind.as_str());
@@ -335,7 +340,8 @@ impl ParsedFamily {
     }
 }
 
-/// Strict parser of the Prometheus text format 0.0.4, as the Prometheus server's own parser reads it: for
+/// Strict parser of the Prometheus text format 0.0.4, following the Prometheus server's lexer and parser
+/// (`model/textparse/promlex.l`, `promparse.go`; where they are lenient this is stricter): for
 /// tests (here and in the daemons) to prove `/metrics` output is accepted. Returns families in order.
 ///
 /// Rejects: text not ending in a newline, bad metric or label names, bad escapes, unquoted or unterminated
@@ -358,8 +364,14 @@ pub fn parse(text: &str) -> Result<Vec<ParsedFamily>, String> {
             continue;
         }
         if let Some(rest) = line.strip_prefix('#') {
+            // `#HELP` (no blank after `#`) and `# HELP` without a blank after it are plain comments.
+            let Some(rest) = rest.strip_prefix([' ', '\t']) else {
+                continue;
+            };
             let rest = rest.trim_start_matches([' ', '\t']);
-            let (keyword, rest) = rest.split_once([' ', '\t']).unwrap_or((rest, ""));
+            let Some((keyword, rest)) = rest.split_once([' ', '\t']) else {
+                continue;
+            };
             if keyword != "HELP" && keyword != "TYPE" {
                 continue; // a plain comment
             }
@@ -375,7 +387,7 @@ pub fn parse(text: &str) -> Result<Vec<ParsedFamily>, String> {
                 }
                 fam.help = Some(unescape(arg, false).map_err(err)?);
             } else {
-                let kind = arg.trim();
+                let kind = arg; // exact: Prometheus rejects `counter ` with a trailing blank
                 if !matches!(kind, "counter" | "gauge" | "histogram" | "summary" | "untyped") {
                     return Err(err(format!("unknown type {kind:?}")));
                 }
@@ -398,8 +410,9 @@ pub fn parse(text: &str) -> Result<Vec<ParsedFamily>, String> {
         let value = parts.next().ok_or_else(|| err("missing value".into()))?;
         let value = parse_float(value).ok_or_else(|| err(format!("invalid value {value:?}")))?;
         if let Some(ts) = parts.next() {
-            ts.parse::<i64>()
-                .map_err(|_| err(format!("invalid timestamp {ts:?}")))?;
+            if !ts.bytes().all(|b| b.is_ascii_digit()) || ts.parse::<i64>().is_err() {
+                return Err(err(format!("invalid timestamp {ts:?}")));
+            }
         }
         if parts.next().is_some() {
             return Err(err("trailing text after the timestamp".into()));
@@ -592,7 +605,7 @@ mod tests {
         f.sample(&[("v", "a\"b"), ("w", "c\\d")], 1u64)
             .sample(&[("v", "line1\nline2"), ("w", "} , = {")], 2u64)
             .sample(&[("v", "ünïcødé ✓"), ("w", "")], 3u64);
-        w.family("empty", "A family without samples.", MetricType::Gauge);
+        w.family("empty", "  ", MetricType::Gauge);
         w.gauge("big", "Large and tiny floats.", 1e300);
         w.finish()
     }
@@ -625,6 +638,7 @@ mod tests {
         assert_eq!(fams[3].value(&[("v", "line1\nline2"), ("w", "} , = {")]), Some(2.0));
         assert_eq!(fams[3].value(&[("v", "ünïcødé ✓"), ("w", "")]), Some(3.0));
         assert!(fams[4].samples.is_empty());
+        assert_eq!(fams[4].help, None, "an empty HELP is left out");
         assert_eq!(fams[5].value(&[]), Some(1e300));
         // Every sample is on its own line: a newline in a label value did not split one.
         assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 9, "{text}");
@@ -703,7 +717,7 @@ mod tests {
             let text = w.finish();
             let fams = parse(&text).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}\n{text}")))?;
             proptest::prop_assert_eq!(fams.len(), 1);
-            proptest::prop_assert_eq!(fams[0].help.as_deref(), Some(help.trim()));
+            proptest::prop_assert_eq!(fams[0].help.as_deref(), Some(help.trim()).filter(|h| !h.is_empty()));
             for (i, (v, x)) in values.iter().enumerate() {
                 let got = fams[0].value(&[("i", &i.to_string()), ("v", v)]);
                 proptest::prop_assert!(got.is_some_and(|g| g == *x || (g.is_nan() && x.is_nan())), "{got:?} != {x}");
@@ -724,6 +738,8 @@ mod tests {
             ("a one\n", "invalid value"),
             ("a inf\n", "invalid value"),
             ("a 1 12.5\n", "timestamp"),
+            ("a 1 -5\n", "timestamp"),
+            ("# TYPE a counter \n", "unknown type"),
             ("a 1 2 3\n", "trailing"),
             ("a\n", "missing value"),
             ("a 1\nb 1\na 2\n", "appears again"),
@@ -739,7 +755,7 @@ mod tests {
             let e = parse(text).expect_err(text);
             assert!(e.contains(want), "{text:?}: {e}");
         }
-        let ok = "# a comment\n\n# HELP h x\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 2\nh_count 1\n\
+        let ok = "# a comment\n#HELP not a help line\n# HELP\n\n# HELP h x\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 2\nh_count 1\n\
                   a{b=\"1\",} 1 1700000000000\nc -Inf\n";
         let fams = parse(ok).unwrap();
         assert_eq!(fams.len(), 3);
