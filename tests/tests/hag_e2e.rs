@@ -567,16 +567,17 @@ fn blackholed_destination_gets_65_after_connect_timeout() {
 }
 
 #[test]
-fn ipv6_destination_is_relayed() {
+fn ipv6_client_and_destination_are_relayed() {
     let bed = Bed::new();
-    let echoed = bed.client(async {
-        let (mut s, _) = connect(&signed("good", sock(INET6, ECHO_PORT)), mptcp_opts(None)).await.unwrap();
+    bed.client(async {
+        let first = signed("good", sock(INET6, ECHO_PORT));
+        let (mut s, sent) = mptcp::connect_with_data(sock(HAG6, 5124), &first, &mptcp_opts(None)).await.unwrap();
+        assert_eq!(sent, first.len(), "Convert message in the SYN over IPv6 too");
+        assert!(mptcp::info(&s).unwrap().is_some(), "MPTCP over IPv6");
         let Reply::Message(m, _) = read_reply(&mut s).await else { panic!("closed") };
         assert_eq!(m, Message::success());
-        let mut e = EchoSession(s);
-        e.ping(b"over v6").await;
+        EchoSession(s).ping(b"over v6").await;
     });
-    let _ = echoed;
 }
 
 #[test]
