@@ -116,6 +116,9 @@ pub struct Counters {
     pub tx_packets: u64,
     /// Bytes delivered.
     pub tx_bytes: u64,
+    /// Frames delivered as the emulator handled them: an offloaded super-frame counts once
+    /// (equals `tx_packets` when offloads are off).
+    pub tx_frames: u64,
     /// Packets dropped by random loss.
     pub drop_loss: u64,
     /// Packets dropped because the link was cut.
@@ -138,6 +141,7 @@ impl Counters {
             rx_bytes: self.rx_bytes - earlier.rx_bytes,
             tx_packets: self.tx_packets - earlier.tx_packets,
             tx_bytes: self.tx_bytes - earlier.tx_bytes,
+            tx_frames: self.tx_frames - earlier.tx_frames,
             drop_loss: self.drop_loss - earlier.drop_loss,
             drop_cut: self.drop_cut - earlier.drop_cut,
             drop_queue: self.drop_queue - earlier.drop_queue,
@@ -152,6 +156,7 @@ struct AtomicCounters {
     rx_bytes: AtomicU64,
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
+    tx_frames: AtomicU64,
     drop_loss: AtomicU64,
     drop_cut: AtomicU64,
     drop_queue: AtomicU64,
@@ -165,6 +170,7 @@ impl AtomicCounters {
             rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
             tx_packets: self.tx_packets.load(Ordering::Relaxed),
             tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            tx_frames: self.tx_frames.load(Ordering::Relaxed),
             drop_loss: self.drop_loss.load(Ordering::Relaxed),
             drop_cut: self.drop_cut.load(Ordering::Relaxed),
             drop_queue: self.drop_queue.load(Ordering::Relaxed),
@@ -524,6 +530,7 @@ fn worker(rx: &OwnedFd, tx: &OwnedFd, shared: &DirShared, stop: &AtomicBool, see
             } else {
                 c.tx_packets.fetch_add(q.segs, Ordering::Relaxed);
                 c.tx_bytes.fetch_add(q.wire, Ordering::Relaxed);
+                c.tx_frames.fetch_add(1, Ordering::Relaxed);
             }
         }
         let timeout = match queue.front() {

@@ -558,11 +558,12 @@ impl ChildGuard {
 
     /// Sends a signal (e.g. `libc::SIGHUP`) to the process.
     pub fn signal(&mut self, sig: i32) {
-        if self.try_wait().is_none() {
-            if let Some(c) = &self.child {
-                // SAFETY: signalling our own, not yet reaped child by pid.
-                unsafe { libc::kill(c.id() as i32, sig) };
-            }
+        if self.try_wait().is_some() {
+            return;
+        }
+        if let Some(c) = &self.child {
+            // SAFETY: signalling our own, not yet reaped child by pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
         }
     }
 

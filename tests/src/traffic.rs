@@ -99,7 +99,7 @@ pub fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
     let mut pos = 0usize;
     let mut off = offset;
     // Unaligned head.
-    while pos < buf.len() && off % 8 != 0 {
+    while pos < buf.len() && off & 7 != 0 {
         buf[pos] = word(seed, off / 8).to_le_bytes()[(off % 8) as usize];
         pos += 1;
         off += 1;

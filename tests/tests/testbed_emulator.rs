@@ -36,11 +36,12 @@ fn unshaped_emulator_carries_at_least_500_mbit() {
     let c = tb.dsl.counters(Direction::Down);
     println!(
         "unshaped DSL emulator: download {:.0} Mbit/s, upload {:.0} Mbit/s ({} MB each); \
-         down-direction counters: {} pkts {} bytes {} dropped",
+         down-direction counters: {} pkts ({} frames) {} bytes {} dropped",
         down.mbit_per_s(),
         up.mbit_per_s(),
         n / 1_000_000,
         c.tx_packets,
+        c.tx_frames,
         c.tx_bytes,
         c.dropped()
     );
@@ -141,4 +142,25 @@ fn rate_changes_apply_while_traffic_flows() {
     println!("live change: {fast:.1} Mbit/s at 100 Mbit/s, {slow:.1} Mbit/s after switching to 20 Mbit/s; total {:.1} s", t.elapsed.as_secs_f64());
     assert!(fast >= 70.0, "before the change {fast:.1} Mbit/s");
     assert!((12.0..=21.0).contains(&slow), "after the change {slow:.1} Mbit/s");
+}
+
+#[test]
+fn without_offloads_frames_are_mtu_sized_and_still_fast() {
+    let _g = serial();
+    let tb = Testbed::new(TestbedConfig { offloads: false, ..TestbedConfig::default() }).unwrap();
+    let srv = Server::start(&tb.hag, 0).unwrap();
+    let (dst, src) = dsl_target(srv.port());
+    let t = tb.cpe.within(move || Client::new(dst).bind(src).download(60_000_000)).unwrap().unwrap();
+    let c = tb.dsl.counters(Direction::Down);
+    let frames_per_sec = c.tx_packets as f64 / t.elapsed.as_secs_f64();
+    println!(
+        "offloads off: download {:.0} Mbit/s, {} packets in {} frames, {:.0} bytes/packet average, {:.0} packets/s",
+        t.mbit_per_s(),
+        c.tx_packets,
+        c.tx_frames,
+        c.tx_bytes as f64 / c.tx_packets as f64,
+        frames_per_sec
+    );
+    assert_eq!(c.tx_frames, c.tx_packets, "super-frames seen with offloads off");
+    assert!(t.mbit_per_s() >= 150.0, "{:.0} Mbit/s", t.mbit_per_s());
 }
