@@ -409,10 +409,10 @@ pub fn parse(text: &str) -> Result<Vec<ParsedFamily>, String> {
         let mut parts = rest.split([' ', '\t']).filter(|p| !p.is_empty());
         let value = parts.next().ok_or_else(|| err("missing value".into()))?;
         let value = parse_float(value).ok_or_else(|| err(format!("invalid value {value:?}")))?;
-        if let Some(ts) = parts.next() {
-            if !ts.bytes().all(|b| b.is_ascii_digit()) || ts.parse::<i64>().is_err() {
-                return Err(err(format!("invalid timestamp {ts:?}")));
-            }
+        if let Some(ts) = parts.next()
+            && (!ts.bytes().all(|b| b.is_ascii_digit()) || ts.parse::<i64>().is_err())
+        {
+            return Err(err(format!("invalid timestamp {ts:?}")));
         }
         if parts.next().is_some() {
             return Err(err("trailing text after the timestamp".into()));
