@@ -179,6 +179,46 @@ fn uplink_goes_up_down_when_the_responder_stops_and_up_again() {
 }
 
 #[test]
+fn silent_blackhole_is_detected_like_a_dead_responder() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    in_private_netns(|| {
+        paused_runtime().block_on(async {
+            // The responder keeps running but answers nothing while `blackhole` is set: no ICMP, no reply,
+            // just silence, as on a DSL line that stops forwarding with carrier up.
+            let blackhole = Arc::new(AtomicBool::new(false));
+            let socket = UdpSocket::bind(TARGET).await.unwrap();
+            let responder = Responder::new(ResponderConfig::default());
+            let counters = responder.counters().clone();
+            let hole = blackhole.clone();
+            let lookup = move |id: &str| (id == "cpe-1" && !hole.load(Ordering::Relaxed)).then_some(KEY);
+            let responder = tokio::spawn(serve_udp(socket, responder, lookup));
+            let prober = Prober::new(prober_config(KEY)).unwrap();
+            let mut health = prober.subscribe();
+            let task = tokio::spawn(prober.run());
+            until_state(&mut health, HealthState::Up).await;
+            tokio::time::sleep(Duration::from_millis(1100)).await; // off the probe grid
+
+            blackhole.store(true, Ordering::Relaxed);
+            let took = until_state(&mut health, HealthState::Down).await;
+            println!("blackhole: down after {took:?}");
+            assert!(took >= 500 * MS && took <= 800 * MS, "down after {took:?}");
+            assert_eq!(health.borrow().stats.recv_errors, 0, "silence, not ICMP");
+
+            blackhole.store(false, Ordering::Relaxed);
+            let took = until_state(&mut health, HealthState::Up).await;
+            println!("blackhole lifted: up after {took:?}");
+            assert!(took >= 400 * MS && took <= 600 * MS, "up after {took:?}");
+            assert!(counters.snapshot().unknown_cpe >= 3);
+
+            drop(health);
+            task.await.unwrap().unwrap();
+            responder.abort();
+        });
+    });
+}
+
+#[test]
 fn wrong_key_is_never_answered_and_the_uplink_goes_down() {
     in_private_netns(|| {
         paused_runtime().block_on(async {
