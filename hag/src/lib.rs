@@ -12,7 +12,6 @@ pub mod policy;
 pub mod ratelimit;
 pub mod server;
 pub mod stats;
-mod shim;
 
 pub use config::Config;
 pub use server::{Hag, StartError, shutdown_signal};

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::convert::{self, ErrorCode, Message, auth::ReplayWindow};
 use common::mptcp;
-use crate::shim::relay::{self, RelayCounters};
+use common::relay::{self, RelayCounters, RelayEnd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -391,21 +391,19 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, act
     let (up, down) = (counters.a_to_b.load(Relaxed), counters.b_to_a.load(Relaxed));
     shared.stats.bytes_up.fetch_add(up, Relaxed);
     shared.stats.bytes_down.fetch_add(down, Relaxed);
+    let secs = started.elapsed().as_secs_f64();
     match result {
-        Ok(outcome) => info!(up, down, secs = started.elapsed().as_secs_f64(), ?outcome, "relay done"),
-        Err(e) => {
-            if is_idle(&e) {
+        Ok(outcome) => {
+            if outcome.end == RelayEnd::IdleTimeout {
                 shared.stats.idle_timeouts.fetch_add(1, Relaxed);
-            } else {
-                shared.stats.relay_errors.fetch_add(1, Relaxed);
             }
-            info!(up, down, secs = started.elapsed().as_secs_f64(), error = %e, "relay ended");
+            info!(up, down, secs, end = ?outcome.end, "relay done");
+        }
+        Err(e) => {
+            shared.stats.relay_errors.fetch_add(1, Relaxed);
+            info!(up, down, secs, error = %e, "relay done with an error");
         }
     }
-}
-
-fn is_idle(e: &relay::RelayError) -> bool {
-    matches!(e, relay::RelayError::IdleTimeout { .. })
 }
 
 /// Authentication and per-CPE admission. Returns the per-CPE slot for authenticated clients.

@@ -250,3 +250,18 @@ async fn shutdown_drains_open_relays_until_the_deadline() {
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
     drop(s);
 }
+
+#[tokio::test]
+async fn idle_relay_is_closed_and_counted() {
+    let dst = echo_server().await;
+    let f = Fixture::start(", idle_timeout: 300ms", "").await;
+    let (reply, _, mut s) = exchange(f.addr, &request(dst, "cpe-1", now())).await;
+    assert_eq!(reply, Some(Message::success()));
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the hag closed the idle relay");
+    assert_eq!(rest, b"hello", "what the server sent before going idle");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(f.stats.idle_timeouts.load(Relaxed), 1);
+    f.stop().await;
+}
