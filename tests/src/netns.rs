@@ -36,7 +36,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -531,6 +531,11 @@ impl ChildGuard {
         s
     }
 
+    /// Prints the log so far to stderr (shown in the test output if the test fails).
+    pub fn print_log(&self) {
+        eprintln!("----- log of {} ({}) -----\n{}\n----- end of log -----", self.desc, self.log_path.display(), self.log());
+    }
+
     /// Waits until the log contains `needle` (e.g. "listening"); false on timeout or exit.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -615,10 +620,7 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "----- log of {} ({}) -----", self.desc, self.log_path.display());
-            let _ = writeln!(err, "{}", self.log());
-            let _ = writeln!(err, "----- end of log -----");
+            self.print_log();
         }
     }
 }
