@@ -258,6 +258,7 @@ pub struct Client {
     interval: Duration,
     bind: Option<SocketAddr>,
     progress: Option<Arc<AtomicU64>>,
+    mptcp: bool,
 }
 
 impl Client {
@@ -270,7 +271,13 @@ impl Client {
             interval: Duration::from_millis(100),
             bind: None,
             progress: None,
+            mptcp: false,
         }
+    }
+    /// Connect with a kernel MPTCP socket instead of TCP (a baseline without hcpe/hag).
+    pub fn mptcp(mut self) -> Client {
+        self.mptcp = true;
+        self
     }
     /// Seed of the data stream.
     pub fn seed(mut self, seed: u64) -> Client {
@@ -300,15 +307,17 @@ impl Client {
     }
 
     fn connect(&self) -> Result<TcpStream, Error> {
-        let s = match self.bind {
-            None => TcpStream::connect_timeout(&self.server, self.timeout).map_err(io("connect"))?,
-            Some(local) => {
-                let domain = if local.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-                let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(io("socket"))?;
+        let s = if self.bind.is_none() && !self.mptcp {
+            TcpStream::connect_timeout(&self.server, self.timeout).map_err(io("connect"))?
+        } else {
+            let domain = if self.server.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+            let proto = self.mptcp.then_some(socket2::Protocol::MPTCP);
+            let sock = socket2::Socket::new(domain, socket2::Type::STREAM, proto).map_err(io("socket"))?;
+            if let Some(local) = self.bind {
                 sock.bind(&local.into()).map_err(io("bind"))?;
-                sock.connect_timeout(&self.server.into(), self.timeout).map_err(io("connect"))?;
-                sock.into()
             }
+            sock.connect_timeout(&self.server.into(), self.timeout).map_err(io("connect"))?;
+            sock.into()
         };
         s.set_read_timeout(Some(self.timeout)).map_err(io("set timeout"))?;
         s.set_write_timeout(Some(self.timeout)).map_err(io("set timeout"))?;
@@ -501,6 +510,21 @@ impl Server {
     /// Listens on `addr` inside `ns`.
     pub fn bind(ns: &Netns, addr: SocketAddr) -> Result<Server, Error> {
         let l = ns.within(|| TcpListener::bind(addr))?.map_err(io("listen"))?;
+        Server::from_listener(l)
+    }
+
+    /// Listens on `addr` inside `ns` with a kernel MPTCP socket (accepts MPTCP and TCP).
+    pub fn bind_mptcp(ns: &Netns, addr: SocketAddr) -> Result<Server, Error> {
+        let l = ns
+            .within(|| -> std::io::Result<TcpListener> {
+                let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+                let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::MPTCP))?;
+                s.set_reuse_address(true)?;
+                s.bind(&addr.into())?;
+                s.listen(1024)?;
+                Ok(s.into())
+            })?
+            .map_err(io("listen"))?;
         Server::from_listener(l)
     }
 
