@@ -15,13 +15,14 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::convert::{self, ErrorCode, Message, auth::ReplayWindow};
 use common::mptcp;
-use common::relay::{self, RelayCounters, RelayEnd};
+use common::relay::{self, RelayEnd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::config::Config;
+use crate::connections::{Connections, Entry};
 use crate::policy::{DestinationPolicy, PrefixPolicy, local_addresses};
 use crate::ratelimit::LogLimiter;
 use crate::stats::Stats;
@@ -62,6 +64,7 @@ struct Shared {
     config: Config,
     policy: Box<dyn DestinationPolicy>,
     stats: Arc<Stats>,
+    connections: Arc<Connections>,
     replay: Mutex<ReplayWindow>,
     per_cpe: Mutex<HashMap<String, usize>>,
     auth_log: Mutex<LogLimiter>,
@@ -94,19 +97,37 @@ impl Hag {
             listeners.push(l);
         }
         let mut own = local_addresses().map_err(StartError::LocalAddresses)?;
-        own.extend(config.listen.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()));
+        own.extend(
+            config
+                .listen
+                .iter()
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified()),
+        );
         debug!(?own, "own addresses, denied as destinations unless allowed");
-        let policy = PrefixPolicy::new(config.destinations.allow.clone(), config.destinations.deny.clone(), own);
+        let policy = PrefixPolicy::new(
+            config.destinations.allow.clone(),
+            config.destinations.deny.clone(),
+            own,
+        );
         Ok(Hag::with_policy(config, Box::new(policy), listeners))
     }
 
-    fn with_policy(config: Config, policy: Box<dyn DestinationPolicy>, listeners: Vec<TcpListener>) -> Hag {
-        let replay = ReplayWindow::new(config.limits.auth_skew.as_secs().max(1), config.limits.replay_entries);
+    fn with_policy(
+        config: Config,
+        policy: Box<dyn DestinationPolicy>,
+        listeners: Vec<TcpListener>,
+    ) -> Hag {
+        let replay = ReplayWindow::new(
+            config.limits.auth_skew.as_secs().max(1),
+            config.limits.replay_entries,
+        );
         Hag {
             shared: Arc::new(Shared {
                 config,
                 policy,
                 stats: Arc::new(Stats::default()),
+                connections: Arc::new(Connections::default()),
                 replay: Mutex::new(replay),
                 per_cpe: Mutex::new(HashMap::new()),
                 auth_log: Mutex::new(LogLimiter::new(20, Duration::from_secs(10))),
@@ -117,12 +138,20 @@ impl Hag {
 
     /// The bound addresses (useful when a listen port was 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// The live counters.
     pub fn stats(&self) -> Arc<Stats> {
         self.shared.stats.clone()
+    }
+
+    /// The open connections (peer, CPE, destination, token, live counters).
+    pub fn connections(&self) -> Arc<Connections> {
+        self.shared.connections.clone()
     }
 
     /// Serves until `shutdown` completes, then stops accepting and drains open connections for up to the
@@ -133,7 +162,9 @@ impl Hag {
         let mut accept_loops = Vec::new();
         for listener in self.listeners {
             let (shared, cancel, tracker2) = (self.shared.clone(), cancel.clone(), tracker.clone());
-            accept_loops.push(tokio::spawn(accept_loop(listener, shared, cancel, tracker2)));
+            accept_loops.push(tokio::spawn(accept_loop(
+                listener, shared, cancel, tracker2,
+            )));
         }
         shutdown.await;
         cancel.cancel();
@@ -143,7 +174,11 @@ impl Hag {
         tracker.close();
         let open = self.shared.stats.active.load(Relaxed);
         let drain = self.shared.config.limits.drain_deadline;
-        info!(open, ?drain, "shutting down: listeners closed, draining open connections");
+        info!(
+            open,
+            ?drain,
+            "shutting down: listeners closed, draining open connections"
+        );
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             warn!(
                 open = self.shared.stats.active.load(Relaxed),
@@ -166,7 +201,12 @@ pub async fn shutdown_signal() -> io::Result<()> {
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken, tracker: TaskTracker) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -183,6 +223,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
         };
         shared.stats.accepted.fetch_add(1, Relaxed);
         let guard = ActiveGuard::new(shared.stats.clone());
+        let entry = shared
+            .connections
+            .insert(peer, stream.as_fd().try_clone_to_owned().ok());
         let span = info_span!(
             "conn",
             %peer,
@@ -191,7 +234,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
             token = field::Empty,
             tfo = field::Empty
         );
-        tracker.spawn(serve(shared.clone(), stream, peer, guard).instrument(span));
+        tracker.spawn(serve(shared.clone(), stream, peer, guard, entry).instrument(span));
     }
 }
 
@@ -229,7 +272,10 @@ impl CpeGuard {
             return None;
         }
         *n += 1;
-        Some(CpeGuard { shared: shared.clone(), cpe: cpe.to_owned() })
+        Some(CpeGuard {
+            shared: shared.clone(),
+            cpe: cpe.to_owned(),
+        })
     }
 }
 
@@ -261,7 +307,10 @@ enum Refusal {
     #[error("no Auth TLV from an untrusted source")]
     MissingAuth,
     #[error("destination {dst} denied: {why}")]
-    Policy { dst: IpAddr, why: crate::policy::Denied },
+    Policy {
+        dst: IpAddr,
+        why: crate::policy::Denied,
+    },
     #[error("too many connections in total ({0})")]
     TotalLimit(usize),
     #[error("too many connections for this CPE ({0})")]
@@ -280,7 +329,9 @@ impl Refusal {
             Refusal::NoConnect => ErrorCode::UnsupportedMessage,
             Refusal::Truncated(_) => ErrorCode::MalformedMessage,
             Refusal::Auth(e) => e.code(),
-            Refusal::UnknownCpe | Refusal::MissingAuth | Refusal::Policy { .. } => ErrorCode::NotAuthorized,
+            Refusal::UnknownCpe | Refusal::MissingAuth | Refusal::Policy { .. } => {
+                ErrorCode::NotAuthorized
+            }
             Refusal::TotalLimit(_) | Refusal::CpeLimit(_) => ErrorCode::ResourceExceeded,
             Refusal::Connect(e) => connect_error_code(e),
             Refusal::ConnectTimeout(_) => ErrorCode::NetworkFailure,
@@ -296,8 +347,12 @@ impl Refusal {
 /// RFC 8803 §4.2 error codes for a failed connect to the destination.
 pub fn connect_error_code(e: &io::Error) -> ErrorCode {
     match e.kind() {
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => ErrorCode::ConnectionReset,
-        io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => ErrorCode::DestinationUnreachable,
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => {
+            ErrorCode::ConnectionReset
+        }
+        io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
+            ErrorCode::DestinationUnreachable
+        }
         _ => match e.raw_os_error() {
             Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EADDRNOTAVAIL) => {
                 ErrorCode::DestinationUnreachable
@@ -308,20 +363,31 @@ pub fn connect_error_code(e: &io::Error) -> ErrorCode {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The whole life of one accepted connection.
-async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, active: ActiveGuard) {
+async fn serve(
+    shared: Arc<Shared>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    active: ActiveGuard,
+    entry: Entry,
+) {
     let span = tracing::Span::current();
     let started = Instant::now();
+    let conn = entry.conn();
     match mptcp::info(&client) {
         Ok(Some(i)) => {
             span.record("token", field::display(format_args!("{:08x}", i.token)));
+            let _ = conn.token.set(Some(i.token));
         }
         Ok(None) => {
             shared.stats.fallback.fetch_add(1, Relaxed);
             span.record("token", "fallback");
+            let _ = conn.token.set(None);
         }
         Err(e) => debug!(error = %e, "MPTCP_INFO failed"),
     }
@@ -330,10 +396,19 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, act
     }
     let _ = client.set_nodelay(true);
     if active.open > shared.config.limits.max_connections as u64 {
-        return reject(&shared, client, Refusal::TotalLimit(shared.config.limits.max_connections)).await;
+        return reject(
+            &shared,
+            client,
+            Refusal::TotalLimit(shared.config.limits.max_connections),
+        )
+        .await;
     }
 
-    let header = tokio::time::timeout(shared.config.limits.header_deadline, read_convert(&mut client)).await;
+    let header = tokio::time::timeout(
+        shared.config.limits.header_deadline,
+        read_convert(&mut client),
+    )
+    .await;
     let (message, buf, consumed) = match header {
         Err(_) => {
             shared.stats.header_timeouts.fetch_add(1, Relaxed);
@@ -347,7 +422,9 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, act
         }
         Ok(Err(ReadError::Invalid(e))) => return reject(&shared, client, Refusal::Decode(e)).await,
         // Half-closed mid-message: it can still read our verdict.
-        Ok(Err(ReadError::Truncated(n))) => return reject(&shared, client, Refusal::Truncated(n)).await,
+        Ok(Err(ReadError::Truncated(n))) => {
+            return reject(&shared, client, Refusal::Truncated(n)).await;
+        }
         Ok(Ok(m)) => m,
     };
 
@@ -355,6 +432,9 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, act
         Ok(g) => g,
         Err(r) => return reject(&shared, client, r).await,
     };
+    if let Some(auth) = message.auth() {
+        let _ = conn.cpe.set(auth.cpe_id.clone());
+    }
     let dst = match message.connect() {
         Some(c) => c.remote,
         None => return reject(&shared, client, Refusal::NoConnect).await,
@@ -371,6 +451,7 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, act
         Err(_) => return reject(&shared, client, Refusal::ConnectTimeout(timeout)).await,
     };
     let _ = server.set_nodelay(true);
+    let _ = conn.dst.set(dst);
     let leftover = &buf[consumed..];
     let reply = Message::success().to_bytes().expect("bare header encodes");
     let early = async {
@@ -383,11 +464,18 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, act
         return;
     }
     shared.stats.relayed.fetch_add(1, Relaxed);
-    shared.stats.bytes_up.fetch_add(leftover.len() as u64, Relaxed);
-    debug!(early_bytes = leftover.len(), connect_ms = started.elapsed().as_millis() as u64, "relaying");
+    shared
+        .stats
+        .bytes_up
+        .fetch_add(leftover.len() as u64, Relaxed);
+    debug!(
+        early_bytes = leftover.len(),
+        connect_ms = started.elapsed().as_millis() as u64,
+        "relaying"
+    );
 
-    let counters = RelayCounters::default();
-    let result = relay::relay(client, server, shared.config.limits.idle_timeout, &counters).await;
+    let counters = &conn.counters;
+    let result = relay::relay(client, server, shared.config.limits.idle_timeout, counters).await;
     let (up, down) = (counters.a_to_b.load(Relaxed), counters.b_to_a.load(Relaxed));
     shared.stats.bytes_up.fetch_add(up, Relaxed);
     shared.stats.bytes_down.fetch_add(down, Relaxed);
@@ -414,15 +502,29 @@ fn admit(
     raw: &[u8],
 ) -> Result<Option<CpeGuard>, Refusal> {
     let Some(auth) = message.auth() else {
-        return if shared.config.is_trusted(peer.ip()) { Ok(None) } else { Err(Refusal::MissingAuth) };
+        return if shared.config.is_trusted(peer.ip()) {
+            Ok(None)
+        } else {
+            Err(Refusal::MissingAuth)
+        };
     };
     tracing::Span::current().record("cpe", auth.cpe_id.as_str());
-    let key = shared.config.clients.get(&auth.cpe_id).ok_or(Refusal::UnknownCpe)?;
+    let key = shared
+        .config
+        .clients
+        .get(&auth.cpe_id)
+        .ok_or(Refusal::UnknownCpe)?;
     convert::auth::verify_mac(key.expose(), raw)?;
-    shared.replay.lock().expect("replay window poisoned").check(now_unix(), auth)?;
+    shared
+        .replay
+        .lock()
+        .expect("replay window poisoned")
+        .check(now_unix(), auth)?;
     match CpeGuard::acquire(shared, &auth.cpe_id) {
         Some(g) => Ok(Some(g)),
-        None => Err(Refusal::CpeLimit(shared.config.limits.max_connections_per_cpe)),
+        None => Err(Refusal::CpeLimit(
+            shared.config.limits.max_connections_per_cpe,
+        )),
     }
 }
 
@@ -463,7 +565,9 @@ async fn read_convert(client: &mut TcpStream) -> Result<(Message, Vec<u8>, usize
             // A wrong first byte is only an unsupported *version* if the rest is a Convert header; text or
             // noise is malformed (RFC 8803 error 1), so wait for the magic before choosing the code.
             Err(convert::DecodeError::UnsupportedVersion(_)) if filled < convert::HEADER_LEN => {}
-            Err(convert::DecodeError::UnsupportedVersion(_)) if buf[2..4] != convert::MAGIC.to_be_bytes() => {
+            Err(convert::DecodeError::UnsupportedVersion(_))
+                if buf[2..4] != convert::MAGIC.to_be_bytes() =>
+            {
                 return Err(ReadError::Invalid(convert::DecodeError::BadMagic));
             }
             Err(e) => return Err(ReadError::Invalid(e)),
@@ -481,14 +585,20 @@ async fn reject(shared: &Shared, mut client: TcpStream, why: Refusal) {
     }
     if why.is_auth_failure() {
         shared.stats.auth_failures.fetch_add(1, Relaxed);
-        let allowed = shared.auth_log.lock().expect("log limiter poisoned").allow(Instant::now());
+        let allowed = shared
+            .auth_log
+            .lock()
+            .expect("log limiter poisoned")
+            .allow(Instant::now());
         if let Some(suppressed) = allowed {
             warn!(code = code.code(), suppressed, "refused: {why}");
         }
     } else {
         info!(code = code.code(), "refused: {why}");
     }
-    let reply = Message::error_reply(code).to_bytes().expect("error reply encodes");
+    let reply = Message::error_reply(code)
+        .to_bytes()
+        .expect("error reply encodes");
     let linger = async {
         client.write_all(&reply).await?;
         client.shutdown().await?;

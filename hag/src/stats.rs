@@ -65,7 +65,10 @@ impl Stats {
 
     /// Error replies sent with `code` so far.
     pub fn errors_with(&self, code: ErrorCode) -> u64 {
-        ERROR_CODES.iter().position(|c| *c == code).map_or(0, |i| self.errors_sent[i].load(Relaxed))
+        ERROR_CODES
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.errors_sent[i].load(Relaxed))
     }
 
     /// A consistent-enough copy for printing (each counter read once).
@@ -75,7 +78,9 @@ impl Stats {
             fallback: self.fallback.load(Relaxed),
             active: self.active.load(Relaxed),
             relayed: self.relayed.load(Relaxed),
-            errors_sent: std::array::from_fn(|i| (ERROR_CODES[i].code(), self.errors_sent[i].load(Relaxed))),
+            errors_sent: std::array::from_fn(|i| {
+                (ERROR_CODES[i].code(), self.errors_sent[i].load(Relaxed))
+            }),
             auth_failures: self.auth_failures.load(Relaxed),
             policy_denied: self.policy_denied.load(Relaxed),
             header_timeouts: self.header_timeouts.load(Relaxed),

@@ -1,0 +1,140 @@
+//! Table of the hag's open connections, for the admin API (`/api/v1/connections`) and logs: who (peer, CPE
+//! id), where to (destination), the MPTCP token (the connection id of RFC 6897's CONNID), live byte counters,
+//! and a duplicate of the client socket's fd so `common::mptcp::full_info` can list the subflows.
+//!
+//! Invariants: an entry exists exactly while its connection task runs (the [`Entry`] guard removes it on
+//! drop); fields learned later (CPE id, destination, token) are set at most once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use common::relay::RelayCounters;
+
+/// One open connection.
+#[derive(Debug)]
+pub struct Connection {
+    /// Unique within this hag's run.
+    pub id: u64,
+    /// The CPE's address.
+    pub peer: SocketAddr,
+    /// When it was accepted (wall clock, for display).
+    pub accepted_at: SystemTime,
+    /// When it was accepted (monotonic, for ages).
+    pub accepted: Instant,
+    /// MPTCP token; `None` inside when the client is plain TCP (fallback).
+    pub token: OnceLock<Option<u32>>,
+    /// Authenticated CPE id (unset for trusted clients without Auth).
+    pub cpe: OnceLock<String>,
+    /// Destination from the Connect TLV, once it passed the policy.
+    pub dst: OnceLock<SocketAddr>,
+    /// Bytes client -> destination (`a_to_b`) and back (`b_to_a`), live while relaying.
+    pub counters: RelayCounters,
+    /// Duplicate of the client socket's fd, for `MPTCP_FULL_INFO` (subflows); `None` if `dup` failed.
+    pub client_fd: Option<OwnedFd>,
+}
+
+/// All open connections.
+#[derive(Debug, Default)]
+pub struct Connections {
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Connection>>>,
+}
+
+impl Connections {
+    /// Registers a connection; it stays listed until the returned guard is dropped.
+    pub fn insert(self: &Arc<Self>, peer: SocketAddr, client_fd: Option<OwnedFd>) -> Entry {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let conn = Arc::new(Connection {
+            id,
+            peer,
+            accepted_at: SystemTime::now(),
+            accepted: Instant::now(),
+            token: OnceLock::new(),
+            cpe: OnceLock::new(),
+            dst: OnceLock::new(),
+            counters: RelayCounters::default(),
+            client_fd,
+        });
+        self.open
+            .lock()
+            .expect("connection table poisoned")
+            .insert(id, conn.clone());
+        Entry {
+            table: self.clone(),
+            conn,
+        }
+    }
+
+    /// The connections open now, oldest first.
+    pub fn snapshot(&self) -> Vec<Arc<Connection>> {
+        let mut v: Vec<_> = self
+            .open
+            .lock()
+            .expect("connection table poisoned")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Number of open connections.
+    pub fn len(&self) -> usize {
+        self.open.lock().expect("connection table poisoned").len()
+    }
+
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Keeps a connection listed; removes it on drop.
+#[derive(Debug)]
+pub struct Entry {
+    table: Arc<Connections>,
+    conn: Arc<Connection>,
+}
+
+impl Entry {
+    /// The listed connection.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.table
+            .open
+            .lock()
+            .expect("connection table poisoned")
+            .remove(&self.conn.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_live_as_long_as_their_guard() {
+        let t = Arc::new(Connections::default());
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let a = t.insert(peer, None);
+        let b = t.insert(peer, None);
+        a.conn().cpe.set("cpe-1".into()).unwrap();
+        assert!(a.conn().cpe.set("other".into()).is_err(), "set once");
+        let ids: Vec<u64> = t.snapshot().iter().map(|c| c.id).collect();
+        assert_eq!(ids, vec![a.conn().id, b.conn().id]);
+        drop(a);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.snapshot()[0].id, b.conn().id);
+        drop(b);
+        assert!(t.is_empty());
+    }
+}
