@@ -339,20 +339,29 @@ impl Netns {
     /// Starts `cmd args` inside the namespace in the background. Its stdout and stderr go to a
     /// log file; the returned guard kills it (SIGTERM, then SIGKILL after 5 s) on drop and
     /// prints the log if the dropping thread is panicking.
-    pub fn spawn<S: AsRef<OsStr>>(&self, cmd: &str, args: &[S]) -> Result<ChildGuard> {
+    /// `cmd` may be a `&str` or a path (e.g. [`bin_path`]`("hag")`).
+    pub fn spawn<C: AsRef<OsStr>, S: AsRef<OsStr>>(&self, cmd: C, args: &[S]) -> Result<ChildGuard> {
         self.spawn_env(cmd, args, &[])
     }
 
     /// [`spawn`](Self::spawn) with extra environment variables.
-    pub fn spawn_env<S: AsRef<OsStr>>(&self, cmd: &str, args: &[S], env: &[(&str, &str)]) -> Result<ChildGuard> {
+    pub fn spawn_env<C: AsRef<OsStr>, S: AsRef<OsStr>>(
+        &self,
+        cmd: C,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> Result<ChildGuard> {
         static N: AtomicU64 = AtomicU64::new(0);
+        let cmd_os = cmd.as_ref();
+        let cmd_string = cmd_os.to_string_lossy().into_owned();
+        let cmd = cmd_string.as_str();
         let dir = log_dir();
         let base = Path::new(cmd).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let path = dir.join(format!("{}-{}-{}.log", self.name, base, N.fetch_add(1, Ordering::Relaxed)));
         let log = File::create(&path).map_err(|source| Error::Log { path: path.clone(), source })?;
         let log2 = log.try_clone().map_err(|source| Error::Log { path: path.clone(), source })?;
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, cmd]).args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
+        c.args(["netns", "exec", &self.name]).arg(cmd_os).args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
         for (k, v) in env {
             c.env(k, v);
         }
