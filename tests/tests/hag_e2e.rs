@@ -142,6 +142,11 @@ struct Bed {
 
 impl Bed {
     fn new() -> Bed {
+        Bed::with_hag_tfo(0x203)
+    }
+
+    /// A bed whose hag namespace has `net.ipv4.tcp_fastopen = hag_tfo`.
+    fn with_hag_tfo(hag_tfo: u32) -> Bed {
         let cli = Netns::new("hcli").unwrap();
         let hag_ns = Netns::new("hag").unwrap();
         let inet = Netns::new("hinet").unwrap();
@@ -161,7 +166,7 @@ impl Bed {
         // TFO without cookies: client bits in cli, server bits in hag (DESIGN §3).
         cli.sysctl("net.ipv4.tcp_fastopen", "5").unwrap();
         hag_ns
-            .sysctl("net.ipv4.tcp_fastopen", &format!("{}", 0x203))
+            .sysctl("net.ipv4.tcp_fastopen", &hag_tfo.to_string())
             .unwrap();
         for ns in [&cli, &hag_ns, &inet] {
             ns.sysctl("net.mptcp.enabled", "1").unwrap();
@@ -710,6 +715,24 @@ fn ipv6_client_and_destination_are_relayed() {
         assert_eq!(m, Message::success());
         EchoSession(s).ping(b"over v6").await;
     });
+}
+
+#[test]
+fn hag_without_server_tfo_bits_warns_and_still_serves_tfo_clients() {
+    let mut bed = Bed::with_hag_tfo(1);
+    let mptcp_kept = bed.client(async {
+        let s = fresh_echo("good").await;
+        mptcp::info(&s.0).unwrap().is_some()
+    });
+    bed.hag.kill();
+    let log = bed.hag_log();
+    assert!(
+        log.contains("TCP Fast Open is not fully enabled"),
+        "startup warning:\n{log}"
+    );
+    // Kernel behaviour, reported rather than asserted: SYN data the server does not take made Linux 6.18
+    // fall back to plain TCP in our runs.
+    eprintln!("MPTCP kept without server TFO: {mptcp_kept}");
 }
 
 #[test]
