@@ -334,6 +334,12 @@ impl LinkEmulator {
         }
     }
 
+    /// Cuts (`true`) or restores one direction only (an asymmetric failure). Unlike
+    /// [`cut`](Self::cut) it does not wait for frames in flight.
+    pub fn set_cut(&self, d: Direction, cut: bool) {
+        self.dir(d).params.cut.store(cut, Ordering::SeqCst);
+    }
+
     /// Undoes [`cut`](Self::cut).
     pub fn restore(&self) {
         for d in &self.dirs {
