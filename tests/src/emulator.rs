@@ -15,9 +15,11 @@
 //!   the next frame that arrives; frames already queued keep their schedule.
 //! - Offloaded super-frames (veth TSO/GSO, up to 64 KiB) are carried whole with their
 //!   `virtio_net_hdr` (`PACKET_VNET_HDR`), which also keeps partial checksums valid. Rate and
-//!   counters account for their on-wire size (one header per segment). Loss drops a whole
-//!   super-frame with the probability that any of its segments is lost; tests that need
-//!   per-segment loss disable offloads (see [`disable_offloads`]).
+//!   counters account for their on-wire size (one header per segment). While a direction has
+//!   loss configured, TCP super-frames are split into MTU-sized segments with full checksums
+//!   (what the NIC would do), so loss hits single segments; other super-frames are lost whole
+//!   with the probability that any of their segments would be. [`disable_offloads`] makes the
+//!   senders segment instead.
 //! - The model: arrival -> cut? -> loss? -> tail drop if the rate queue holds more than
 //!   `queue_bytes` -> serialization at `rate` -> + delay + jitter -> send.
 
@@ -492,20 +494,142 @@ struct Queued {
     wire: u64,
 }
 
+/// Offsets in an Ethernet frame carrying TCP: (IP header, TCP header, payload, IPv6?).
+/// `None` for anything else (VLAN tags, IPv6 extension headers, non-TCP).
+fn tcp_offsets(eth: &[u8]) -> Option<(usize, usize, usize, bool)> {
+    if eth.len() < 14 {
+        return None;
+    }
+    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let l3 = 14;
+    let (l4, v6) = match ethertype {
+        0x0800 => {
+            let ihl = usize::from(*eth.get(l3)? & 0x0f) * 4;
+            if ihl < 20 || *eth.get(l3 + 9)? != 6 {
+                return None;
+            }
+            (l3 + ihl, false)
+        }
+        0x86dd => {
+            if *eth.get(l3 + 6)? != 6 {
+                return None;
+            }
+            (l3 + 40, true)
+        }
+        _ => return None,
+    };
+    let doff = usize::from(*eth.get(l4 + 12)? >> 4) * 4;
+    if doff < 20 || eth.len() < l4 + doff {
+        return None;
+    }
+    Some((l3, l4, l4 + doff, v6))
+}
+
 /// (segments, on-wire bytes) of a frame with its vnet header.
 fn wire_size(frame: &[u8]) -> (u64, u64) {
-    let len = (frame.len() - VNET_HDR_LEN) as u64;
-    let gso_type = frame[1];
-    if gso_type == VIRTIO_NET_HDR_GSO_NONE {
+    let eth = &frame[VNET_HDR_LEN..];
+    let len = eth.len() as u64;
+    let gso_type = frame[1] & !VIRTIO_NET_HDR_GSO_ECN;
+    let gso_size = u64::from(u16::from_le_bytes([frame[4], frame[5]]));
+    if gso_type == VIRTIO_NET_HDR_GSO_NONE || gso_size == 0 {
         return (1, len);
     }
-    let hdr_len = u16::from_le_bytes([frame[2], frame[3]]) as u64;
-    let gso_size = u16::from_le_bytes([frame[4], frame[5]]) as u64;
-    if gso_size == 0 || hdr_len == 0 || hdr_len >= len {
+    let hdr_len = match tcp_offsets(eth) {
+        Some((_, _, payload, _)) => payload as u64,
+        None => u64::from(u16::from_le_bytes([frame[2], frame[3]])),
+    };
+    if hdr_len == 0 || hdr_len >= len {
         return (1, len);
     }
     let segs = (len - hdr_len).div_ceil(gso_size).max(1);
     (segs, len + (segs - 1) * hdr_len)
+}
+
+const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
+
+fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [b] = chunks.remainder() {
+        sum += u32::from(*b) << 8;
+    }
+    sum
+}
+
+fn csum_fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Splits an offloaded TCP super-frame (with vnet header) into MTU-sized frames with complete
+/// checksums and an empty vnet header, as the NIC would have: so loss hits single segments.
+/// `None` if the frame is not a TCP super-frame this understands (then it stays whole).
+fn segment(frame: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let gso_type = frame[1] & !VIRTIO_NET_HDR_GSO_ECN;
+    if gso_type != VIRTIO_NET_HDR_GSO_TCPV4 && gso_type != VIRTIO_NET_HDR_GSO_TCPV6 {
+        return None;
+    }
+    let mss = usize::from(u16::from_le_bytes([frame[4], frame[5]]));
+    let eth = &frame[VNET_HDR_LEN..];
+    let (l3, l4, payload_off, v6) = tcp_offsets(eth)?;
+    if mss == 0 || v6 != (gso_type == VIRTIO_NET_HDR_GSO_TCPV6) {
+        return None;
+    }
+    let payload = &eth[payload_off..];
+    let n = payload.len().div_ceil(mss);
+    let seq0 = u32::from_be_bytes(eth[l4 + 4..l4 + 8].try_into().ok()?);
+    let id0 = u16::from_be_bytes([eth[l3 + 4], eth[l3 + 5]]);
+    let flags0 = eth[l4 + 13];
+    let tcp_hlen = payload_off - l4;
+    let mut out = Vec::with_capacity(n);
+    for (i, chunk) in payload.chunks(mss).enumerate() {
+        let mut f = Vec::with_capacity(VNET_HDR_LEN + payload_off + chunk.len());
+        f.extend_from_slice(&[0u8; VNET_HDR_LEN]);
+        f.extend_from_slice(&eth[..payload_off]);
+        f.extend_from_slice(chunk);
+        let e = &mut f[VNET_HDR_LEN..];
+        let tcp_len = tcp_hlen + chunk.len();
+        if v6 {
+            e[l3 + 4..l3 + 6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        } else {
+            let ihl = l4 - l3;
+            e[l3 + 2..l3 + 4].copy_from_slice(&((ihl + tcp_len) as u16).to_be_bytes());
+            e[l3 + 4..l3 + 6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+            e[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+            let c = csum_fold(csum_add(0, &e[l3..l4]));
+            e[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+        }
+        let seq = seq0.wrapping_add((i * mss) as u32);
+        e[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+        let mut flags = flags0;
+        if i + 1 < n {
+            flags &= !(0x01 | 0x08); // FIN, PSH only on the last segment
+        }
+        if i > 0 {
+            flags &= !0x80; // CWR only on the first
+        }
+        e[l4 + 13] = flags;
+        e[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+        let mut sum = if v6 {
+            let mut s = csum_add(0, &e[l3 + 8..l3 + 40]);
+            s = csum_add(s, &(tcp_len as u32).to_be_bytes());
+            s + 6
+        } else {
+            let s = csum_add(0, &e[l3 + 12..l3 + 20]);
+            s + 6 + tcp_len as u32
+        };
+        sum = csum_add(sum, &e[l4..]);
+        let c = csum_fold(sum);
+        e[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+        out.push(f);
+    }
+    Some(out)
 }
 
 fn worker(rx: &OwnedFd, tx: &OwnedFd, shared: &DirShared, stop: &AtomicBool, seed: u64) {
@@ -587,38 +711,44 @@ fn worker(rx: &OwnedFd, tx: &OwnedFd, shared: &DirShared, stop: &AtomicBool, see
                 continue;
             }
             let s = p.load();
-            if s.loss > 0.0 {
-                // A super-frame is lost if any of its segments would be.
-                let p_frame = 1.0 - (1.0 - s.loss).powi(segs as i32);
-                if rng.unit() < p_frame {
-                    c.drop_loss.fetch_add(segs, Ordering::Relaxed);
-                    continue;
+            // With loss configured, super-frames are split so loss hits single segments.
+            let units = if s.loss > 0.0 && segs > 1 { segment(frame) } else { None };
+            let units = units.unwrap_or_else(|| vec![frame.to_vec()]);
+            for unit in units {
+                let (segs, wire) = wire_size(&unit);
+                if s.loss > 0.0 {
+                    // A (remaining) super-frame is lost if any of its segments would be.
+                    let p_frame = 1.0 - (1.0 - s.loss).powi(segs as i32);
+                    if rng.unit() < p_frame {
+                        c.drop_loss.fetch_add(segs, Ordering::Relaxed);
+                        continue;
+                    }
                 }
-            }
-            let mut ready = arrival;
-            if let Some(rate) = s.rate_bps {
-                let start = link_free_at.max(arrival);
-                let backlog_bytes = (start - arrival).as_secs_f64() * rate as f64 / 8.0;
-                let limit = s.queue_bytes.unwrap_or(((rate as f64 / 8.0 * 0.05) as u64).max(256 * 1024));
-                if backlog_bytes > limit as f64 {
-                    c.drop_queue.fetch_add(segs, Ordering::Relaxed);
-                    continue;
+                let mut ready = arrival;
+                if let Some(rate) = s.rate_bps {
+                    let start = link_free_at.max(arrival);
+                    let backlog_bytes = (start - arrival).as_secs_f64() * rate as f64 / 8.0;
+                    let limit = s.queue_bytes.unwrap_or(((rate as f64 / 8.0 * 0.05) as u64).max(256 * 1024));
+                    if backlog_bytes > limit as f64 {
+                        c.drop_queue.fetch_add(segs, Ordering::Relaxed);
+                        continue;
+                    }
+                    link_free_at = start + Duration::from_secs_f64(wire as f64 * 8.0 / rate as f64);
+                    ready = link_free_at;
                 }
-                link_free_at = start + Duration::from_secs_f64(wire as f64 * 8.0 / rate as f64);
-                ready = link_free_at;
+                let mut due = ready + s.delay;
+                if !s.jitter.is_zero() {
+                    let j = s.jitter.as_secs_f64() * (2.0 * rng.unit() - 1.0);
+                    due = if j >= 0.0 {
+                        due + Duration::from_secs_f64(j)
+                    } else {
+                        due.checked_sub(Duration::from_secs_f64(-j)).unwrap_or(due).max(ready)
+                    };
+                }
+                due = due.max(last_due);
+                last_due = due;
+                queue.push_back(Queued { due, frame: unit, segs, wire });
             }
-            let mut due = ready + s.delay;
-            if !s.jitter.is_zero() {
-                let j = s.jitter.as_secs_f64() * (2.0 * rng.unit() - 1.0);
-                due = if j >= 0.0 {
-                    due + Duration::from_secs_f64(j)
-                } else {
-                    due.checked_sub(Duration::from_secs_f64(-j)).unwrap_or(due).max(ready)
-                };
-            }
-            due = due.max(last_due);
-            last_due = due;
-            queue.push_back(Queued { due, frame: frame.to_vec(), segs, wire });
         }
     }
 }
@@ -671,13 +801,73 @@ mod tests {
 
     #[test]
     fn wire_size_counts_one_header_per_segment() {
-        let mut f = vec![0u8; VNET_HDR_LEN + 66 + 3000];
-        assert_eq!(wire_size(&f), (1, 3066));
-        f[1] = 1; // TCPv4
-        f[2..4].copy_from_slice(&66u16.to_le_bytes());
-        f[4..6].copy_from_slice(&1448u16.to_le_bytes());
-        // 3000 payload bytes -> 3 segments, 2 extra headers.
-        assert_eq!(wire_size(&f), (3, 3066 + 2 * 66));
+        let payload = vec![0u8; 3000];
+        let mut f = super_frame(false, &payload, 1448);
+        let len = (f.len() - VNET_HDR_LEN) as u64; // 14 + 20 + 20 + 3000
+        // 3000 payload bytes -> 3 segments, 2 extra copies of the 54 header bytes.
+        assert_eq!(wire_size(&f), (3, len + 2 * 54));
+        f[1] = VIRTIO_NET_HDR_GSO_NONE;
+        assert_eq!(wire_size(&f), (1, len));
+    }
+
+    /// A TCP super-frame as veth hands it over: vnet header with GSO, one big IP packet whose
+    /// TCP checksum is not final.
+    fn super_frame(v6: bool, payload: &[u8], mss: u16) -> Vec<u8> {
+        use etherparse::PacketBuilder;
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let b = if v6 {
+            b.ipv6([0x20, 1, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2], [0x20, 1, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1], 64)
+        } else {
+            b.ipv4([198, 18, 2, 2], [198, 18, 2, 1], 64)
+        };
+        let b = b.tcp(40000, 5124, 1_000_000, 500).ack(77).psh().fin();
+        let mut eth = Vec::new();
+        b.write(&mut eth, payload).unwrap();
+        eth[14 + if v6 { 40 } else { 20 } + 16] ^= 0x5a; // partial checksum: garbage here
+        let mut f = vec![0u8; VNET_HDR_LEN];
+        f[0] = 1; // NEEDS_CSUM
+        f[1] = if v6 { VIRTIO_NET_HDR_GSO_TCPV6 } else { VIRTIO_NET_HDR_GSO_TCPV4 };
+        f[4..6].copy_from_slice(&mss.to_le_bytes());
+        f.extend_from_slice(&eth);
+        f
+    }
+
+    #[test]
+    fn segmentation_makes_valid_tcp_segments() {
+        use etherparse::{SlicedPacket, TransportSlice};
+        let payload: Vec<u8> = (0..3500u32).map(|i| (i * 7) as u8).collect();
+        for v6 in [false, true] {
+            let f = super_frame(v6, &payload, 1448);
+            assert_eq!(wire_size(&f).0, 3);
+            let segs = segment(&f).expect("TCP super-frame");
+            assert_eq!(segs.len(), 3);
+            let mut joined = Vec::new();
+            for (i, s) in segs.iter().enumerate() {
+                assert_eq!(s[..VNET_HDR_LEN], [0; VNET_HDR_LEN], "plain frames, no offload left");
+                assert_eq!(wire_size(s), (1, (s.len() - VNET_HDR_LEN) as u64));
+                let p = SlicedPacket::from_ethernet(&s[VNET_HDR_LEN..]).unwrap();
+                let Some(etherparse::NetSlice::Ipv4(_) | etherparse::NetSlice::Ipv6(_)) = &p.net else { panic!() };
+                let Some(TransportSlice::Tcp(tcp)) = &p.transport else { panic!("no tcp") };
+                assert_eq!(tcp.sequence_number(), 1_000_000 + (i as u32) * 1448);
+                assert_eq!(tcp.fin(), i == 2, "FIN only on the last segment");
+                assert_eq!(tcp.psh(), i == 2);
+                assert!(tcp.ack());
+                let ok = match &p.net {
+                    Some(etherparse::NetSlice::Ipv4(ip)) => {
+                        let h = ip.header().to_header();
+                        assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 header checksum");
+                        tcp.to_header().calc_checksum_ipv4(&h, tcp.payload()).unwrap()
+                    }
+                    Some(etherparse::NetSlice::Ipv6(ip)) => {
+                        tcp.to_header().calc_checksum_ipv6(&ip.header().to_header(), tcp.payload()).unwrap()
+                    }
+                    _ => unreachable!(),
+                };
+                assert_eq!(tcp.checksum(), ok, "TCP checksum of segment {i} (v6={v6})");
+                joined.extend_from_slice(tcp.payload());
+            }
+            assert_eq!(joined, payload);
+        }
     }
 
     #[test]

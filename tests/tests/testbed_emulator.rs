@@ -164,3 +164,30 @@ fn without_offloads_frames_are_mtu_sized_and_still_fast() {
     assert_eq!(c.tx_frames, c.tx_packets, "super-frames seen with offloads off");
     assert!(t.mbit_per_s() >= 150.0, "{:.0} Mbit/s", t.mbit_per_s());
 }
+
+#[test]
+fn loss_hits_single_segments_with_offloads_on() {
+    let _g = serial();
+    let tb = Testbed::new(TestbedConfig {
+        dsl: LinkConfig { down: Shape::mbit(200.0).delay_ms(2.0).loss(0.01), ..LinkConfig::default() },
+        ..TestbedConfig::default()
+    })
+    .unwrap();
+    let srv = Server::start(&tb.hag, 0).unwrap();
+    let (dst, src) = dsl_target(srv.port());
+    let t = tb.cpe.within(move || Client::new(dst).bind(src).download(20_000_000)).unwrap().unwrap();
+    let c = tb.dsl.counters(Direction::Down);
+    let rate = c.drop_loss as f64 / c.rx_packets as f64;
+    println!(
+        "1 % loss, offloads on: download intact at {:.0} Mbit/s; {} of {} packets lost ({:.2} %), \
+         {} frames delivered for {} packets",
+        t.mbit_per_s(),
+        c.drop_loss,
+        c.rx_packets,
+        rate * 100.0,
+        c.tx_frames,
+        c.tx_packets
+    );
+    assert!((0.004..=0.02).contains(&rate), "loss rate {rate}");
+    assert!(c.tx_frames * 10 >= c.tx_packets * 9, "super-frames were not split into segments");
+}
