@@ -16,10 +16,11 @@
 //! - Offloaded super-frames (veth TSO/GSO, up to 64 KiB) are carried whole with their
 //!   `virtio_net_hdr` (`PACKET_VNET_HDR`), which also keeps partial checksums valid. Rate and
 //!   counters account for their on-wire size (one header per segment). While a direction has
-//!   loss configured, TCP super-frames are split into MTU-sized segments with full checksums
-//!   (what the NIC would do), so loss hits single segments; other super-frames are lost whole
-//!   with the probability that any of their segments would be. [`disable_offloads`] makes the
-//!   senders segment instead.
+//!   loss or a rate configured, TCP super-frames are split into MTU-sized segments with full
+//!   checksums (what the NIC would do), so loss and tail drop hit single segments and segments
+//!   are paced one by one; other super-frames are lost whole with the probability that any of
+//!   their segments would be. Unshaped directions pass super-frames whole (fast).
+//!   [`disable_offloads`] makes the senders segment instead.
 //! - The model: arrival -> cut? -> loss? -> tail drop if the rate queue holds more than
 //!   `queue_bytes` -> serialization at `rate` -> + delay + jitter -> send.
 
@@ -711,8 +712,10 @@ fn worker(rx: &OwnedFd, tx: &OwnedFd, shared: &DirShared, stop: &AtomicBool, see
                 continue;
             }
             let s = p.load();
-            // With loss configured, super-frames are split so loss hits single segments.
-            let units = if s.loss > 0.0 && segs > 1 { segment(frame) } else { None };
+            // On a lossy or rate-limited direction, super-frames are split so loss and tail
+            // drop hit single segments and the serialization paces segments like a real link.
+            let split = s.loss > 0.0 || s.rate_bps.is_some();
+            let units = if split && segs > 1 { segment(frame) } else { None };
             let units = units.unwrap_or_else(|| vec![frame.to_vec()]);
             for unit in units {
                 let (segs, wire) = wire_size(&unit);
