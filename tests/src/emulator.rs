@@ -583,6 +583,9 @@ fn segment(frame: &[u8]) -> Option<Vec<Vec<u8>>> {
         return None;
     }
     let payload = &eth[payload_off..];
+    if payload.is_empty() {
+        return None;
+    }
     let n = payload.len().div_ceil(mss);
     let seq0 = u32::from_be_bytes(eth[l4 + 4..l4 + 8].try_into().ok()?);
     let id0 = u16::from_be_bytes([eth[l3 + 4], eth[l3 + 5]]);
