@@ -877,6 +877,25 @@ mod tests {
     }
 
     #[test]
+    fn garbage_frames_never_panic() {
+        let mut r = Rng(5);
+        for i in 0..20_000 {
+            let len = VNET_HDR_LEN + 1 + (r.next_u64() % 200) as usize;
+            let mut f: Vec<u8> = (0..len).map(|_| r.next_u64() as u8).collect();
+            f[1] = [0, 1, 4, 0x81, 5][i % 5];
+            if i % 3 == 0 && len > VNET_HDR_LEN + 14 {
+                // Plausible ethertypes to get deeper into the parser.
+                let et: [u8; 2] = if i % 2 == 0 { [0x08, 0] } else { [0x86, 0xdd] };
+                f[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&et);
+            }
+            let _ = wire_size(&f);
+            if let Some(segs) = segment(&f) {
+                assert!(!segs.is_empty());
+            }
+        }
+    }
+
+    #[test]
     fn rng_unit_is_uniform_enough() {
         let mut r = Rng(42);
         let n = 100_000;
