@@ -80,9 +80,14 @@ async fn close_server() -> SocketAddr {
     addr
 }
 
-/// A plain TCP copy proxy to `dst`: the baseline relay without Convert or MPTCP.
-async fn copy_proxy(dst: SocketAddr) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// A copy proxy to `dst` (tokio `copy_bidirectional`): the baseline relay without Convert; its listener is
+/// plain TCP or MPTCP.
+async fn copy_proxy(dst: SocketAddr, mptcp_listener: bool) -> SocketAddr {
+    let l = if mptcp_listener {
+        mptcp::listen("127.0.0.1:0".parse().unwrap(), 1024, None).unwrap()
+    } else {
+        TcpListener::bind("127.0.0.1:0").await.unwrap()
+    };
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -213,12 +218,21 @@ fn main() {
     rt.block_on(async move {
         let bulk = download_server().await;
         let closer = close_server().await;
-        let proxy = copy_proxy(bulk).await;
+        let proxy = copy_proxy(bulk, false).await;
+        let mproxy = copy_proxy(bulk, true).await;
+        let mptcp_to = |addr: SocketAddr| async move {
+            let opts = ConnectOptions {
+                fastopen: false,
+                ..mptcp_opts()
+            };
+            mptcp::connect_with_data(addr, &[], &opts).await.unwrap().0
+        };
 
         // Warm up (page cache of buffers, first-connection costs), then alternate to spread noise.
         let _ = timed_download(async { TcpStream::connect(bulk).await.unwrap() }, false).await;
         let (mut direct, mut copy, mut hag, mut hag_tcp) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut mcopy = Vec::new();
         for _ in 0..3 {
             direct.push(
                 timed_download(async { TcpStream::connect(bulk).await.unwrap() }, false).await,
@@ -228,9 +242,11 @@ fn main() {
             );
             hag.push(timed_download(via_hag(hag_addr, bulk, true), true).await);
             hag_tcp.push(timed_download(via_hag(hag_addr, bulk, false), true).await);
+            mcopy.push(timed_download(mptcp_to(mproxy), false).await);
         }
         let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
         let (d, c, h, ht) = (best(&direct), best(&copy), best(&hag), best(&hag_tcp));
+        let mc = best(&mcopy);
         println!(
             "relay goodput, one {} MiB download over loopback (best of 3):",
             BULK >> 20
@@ -239,8 +255,10 @@ fn main() {
         println!("  plain TCP copy proxy (baseline)  {c:7.2} Gbit/s");
         println!("  hag (MPTCP in, TCP out)          {h:7.2} Gbit/s");
         println!("  hag, plain TCP client (fallback) {ht:7.2} Gbit/s");
+        println!("  MPTCP-in copy proxy              {mc:7.2} Gbit/s");
         println!("  ratio hag / copy proxy           {:7.2}", h / c);
         println!("  ratio hag TCP-in / copy proxy    {:7.2}", ht / c);
+        println!("  ratio hag / MPTCP-in copy proxy  {:7.2}", h / mc);
         println!("  ratio hag / direct               {:7.2}", h / d);
 
         // Each client reads until the server side closed first, so TIME_WAIT lands on the server side and the
