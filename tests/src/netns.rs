@@ -511,7 +511,8 @@ pub fn log_dir() -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 
 /// A background process inside a namespace. Killed by pid on drop; its combined stdout/stderr
-/// is in [`log_path`](Self::log_path) and printed to stderr if dropped during a panic.
+/// is in [`log_path`](Self::log_path), printed to stderr (and kept) if dropped during a panic,
+/// deleted otherwise.
 #[derive(Debug)]
 pub struct ChildGuard {
     child: Option<Child>,
@@ -630,6 +631,12 @@ impl Drop for ChildGuard {
         self.kill();
         if std::thread::panicking() {
             self.print_log();
+        } else {
+            // Kept only when it may explain a failure.
+            let _ = std::fs::remove_file(&self.log_path);
+            if let Some(dir) = self.log_path.parent() {
+                let _ = std::fs::remove_dir(dir); // only succeeds once empty
+            }
         }
     }
 }
