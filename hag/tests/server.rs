@@ -3,7 +3,6 @@
 //! The real binary with kernel MPTCP and TFO in namespaces is tested in `tests/tests/hag_e2e.rs`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,7 +20,6 @@ struct Fixture {
     connections: Arc<hag::connections::Connections>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
-    dir: PathBuf,
 }
 
 impl Fixture {
@@ -45,7 +43,10 @@ impl Fixture {
              destinations: {{allow: [127.0.0.2/32]}}\n\
              limits: {{header_deadline: 500ms, connect_timeout: 2s, drain_deadline: 1s {extra_limits}}}\n"
         );
-        let config = Config::from_yaml(&yaml, &dir.join("hag.yaml")).unwrap();
+        // Keys are read while loading, so the directory can go before anything can fail.
+        let config = Config::from_yaml(&yaml, &dir.join("hag.yaml"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = config.unwrap();
         let hag = Hag::bind(config).unwrap();
         let addr = hag.local_addrs()[0];
         let stats = hag.stats();
@@ -60,19 +61,12 @@ impl Fixture {
             connections,
             stop: Some(tx),
             done,
-            dir,
         }
     }
 
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         (&mut self.done).await.unwrap();
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
