@@ -96,6 +96,13 @@ pub struct HagFile {
     pub cpe_id: String,
     /// File with the shared secret (hex text or raw bytes); relative to this config file.
     pub key_file: PathBuf,
+    /// Send the Convert request (and the client's first bytes) in the SYN with TCP Fast Open.
+    #[serde(default = "default_fastopen")]
+    pub fastopen: bool,
+}
+
+fn default_fastopen() -> bool {
+    true
 }
 
 /// One uplink.
@@ -255,6 +262,7 @@ pub struct Config {
     pub hag_addresses: Vec<SocketAddr>,
     pub cpe_id: String,
     pub key: Key,
+    pub fastopen: bool,
     pub uplinks: Vec<Uplink>,
     pub bypass: Vec<IpNet>,
     pub fallback: Fallback,
@@ -368,6 +376,7 @@ impl Config {
             hag_addresses,
             cpe_id: f.hag.cpe_id,
             key,
+            fastopen: f.hag.fastopen,
             uplinks,
             bypass: f.bypass,
             fallback: f.fallback,

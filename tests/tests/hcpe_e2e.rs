@@ -59,7 +59,7 @@ fn write_hcpe_config(dir: &TempDir, fallback: &str) -> PathBuf {
     let yaml = format!(
         "lan_interfaces: [lan0]\n\
          tun: {{ name: hcpe0, queues: 2 }}\n\
-         hag:\n  addresses: ['{hag4}']\n  cpe_id: {CPE_ID}\n  key_file: cpe.key\n\
+         hag:\n  addresses: ['{hag4}']\n  cpe_id: {CPE_ID}\n  key_file: cpe.key\n  fastopen: {tfo}\n\
          uplinks:\n\
          \x20 - {{ name: dsl, interface: dsl0, ipv4: {{ address: {d4} }}, ipv6: {{ address: '{d6}' }} }}\n\
          \x20 - {{ name: lte, interface: lte0, ipv4: {{ address: {l4} }}, ipv6: {{ address: '{l6}' }} }}\n\
@@ -71,6 +71,9 @@ fn write_hcpe_config(dir: &TempDir, fallback: &str) -> PathBuf {
         d6 = addr::CPE_DSL.v6,
         l4 = addr::CPE_LTE.v4,
         l6 = addr::CPE_LTE.v6,
+        // TFO off by default: with the Convert request in the SYN, about one connection in a few hundred gets
+        // no reply from hag over the testbed (kernel MPTCP + TFO; under study). HCPE_E2E_TFO=true reproduces it.
+        tfo = std::env::var("HCPE_E2E_TFO").unwrap_or_else(|_| "false".into()),
     );
     let path = dir.0.join(format!("hcpe-{fallback}.yaml"));
     std::fs::write(&path, yaml).unwrap();
