@@ -463,7 +463,7 @@ fallback: reject
             (GOOD.replace("interface: lte0", "interface: lte0\n    colour: red"), "uplinks[1].colour"),
             (GOOD.replace("name: lte", "name: dsl"), "uplinks[1].name"),
             (GOOD.replace("bypass: [10.0.0.0/8]", "bypass: [10.0.0.0/33]"), "bypass[0]"),
-            (format!("{GOOD}routing: {{ table: 254 }}\n"), "routing.table"),
+            (format!("{GOOD}routing: {{ table: 0 }}\n"), "routing.table"),
             (format!("{GOOD}limits: {{ idle_timeout: forever }}\n"), "limits.idle_timeout"),
             (format!("{GOOD}tun: {{ ipv4: null, ipv6: null }}\n"), "tun"),
         ];

@@ -221,15 +221,15 @@ async fn direct(flow: Flow, first: &[u8], cfg: &Config) -> io::Result<TcpStream>
     Ok(stream)
 }
 
-async fn relay(mut client: TcpStream, mut server: TcpStream, idle: Duration, c: &ConnCounters) {
-    // Interim until common::relay lands (then: common::relay::relay with its idle timeout and live counters).
-    let _ = idle;
-    match tokio::io::copy_bidirectional(&mut client, &mut server).await {
-        Ok((up, down)) => {
-            c.bytes_up.fetch_add(up, Relaxed);
-            c.bytes_down.fetch_add(down, Relaxed);
-            debug!(up, down, "relay done");
-        }
-        Err(e) => debug!(error = %e, "relay ended with an error"),
+async fn relay(client: TcpStream, server: TcpStream, idle: Duration, c: &ConnCounters) {
+    let counters = common::relay::RelayCounters::default();
+    let result = common::relay::relay(client, server, idle, &counters).await;
+    let up = counters.a_to_b.load(Relaxed);
+    let down = counters.b_to_a.load(Relaxed);
+    c.bytes_up.fetch_add(up, Relaxed);
+    c.bytes_down.fetch_add(down, Relaxed);
+    match result {
+        Ok(outcome) => debug!(up, down, ?outcome, "relay done"),
+        Err(e) => debug!(up, down, error = %e, "relay ended with an error"),
     }
 }

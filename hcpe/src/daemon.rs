@@ -93,8 +93,9 @@ async fn install_routing(cfg: &Config, nl: &Netlink, ifindex: u32) -> anyhow::Re
     let mut rules = 0;
     for lan in &cfg.lan_interfaces {
         for (family, _) in &families {
-            let mut prio = base;
-            for net in bypass.iter().filter(|n| matches!((family, n), (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_)))) {
+            let same_family =
+                |n: &&IpNet| matches!((family, n), (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_)));
+            for (prio, net) in (base..).zip(bypass.iter().filter(same_family)) {
                 if prio >= base + INTERCEPT_OFFSET {
                     anyhow::bail!("more than {INTERCEPT_OFFSET} bypass prefixes");
                 }
@@ -109,7 +110,6 @@ async fn install_routing(cfg: &Config, nl: &Netlink, ifindex: u32) -> anyhow::Re
                 })
                 .await
                 .with_context(|| format!("adding bypass rule for {net}"))?;
-                prio += 1;
                 rules += 1;
             }
             nl.add_rule(&Rule {
