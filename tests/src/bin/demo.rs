@@ -263,7 +263,9 @@ fn watched_download(
     let p = progress.clone();
     let start_links = down_bytes(tb);
     let t0 = Instant::now();
-    let handle = tb.lan.thread(move || Client::new(dst).seed(seed).timeout(Duration::from_secs(30)).progress(p).download(size))?;
+    let handle = tb
+        .lan
+        .thread(move || Client::new(dst).seed(seed).timeout(Duration::from_secs(30)).progress(p).download(size))?;
     let tty = std::io::stdout().is_terminal();
     let mut last = (t0, start_links, 0u64);
     let mut cut: Option<(u64, Duration, (u64, u64))> = None;
@@ -323,7 +325,12 @@ fn watched_download(
         transfer,
         dsl: end.0 - start_links.0,
         lte: end.1 - start_links.1,
-        cut: cut.map(|(at_bytes, at, links)| CutInfo { at_bytes, at, dsl_after: end.0 - links.0, lte_after: end.1 - links.1 }),
+        cut: cut.map(|(at_bytes, at, links)| CutInfo {
+            at_bytes,
+            at,
+            dsl_after: end.0 - links.0,
+            lte_after: end.1 - links.1,
+        }),
     })
 }
 
@@ -356,9 +363,19 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
     println!("\n== Baseline: one plain TCP download from the CPE over each link alone");
     let dsl_alone = single_link(&tb, &server, addr::CPE_DSL.v4, sizes.baseline_dsl).context("DSL baseline")?;
-    println!("   DSL alone: {:.1} MiB in {:.2} s = {:.1} Mbit/s", mib(dsl_alone.bytes), dsl_alone.elapsed.as_secs_f64(), dsl_alone.mbit_per_s());
+    println!(
+        "   DSL alone: {:.1} MiB in {:.2} s = {:.1} Mbit/s",
+        mib(dsl_alone.bytes),
+        dsl_alone.elapsed.as_secs_f64(),
+        dsl_alone.mbit_per_s()
+    );
     let lte_alone = single_link(&tb, &server, addr::CPE_LTE.v4, sizes.baseline_lte).context("LTE baseline")?;
-    println!("   LTE alone: {:.1} MiB in {:.2} s = {:.1} Mbit/s", mib(lte_alone.bytes), lte_alone.elapsed.as_secs_f64(), lte_alone.mbit_per_s());
+    println!(
+        "   LTE alone: {:.1} MiB in {:.2} s = {:.1} Mbit/s",
+        mib(lte_alone.bytes),
+        lte_alone.elapsed.as_secs_f64(),
+        lte_alone.mbit_per_s()
+    );
     let (best_name, best) = if dsl_alone.mbit_per_s() >= lte_alone.mbit_per_s() {
         ("DSL", dsl_alone.mbit_per_s())
     } else {
@@ -379,11 +396,18 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let hag = start(&tb.hag, "hag", &hag_cfg, "listening")?;
     let hcpe = start(&tb.cpe, "hcpe", &hcpe_cfg, "hcpe ready")?;
     drop(dir); // both have read their config and key
-    println!("   hag pid {}, hcpe pid {}; LAN TCP now goes lan -> hcpe -> MPTCP over DSL+LTE -> hag -> server", hag.pid(), hcpe.pid());
+    println!(
+        "   hag pid {}, hcpe pid {}; LAN TCP now goes lan -> hcpe -> MPTCP over DSL+LTE -> hag -> server",
+        hag.pid(),
+        hcpe.pid()
+    );
 
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
     let result = (|| -> anyhow::Result<()> {
-        println!("\n== Download {:.0} MiB from the LAN client through hcpe/hag (rates per uplink: emulator counters, downlink)", mib(sizes.aggregate));
+        println!(
+            "\n== Download {:.0} MiB from the LAN client through hcpe/hag (rates per uplink: emulator counters, downlink)",
+            mib(sizes.aggregate)
+        );
         let agg = watched_download(&tb, dst, sizes.aggregate, 11, interval, None).context("aggregate download")?;
         let share = agg.dsl as f64 / (agg.dsl + agg.lte).max(1) as f64;
         println!(
@@ -394,8 +418,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             share * 100.0,
             (1.0 - share) * 100.0
         );
-        if share < 0.1 || share > 0.9 {
-            bail!("one link carried almost everything (DSL {:.0} %): the connection did not use both uplinks", share * 100.0);
+        if !(0.1..=0.9).contains(&share) {
+            bail!(
+                "one link carried almost everything (DSL {:.0} %): the connection did not use both uplinks",
+                share * 100.0
+            );
         }
         let g = agg.transfer.mbit_per_s();
         let sum = dsl_alone.mbit_per_s() + lte_alone.mbit_per_s();
@@ -410,7 +437,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             "\n== Download {:.0} MiB again; DSL is blackholed at 40 % (carrier up, no ICMP, no link-down event)",
             mib(sizes.failover)
         );
-        let fo = watched_download(&tb, dst, sizes.failover, 12, interval, Some(0.4)).context("download across the DSL cut")?;
+        let fo = watched_download(&tb, dst, sizes.failover, 12, interval, Some(0.4))
+            .context("download across the DSL cut")?;
         let cut = fo.cut.as_ref().context("the transfer ended before the cut")?;
         let after = fo.transfer.bytes - cut.at_bytes;
         let conns = server.connections() - conns_before;
@@ -426,7 +454,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             "   longest pause in the data: {:.2} s; server saw {conns} connection, client saw no reset",
             fo.transfer.timeline.max_gap.as_secs_f64()
         );
-        println!("   SHA-256 ok: {} ({:.0} MiB, same on both ends)", sha_hex(&fo.transfer.sha256), mib(fo.transfer.bytes));
+        println!(
+            "   SHA-256 ok: {} ({:.0} MiB, same on both ends)",
+            sha_hex(&fo.transfer.sha256),
+            mib(fo.transfer.bytes)
+        );
         if cut.dsl_after != 0 {
             bail!("DSL delivered {} bytes after the cut", cut.dsl_after);
         }
@@ -447,9 +479,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     drop(server);
     let names = tb.namespace_names();
     drop(tb);
-    let listed = std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    let listed =
+        std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
     let listed = String::from_utf8_lossy(&listed);
-    let left: Vec<_> = names.iter().filter(|n| listed.lines().any(|l| l.split_whitespace().next() == Some(n))).collect();
+    let left: Vec<_> =
+        names.iter().filter(|n| listed.lines().any(|l| l.split_whitespace().next() == Some(n))).collect();
     if !left.is_empty() {
         bail!("namespaces left behind: {left:?}");
     }
