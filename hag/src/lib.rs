@@ -11,6 +11,7 @@
 pub mod config;
 pub mod connections;
 pub mod policy;
+pub mod probe;
 pub mod ratelimit;
 pub mod server;
 pub mod stats;

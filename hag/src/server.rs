@@ -157,6 +157,8 @@ impl Hag {
     /// Serves until `shutdown` completes, then stops accepting and drains open connections for up to the
     /// configured drain deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        // Uplink health probes from the CPEs arrive on the UDP side of each service address (issue 5).
+        let _probes = crate::probe::start(&self.local_addrs(), &self.shared.config.clients).await;
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut accept_loops = Vec::new();

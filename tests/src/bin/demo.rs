@@ -206,14 +206,6 @@ fn start(ns: &Netns, bin: &str, cfg: &Path, ready: &str) -> anyhow::Result<Child
     Ok(child)
 }
 
-/// Whether `hcpe --check-config` rejects the `fastopen` key (an hcpe from before the switch).
-fn hcpe_rejects_fastopen(cfg: &Path) -> bool {
-    daemon_path("hcpe")
-        .ok()
-        .and_then(|bin| std::process::Command::new(bin).arg("--config").arg(cfg).arg("--check-config").output().ok())
-        .is_some_and(|o| String::from_utf8_lossy(&o.stderr).contains("unknown field `fastopen`"))
-}
-
 fn mbit(bytes: u64, secs: f64) -> f64 {
     bytes as f64 * 8.0 / secs.max(1e-9) / 1e6
 }
@@ -386,12 +378,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let dir = ConfigDir::new()?;
     let hag_cfg = hag_config(&dir)?;
     let hcpe_cfg = hcpe_config(&dir, cli.tfo)?;
-    if hcpe_rejects_fastopen(&hcpe_cfg) {
-        // An hcpe without the `fastopen` switch always uses TFO: run it with the config it knows.
-        let text = std::fs::read_to_string(&hcpe_cfg)?;
-        write_private(&hcpe_cfg, &text.replace(&format!("  fastopen: {}\n", cli.tfo), ""))?;
-        println!("   (this hcpe has no `fastopen` setting; it sends the Convert request in the SYN)");
-    }
     // Declared after `tb`: dropped (SIGTERM, then SIGKILL after the grace) before the testbed.
     let hag = start(&tb.hag, "hag", &hag_cfg, "listening")?;
     let hcpe = start(&tb.cpe, "hcpe", &hcpe_cfg, "hcpe ready")?;
