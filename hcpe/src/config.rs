@@ -96,13 +96,11 @@ pub struct HagFile {
     pub cpe_id: String,
     /// File with the shared secret (hex text or raw bytes); relative to this config file.
     pub key_file: PathBuf,
-    /// Send the Convert request (and the client's first bytes) in the SYN with TCP Fast Open.
-    #[serde(default = "default_fastopen")]
+    /// Send the Convert request (and the client's first bytes) in the SYN with TCP Fast Open (0-RTT).
+    /// Off by default for now: on this kernel, with TFO about one MPTCP connection in a few hundred never
+    /// delivers hag's reply (seen on the testbed; under study), while without TFO none does.
+    #[serde(default)]
     pub fastopen: bool,
-}
-
-fn default_fastopen() -> bool {
-    true
 }
 
 /// One uplink.

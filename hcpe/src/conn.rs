@@ -26,6 +26,8 @@ use crate::nat::Flow;
 
 /// Largest first batch of client bytes sent along with the Convert request.
 const FIRST_BYTES_MAX: usize = 1200;
+/// Client bytes forwarded to hag before its reply, kept for a direct replay; past it the client waits.
+const REPLAY_MAX: usize = 256 * 1024;
 
 /// Outcome counters of all connections; the admin API exports them.
 #[derive(Debug, Default)]
@@ -117,7 +119,7 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared) {
     };
     first.truncate(n);
 
-    match exchange(flow, &first, cfg).await {
+    match exchange(flow, &mut first, &mut client, cfg).await {
         Ok(Reply::Converted(hag, early)) => {
             c.converted.fetch_add(1, Relaxed);
             debug!(first_bytes = first.len(), "converted");
@@ -165,7 +167,7 @@ fn pick_hag(cfg: &Config) -> Option<(SocketAddr, IpAddr)> {
         .find_map(|u| cfg.hag_addresses.iter().find_map(|h| u.source_for(h.ip()).map(|src| (*h, src))))
 }
 
-async fn exchange(flow: Flow, first: &[u8], cfg: &Config) -> Result<Reply, ExchangeError> {
+async fn exchange(flow: Flow, first: &mut Vec<u8>, client: &mut TcpStream, cfg: &Config) -> Result<Reply, ExchangeError> {
     let (hag, source) = pick_hag(cfg).ok_or(ExchangeError::NoRoute)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let nonce = convert::auth::random_nonce().map_err(|e| ExchangeError::Request(e.to_string()))?;
@@ -185,8 +187,14 @@ async fn exchange(flow: Flow, first: &[u8], cfg: &Config) -> Result<Reply, Excha
     if sent < request.len() {
         stream.write_all(&request[sent..]).await.map_err(io_err)?;
     }
+    // Client bytes keep flowing to hag while we wait for the reply (and are kept in `first` for a direct
+    // replay): waiting for the reply first deadlocks when hag's reply sits unsent until hag writes again,
+    // which happens with TFO on kernel MPTCP when the client had not sent anything yet.
     let mut buf = Vec::with_capacity(4096);
+    let mut client_open = true;
     let read_reply = async {
+        let mut chunk = vec![0u8; 16 * 1024];
+        let mut from_client = vec![0u8; 16 * 1024];
         loop {
             match convert::decode(&buf) {
                 Decoded::Done { message, consumed } => {
@@ -199,12 +207,32 @@ async fn exchange(flow: Flow, first: &[u8], cfg: &Config) -> Result<Reply, Excha
                 Decoded::Error(code) => return Err(ExchangeError::Malformed { hag, code }),
                 Decoded::NeedMore => {}
             }
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await.map_err(io_err)?;
-            if n == 0 {
-                return Err(ExchangeError::Closed(hag));
+            let room = client_open && first.len() < REPLAY_MAX;
+            tokio::select! {
+                r = stream.read(&mut chunk) => {
+                    let n = r.map_err(io_err)?;
+                    if n == 0 {
+                        return Err(ExchangeError::Closed(hag));
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                // Diagnostic + safety net: a reply that is readable without a readiness event.
+                _ = tokio::time::sleep(Duration::from_millis(200)) => match stream.try_read(&mut chunk) {
+                    Ok(0) => return Err(ExchangeError::Closed(hag)),
+                    Ok(n) => {
+                        warn!(bytes = n, "hag reply was readable without a wakeup");
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    Err(_) => {}
+                },
+                r = client.read(&mut from_client), if room => match r {
+                    Ok(0) | Err(_) => client_open = false,
+                    Ok(n) => {
+                        first.extend_from_slice(&from_client[..n]);
+                        stream.write_all(&from_client[..n]).await.map_err(io_err)?;
+                    }
+                },
             }
-            buf.extend_from_slice(&chunk[..n]);
         }
     };
     tokio::time::timeout(cfg.limits.reply_timeout, read_reply).await.map_err(|_| ExchangeError::Timeout(hag))?
