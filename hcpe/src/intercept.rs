@@ -164,24 +164,16 @@ impl Interceptor {
             let l = listener(SocketAddr::new(a.into(), s.listen_port))?;
             let (pool_start, pool_size) =
                 pool_v4(a, p, s.max_pool_addresses).ok_or_else(|| InterceptError::PoolTooSmall(format!("{a}/{p}")))?;
-            nat_cfg.v4 = Some(FamilyConfig {
-                listener: l.local_addr().map_err(dev_err)?,
-                pool_start,
-                pool_size,
-                ports,
-            });
+            nat_cfg.v4 =
+                Some(FamilyConfig { listener: l.local_addr().map_err(dev_err)?, pool_start, pool_size, ports });
             listeners.push(l);
         }
         if let Some((a, p)) = s.ipv6 {
             let l = listener(SocketAddr::new(a.into(), s.listen_port))?;
             let (pool_start, pool_size) =
                 pool_v6(a, p, s.max_pool_addresses).ok_or_else(|| InterceptError::PoolTooSmall(format!("{a}/{p}")))?;
-            nat_cfg.v6 = Some(FamilyConfig {
-                listener: l.local_addr().map_err(dev_err)?,
-                pool_start,
-                pool_size,
-                ports,
-            });
+            nat_cfg.v6 =
+                Some(FamilyConfig { listener: l.local_addr().map_err(dev_err)?, pool_start, pool_size, ports });
             listeners.push(l);
         }
         let nat = Arc::new(Mutex::new(Nat::new(nat_cfg)));

@@ -369,16 +369,26 @@ mod tests {
                 assert!(ours.iter().any(|r| rule_priority(r) == 5500
                     && r.attributes.contains(&RuleAttribute::IpProtocol(IpProtocol::Tcp))
                     && r.attributes.contains(&RuleAttribute::Iifname("lan0".into()))));
-                nl.add_route(&DeviceRoute { dst: "0.0.0.0/0".parse().unwrap(), ifindex: lo, table: 777, protocol: MARK })
-                    .await
-                    .unwrap();
+                nl.add_route(&DeviceRoute {
+                    dst: "0.0.0.0/0".parse().unwrap(),
+                    ifindex: lo,
+                    table: 777,
+                    protocol: MARK,
+                })
+                .await
+                .unwrap();
                 nl.add_route(&DeviceRoute { dst: "::/0".parse().unwrap(), ifindex: lo, table: 777, protocol: MARK })
                     .await
                     .unwrap();
                 // Adding again replaces instead of failing.
-                nl.add_route(&DeviceRoute { dst: "0.0.0.0/0".parse().unwrap(), ifindex: lo, table: 777, protocol: MARK })
-                    .await
-                    .unwrap();
+                nl.add_route(&DeviceRoute {
+                    dst: "0.0.0.0/0".parse().unwrap(),
+                    ifindex: lo,
+                    table: 777,
+                    protocol: MARK,
+                })
+                .await
+                .unwrap();
                 let counted = nl.count_marked(MARK).await.unwrap();
                 let flushed = nl.flush_marked(MARK).await.unwrap();
                 let after = nl.count_marked(MARK).await.unwrap();
