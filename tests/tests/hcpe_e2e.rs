@@ -56,6 +56,11 @@ fn write_hag_config(dir: &TempDir) -> PathBuf {
 }
 
 fn write_hcpe_config(dir: &TempDir, fallback: &str) -> PathBuf {
+    let offload = std::env::var("HCPE_E2E_OFFLOAD").unwrap_or_else(|_| "false".into());
+    write_hcpe_config_with(dir, fallback, &offload)
+}
+
+fn write_hcpe_config_with(dir: &TempDir, fallback: &str, offload: &str) -> PathBuf {
     let yaml = format!(
         "lan_interfaces: [lan0]\n\
          tun: {{ name: hcpe0, queues: 2, offload: {offload} }}\n\
@@ -73,10 +78,9 @@ fn write_hcpe_config(dir: &TempDir, fallback: &str) -> PathBuf {
         l6 = addr::CPE_LTE.v6,
         // TFO off by default: with the Convert request in the SYN, about one connection in a few hundred gets
         // no reply from hag over the testbed (kernel MPTCP + TFO; under study). HCPE_E2E_TFO=true reproduces it.
-        offload = std::env::var("HCPE_E2E_OFFLOAD").unwrap_or_else(|_| "false".into()),
         tfo = std::env::var("HCPE_E2E_TFO").unwrap_or_else(|_| "false".into()),
     );
-    let path = dir.0.join(format!("hcpe-{fallback}.yaml"));
+    let path = dir.0.join(format!("hcpe-{fallback}-{offload}.yaml"));
     std::fs::write(&path, yaml).unwrap();
     path
 }
@@ -107,6 +111,10 @@ fn start_hag(tb: &Testbed, dir: &TempDir) -> ChildGuard {
 
 fn start_hcpe(ns: &Netns, dir: &TempDir, fallback: &str) -> ChildGuard {
     let cfg = write_hcpe_config(dir, fallback);
+    spawn_hcpe(ns, cfg)
+}
+
+fn spawn_hcpe(ns: &Netns, cfg: PathBuf) -> ChildGuard {
     let mut hcpe = ns.spawn(bin_path("hcpe").to_str().unwrap(), &["--config", cfg.to_str().unwrap()]).unwrap();
     assert!(hcpe.wait_for_log("hcpe ready", Duration::from_secs(10)), "hcpe did not start:\n{}", hcpe.log());
     hcpe
@@ -319,4 +327,30 @@ fn hcpe_many_connections_leave_no_flow_and_no_fd_behind() {
     hcpe.wait_timeout(Duration::from_secs(5));
     let log = hcpe.log();
     assert!(log.contains("NAT at shutdown flows=0"), "{}", log.lines().rev().take(5).collect::<Vec<_>>().join("\n"));
+}
+
+/// Bench (run with `--ignored --nocapture`, best in release): goodput of the TUN interception path alone
+/// (hcpe with `fallback: direct` and no hag, so no MPTCP) against plain routed forwarding through the same
+/// namespaces, offload off and on, in one run.
+#[test]
+#[ignore]
+fn hcpe_bench_tun_path_vs_routed() {
+    let tb = testbed(Shape::default());
+    let dir = TempDir::new("bench");
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let dst = server_addr(&server, false);
+    const SIZE: u64 = 512 << 20;
+    let run = || tb.lan.within(move || Client::new(dst).download(SIZE)).unwrap().unwrap().mbit_per_s();
+    let routed = run();
+    let mut results = vec![];
+    for offload in ["false", "true"] {
+        let mut hcpe = spawn_hcpe(&tb.cpe, write_hcpe_config_with(&dir, "direct", offload));
+        assert!(hcpe.wait_for_log("hcpe ready", Duration::from_secs(10)));
+        results.push((offload, run()));
+        hcpe.kill();
+    }
+    eprintln!("routed: {routed:.0} Mbit/s");
+    for (offload, mbit) in results {
+        eprintln!("hcpe TUN path, offload={offload}: {mbit:.0} Mbit/s, ratio to routed {:.2}", mbit / routed);
+    }
 }
