@@ -131,7 +131,9 @@ async fn install_routing(cfg: &Config, nl: &Netlink, ifindex: u32) -> anyhow::Re
 
 /// Runs the daemon until `shutdown` resolves, then removes everything it added.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    if let Err(missing) = common::mptcp::check_tfo_sysctl(common::mptcp::TfoRole::Client) {
+    if cfg.fastopen
+        && let Err(missing) = common::mptcp::check_tfo_sysctl(common::mptcp::TfoRole::Client)
+    {
         warn!("TCP Fast Open: {missing}; the Convert request will cost an extra round trip");
     }
     let nl = Netlink::new().context("rtnetlink")?;
