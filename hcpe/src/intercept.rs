@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use crate::nat::{FamilyConfig, Flow, Nat, NatConfig, NatCounters, Timeouts, Verdict};
+use crate::nat::{DropReason, FamilyConfig, Flow, Nat, NatConfig, NatCounters, Timeouts, Verdict};
 
 /// Errors of the interception layer.
 #[derive(Debug, thiserror::Error)]
@@ -292,14 +292,27 @@ async fn packet_loop(dev: Arc<AsyncDevice>, nat: Arc<Mutex<Nat>>, mtu: usize) ->
             }
         };
         forward.clear();
+        let mut resets: Vec<Vec<u8>> = Vec::new();
         {
             let now = Instant::now();
             let mut nat = nat.lock().expect("nat lock");
             for (i, (buf, size)) in bufs.iter_mut().zip(&sizes).take(n).enumerate() {
-                if nat.process(&mut buf[OFFSET..OFFSET + size], now) == Verdict::Forward {
-                    forward.push(i);
+                match nat.process(&mut buf[OFFSET..OFFSET + size], now) {
+                    Verdict::Forward => forward.push(i),
+                    Verdict::Drop(DropReason::NoFlow) => {
+                        if let Some(rst) = nat.reset_for(&buf[OFFSET..OFFSET + size]) {
+                            resets.push(rst);
+                        }
+                    }
+                    Verdict::Drop(_) => {}
                 }
             }
+        }
+        for rst in &resets {
+            // Rare path (flows unknown after a restart): one plain write each, with an empty virtio header.
+            let mut framed = vec![0u8; if dev.tcp_gso() { OFFSET } else { 0 }];
+            framed.extend_from_slice(rst);
+            let _ = dev.send(&framed).await;
         }
         if forward.is_empty() {
             continue;

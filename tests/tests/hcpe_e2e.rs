@@ -354,3 +354,35 @@ fn hcpe_bench_tun_path_vs_routed() {
         eprintln!("hcpe TUN path, offload={offload}: {mbit:.0} Mbit/s, ratio to routed {:.2}", mbit / routed);
     }
 }
+
+#[test]
+fn hcpe_resets_connections_it_lost_in_a_restart() {
+    use std::io::{Read, Write};
+    let tb = testbed(Shape::default());
+    let dir = TempDir::new("restart");
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let dst = server_addr(&server, false);
+    let mut hcpe = start_hcpe(&tb.cpe, &dir, "direct");
+    // A LAN connection through hcpe (no hag: carried directly), idle.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let lan = tb.lan.thread(move || {
+        let mut s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        rx.recv().unwrap();
+        let t = Instant::now();
+        let _ = s.write_all(b"are you there?");
+        let mut b = [0u8; 16];
+        let r = s.read(&mut b);
+        done_tx.send((t.elapsed(), r.map_err(|e| e.kind()))).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    hcpe.signal(libc::SIGKILL);
+    hcpe.wait_timeout(Duration::from_secs(5));
+    let _hcpe = start_hcpe(&tb.cpe, &dir, "direct");
+    tx.send(()).unwrap();
+    let (took, result) = done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(result, Err(std::io::ErrorKind::ConnectionReset), "after {took:?}");
+    assert!(took < Duration::from_secs(1), "reset took {took:?}");
+    let _ = lan.map(|h| h.join());
+}

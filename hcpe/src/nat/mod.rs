@@ -371,6 +371,47 @@ impl Nat {
         }
     }
 
+    /// An RST answering `packet` when it is a client segment of a flow we do not know (e.g. opened before a
+    /// restart): the client then sees a reset at once instead of retransmitting into silence. `None` for
+    /// anything else (RSTs are never answered, known flows and listener packets get nothing).
+    pub fn reset_for(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        let ip = IpSlice::from_slice(packet).ok()?;
+        let payload = ip.payload();
+        if payload.fragmented || payload.ip_number != IpNumber::TCP {
+            return None;
+        }
+        let tcp = TcpHeaderSlice::from_slice(payload.payload).ok()?;
+        let src = SocketAddr::new(ip.source_addr(), tcp.source_port());
+        let dst = SocketAddr::new(ip.destination_addr(), tcp.destination_port());
+        let listener = match src {
+            SocketAddr::V4(_) => self.v4.as_ref().map(|p| p.cfg.listener),
+            SocketAddr::V6(_) => self.v6.as_ref().map(|p| p.cfg.listener),
+        }?;
+        if tcp.rst() || src == listener || self.by_flow.contains_key(&Flow { client: src, dest: dst }) {
+            return None;
+        }
+        // RFC 9293 3.10.7.1: with ACK set, RST with seq = SEG.ACK; otherwise seq 0, ACK of everything seen.
+        let data_len = (payload.payload.len() - tcp.slice().len()) as u32;
+        let builder = match (dst.ip(), src.ip()) {
+            (IpAddr::V4(d), IpAddr::V4(s)) => etherparse::PacketBuilder::ipv4(d.octets(), s.octets(), 64),
+            (IpAddr::V6(d), IpAddr::V6(s)) => etherparse::PacketBuilder::ipv6(d.octets(), s.octets(), 64),
+            _ => return None,
+        };
+        let builder = if tcp.ack() {
+            builder.tcp(dst.port(), src.port(), tcp.acknowledgment_number(), 0).rst()
+        } else {
+            let ack = tcp
+                .sequence_number()
+                .wrapping_add(data_len)
+                .wrapping_add(u32::from(tcp.syn()))
+                .wrapping_add(u32::from(tcp.fin()));
+            builder.tcp(dst.port(), src.port(), 0, 0).rst().ack(ack)
+        };
+        let mut out = Vec::with_capacity(60);
+        builder.write(&mut out, &[]).ok()?;
+        Some(out)
+    }
+
     /// The original flow behind the peer address an accepted listener socket sees.
     pub fn lookup(&self, fake_peer: SocketAddr) -> Option<Flow> {
         self.by_fake.get(&normalize(fake_peer)).map(|e| e.flow)

@@ -27,6 +27,7 @@ const SYNACK: Flags = Flags { syn: true, ack: true, fin: false, rst: false };
 const ACK: Flags = Flags { syn: false, ack: true, fin: false, rst: false };
 const FIN: Flags = Flags { syn: false, ack: true, fin: true, rst: false };
 const RST: Flags = Flags { syn: false, ack: false, fin: false, rst: true };
+const FIN_NO_ACK: Flags = Flags { syn: false, ack: false, fin: true, rst: false };
 
 fn tcp_packet(src: SocketAddr, dst: SocketAddr, f: Flags, payload: &[u8]) -> Vec<u8> {
     let builder = match (src.ip(), dst.ip()) {
@@ -351,4 +352,37 @@ fn checksum_replace_matches_full_recompute_on_edge_values() {
         p[tcp_at + 16..tcp_at + 18].copy_from_slice(&updated.to_be_bytes());
         assert!(inspect(&p).3, "{old:?} -> {new:?}");
     }
+}
+
+#[test]
+fn unknown_client_segment_gets_an_rst_from_the_destination() {
+    let mut nat = Nat::new(config(16, (10000, 60000)));
+    let now = Instant::now();
+    let mut p = tcp_packet(sa(CLIENT4), sa(DEST4), ACK, b"data");
+    assert_eq!(nat.process(&mut p, now), Verdict::Drop(DropReason::NoFlow));
+    let rst = nat.reset_for(&p).expect("an RST for an unknown flow");
+    let (from, to, body, ok) = inspect(&rst);
+    assert!(ok, "valid checksums");
+    assert_eq!((from, to), (sa(DEST4), sa(CLIENT4)));
+    assert!(body.is_empty());
+    let tcp = TcpHeaderSlice::from_slice(IpSlice::from_slice(&rst).unwrap().payload().payload).unwrap();
+    assert!(tcp.rst());
+    assert_eq!(tcp.sequence_number(), 5000, "seq = the segment's ACK number");
+
+    // IPv6, no ACK flag: RST+ACK acknowledging the segment.
+    let p6 = tcp_packet(sa(CLIENT6), sa(DEST6), FIN_NO_ACK, b"xy");
+    let rst6 = nat.reset_for(&p6).unwrap();
+    let tcp6 = TcpHeaderSlice::from_slice(IpSlice::from_slice(&rst6).unwrap().payload().payload).unwrap();
+    assert!(tcp6.rst() && tcp6.ack());
+    assert_eq!(tcp6.acknowledgment_number(), 1000 + 2 + 1);
+    assert!(inspect(&rst6).3);
+
+    // Never for an RST, a known flow, or the listener's own packets.
+    assert!(nat.reset_for(&tcp_packet(sa(CLIENT4), sa(DEST4), RST, &[])).is_none());
+    let fake = open(&mut nat, CLIENT4, DEST4, now);
+    assert!(nat.reset_for(&tcp_packet(sa(CLIENT4), sa(DEST4), ACK, &[])).is_none());
+    assert!(nat.reset_for(&tcp_packet(sa(LISTENER4), fake, ACK, &[])).is_none());
+    let mut udp = Vec::new();
+    PacketBuilder::ipv4([192, 168, 1, 10], [8, 8, 8, 8], 64).udp(5353, 53).write(&mut udp, b"q").unwrap();
+    assert!(nat.reset_for(&udp).is_none());
 }
