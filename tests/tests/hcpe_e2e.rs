@@ -386,3 +386,38 @@ fn hcpe_resets_connections_it_lost_in_a_restart() {
     assert!(took < Duration::from_secs(1), "reset took {took:?}");
     let _ = lan.map(|h| h.join());
 }
+
+/// Bench (`--ignored --nocapture`): time to first byte of a new connection (connect + 100-byte request +
+/// 100-byte answer) through hcpe/hag against going direct (routed), link delays zero, in one run.
+#[test]
+#[ignore]
+fn hcpe_bench_time_to_first_byte() {
+    let tb = testbed(Shape::default());
+    let dir = TempDir::new("ttfb");
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let dst = server_addr(&server, false);
+    let run = || tb.lan.within(move || Client::new(dst).short_connections(300, 100, 100)).unwrap().unwrap();
+    let direct = run();
+    let _hag = start_hag(&tb, &dir);
+    let mut out = vec![];
+    for tfo in ["false", "true"] {
+        let cfg = write_hcpe_config_with(&dir, "reject", "false");
+        let text = std::fs::read_to_string(&cfg).unwrap().replace("fastopen: false", &format!("fastopen: {tfo}"));
+        std::fs::write(&cfg, text).unwrap();
+        let mut hcpe = spawn_hcpe(&tb.cpe, cfg);
+        out.push((tfo, tb.lan.within(move || Client::new(dst).short_connections(300, 100, 100)).unwrap()));
+        hcpe.kill();
+    }
+    eprintln!("direct: median {:?}, p90 {:?}", direct.median(), direct.quantile(0.9));
+    for (tfo, r) in out {
+        match r {
+            Ok(r) => eprintln!(
+                "hcpe/hag tfo={tfo}: median {:?} (+{:?}), p90 {:?}",
+                r.median(),
+                r.median().saturating_sub(direct.median()),
+                r.quantile(0.9)
+            ),
+            Err(e) => eprintln!("hcpe/hag tfo={tfo}: failed: {e}"),
+        }
+    }
+}
