@@ -20,6 +20,12 @@ use serde::{Deserialize, Deserializer};
 /// Default HAG service port (DESIGN §3, RFC 8803 has none assigned).
 pub const DEFAULT_PORT: u16 = 5124;
 
+/// Default port of the admin REST API (next to the service port; loopback unless configured otherwise).
+pub const DEFAULT_ADMIN_PORT: u16 = 5125;
+
+/// The `admin:` section: listen addresses (default `127.0.0.1:5125`), token file, limits.
+pub type AdminConfig = common::admin::AdminConfig<DEFAULT_ADMIN_PORT>;
+
 /// Longest CPE id the Auth TLV can carry (DESIGN §3: id length 1..=64).
 pub const MAX_CPE_ID_LEN: usize = 64;
 
@@ -42,6 +48,9 @@ pub struct FileConfig {
     /// Connection limits and timers.
     #[serde(default)]
     pub limits: Limits,
+    /// Admin REST API; absent = no admin API.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     /// tracing filter directive (`info`, `debug`, `hag=debug,common=info`); `RUST_LOG` overrides it.
     #[serde(default = "default_log_level")]
     pub log_level: String,
@@ -216,8 +225,19 @@ pub struct Config {
     pub destinations: DestinationsFile,
     /// Limits and timers.
     pub limits: Limits,
+    /// Admin REST API (token file already read), if configured.
+    pub admin: Option<Admin>,
     /// tracing filter directive, checked to parse.
     pub log_level: String,
+}
+
+/// The validated `admin:` section with its token loaded (so `--check-config` proves the token file is usable).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The section, `token_file` resolved against the config file's directory.
+    pub config: AdminConfig,
+    /// The bearer token (`Debug` redacts it).
+    pub token: common::admin::BearerToken,
 }
 
 impl Config {
@@ -293,6 +313,15 @@ impl Config {
                 ));
             }
         }
+        let admin = match file.admin {
+            Some(mut a) => {
+                a.validate("admin")?;
+                a.resolve_paths(config_path);
+                let token = a.load_token("admin.token_file")?;
+                Some(Admin { config: a, token })
+            }
+            None => None,
+        };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log_level) {
             return Err(ConfigError::invalid(
                 "log_level",
@@ -305,6 +334,7 @@ impl Config {
             trusted_sources: file.trusted_sources,
             destinations: file.destinations,
             limits: file.limits,
+            admin,
             log_level: file.log_level,
         })
     }
@@ -368,6 +398,21 @@ mod tests {
     }
 
     #[test]
+    fn admin_section_is_optional_and_defaults_to_loopback() {
+        let d = Dir::new("admin");
+        let c = load(&d, "listen: ['192.0.2.1']\n").unwrap();
+        assert!(c.admin.is_none());
+        let c = load(&d, "admin: {token_file: cpe1.key}\n").unwrap();
+        let a = c.admin.unwrap();
+        assert_eq!(a.config.listen, vec!["127.0.0.1:5125".parse().unwrap()]);
+        assert_eq!(a.config.token_file, d.0.join("cpe1.key"));
+        assert!(
+            !format!("{a:?}").contains("0a0b"),
+            "token must not appear in Debug"
+        );
+    }
+
+    #[test]
     fn full_config_parses() {
         let d = Dir::new("full");
         let c = load(
@@ -423,6 +468,24 @@ mod tests {
             ("limits: {idle_timeout: soon}\n", "limits.idle_timeout"),
             ("limits: {max_connections: 0}\n", "limits.max_connections"),
             ("log_level: 'hag=[[['\n", "log_level"),
+            ("admin: {}\n", "admin.token_file"),
+            ("admin: {token_file: missing.token}\n", "admin.token_file"),
+            (
+                "admin: {token_file: cpe1.key, listen: ['127.0.0.1', x]}\n",
+                "admin.listen[1]",
+            ),
+            (
+                "admin: {token_file: cpe1.key, listen: ['127.0.0.1:0']}\n",
+                "admin.listen[0]",
+            ),
+            (
+                "admin: {token_file: cpe1.key, request_timeout: 0s}\n",
+                "admin.request_timeout",
+            ),
+            (
+                "admin: {token_file: cpe1.key, tokenfile: x}\n",
+                "admin.tokenfile",
+            ),
         ];
         for (yaml, field) in cases {
             let e = load(&d, yaml).expect_err(yaml);
@@ -444,5 +507,6 @@ mod tests {
         let c =
             Config::from_file(&example).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
         assert!(!c.clients.is_empty());
+        assert!(c.admin.is_some(), "the example shows the admin section");
     }
 }

@@ -3,7 +3,8 @@
 //! and a duplicate of the client socket's fd so `common::mptcp::full_info` can list the subflows.
 //!
 //! Invariants: an entry exists exactly while its connection task runs (the [`Entry`] guard removes it on
-//! drop); fields learned later (CPE id, destination, token) are set at most once.
+//! drop); fields learned later (CPE id, destination, token) are set at most once. Cancelling
+//! [`Connection::close`] ends the connection's task (the server selects on it), which drops both sockets.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use common::relay::RelayCounters;
+use tokio_util::sync::CancellationToken;
 
 /// One open connection.
 #[derive(Debug)]
@@ -35,6 +37,9 @@ pub struct Connection {
     pub counters: RelayCounters,
     /// Duplicate of the client socket's fd, for `MPTCP_FULL_INFO` (subflows); `None` if `dup` failed.
     pub client_fd: Option<OwnedFd>,
+    /// Cancelled to close the connection from outside (admin API `DELETE`): the task stops relaying and
+    /// drops both sockets.
+    pub close: CancellationToken,
 }
 
 /// All open connections.
@@ -58,6 +63,7 @@ impl Connections {
             dst: OnceLock::new(),
             counters: RelayCounters::default(),
             client_fd,
+            close: CancellationToken::new(),
         });
         self.open
             .lock()
@@ -82,6 +88,15 @@ impl Connections {
         v
     }
 
+    /// The open connection with this `id`, if any.
+    pub fn get(&self, id: u64) -> Option<Arc<Connection>> {
+        self.open
+            .lock()
+            .expect("connection table poisoned")
+            .get(&id)
+            .cloned()
+    }
+
     /// Number of open connections.
     pub fn len(&self) -> usize {
         self.open.lock().expect("connection table poisoned").len()
@@ -104,6 +119,11 @@ impl Entry {
     /// The listed connection.
     pub fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// A handle on the listed connection that outlives the guard.
+    pub fn handle(&self) -> Arc<Connection> {
+        self.conn.clone()
     }
 }
 

@@ -4,10 +4,11 @@
 //! 8803 Convert message, authenticates the CPE (Auth TLV), checks the destination policy, connects plain TCP
 //! to the destination, answers with a Convert header or an Error TLV, and relays.
 //!
-//! Modules: [`config`] (YAML file and its validation), [`connections`] (table of open connections),
+//! Modules: [`admin`] (admin REST API), [`config`] (YAML file and its validation), [`connections`] (table of open connections),
 //! [`policy`] (destination policy), [`server`] (listeners, per-connection task, shutdown), [`stats`]
 //! (counters), [`ratelimit`] (log line limiter).
 
+pub mod admin;
 pub mod config;
 pub mod connections;
 pub mod policy;

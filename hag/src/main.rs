@@ -1,5 +1,6 @@
 //! `hag --config FILE [--check-config]`: parse the CLI, load and validate the config (exit 64 naming the
-//! field when it is bad), start tracing and the runtime, serve until SIGTERM/SIGINT, drain, exit 0.
+//! field when it is bad), start tracing and the runtime, serve (and the admin API, if configured) until
+//! SIGTERM/SIGINT, stop the admin API, drain, exit 0.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -52,20 +53,38 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let hag = match hag::Hag::bind(config) {
+        let hag = match hag::Hag::bind(config.clone()) {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(addrs = ?hag.local_addrs(), "ready");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let admin_stop = stop.clone();
+        let admin =
+            match hag::admin::start(&config, &hag, async move { admin_stop.cancelled().await }) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+        tracing::info!(addrs = ?hag.local_addrs(), admin = ?admin.as_ref().map(|a| &a.0), "ready");
         let signals = async {
             if let Err(e) = hag::shutdown_signal().await {
                 tracing::error!(error = %e, "cannot install signal handlers; stopping");
             }
+            stop.cancel();
         };
         hag.run(signals).await;
+        if let Some((_, task)) = admin {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("{e}"),
+                Err(e) => tracing::warn!(error = %e, "admin API task failed"),
+            }
+        }
         ExitCode::SUCCESS
     })
 }

@@ -228,6 +228,7 @@ async fn accept_loop(
         let entry = shared
             .connections
             .insert(peer, stream.as_fd().try_clone_to_owned().ok());
+        let close = entry.conn().close.clone();
         let span = info_span!(
             "conn",
             %peer,
@@ -236,7 +237,19 @@ async fn accept_loop(
             token = field::Empty,
             tfo = field::Empty
         );
-        tracker.spawn(serve(shared.clone(), stream, peer, guard, entry).instrument(span));
+        let task = serve(shared.clone(), stream, peer, guard, entry);
+        // Closed from outside (admin API) before relaying; while relaying, `serve` itself stops the relay
+        // and does the accounting (polled first, so it wins when both are ready).
+        tracker.spawn(
+            async move {
+                tokio::select! {
+                    biased;
+                    () = task => {}
+                    () = close.cancelled() => info!("closed through the admin API before relaying"),
+                }
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -436,6 +449,7 @@ async fn serve(
     };
     if let Some(auth) = message.auth() {
         let _ = conn.cpe.set(auth.cpe_id.clone());
+        shared.stats.cpe_admitted(&auth.cpe_id);
     }
     let dst = match message.connect() {
         Some(c) => c.remote,
@@ -477,19 +491,28 @@ async fn serve(
     );
 
     let counters = &conn.counters;
-    let result = relay::relay(client, server, shared.config.limits.idle_timeout, counters).await;
+    let result = tokio::select! {
+        r = relay::relay(client, server, shared.config.limits.idle_timeout, counters) => Some(r),
+        () = conn.close.cancelled() => None,
+    };
     let (up, down) = (counters.a_to_b.load(Relaxed), counters.b_to_a.load(Relaxed));
     shared.stats.bytes_up.fetch_add(up, Relaxed);
     shared.stats.bytes_down.fetch_add(down, Relaxed);
+    if let Some(cpe) = conn.cpe.get() {
+        shared
+            .stats
+            .cpe_relayed(cpe, up + leftover.len() as u64, down);
+    }
     let secs = started.elapsed().as_secs_f64();
     match result {
-        Ok(outcome) => {
+        None => info!(up, down, secs, "closed through the admin API"),
+        Some(Ok(outcome)) => {
             if outcome.end == RelayEnd::IdleTimeout {
                 shared.stats.idle_timeouts.fetch_add(1, Relaxed);
             }
             info!(up, down, secs, end = ?outcome.end, "relay done");
         }
-        Err(e) => {
+        Some(Err(e)) => {
             shared.stats.relay_errors.fetch_add(1, Relaxed);
             info!(up, down, secs, error = %e, "relay done with an error");
         }
@@ -516,12 +539,19 @@ fn admit(
         .clients
         .get(&auth.cpe_id)
         .ok_or(Refusal::UnknownCpe)?;
-    convert::auth::verify_mac(key.expose(), raw)?;
-    shared
-        .replay
-        .lock()
-        .expect("replay window poisoned")
-        .check(now_unix(), auth)?;
+    let verified = convert::auth::verify_mac(key.expose(), raw).and_then(|()| {
+        shared
+            .replay
+            .lock()
+            .expect("replay window poisoned")
+            .check(now_unix(), auth)
+    });
+    if let Err(e) = verified {
+        if e.code() == ErrorCode::NotAuthorized {
+            shared.stats.cpe_auth_failed(&auth.cpe_id);
+        }
+        return Err(e.into());
+    }
     match CpeGuard::acquire(shared, &auth.cpe_id) {
         Some(g) => Ok(Some(g)),
         None => Err(Refusal::CpeLimit(

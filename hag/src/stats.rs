@@ -5,8 +5,11 @@
 //! connection guard increments and decrements exactly once per accepted connection. Every connection ends in
 //! exactly one outcome counter: `relayed`, one `errors_sent` code, `header_timeouts` or `closed_before_header`.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::SystemTime;
 
 use common::convert::ErrorCode;
 
@@ -53,6 +56,26 @@ pub struct Stats {
     pub bytes_up: AtomicU64,
     /// Bytes from destinations to CPEs (finished relays).
     pub bytes_down: AtomicU64,
+    /// Connections closed through the admin API.
+    pub closed_by_admin: AtomicU64,
+    /// Per authenticated CPE id. Only ids with a configured key get an entry, so its size is bounded by the
+    /// config.
+    pub per_cpe: Mutex<HashMap<String, CpeCounters>>,
+}
+
+/// Counters of one CPE (see [`Stats::per_cpe`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpeCounters {
+    /// Connections admitted (authenticated, within the per-CPE limit).
+    pub connections: u64,
+    /// Bytes from this CPE to destinations (finished relays).
+    pub bytes_up: u64,
+    /// Bytes from destinations to this CPE (finished relays).
+    pub bytes_down: u64,
+    /// Auth TLVs naming this CPE that failed (bad MAC, clock skew, replayed nonce).
+    pub auth_failures: u64,
+    /// Last time this CPE connected (admitted or not) or a relay of it ended.
+    pub last_seen: Option<SystemTime>,
 }
 
 impl Stats {
@@ -69,6 +92,39 @@ impl Stats {
             .iter()
             .position(|c| *c == code)
             .map_or(0, |i| self.errors_sent[i].load(Relaxed))
+    }
+
+    fn with_cpe(&self, cpe: &str, f: impl FnOnce(&mut CpeCounters)) {
+        let mut map = self.per_cpe.lock().expect("per-CPE stats poisoned");
+        let c = match map.get_mut(cpe) {
+            Some(c) => c,
+            None => map.entry(cpe.to_owned()).or_default(),
+        };
+        f(c);
+        c.last_seen = Some(SystemTime::now());
+    }
+
+    /// Counts an admitted connection of `cpe` (a configured id).
+    pub fn cpe_admitted(&self, cpe: &str) {
+        self.with_cpe(cpe, |c| c.connections += 1);
+    }
+
+    /// Counts a failed Auth TLV of `cpe` (a configured id).
+    pub fn cpe_auth_failed(&self, cpe: &str) {
+        self.with_cpe(cpe, |c| c.auth_failures += 1);
+    }
+
+    /// Adds the bytes of a finished relay of `cpe`.
+    pub fn cpe_relayed(&self, cpe: &str, up: u64, down: u64) {
+        self.with_cpe(cpe, |c| {
+            c.bytes_up += up;
+            c.bytes_down += down;
+        });
+    }
+
+    /// Copy of the per-CPE counters.
+    pub fn per_cpe(&self) -> HashMap<String, CpeCounters> {
+        self.per_cpe.lock().expect("per-CPE stats poisoned").clone()
     }
 
     /// A consistent-enough copy for printing (each counter read once).
@@ -156,5 +212,21 @@ mod tests {
         assert!(line.contains(" error_32=2"), "{line}");
         assert!(line.contains(" error_97=1"), "{line}");
         assert!(line.contains(" error_0=0"), "{line}");
+    }
+
+    #[test]
+    fn per_cpe_counters_add_up() {
+        let s = Stats::default();
+        s.cpe_admitted("a");
+        s.cpe_admitted("a");
+        s.cpe_relayed("a", 10, 20);
+        s.cpe_auth_failed("b");
+        let m = s.per_cpe();
+        assert_eq!(
+            (m["a"].connections, m["a"].bytes_up, m["a"].bytes_down),
+            (2, 10, 20)
+        );
+        assert_eq!((m["b"].connections, m["b"].auth_failures), (0, 1));
+        assert!(m["a"].last_seen.is_some());
     }
 }

@@ -1,0 +1,687 @@
+//! The hag's admin REST API: its own routes (`/api/v1/connections`, `/api/v1/connections/{id}`,
+//! `/api/v1/clients`), its `/metrics` families ([`HagMetrics`]), its `/api/v1/status` detail (a config summary)
+//! and its part of the OpenAPI document; `common::admin` adds auth, `/healthz`, `/metrics`, `/api/v1/status`,
+//! JSON errors and limits around them, and serves them ([`start`]).
+//!
+//! Connection ids (RFC 6897 CONNID): an MPTCP connection is named by its MPTCP token as 8 lowercase hex digits
+//! (`"1a2b3c4d"`, the form the log's `token` field uses; `0x` and upper case are accepted in paths). A
+//! connection without a token (plain TCP fallback, or not yet past accept) is named `tcp-<n>`, `n` being the
+//! hag's own sequence number of the connection.
+//!
+//! Invariants:
+//! - Nothing here shows a secret: CPE keys and the admin token never reach a response (the status summary
+//!   lists CPE ids only).
+//! - Every route of [`api_router`] is in [`openapi`] and the other way round (tested with
+//!   `common::admin::openapi::missing_operations`).
+//! - Per-CPE metric labels come only from configured CPE ids, so label cardinality is bounded by the config.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use common::admin::{
+    self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, BearerToken, MetricType, Metrics,
+    MetricsWriter, ProcessInfo,
+};
+use common::mptcp;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::config::Config;
+use crate::connections::{Connection, Connections};
+use crate::server::Hag;
+use crate::stats::{ERROR_CODES, Stats};
+
+/// What the API handlers read: the server's live counters and connection table, and the configured CPE ids.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// The server's counters.
+    pub stats: Arc<Stats>,
+    /// The server's open connections.
+    pub connections: Arc<Connections>,
+    /// Configured CPE ids, sorted.
+    pub clients: Vec<String>,
+}
+
+impl ApiState {
+    /// State over a running (or bound) hag's counters and table.
+    pub fn new(config: &Config, stats: Arc<Stats>, connections: Arc<Connections>) -> Self {
+        let mut clients: Vec<String> = config.clients.keys().cloned().collect();
+        clients.sort();
+        ApiState {
+            stats,
+            connections,
+            clients,
+        }
+    }
+}
+
+/// A connection id as written in a path (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnId {
+    /// MPTCP token.
+    Token(u32),
+    /// The hag's sequence number of a connection without a token.
+    Seq(u64),
+}
+
+impl ConnId {
+    /// Parses `1a2b3c4d`, `0x1A2B3C4D` or `tcp-7`.
+    pub fn parse(s: &str) -> Option<ConnId> {
+        if let Some(n) = s.strip_prefix("tcp-") {
+            return (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| n.parse().ok().map(ConnId::Seq))
+                .flatten();
+        }
+        let hex = s
+            .strip_prefix("0x")
+            .or_else(|| s.strip_prefix("0X"))
+            .unwrap_or(s);
+        if hex.is_empty() || hex.len() > 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(hex, 16).ok().map(ConnId::Token)
+    }
+
+    /// The id of `c` as the API shows it.
+    pub fn of(c: &Connection) -> ConnId {
+        match c.token.get() {
+            Some(Some(t)) => ConnId::Token(*t),
+            _ => ConnId::Seq(c.id),
+        }
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnId::Token(t) => write!(f, "{t:08x}"),
+            ConnId::Seq(n) => write!(f, "tcp-{n}"),
+        }
+    }
+}
+
+/// One subflow of a connection, from `MPTCP_FULL_INFO` on the client socket.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubflowView {
+    /// Kernel subflow id (1 = initial subflow).
+    pub id: u32,
+    /// The hag's address of the subflow.
+    pub local: Option<SocketAddr>,
+    /// The CPE's address of the subflow (which uplink).
+    pub remote: Option<SocketAddr>,
+    /// Bytes the CPE acknowledged on this subflow (hag -> CPE).
+    pub bytes_sent: u64,
+    /// Bytes received on this subflow (CPE -> hag).
+    pub bytes_received: u64,
+    /// Smoothed RTT in microseconds.
+    pub rtt_us: u64,
+    /// Kernel TCP state (1 = established).
+    pub tcp_state: u8,
+    /// Backup flag; `null`: the kernel does not report it through `MPTCP_FULL_INFO`.
+    pub backup: Option<bool>,
+}
+
+/// One open connection as `GET /api/v1/connections` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionView {
+    /// Connection id (see the module doc).
+    pub id: String,
+    /// MPTCP token, `null` without MPTCP.
+    pub token: Option<u32>,
+    /// The CPE id from the Auth TLV (`null` for trusted clients without one, or before authentication).
+    pub cpe: Option<String>,
+    /// The CPE's address of the initial subflow.
+    pub peer: SocketAddr,
+    /// Destination from the Connect TLV (`null` until it passed the policy).
+    pub destination: Option<SocketAddr>,
+    /// The client is plain TCP (did not do MPTCP, or fell back).
+    pub fallback: bool,
+    /// When it was accepted, Unix seconds.
+    pub accepted_unix: u64,
+    /// Seconds since it was accepted.
+    pub age_seconds: f64,
+    /// Relayed bytes CPE -> destination.
+    pub bytes_up: u64,
+    /// Relayed bytes destination -> CPE.
+    pub bytes_down: u64,
+    /// Subflows (empty without MPTCP).
+    pub subflows: Vec<SubflowView>,
+}
+
+impl ConnectionView {
+    /// Reads `c`'s fields, live counters and subflows.
+    pub fn of(c: &Connection) -> Self {
+        let subflows = c
+            .client_fd
+            .as_ref()
+            .and_then(|fd| mptcp::full_info(fd).ok().flatten())
+            .map(|fi| {
+                fi.subflows
+                    .into_iter()
+                    .map(|s| SubflowView {
+                        id: s.id,
+                        local: s.local,
+                        remote: s.remote,
+                        bytes_sent: s.bytes_sent,
+                        bytes_received: s.bytes_received,
+                        rtt_us: s.rtt.as_micros() as u64,
+                        tcp_state: s.tcp_state,
+                        backup: s.backup,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ConnectionView {
+            id: ConnId::of(c).to_string(),
+            token: c.token.get().copied().flatten(),
+            cpe: c.cpe.get().cloned(),
+            peer: c.peer,
+            destination: c.dst.get().copied(),
+            fallback: matches!(c.token.get(), Some(None)),
+            accepted_unix: unix(c.accepted_at).unwrap_or(0),
+            age_seconds: c.accepted.elapsed().as_secs_f64(),
+            bytes_up: c.counters.a_to_b.load(Relaxed),
+            bytes_down: c.counters.b_to_a.load(Relaxed),
+            subflows,
+        }
+    }
+}
+
+/// One configured CPE as `GET /api/v1/clients` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientView {
+    /// CPE id.
+    pub id: String,
+    /// Connections open now.
+    pub open_connections: u64,
+    /// Connections admitted since start.
+    pub connections_total: u64,
+    /// Bytes CPE -> destinations (finished relays plus the open ones so far).
+    pub bytes_up: u64,
+    /// Bytes destinations -> CPE (finished relays plus the open ones so far).
+    pub bytes_down: u64,
+    /// Failed Auth TLVs naming this CPE.
+    pub auth_failures: u64,
+    /// Last connection attempt or relay end, Unix seconds; `null` if never seen.
+    pub last_seen_unix: Option<u64>,
+}
+
+fn unix(t: SystemTime) -> Option<u64> {
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+fn clients_view(state: &ApiState) -> Vec<ClientView> {
+    let per_cpe = state.stats.per_cpe();
+    let mut out: BTreeMap<&str, ClientView> = state
+        .clients
+        .iter()
+        .map(|id| {
+            let c = per_cpe.get(id).copied().unwrap_or_default();
+            let view = ClientView {
+                id: id.clone(),
+                open_connections: 0,
+                connections_total: c.connections,
+                bytes_up: c.bytes_up,
+                bytes_down: c.bytes_down,
+                auth_failures: c.auth_failures,
+                last_seen_unix: c.last_seen.and_then(unix),
+            };
+            (id.as_str(), view)
+        })
+        .collect();
+    for conn in state.connections.snapshot() {
+        let Some(v) = conn.cpe.get().and_then(|id| out.get_mut(id.as_str())) else {
+            continue;
+        };
+        v.open_connections += 1;
+        v.bytes_up += conn.counters.a_to_b.load(Relaxed);
+        v.bytes_down += conn.counters.b_to_a.load(Relaxed);
+        v.last_seen_unix = v.last_seen_unix.max(unix(conn.accepted_at));
+    }
+    out.into_values().collect()
+}
+
+fn find(state: &ApiState, raw: &str) -> Result<Arc<Connection>, ApiError> {
+    let id = ConnId::parse(raw).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "connection id {raw:?} is neither an MPTCP token (8 hex digits) nor tcp-<number>"
+        ))
+    })?;
+    let found = match id {
+        ConnId::Seq(n) => state.connections.get(n).filter(|c| ConnId::of(c) == id),
+        ConnId::Token(_) => state
+            .connections
+            .snapshot()
+            .into_iter()
+            .find(|c| ConnId::of(c) == id),
+    };
+    found.ok_or_else(|| ApiError::not_found(format!("no connection {id}")))
+}
+
+async fn list_connections(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<ConnectionView>> {
+    ApiJson(
+        s.connections
+            .snapshot()
+            .iter()
+            .map(|c| ConnectionView::of(c))
+            .collect(),
+    )
+}
+
+async fn get_connection(
+    State(s): State<Arc<ApiState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<ConnectionView>, ApiError> {
+    let c = find(&s, &id)?;
+    Ok(ApiJson(ConnectionView::of(&c)))
+}
+
+async fn delete_connection(
+    State(s): State<Arc<ApiState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let c = find(&s, &id)?;
+    if !c.close.is_cancelled() {
+        c.close.cancel();
+        s.stats.closed_by_admin.fetch_add(1, Relaxed);
+        info!(id = %ConnId::of(&c), peer = %c.peer, "connection closed through the admin API");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_clients(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<ClientView>> {
+    ApiJson(clients_view(&s))
+}
+
+/// The hag's own `/api/v1/...` routes, state applied (no auth: [`AdminApp::router`] adds it).
+pub fn api_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/v1/connections", get(list_connections))
+        .route(
+            "/api/v1/connections/{id}",
+            get(get_connection).delete(delete_connection),
+        )
+        .route("/api/v1/clients", get(list_clients))
+        .with_state(state)
+}
+
+/// The hag's `/metrics` families (prefix `hag_`), read from [`Stats`] and the connection table.
+#[derive(Debug, Clone)]
+pub struct HagMetrics {
+    state: Arc<ApiState>,
+}
+
+impl HagMetrics {
+    /// Metrics over `state`.
+    pub fn new(state: Arc<ApiState>) -> Self {
+        HagMetrics { state }
+    }
+}
+
+/// Metric label of a Convert error code (RFC 8803 §4.2.9 names).
+fn code_name(code: common::convert::ErrorCode) -> &'static str {
+    use common::convert::ErrorCode as E;
+    match code {
+        E::UnsupportedVersion => "unsupported_version",
+        E::MalformedMessage => "malformed_message",
+        E::UnsupportedMessage => "unsupported_message",
+        E::MissingCookie => "missing_cookie",
+        E::NotAuthorized => "not_authorized",
+        E::UnsupportedTcpOption => "unsupported_tcp_option",
+        E::ResourceExceeded => "resource_exceeded",
+        E::NetworkFailure => "network_failure",
+        E::ConnectionReset => "connection_reset",
+        E::DestinationUnreachable => "destination_unreachable",
+        E::Unknown(_) => "unknown",
+    }
+}
+
+impl Metrics for HagMetrics {
+    fn write_metrics(&self, w: &mut MetricsWriter) {
+        let s = self.state.stats.snapshot();
+        let st = &self.state.stats;
+        w.gauge("connections_open", "Client connections open now.", s.active);
+        w.counter(
+            "connections_accepted_total",
+            "Client connections accepted on any listener.",
+            s.accepted,
+        );
+        w.counter(
+            "connections_relayed_total",
+            "Connections answered with success and relayed.",
+            s.relayed,
+        );
+        w.counter(
+            "connections_fallback_total",
+            "Accepted connections that are plain TCP (no MPTCP or fallen back).",
+            s.fallback,
+        );
+        let refused: u64 = s.errors_sent.iter().map(|(_, n)| n).sum();
+        w.family(
+            "connections_failed_total",
+            "Connections that ended without a relay, by reason (refused = answered with a Convert Error TLV).",
+            MetricType::Counter,
+        )
+        .sample(&[("reason", "refused")], refused)
+        .sample(&[("reason", "header_timeout")], s.header_timeouts)
+        .sample(&[("reason", "closed_before_header")], s.closed_before_header);
+        w.family(
+            "relays_ended_total",
+            "Relays that ended other than by both sides closing, by reason.",
+            MetricType::Counter,
+        )
+        .sample(&[("reason", "idle_timeout")], s.idle_timeouts)
+        .sample(&[("reason", "error")], s.relay_errors)
+        .sample(&[("reason", "admin")], st.closed_by_admin.load(Relaxed));
+        {
+            let mut f = w.family(
+                "convert_errors_sent_total",
+                "Convert Error TLVs sent to clients, by RFC 8803 error code.",
+                MetricType::Counter,
+            );
+            for (i, (code, n)) in s.errors_sent.iter().enumerate() {
+                f.sample(
+                    &[
+                        ("code", &code.to_string()),
+                        ("name", code_name(ERROR_CODES[i])),
+                    ],
+                    *n,
+                );
+            }
+        }
+        w.counter(
+            "auth_failures_total",
+            "Convert connections refused for authentication (bad MAC, skew, replay, unknown or missing id).",
+            s.auth_failures,
+        );
+        w.counter(
+            "policy_denied_total",
+            "Convert connections refused because the destination policy denies the destination.",
+            s.policy_denied,
+        );
+        w.family(
+            "bytes_total",
+            "Bytes relayed by finished relays (up = CPE to destination, down = back).",
+            MetricType::Counter,
+        )
+        .sample(&[("direction", "up")], s.bytes_up)
+        .sample(&[("direction", "down")], s.bytes_down);
+
+        let conns = self.state.connections.snapshot();
+        let (mut live_up, mut live_down) = (0u64, 0u64);
+        let mut open_per_cpe: HashMap<&str, u64> = HashMap::new();
+        for c in &conns {
+            live_up += c.counters.a_to_b.load(Relaxed);
+            live_down += c.counters.b_to_a.load(Relaxed);
+            if let Some(id) = c.cpe.get() {
+                *open_per_cpe.entry(id.as_str()).or_default() += 1;
+            }
+        }
+        w.family(
+            "open_relay_bytes",
+            "Bytes relayed so far by the relays still open.",
+            MetricType::Gauge,
+        )
+        .sample(&[("direction", "up")], live_up)
+        .sample(&[("direction", "down")], live_down);
+
+        let per_cpe = st.per_cpe();
+        let counters = |id: &str| per_cpe.get(id).copied().unwrap_or_default();
+        let ids = &self.state.clients;
+        {
+            let mut f = w.family(
+                "cpe_connections_open",
+                "Connections open now, per CPE.",
+                MetricType::Gauge,
+            );
+            for id in ids {
+                f.sample(
+                    &[("cpe", id)],
+                    open_per_cpe.get(id.as_str()).copied().unwrap_or(0),
+                );
+            }
+        }
+        {
+            let mut f = w.family(
+                "cpe_connections_total",
+                "Connections admitted since start, per CPE.",
+                MetricType::Counter,
+            );
+            for id in ids {
+                f.sample(&[("cpe", id)], counters(id).connections);
+            }
+        }
+        {
+            let mut f = w.family(
+                "cpe_bytes_total",
+                "Bytes relayed by finished relays, per CPE and direction.",
+                MetricType::Counter,
+            );
+            for id in ids {
+                let c = counters(id);
+                f.sample(&[("cpe", id), ("direction", "up")], c.bytes_up);
+                f.sample(&[("cpe", id), ("direction", "down")], c.bytes_down);
+            }
+        }
+        {
+            let mut f = w.family(
+                "cpe_auth_failures_total",
+                "Failed Auth TLVs naming the CPE (bad MAC, skew, replay).",
+                MetricType::Counter,
+            );
+            for id in ids {
+                f.sample(&[("cpe", id)], counters(id).auth_failures);
+            }
+        }
+    }
+}
+
+/// The config summary of `/api/v1/status` (no secrets: CPE ids only, never keys or the token file).
+pub fn status_detail(config: &Config, listening: &[SocketAddr]) -> Value {
+    let mut clients: Vec<&String> = config.clients.keys().collect();
+    clients.sort();
+    let l = &config.limits;
+    json!({
+        "listen": listening,
+        "clients": clients,
+        "trusted_sources": config.trusted_sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "destinations": {
+            "allow": config.destinations.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "deny": config.destinations.deny.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
+        "limits": {
+            "max_connections": l.max_connections,
+            "max_connections_per_cpe": l.max_connections_per_cpe,
+            "header_deadline_seconds": l.header_deadline.as_secs_f64(),
+            "connect_timeout_seconds": l.connect_timeout.as_secs_f64(),
+            "idle_timeout_seconds": l.idle_timeout.as_secs_f64(),
+            "drain_deadline_seconds": l.drain_deadline.as_secs_f64(),
+            "auth_skew_seconds": l.auth_skew.as_secs_f64(),
+            "replay_entries": l.replay_entries,
+            "backlog": l.backlog,
+            "tfo_queue": l.tfo_queue,
+        },
+        "admin_listen": config.admin.as_ref().map(|a| &a.config.listen),
+    })
+}
+
+/// The hag's part of the OpenAPI document (merged by [`AdminApp::openapi`]).
+pub fn openapi() -> Value {
+    let id_param = json!({
+        "name": "id", "in": "path", "required": true,
+        "description": "MPTCP token as 8 hex digits (`0x` prefix accepted), or `tcp-<n>` for a connection without one.",
+        "schema": { "type": "string", "pattern": "^((0[xX])?[0-9a-fA-F]{1,8}|tcp-[0-9]+)$" }
+    });
+    let r = |name: &str| json!({ "$ref": format!("#/components/responses/{name}") });
+    let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+    let addr = json!({ "type": "string", "nullable": true, "description": "address:port" });
+    let count = json!({ "type": "integer", "minimum": 0 });
+    json!({
+        "paths": {
+            "/api/v1/connections": { "get": {
+                "summary": "Open connections with their subflows (RFC 6897 CONNID and SUBFLOWS).",
+                "responses": {
+                    "200": { "description": "Connections, oldest first.", "content": { "application/json": {
+                        "schema": { "type": "array", "items": schema("Connection") } } } },
+                    "401": r("Unauthorized")
+                }
+            } },
+            "/api/v1/connections/{id}": {
+                "parameters": [id_param],
+                "get": {
+                    "summary": "One open connection.",
+                    "responses": {
+                        "200": { "description": "The connection.", "content": { "application/json": {
+                            "schema": schema("Connection") } } },
+                        "400": r("BadRequest"), "401": r("Unauthorized"), "404": r("NotFound")
+                    }
+                },
+                "delete": {
+                    "summary": "Closes the connection: the relay stops and both sockets are closed.",
+                    "responses": {
+                        "204": { "description": "Closing." },
+                        "400": r("BadRequest"), "401": r("Unauthorized"), "404": r("NotFound")
+                    }
+                }
+            },
+            "/api/v1/clients": { "get": {
+                "summary": "Configured CPEs with their connection, byte and auth-failure counts.",
+                "responses": {
+                    "200": { "description": "CPEs by id.", "content": { "application/json": {
+                        "schema": { "type": "array", "items": schema("Client") } } } },
+                    "401": r("Unauthorized")
+                }
+            } }
+        },
+        "components": { "schemas": {
+            "Subflow": { "type": "object", "required": ["id", "bytes_sent", "bytes_received", "rtt_us", "tcp_state"],
+                "properties": {
+                    "id": count, "local": addr, "remote": addr, "bytes_sent": count, "bytes_received": count,
+                    "rtt_us": count, "tcp_state": count,
+                    "backup": { "type": "boolean", "nullable": true }
+                } },
+            "Connection": { "type": "object",
+                "required": ["id", "peer", "fallback", "accepted_unix", "age_seconds", "bytes_up", "bytes_down", "subflows"],
+                "properties": {
+                    "id": { "type": "string" },
+                    "token": { "type": "integer", "minimum": 0, "nullable": true },
+                    "cpe": { "type": "string", "nullable": true },
+                    "peer": { "type": "string" },
+                    "destination": addr,
+                    "fallback": { "type": "boolean" },
+                    "accepted_unix": count,
+                    "age_seconds": { "type": "number" },
+                    "bytes_up": count, "bytes_down": count,
+                    "subflows": { "type": "array", "items": schema("Subflow") }
+                } },
+            "Client": { "type": "object",
+                "required": ["id", "open_connections", "connections_total", "bytes_up", "bytes_down", "auth_failures"],
+                "properties": {
+                    "id": { "type": "string" },
+                    "open_connections": count, "connections_total": count,
+                    "bytes_up": count, "bytes_down": count, "auth_failures": count,
+                    "last_seen_unix": { "type": "integer", "nullable": true }
+                } }
+        } }
+    })
+}
+
+/// The whole admin app of a hag: shared routes from `common::admin` plus the hag's.
+pub fn app(
+    config: &Config,
+    listening: &[SocketAddr],
+    state: Arc<ApiState>,
+    token: BearerToken,
+) -> AdminApp {
+    let detail = status_detail(config, listening);
+    let mut app = AdminApp::new(
+        ProcessInfo::new("hag", env!("CARGO_PKG_VERSION")),
+        token,
+        Arc::new(HagMetrics::new(state)),
+    )
+    .status_detail(move || detail.clone())
+    .openapi(openapi());
+    if let Some(a) = &config.admin {
+        app = app.limits(&a.config);
+    }
+    app
+}
+
+/// The complete admin router of a hag (what [`start`] serves), for tests.
+pub fn router(
+    config: &Config,
+    listening: &[SocketAddr],
+    state: Arc<ApiState>,
+    token: BearerToken,
+) -> Router {
+    app(config, listening, state.clone(), token).router(api_router(state))
+}
+
+/// Binds the admin API of `hag` as `config.admin` says and serves it until `shutdown`. `Ok(None)` (and a log
+/// line) when the config has no `admin:` section. Must be called inside a tokio runtime.
+pub fn start(
+    config: &Config,
+    hag: &Hag,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Option<(Vec<SocketAddr>, JoinHandle<Result<(), AdminError>>)>, AdminError> {
+    let Some(a) = &config.admin else {
+        info!("no admin section in the config: admin API off");
+        return Ok(None);
+    };
+    let listeners = admin::bind(&a.config.listen)?;
+    let bound = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let state = Arc::new(ApiState::new(config, hag.stats(), hag.connections()));
+    let router = router(config, &hag.local_addrs(), state, a.token.clone());
+    Ok(Some((
+        bound,
+        tokio::spawn(admin::serve(listeners, router, shutdown)),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_ids_parse_and_print() {
+        assert_eq!(ConnId::parse("1a2b3c4d"), Some(ConnId::Token(0x1a2b_3c4d)));
+        assert_eq!(
+            ConnId::parse("0x1A2B3C4D"),
+            Some(ConnId::Token(0x1a2b_3c4d))
+        );
+        assert_eq!(ConnId::parse("ff"), Some(ConnId::Token(0xff)));
+        assert_eq!(ConnId::parse("tcp-17"), Some(ConnId::Seq(17)));
+        for bad in [
+            "",
+            "0x",
+            "123456789",
+            "xyz",
+            "tcp-",
+            "tcp--1",
+            "tcp-1a",
+            "-1",
+            "1a2b 3c",
+        ] {
+            assert_eq!(ConnId::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(ConnId::Token(0xff).to_string(), "000000ff");
+        assert_eq!(
+            ConnId::parse(&ConnId::Token(7).to_string()),
+            Some(ConnId::Token(7))
+        );
+        assert_eq!(ConnId::Seq(3).to_string(), "tcp-3");
+    }
+}
