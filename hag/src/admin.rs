@@ -483,6 +483,50 @@ impl Metrics for HagMetrics {
                 f.sample(&[("cpe", id)], counters(id).auth_failures);
             }
         }
+        write_probe_metrics(&st.probes.lock().expect("probe list poisoned"), w);
+    }
+}
+
+/// The UDP probe responders' counters, one sample per bound service address.
+fn write_probe_metrics(
+    probes: &[(SocketAddr, Arc<common::probe::ResponderCounters>)],
+    w: &mut MetricsWriter,
+) {
+    let stats: Vec<(String, common::probe::ResponderStats)> = probes
+        .iter()
+        .map(|(addr, c)| (addr.to_string(), c.snapshot()))
+        .collect();
+    type Field = fn(&common::probe::ResponderStats) -> u64;
+    let families: [(&str, &str, Field); 5] = [
+        (
+            "probe_requests_total",
+            "UDP probe datagrams received from CPEs.",
+            |s| s.received,
+        ),
+        ("probe_replies_total", "UDP probe replies sent.", |s| {
+            s.replied
+        }),
+        (
+            "probe_rate_limited_total",
+            "UDP probe datagrams dropped by the per-source rate limit.",
+            |s| s.rate_limited,
+        ),
+        (
+            "probe_malformed_total",
+            "UDP datagrams that are not a valid probe request.",
+            |s| s.malformed,
+        ),
+        (
+            "probe_auth_failures_total",
+            "Probe requests dropped for an unknown CPE id, a bad MAC or a stale timestamp.",
+            |s| s.unknown_cpe + s.bad_mac + s.stale,
+        ),
+    ];
+    for (name, help, field) in families {
+        let mut f = w.family(name, help, MetricType::Counter);
+        for (addr, s) in &stats {
+            f.sample(&[("listen", addr)], field(s));
+        }
     }
 }
 
@@ -596,6 +640,15 @@ pub fn openapi() -> Value {
     })
 }
 
+/// A running admin API (see [`start`]).
+#[derive(Debug)]
+pub struct RunningAdmin {
+    /// The bound addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// The server task; it ends after the shutdown future completes and requests in flight finish.
+    pub task: JoinHandle<Result<(), AdminError>>,
+}
+
 /// The whole admin app of a hag: shared routes from `common::admin` plus the hag's.
 pub fn app(
     config: &Config,
@@ -633,22 +686,22 @@ pub fn start(
     config: &Config,
     hag: &Hag,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Option<(Vec<SocketAddr>, JoinHandle<Result<(), AdminError>>)>, AdminError> {
+) -> Result<Option<RunningAdmin>, AdminError> {
     let Some(a) = &config.admin else {
         info!("no admin section in the config: admin API off");
         return Ok(None);
     };
     let listeners = admin::bind(&a.config.listen)?;
-    let bound = listeners
+    let addrs = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
     let state = Arc::new(ApiState::new(config, hag.stats(), hag.connections()));
     let router = router(config, &hag.local_addrs(), state, a.token.clone());
-    Ok(Some((
-        bound,
-        tokio::spawn(admin::serve(listeners, router, shutdown)),
-    )))
+    Ok(Some(RunningAdmin {
+        addrs,
+        task: tokio::spawn(admin::serve(listeners, router, shutdown)),
+    }))
 }
 
 #[cfg(test)]

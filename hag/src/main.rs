@@ -70,7 +70,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-        tracing::info!(addrs = ?hag.local_addrs(), admin = ?admin.as_ref().map(|a| &a.0), "ready");
+        tracing::info!(addrs = ?hag.local_addrs(), admin = ?admin.as_ref().map(|a| &a.addrs), "ready");
         let signals = async {
             if let Err(e) = hag::shutdown_signal().await {
                 tracing::error!(error = %e, "cannot install signal handlers; stopping");
@@ -78,8 +78,8 @@ fn main() -> ExitCode {
             stop.cancel();
         };
         hag.run(signals).await;
-        if let Some((_, task)) = admin {
-            match task.await {
+        if let Some(admin) = admin {
+            match admin.task.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!("{e}"),
                 Err(e) => tracing::warn!(error = %e, "admin API task failed"),

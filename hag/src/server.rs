@@ -159,6 +159,12 @@ impl Hag {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         // Uplink health probes from the CPEs arrive on the UDP side of each service address (issue 5).
         let _probes = crate::probe::start(&self.local_addrs(), &self.shared.config.clients).await;
+        *self
+            .shared
+            .stats
+            .probes
+            .lock()
+            .expect("probe list poisoned") = _probes.counters.clone();
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut accept_loops = Vec::new();

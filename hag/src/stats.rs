@@ -7,11 +7,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use common::convert::ErrorCode;
+use common::probe::ResponderCounters;
 
 /// Error codes the hag can send, in the order of [`Stats::errors_sent`].
 pub const ERROR_CODES: [ErrorCode; 10] = [
@@ -61,6 +63,8 @@ pub struct Stats {
     /// Per authenticated CPE id. Only ids with a configured key get an entry, so its size is bounded by the
     /// config.
     pub per_cpe: Mutex<HashMap<String, CpeCounters>>,
+    /// The UDP probe responders' counters per bound service address (set when the server runs).
+    pub probes: Mutex<Vec<(SocketAddr, Arc<ResponderCounters>)>>,
 }
 
 /// Counters of one CPE (see [`Stats::per_cpe`]).

@@ -505,12 +505,13 @@ async fn live_mptcp_relay_is_listed_with_its_subflow_and_delete_closes_it() {
     let stats = hag.stats();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut rx1 = stop_rx.clone();
-    let (admin_addrs, admin_task) = hadmin::start(&config, &hag, async move {
+    let running = hadmin::start(&config, &hag, async move {
         let _ = rx1.wait_for(|s| *s).await;
     })
     .unwrap()
     .expect("admin configured");
-    let admin = admin_addrs[0];
+    let admin = running.addrs[0];
+    let admin_task = running.task;
     let mut rx2 = stop_rx.clone();
     let hag_task = tokio::spawn(hag.run(async move {
         let _ = rx2.wait_for(|s| *s).await;
@@ -611,7 +612,7 @@ async fn live_mptcp_relay_is_listed_with_its_subflow_and_delete_closes_it() {
     assert_eq!(stats.closed_by_admin.load(Relaxed), 1);
     assert_eq!(
         stats.bytes_up.load(Relaxed),
-        4 + 0,
+        4,
         "relay bytes counted when closed by the API"
     );
     let (_, body) = http(admin, "GET", "/metrics").await;
@@ -628,6 +629,15 @@ async fn live_mptcp_relay_is_listed_with_its_subflow_and_delete_closes_it() {
     assert_eq!(
         cpe_bytes.value(&[("cpe", "cpe-1"), ("direction", "down")]),
         Some(4.0)
+    );
+    let probes = families
+        .iter()
+        .find(|f| f.name == "hag_probe_requests_total")
+        .unwrap();
+    assert_eq!(
+        probes.value(&[("listen", &hag_addr.to_string())]),
+        Some(0.0),
+        "the UDP probe responder on the service address is exported"
     );
 
     // Shutdown stops the admin API too.
