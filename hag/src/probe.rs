@@ -128,15 +128,19 @@ mod tests {
             std::time::Duration::from_secs(5),
             good_rx.wait_for(|h| h.state == HealthState::Up),
         )
-        .await;
-        assert!(up.is_ok(), "prober with the right key never came up");
+        .await
+        // Drop the `Ref` at once: it holds the channel's read lock, and the prober's next publish would
+        // block this single-threaded runtime.
+        .is_ok_and(|r| r.is_ok());
+        assert!(up, "prober with the right key never came up");
         let down = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             bad_rx.wait_for(|h| h.state == HealthState::Down),
         )
-        .await;
+        .await
+        .is_ok_and(|r| r.is_ok());
         assert!(
-            down.is_ok(),
+            down,
             "prober with a wrong key was not declared down"
         );
         assert!(responders.counters[0].1.snapshot().bad_mac > 0);
