@@ -16,6 +16,8 @@ use common::config::{self as cfg, ConfigError};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
+use crate::uplink::{self, Mode, ProbeFile, Role};
+
 /// Default HAG service port (DESIGN §3).
 pub const DEFAULT_HAG_PORT: u16 = 5124;
 /// Longest CPE id the Auth TLV can carry.
@@ -42,6 +44,9 @@ pub struct FileConfig {
     pub routing: RoutingFile,
     #[serde(default)]
     pub limits: LimitsFile,
+    /// Uplink health probes towards hag (uplink manager).
+    #[serde(default)]
+    pub probe: ProbeFile,
     /// tracing filter directive; `RUST_LOG` overrides it.
     #[serde(default = "default_log_level")]
     pub log_level: String,
@@ -113,6 +118,14 @@ pub struct UplinkFile {
     pub ipv4: Option<UplinkFamily<Ipv4Addr>>,
     #[serde(default)]
     pub ipv6: Option<UplinkFamily<Ipv6Addr>>,
+    /// Default: the first uplink is the primary, the others secondary.
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Routing table of the uplink's source-based routing; default `routing.table + 1 + index`.
+    #[serde(default)]
+    pub table: Option<u32>,
 }
 
 /// An uplink's address and gateway in one family.
@@ -230,6 +243,9 @@ pub struct Uplink {
     pub interface: String,
     pub ipv4: Option<UplinkFamily<Ipv4Addr>>,
     pub ipv6: Option<UplinkFamily<Ipv6Addr>>,
+    pub role: Role,
+    pub mode: Mode,
+    pub table: u32,
 }
 
 impl Uplink {
@@ -266,6 +282,7 @@ pub struct Config {
     pub fallback: Fallback,
     pub routing: RoutingFile,
     pub limits: LimitsFile,
+    pub probe: ProbeFile,
     pub log_level: String,
 }
 
@@ -341,7 +358,15 @@ impl Config {
             if u.ipv4.is_none() && u.ipv6.is_none() {
                 return Err(ConfigError::invalid(format!("uplinks[{i}]"), "needs an ipv4 or an ipv6 section"));
             }
-            uplinks.push(Uplink { name: u.name.clone(), interface: u.interface.clone(), ipv4: u.ipv4, ipv6: u.ipv6 });
+            uplinks.push(Uplink {
+                name: u.name.clone(),
+                interface: u.interface.clone(),
+                ipv4: u.ipv4,
+                ipv6: u.ipv6,
+                role: u.role.unwrap_or(uplink::settings::default_role(i)),
+                mode: u.mode,
+                table: u.table.unwrap_or(uplink::settings::default_table(f.routing.table, i)),
+            });
         }
         let reachable = hag_addresses.iter().any(|h| uplinks.iter().any(|u| u.source_for(h.ip()).is_some()));
         if !reachable {
@@ -353,6 +378,9 @@ impl Config {
         if f.routing.rule_priority == 0 || f.routing.rule_priority > 32000 - 1000 {
             return Err(ConfigError::invalid("routing.rule_priority", "must be in 1..=31000 (before main at 32766)"));
         }
+        let modes: Vec<Mode> = uplinks.iter().map(|u| u.mode).collect();
+        let tables: Vec<u32> = uplinks.iter().map(|u| u.table).collect();
+        uplink::settings::validate_uplinks(&modes, &tables, f.routing.table, &f.probe)?;
         if f.limits.nat_pool_addresses == 0 {
             return Err(ConfigError::invalid("limits.nat_pool_addresses", "must be at least 1"));
         }
@@ -380,6 +408,7 @@ impl Config {
             fallback: f.fallback,
             routing: f.routing,
             limits: f.limits,
+            probe: f.probe,
             log_level: f.log_level,
         })
     }

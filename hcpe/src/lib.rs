@@ -6,3 +6,4 @@ pub mod intercept;
 pub mod config;
 pub mod conn;
 pub mod daemon;
+pub mod uplink;

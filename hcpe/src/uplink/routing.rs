@@ -1,0 +1,107 @@
+//! Source-based policy routing per uplink: `ip rule add from <src> lookup <table>` and a default route via the
+//! uplink's gateway (or straight out of its device when it has none) in that table, so a socket bound to an
+//! uplink's address leaves through that uplink whatever the main table says. MPTCP subflows and probes rely
+//! on it.
+//!
+//! `common::net` has rules by destination and device routes only; the `from` rule and the gateway route are
+//! built here with the same rtnetlink crate and the marker convention of `common::net`, so
+//! [`common::net::Netlink::flush_marked`] with [`RT_PROTO_UPLINK`] removes exactly this state.
+//!
+//! Invariants:
+//! - everything added carries [`RT_PROTO_UPLINK`] (not hcpe's interception marker, so each part cleans its own);
+//! - [`install`] is idempotent: it flushes the marker first, then adds (a crash leaves no duplicate);
+//! - rule priorities are `rule_priority + 950 + index`, inside hcpe's block and after its LAN rules (which
+//!   match `iif <lan>` only, so they never see locally generated packets anyway).
+
+use std::net::IpAddr;
+
+use common::net::{NetError, Netlink};
+use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute};
+use rtnetlink::RouteMessageBuilder;
+
+/// rtnetlink protocol number marking the uplink manager's rules and routes (hcpe's interception uses 72).
+pub const RT_PROTO_UPLINK: u8 = 73;
+/// Offset of the first uplink rule from `routing.rule_priority`.
+pub const RULE_OFFSET: u32 = 950;
+
+/// One uplink's routing in one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkRoute {
+    pub source: IpAddr,
+    pub gateway: Option<IpAddr>,
+    pub ifindex: u32,
+    pub table: u32,
+    pub priority: u32,
+}
+
+/// Removes leftovers, then adds the rule and the default route of each entry. Returns how many objects were
+/// added.
+pub async fn install(nl: &Netlink, handle: &rtnetlink::Handle, routes: &[UplinkRoute]) -> Result<usize, NetError> {
+    nl.flush_marked(RT_PROTO_UPLINK).await?;
+    let mut added = 0;
+    for r in routes {
+        add_default_route(handle, r).await?;
+        add_source_rule(handle, r).await?;
+        added += 2;
+    }
+    Ok(added)
+}
+
+/// Removes everything [`install`] added.
+pub async fn remove(nl: &Netlink) -> Result<common::net::Flushed, NetError> {
+    nl.flush_marked(RT_PROTO_UPLINK).await
+}
+
+fn err(what: String) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    move |source| NetError::Netlink { what, source }
+}
+
+async fn add_source_rule(handle: &rtnetlink::Handle, r: &UplinkRoute) -> Result<(), NetError> {
+    let req = handle.rule().add().priority(r.priority).table_id(r.table).action(RuleAction::ToTable);
+    let what = format!("adding rule from {} lookup {}", r.source, r.table);
+    let marker = RuleAttribute::Protocol(RouteProtocol::Other(RT_PROTO_UPLINK));
+    match r.source {
+        IpAddr::V4(a) => {
+            let mut q = req.v4().source_prefix(a, 32);
+            q.message_mut().attributes.push(marker);
+            q.execute().await.map_err(err(what))
+        }
+        IpAddr::V6(a) => {
+            let mut q = req.v6().source_prefix(a, 128);
+            q.message_mut().attributes.push(marker);
+            q.execute().await.map_err(err(what))
+        }
+    }
+}
+
+async fn add_default_route(handle: &rtnetlink::Handle, r: &UplinkRoute) -> Result<(), NetError> {
+    let proto = RouteProtocol::Other(RT_PROTO_UPLINK);
+    let msg = match (r.source, r.gateway) {
+        (IpAddr::V4(_), gw) => {
+            let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .output_interface(r.ifindex)
+                .table_id(r.table)
+                .protocol(proto)
+                .kind(RouteType::Unicast);
+            b = match gw {
+                Some(IpAddr::V4(g)) => b.gateway(g).scope(RouteScope::Universe),
+                _ => b.scope(RouteScope::Link),
+            };
+            b.build()
+        }
+        (IpAddr::V6(_), gw) => {
+            let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .output_interface(r.ifindex)
+                .table_id(r.table)
+                .protocol(proto)
+                .kind(RouteType::Unicast);
+            if let Some(IpAddr::V6(g)) = gw {
+                b = b.gateway(g);
+            }
+            b.build()
+        }
+    };
+    let what = format!("adding default route via {:?} dev {} table {}", r.gateway, r.ifindex, r.table);
+    handle.route().add(msg).replace().execute().await.map_err(err(what))
+}
