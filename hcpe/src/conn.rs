@@ -56,6 +56,8 @@ pub struct ConnCounters {
 pub struct Shared {
     pub config: Config,
     pub counters: ConnCounters,
+    /// The uplink manager's choice of source address by health; `None`: the first uplink in config order.
+    pub sources: Option<crate::uplink::SourceSelector>,
 }
 
 /// Why the Convert exchange did not produce a usable hag connection (fallback applies).
@@ -119,7 +121,7 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared) {
     };
     first.truncate(n);
 
-    match exchange(flow, &mut first, &mut client, cfg).await {
+    match exchange(flow, &mut first, &mut client, cfg, shared.sources.as_ref()).await {
         Ok(Reply::Converted(hag, early)) => {
             c.converted.fetch_add(1, Relaxed);
             debug!(first_bytes = first.len(), "converted");
@@ -159,16 +161,25 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared) {
     }
 }
 
-/// The hag address to use and the local address to bind: the first uplink (in preference order) with an
-/// address of the hag address's family.
-fn pick_hag(cfg: &Config) -> Option<(SocketAddr, IpAddr)> {
+/// The hag address to use and the local address to bind: the healthiest uplink by role (uplink manager), else
+/// the first uplink (in preference order) with an address of the hag address's family.
+fn pick_hag(cfg: &Config, sources: Option<&crate::uplink::SourceSelector>) -> Option<(SocketAddr, IpAddr)> {
+    if let Some(sel) = sources {
+        return cfg.hag_addresses.iter().find_map(|h| sel.source_for(h.ip()).map(|src| (*h, src)));
+    }
     cfg.uplinks
         .iter()
         .find_map(|u| cfg.hag_addresses.iter().find_map(|h| u.source_for(h.ip()).map(|src| (*h, src))))
 }
 
-async fn exchange(flow: Flow, first: &mut Vec<u8>, client: &mut TcpStream, cfg: &Config) -> Result<Reply, ExchangeError> {
-    let (hag, source) = pick_hag(cfg).ok_or(ExchangeError::NoRoute)?;
+async fn exchange(
+    flow: Flow,
+    first: &mut Vec<u8>,
+    client: &mut TcpStream,
+    cfg: &Config,
+    sources: Option<&crate::uplink::SourceSelector>,
+) -> Result<Reply, ExchangeError> {
+    let (hag, source) = pick_hag(cfg, sources).ok_or(ExchangeError::NoRoute)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let nonce = convert::auth::random_nonce().map_err(|e| ExchangeError::Request(e.to_string()))?;
     let mut request = convert::auth::signed_request(&cfg.key.0, flow.dest, &cfg.cpe_id, now, nonce)

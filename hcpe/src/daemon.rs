@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::conn::{self, ConnCounters, Shared};
 use crate::intercept::{Interceptor, TunSettings};
 use crate::nat::Timeouts;
+use crate::uplink::UplinkManager;
 
 /// rtnetlink protocol number marking hcpe's rules and routes (unassigned in iproute2's rt_protos).
 pub const RT_PROTO_HCPE: u8 = 72;
@@ -145,8 +146,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let result = async {
         let (rules, routes) = install_routing(&cfg, &nl, interceptor.ifindex).await?;
         info!(rules, routes, tun = %cfg.tun.name, "hcpe ready");
-        let shared = Arc::new(Shared { config: cfg.clone(), counters: ConnCounters::default() });
+        let uplinks = match UplinkManager::start(&cfg).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                warn!(error = %e, "uplink manager not running: new connections start on the first uplink");
+                None
+            }
+        };
+        let sources = uplinks.as_ref().map(UplinkManager::selector);
+        let shared = Arc::new(Shared { config: cfg.clone(), counters: ConnCounters::default(), sources });
         serve(&mut interceptor, shared, shutdown).await;
+        if let Some(m) = uplinks {
+            m.shutdown().await;
+        }
         anyhow::Ok(())
     }
     .await;
