@@ -1,0 +1,179 @@
+//! Issue 5 acceptance 1 and 2 on the testbed with the real `hcpe` (uplink manager) and `hag` (probe responder):
+//! DSL blackholed (carrier up) during a download: no reset, SHA-256 intact, no stall over 1 s in the 100 ms
+//! progress timeline, LTE carries on; new connections tried every 100 ms from the cut succeed within 1 s.
+//!
+//! hcpe manages the MPTCP endpoints itself here (the test adds none): it drops DSL's endpoint when DSL's probes
+//! go unanswered, so the kernel closes that subflow and reinjects its data on LTE.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tests::emulator::{Direction, LinkConfig, Shape};
+use tests::netns::{ChildGuard, bin_path};
+use tests::testbed::{Testbed, TestbedConfig, addr};
+use tests::traffic::{Client, Server};
+
+const KEY_HEX: &str = "75706c696e6b206661696c6f7665722074657374206b6579203031323334353637";
+const CPE_ID: &str = "failover-cpe";
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "uplink-failover-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("cpe.key"), KEY_HEX).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start_hag(tb: &Testbed, dir: &TempDir) -> ChildGuard {
+    let yaml = format!(
+        "listen: ['{}']\n\
+         clients:\n  {CPE_ID}: {{key_file: cpe.key}}\n\
+         destinations:\n  allow: [198.18.4.0/24]\n\
+         limits:\n  connect_timeout: 2s\n  drain_deadline: 1s\n\
+         log_level: info\n",
+        addr::HAG_SERVICE.v4,
+    );
+    let path = dir.0.join("hag.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut hag = tb.hag.spawn(bin_path("hag"), &["--config", path.to_str().unwrap()]).unwrap();
+    assert!(hag.wait_for_log("listening", Duration::from_secs(10)), "hag did not start:\n{}", hag.log());
+    hag
+}
+
+fn start_hcpe(tb: &Testbed, dir: &TempDir) -> ChildGuard {
+    let yaml = format!(
+        "lan_interfaces: [lan0]\n\
+         tun: {{ name: hcpe0, queues: 2 }}\n\
+         hag:\n  addresses: ['{hag4}']\n  cpe_id: {CPE_ID}\n  key_file: cpe.key\n  fastopen: false\n\
+         uplinks:\n\
+         \x20 - {{ name: dsl, interface: dsl0, role: primary, mode: active, ipv4: {{ address: {d4}, gateway: {gd4} }} }}\n\
+         \x20 - {{ name: lte, interface: lte0, role: secondary, mode: active, ipv4: {{ address: {l4}, gateway: {gl4} }} }}\n\
+         fallback: reject\n\
+         limits: {{ connect_timeout: 3s, reply_timeout: 3s }}\n\
+         probe: {{ interval: 200ms, down_after: 3, up_after: 3 }}\n\
+         log_level: hcpe=debug\n",
+        hag4 = addr::HAG_SERVICE.v4,
+        d4 = addr::CPE_DSL.v4,
+        gd4 = addr::HAG_DSL.v4,
+        l4 = addr::CPE_LTE.v4,
+        gl4 = addr::HAG_LTE.v4,
+    );
+    let path = dir.0.join("hcpe.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut hcpe = tb.cpe.spawn(bin_path("hcpe"), &["--config", path.to_str().unwrap()]).unwrap();
+    assert!(hcpe.wait_for_log("uplink manager started", Duration::from_secs(10)), "hcpe did not start:\n{}", hcpe.log());
+    hcpe
+}
+
+/// Waits until hcpe logged `n` health verdicts going to up.
+fn wait_up(hcpe: &mut ChildGuard, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if hcpe.log().lines().filter(|l| l.contains("uplink health changed") && l.contains("to=\"up\"")).count()
+            + hcpe.log().lines().filter(|l| l.contains("uplink health changed") && l.contains("to=up")).count()
+            >= n
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("uplinks did not come up:\n{}", hcpe.log());
+}
+
+#[test]
+fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
+    let tb = Testbed::new(TestbedConfig {
+        dsl: LinkConfig::symmetric(Shape::mbit(40.0).delay_ms(5.0)),
+        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(10.0)) },
+        ..TestbedConfig::default()
+    })
+    .unwrap();
+    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
+    let dir = TempDir::new("cut");
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let _hag = start_hag(&tb, &dir);
+    let mut hcpe = start_hcpe(&tb, &dir);
+    wait_up(&mut hcpe, 2);
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+
+    // Acceptance 1: cut DSL at about 30 % of a download.
+    const SIZE: u64 = 24 << 20;
+    let progress = Arc::new(AtomicU64::new(0));
+    let p2 = progress.clone();
+    let download =
+        tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(10)).progress(p2).download(SIZE)).unwrap();
+    let t0 = Instant::now();
+    while progress.load(Ordering::Relaxed) < SIZE * 3 / 10 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "download does not progress:\n{}", hcpe.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let lte_before = tb.lte.counters(Direction::Down).tx_bytes;
+    let cut_at = t0.elapsed();
+    tb.dsl.cut();
+    let transfer = download
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("download across the DSL cut failed: {e}\nhcpe log:\n{}", hcpe.log()));
+    let lte_after = tb.lte.counters(Direction::Down).tx_bytes - lte_before;
+    let rates: Vec<String> = transfer.timeline.mbit_per_s().iter().map(|r| format!("{r:.0}")).collect();
+    eprintln!(
+        "download across the cut (at {cut_at:?}): {:.1} Mbit/s, max stall {:?}, max gap {:?}, LTE carried {lte_after} B after the cut\n\
+         per-100ms Mbit/s: {}",
+        transfer.mbit_per_s(),
+        transfer.timeline.max_stall(),
+        transfer.timeline.max_gap,
+        rates.join(" ")
+    );
+    assert_eq!(transfer.bytes, SIZE);
+    assert!(transfer.timeline.max_stall() <= Duration::from_secs(1), "stall {:?}", transfer.timeline.max_stall());
+    assert!(lte_after as f64 > SIZE as f64 * 0.5, "LTE carried the rest: {lte_after} B");
+
+    // Acceptance 2: DSL back and healthy, then cut again while new connections start every 100 ms.
+    tb.dsl.restore();
+    wait_up(&mut hcpe, 3);
+    let cut = Instant::now();
+    tb.dsl.cut();
+    let mut attempts = Vec::new();
+    for i in 0..20u32 {
+        let started = cut + Duration::from_millis(100) * i;
+        if let Some(wait) = started.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        attempts.push(
+            tb.lan
+                .thread(move || {
+                    let r = Client::new(dst).timeout(Duration::from_secs(3)).download(1000);
+                    (i, r.is_ok(), cut.elapsed())
+                })
+                .unwrap(),
+        );
+    }
+    let results: Vec<(u32, bool, Duration)> = attempts.into_iter().map(|h| h.join().unwrap()).collect();
+    let first_ok = results.iter().filter(|r| r.1).map(|r| r.2).min();
+    let failed = results.iter().filter(|r| !r.1).count();
+    eprintln!("new connections after the cut: first success {first_ok:?} after the cut, {failed} of 20 failed");
+    let first_ok = first_ok.unwrap_or_else(|| panic!("no new connection succeeded:\n{}", hcpe.log()));
+    assert!(first_ok <= Duration::from_secs(1), "first success {first_ok:?} after the cut");
+    tb.dsl.restore();
+    hcpe.signal(libc::SIGTERM);
+    assert!(hcpe.wait_timeout(Duration::from_secs(5)).is_some_and(|s| s.success()), "{}", hcpe.log());
+    let left = tb.cpe.ip(&["rule"]).unwrap();
+    assert!(!left.contains("lookup 5125") && !left.contains("lookup 5126"), "uplink rules left behind:\n{left}");
+    let eps = tb.cpe.ip(&["mptcp", "endpoint", "show"]).unwrap();
+    assert!(eps.trim().is_empty(), "endpoints left behind:\n{eps}");
+}
