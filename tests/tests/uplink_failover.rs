@@ -1,6 +1,7 @@
 //! Issue 5 acceptance 1 and 2 on the testbed with the real `hcpe` (uplink manager) and `hag` (probe responder):
 //! DSL blackholed (carrier up) during a download: no reset, SHA-256 intact, no stall over 1 s in the 100 ms
-//! progress timeline, LTE carries on; new connections tried every 100 ms from the cut succeed within 1 s.
+//! progress timeline, LTE carries on; new connections tried every 100 ms from the cut succeed within 1 s;
+//! DSL restored: a running download regains a DSL subflow within 2 s (acceptance 3, by DSL's byte counter).
 //!
 //! hcpe manages the MPTCP endpoints itself here (the test adds none): it drops DSL's endpoint when DSL's probes
 //! go unanswered, so the kernel closes that subflow and reinjects its data on LTE.
@@ -169,7 +170,33 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
     eprintln!("new connections after the cut: first success {first_ok:?} after the cut, {failed} of 20 failed");
     let first_ok = first_ok.unwrap_or_else(|| panic!("no new connection succeeded:\n{}", hcpe.log()));
     assert!(first_ok <= Duration::from_secs(1), "first success {first_ok:?} after the cut");
+
+    // Acceptance 3: a download that started on LTE alone gets a DSL subflow within 2 s of DSL coming back.
+    let progress = Arc::new(AtomicU64::new(0));
+    let p3 = progress.clone();
+    let download =
+        tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(10)).progress(p3).download(16 << 20)).unwrap();
+    let t1 = Instant::now();
+    while progress.load(Ordering::Relaxed) < 2 << 20 {
+        assert!(t1.elapsed() < Duration::from_secs(20), "download on LTE does not progress:\n{}", hcpe.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let dsl_before = tb.dsl.counters(Direction::Down).tx_bytes;
+    let restored = Instant::now();
     tb.dsl.restore();
+    let regained = loop {
+        if tb.dsl.counters(Direction::Down).tx_bytes - dsl_before > 256 << 10 {
+            break restored.elapsed();
+        }
+        assert!(restored.elapsed() < Duration::from_secs(8), "DSL never carried the running download:\n{}", hcpe.log());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let transfer = download.join().unwrap().unwrap_or_else(|e| panic!("download across the restore: {e}"));
+    let rates: Vec<String> = transfer.timeline.mbit_per_s().iter().map(|r| format!("{r:.0}")).collect();
+    eprintln!("DSL restored: the running download's DSL subflow carried 256 KiB {regained:?} after the restore\n\
+               per-100ms Mbit/s: {}", rates.join(" "));
+    assert!(regained <= Duration::from_secs(2), "DSL subflow regained after {regained:?}");
+
     hcpe.signal(libc::SIGTERM);
     assert!(hcpe.wait_timeout(Duration::from_secs(5)).is_some_and(|s| s.success()), "{}", hcpe.log());
     let left = tb.cpe.ip(&["rule"]).unwrap();
