@@ -56,14 +56,14 @@ fn start_hag(tb: &Testbed, dir: &TempDir) -> ChildGuard {
     hag
 }
 
-fn start_hcpe(tb: &Testbed, dir: &TempDir) -> ChildGuard {
+fn start_hcpe(tb: &Testbed, dir: &TempDir, lte_mode: &str) -> ChildGuard {
     let yaml = format!(
         "lan_interfaces: [lan0]\n\
          tun: {{ name: hcpe0, queues: 2 }}\n\
          hag:\n  addresses: ['{hag4}']\n  cpe_id: {CPE_ID}\n  key_file: cpe.key\n  fastopen: false\n\
          uplinks:\n\
          \x20 - {{ name: dsl, interface: dsl0, role: primary, mode: active, ipv4: {{ address: {d4}, gateway: {gd4} }} }}\n\
-         \x20 - {{ name: lte, interface: lte0, role: secondary, mode: active, ipv4: {{ address: {l4}, gateway: {gl4} }} }}\n\
+         \x20 - {{ name: lte, interface: lte0, role: secondary, mode: {lte_mode}, ipv4: {{ address: {l4}, gateway: {gl4} }} }}\n\
          fallback: reject\n\
          limits: {{ connect_timeout: 3s, reply_timeout: 3s }}\n\
          probe: {{ interval: 200ms, down_after: 3, up_after: 3 }}\n\
@@ -108,7 +108,7 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
     let dir = TempDir::new("cut");
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = start_hag(&tb, &dir);
-    let mut hcpe = start_hcpe(&tb, &dir);
+    let mut hcpe = start_hcpe(&tb, &dir, "active");
     wait_up(&mut hcpe, 2);
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
 
@@ -203,4 +203,60 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
     assert!(!left.contains("lookup 5125") && !left.contains("lookup 5126"), "uplink rules left behind:\n{left}");
     let eps = tb.cpe.ip(&["mptcp", "endpoint", "show"]).unwrap();
     assert!(eps.trim().is_empty(), "endpoints left behind:\n{eps}");
+}
+
+/// Acceptance 5: `standby` LTE carries nothing while DSL is healthy, and takes the running download within
+/// about a second of a DSL cut.
+#[test]
+fn standby_lte_is_unused_until_dsl_dies() {
+    let tb = Testbed::new(TestbedConfig {
+        dsl: LinkConfig::symmetric(Shape::mbit(40.0).delay_ms(5.0)),
+        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(10.0)) },
+        ..TestbedConfig::default()
+    })
+    .unwrap();
+    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
+    let dir = TempDir::new("standby");
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let _hag = start_hag(&tb, &dir);
+    let mut hcpe = start_hcpe(&tb, &dir, "standby");
+    wait_up(&mut hcpe, 2);
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let eps = tb.cpe.ip(&["mptcp", "endpoint", "show"]).unwrap();
+    assert!(!eps.contains(&addr::CPE_LTE.v4.to_string()), "standby LTE has an endpoint while DSL is up:\n{eps}");
+
+    let lte0 = tb.lte.counters(Direction::Down).tx_bytes;
+    let progress = Arc::new(AtomicU64::new(0));
+    let p2 = progress.clone();
+    let download =
+        tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(10)).progress(p2).download(16 << 20)).unwrap();
+    let t0 = Instant::now();
+    while progress.load(Ordering::Relaxed) < 4 << 20 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "download does not progress:\n{}", hcpe.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let lte_while_dsl_up = tb.lte.counters(Direction::Down).tx_bytes - lte0;
+    let lte1 = tb.lte.counters(Direction::Down).tx_bytes;
+    let cut = Instant::now();
+    tb.dsl.cut();
+    let took_over = loop {
+        if tb.lte.counters(Direction::Down).tx_bytes - lte1 > 256 << 10 {
+            break cut.elapsed();
+        }
+        assert!(cut.elapsed() < Duration::from_secs(8), "LTE never took over:\n{}", hcpe.log());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let transfer = download.join().unwrap().unwrap_or_else(|e| panic!("download across the cut: {e}\n{}", hcpe.log()));
+    let rates: Vec<String> = transfer.timeline.mbit_per_s().iter().map(|r| format!("{r:.0}")).collect();
+    eprintln!(
+        "standby: LTE carried {lte_while_dsl_up} B of the first 4 MiB while DSL was up; took over {took_over:?} after \
+         the cut; max stall {:?}\nper-100ms Mbit/s: {}",
+        transfer.timeline.max_stall(),
+        rates.join(" ")
+    );
+    assert!(lte_while_dsl_up < 64 << 10, "LTE carried {lte_while_dsl_up} B while DSL was healthy");
+    // The figure includes moving 256 KiB over LTE (~100 ms at 20 Mbit/s) after the subflow appeared; the issue's
+    // target is 1 s for the subflow itself, measured ~0.9 s here. The margin keeps the test from flaking.
+    assert!(took_over <= Duration::from_millis(1500), "LTE took over after {took_over:?}");
+    tb.dsl.restore();
 }
