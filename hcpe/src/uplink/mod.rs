@@ -16,6 +16,7 @@
 //!   removes leftovers first (endpoints on the uplinks' addresses, rules/routes with [`routing::RT_PROTO_UPLINK`]);
 //! - all netlink sockets belong to the namespace of the thread that called [`UplinkManager::start`].
 
+pub mod carrier;
 pub mod decide;
 pub mod routing;
 pub mod settings;
@@ -123,6 +124,9 @@ pub struct UplinkManager {
     probes: Vec<Option<watch::Receiver<UplinkHealth>>>,
     driver: Option<JoinHandle<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Probers, their forwarders and the carrier watcher: they hold each other's channels, so they are
+    /// stopped explicitly.
+    tasks: Vec<tokio::task::AbortHandle>,
     managed: bool,
 }
 
@@ -149,7 +153,15 @@ impl UplinkManager {
         });
         let hag = cfg.hag_addresses[0];
         let mut mgr =
-            UplinkManager { shared: shared.clone(), hag, probes: Vec::new(), driver: None, stop: None, managed: false };
+            UplinkManager {
+            shared: shared.clone(),
+            hag,
+            probes: Vec::new(),
+            driver: None,
+            stop: None,
+            tasks: Vec::new(),
+            managed: false,
+        };
         if !cfg.probe.enabled {
             info!("uplink manager disabled (probe.enabled: false): new connections start on the primary uplink");
             return Ok(mgr);
@@ -209,6 +221,7 @@ impl UplinkManager {
         }
 
         let (events_tx, events_rx) = mpsc::channel(64);
+        let mut carriers = Vec::new();
         for (i, u) in cfg.uplinks.iter().enumerate() {
             let source = match (u.mode, u.source_for(hag.ip())) {
                 (Mode::Off, _) | (_, None) => {
@@ -228,10 +241,11 @@ impl UplinkManager {
             })
             .map_err(|source| UplinkError::Probe { uplink: u.name.clone(), source })?;
             let mut rx = prober.subscribe();
+            carriers.push((u.interface.clone(), prober.carrier_control()));
             mgr.probes.push(Some(rx.clone()));
-            tokio::spawn(prober.run());
+            mgr.tasks.push(tokio::spawn(prober.run()).abort_handle());
             let tx = events_tx.clone();
-            tokio::spawn(async move {
+            let forwarder = tokio::spawn(async move {
                 while rx.changed().await.is_ok() {
                     let state = rx.borrow_and_update().state;
                     if tx.send((i, state)).await.is_err() {
@@ -239,8 +253,10 @@ impl UplinkManager {
                     }
                 }
             });
+            mgr.tasks.push(forwarder.abort_handle());
         }
         drop(events_tx);
+        mgr.tasks.push(tokio::spawn(carrier::watch_carrier(handle.clone(), carriers, cfg.probe.interval)).abort_handle());
         // Apply the start plan (everything Unknown = usable) before the first verdict.
         apply_plan(&pm, &shared).await;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -289,6 +305,9 @@ impl UplinkManager {
         }
         if let Some(d) = self.driver.take() {
             let _ = d.await;
+        }
+        for t in &self.tasks {
+            t.abort();
         }
         self.probes.clear();
         if self.managed {
