@@ -280,3 +280,78 @@ fn standby_lte_is_unused_until_dsl_dies() {
     assert!(noticed < Duration::from_millis(500), "carrier loss took {noticed:?} (probes alone need ~600 ms)");
     tb.dsl.set_carrier(true).unwrap();
 }
+
+/// Acceptance 4: `backup` LTE (subflow with the backup flag) carries < 1 % while DSL is healthy, takes the
+/// download after a DSL cut, and traffic returns to DSL once it is back.
+#[test]
+fn backup_lte_carries_only_while_dsl_is_down() {
+    let tb = Testbed::new(TestbedConfig {
+        dsl: LinkConfig::symmetric(Shape::mbit(40.0).delay_ms(5.0)),
+        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(10.0)) },
+        ..TestbedConfig::default()
+    })
+    .unwrap();
+    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
+    let dir = TempDir::new("backup");
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let _hag = start_hag(&tb, &dir);
+    let mut hcpe = start_hcpe(&tb, &dir, "backup");
+    wait_up(&mut hcpe, 2);
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let eps = tb.cpe.ip(&["mptcp", "endpoint", "show"]).unwrap();
+    assert!(
+        eps.lines().any(|l| l.contains(&addr::CPE_LTE.v4.to_string()) && l.contains("backup")),
+        "LTE endpoint with the backup flag:\n{eps}"
+    );
+
+    const SIZE: u64 = 24 << 20;
+    let (dsl0, lte0) = (tb.dsl.counters(Direction::Down).tx_bytes, tb.lte.counters(Direction::Down).tx_bytes);
+    let progress = Arc::new(AtomicU64::new(0));
+    let p2 = progress.clone();
+    let download =
+        tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(10)).progress(p2).download(SIZE)).unwrap();
+    let t0 = Instant::now();
+    let wait_progress = |n: u64| {
+        while progress.load(Ordering::Relaxed) < n {
+            assert!(t0.elapsed() < Duration::from_secs(30), "download does not progress:\n{}", hcpe.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_progress(4 << 20);
+    let dsl_up_phase = tb.dsl.counters(Direction::Down).tx_bytes - dsl0;
+    let lte_up_phase = tb.lte.counters(Direction::Down).tx_bytes - lte0;
+    let lte1 = tb.lte.counters(Direction::Down).tx_bytes;
+    let cut = Instant::now();
+    tb.dsl.cut();
+    let took_over = loop {
+        if tb.lte.counters(Direction::Down).tx_bytes - lte1 > 256 << 10 {
+            break cut.elapsed();
+        }
+        assert!(cut.elapsed() < Duration::from_secs(8), "LTE never took over:\n{}", hcpe.log());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    wait_progress(10 << 20);
+    let dsl2 = tb.dsl.counters(Direction::Down).tx_bytes;
+    tb.dsl.restore();
+    // Give DSL time to be declared up again and its subflow to rejoin, then measure the share.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (dsl3, lte3) = (tb.dsl.counters(Direction::Down).tx_bytes, tb.lte.counters(Direction::Down).tx_bytes);
+    wait_progress(18 << 20);
+    let dsl_back = tb.dsl.counters(Direction::Down).tx_bytes - dsl3;
+    let lte_back = tb.lte.counters(Direction::Down).tx_bytes - lte3;
+    let transfer = download.join().unwrap().unwrap_or_else(|e| panic!("download: {e}\n{}", hcpe.log()));
+    let lte_share = lte_up_phase as f64 / (dsl_up_phase + lte_up_phase) as f64;
+    let back_share = lte_back as f64 / (dsl_back + lte_back).max(1) as f64;
+    eprintln!(
+        "backup: LTE share while DSL healthy {:.3} %; LTE took over {took_over:?} after the cut; LTE share after DSL \
+         came back {:.1} % (DSL carried {} B from the restore to the end); max stall {:?}",
+        lte_share * 100.0,
+        back_share * 100.0,
+        tb.dsl.counters(Direction::Down).tx_bytes - dsl2,
+        transfer.timeline.max_stall()
+    );
+    assert!(lte_share < 0.01, "LTE carried {:.2} % while DSL was healthy", lte_share * 100.0);
+    assert!(took_over <= Duration::from_millis(1500), "LTE took over after {took_over:?}");
+    assert!(back_share < 0.1, "traffic did not return to DSL: LTE share {:.1} %", back_share * 100.0);
+    tb.dsl.restore();
+}
