@@ -19,6 +19,10 @@
 //!   socket; its return value is the number of bytes queued into the SYN. (`TCP_FASTOPEN_CONNECT` + connect +
 //!   write works too; `sendto` needs one syscall less and reports the count directly.) TFO sysctl bits are
 //!   per network namespace; [`check_tfo_sysctl`] explains what is missing.
+//! - A server that accepted a TFO connection must call [`await_tfo_handshake`] before its first write: the
+//!   kernel (6.18) accepts it while the initial subflow is in `SYN_RECV`, and bytes written then stay on the
+//!   MPTCP socket's queue after the third ACK until something else pushes them (a reply-then-wait exchange
+//!   stalls for ever).
 //! - Per-subflow backup flags are not part of `MPTCP_FULL_INFO`; [`SubflowInfo::backup`] is `None` and the
 //!   path manager's netlink events are the source for it.
 
@@ -34,7 +38,10 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-pub use socket::{ConnectOptions, ListenOptions, connect_with_data, listen, listen_with, syn_data_acked};
+pub use socket::{
+    ConnectOptions, ListenOptions, await_tfo_handshake, connect_with_data, listen, listen_with, push_pending,
+    syn_data_acked,
+};
 pub use tfo::{
     TFO_CLIENT_ENABLE, TFO_CLIENT_NO_COOKIE, TFO_SERVER_COOKIE_NOT_REQUIRED, TFO_SERVER_ENABLE, TfoRole,
     check_tfo_sysctl, check_tfo_value, read_tfo_sysctl,

@@ -152,6 +152,58 @@ pub async fn connect_with_data(
     Ok((stream, sent))
 }
 
+/// `TCP_SYN_RECV` of `include/net/tcp_states.h` (`tcpi_state`).
+const TCP_SYN_RECV: u8 = 3;
+
+/// Kernel workaround for accepted TCP Fast Open MPTCP connections; call it between `accept` and the first
+/// write. Returns whether it had to wait.
+///
+/// The bug (seen on Linux 6.18, reproduced by `tests/tests/mptcp_tfo_many.rs`): a listener accepts a TFO
+/// connection as soon as the SYN with data arrives, while the initial subflow is still in `SYN_RECV`. Bytes
+/// written then are queued on the MPTCP socket (its `write_seq` moves, `ss -M` shows them) but cannot go to a
+/// subflow that is not established, and the client's third ACK (MP_CAPABLE, no DSS) establishes the subflow
+/// without pushing that queue. The bytes stay unsent until something else pushes (the next write, an
+/// incoming DATA_ACK): a reply-then-wait protocol stalls for ever. Waiting here until the initial subflow has
+/// left `SYN_RECV` (its `TCP_INFO` state, polled every millisecond; there is no readiness event for it) makes
+/// the first write go out at once, at the same moment the kernel could have sent it anyway. The wait is
+/// bounded by `limit` (then `TimedOut`). Afterwards `TCP_NODELAY` is re-applied, which makes the kernel push
+/// whatever was queued meanwhile (`mptcp_check_and_set_pending`), so a write racing with this call is not
+/// stranded either. Plain TCP and connections accepted without SYN data return `Ok(false)` at once.
+pub async fn await_tfo_handshake(stream: &TcpStream, limit: Duration) -> io::Result<bool> {
+    let state = |s: &TcpStream| -> io::Result<u8> {
+        // SAFETY: libc::tcp_info is plain old data (integers only), so all-zero is a valid value.
+        let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
+        sys::getsockopt_into(s.as_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, &mut ti)?;
+        Ok(ti.tcpi_state)
+    };
+    if state(stream)? != TCP_SYN_RECV {
+        return Ok(false);
+    }
+    let deadline = tokio::time::Instant::now() + limit;
+    while state(stream)? == TCP_SYN_RECV {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("TFO handshake not completed within {limit:?}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    push_pending(stream)?;
+    Ok(true)
+}
+
+/// Makes the kernel push bytes queued on an MPTCP socket that no subflow has taken yet, by re-applying
+/// `TCP_NODELAY` (the MPTCP setsockopt path schedules a push when it is set); the Nagle setting is unchanged.
+pub fn push_pending(stream: &TcpStream) -> io::Result<()> {
+    let nodelay = stream.nodelay()?;
+    stream.set_nodelay(true)?;
+    if !nodelay {
+        stream.set_nodelay(false)?;
+    }
+    Ok(())
+}
+
 /// Whether data in the SYN made it: on a client, the server acknowledged the SYN data; on an accepted
 /// socket, the SYN carried data (`TCPI_OPT_SYN_DATA` of the initial subflow's `TCP_INFO`).
 pub fn syn_data_acked(fd: &impl AsFd) -> io::Result<bool> {
