@@ -477,6 +477,9 @@ async fn serve(
     let leftover = &buf[consumed..];
     let reply = Message::success().to_bytes().expect("bare header encodes");
     let early = async {
+        // Kernel workaround (see `await_tfo_handshake`): a reply written before the TFO handshake completes
+        // would stay queued on the MPTCP socket and the CPE would wait for ever.
+        common::mptcp::await_tfo_handshake(&client, timeout).await?;
         client.write_all(&reply).await?;
         server.write_all(leftover).await
     };
@@ -638,6 +641,7 @@ async fn reject(shared: &Shared, mut client: TcpStream, why: Refusal) {
         .to_bytes()
         .expect("error reply encodes");
     let linger = async {
+        common::mptcp::await_tfo_handshake(&client, shared.config.limits.connect_timeout).await?;
         client.write_all(&reply).await?;
         client.shutdown().await?;
         let mut sink = [0u8; 4096];

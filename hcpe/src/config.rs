@@ -102,9 +102,9 @@ pub struct HagFile {
     /// File with the shared secret (hex text or raw bytes); relative to this config file.
     pub key_file: PathBuf,
     /// Send the Convert request (and the client's first bytes) in the SYN with TCP Fast Open (0-RTT).
-    /// Off by default for now: on this kernel, with TFO about one MPTCP connection in a few hundred never
-    /// delivers hag's reply (seen on the testbed; under study), while without TFO none does.
-    #[serde(default)]
+    /// On by default. It needs a hag that waits for the TFO handshake before replying
+    /// (`common::mptcp::await_tfo_handshake`, a kernel MPTCP workaround), which this hag does.
+    #[serde(default = "default_fastopen")]
     pub fastopen: bool,
 }
 
@@ -499,4 +499,8 @@ fallback: reject
             assert_eq!(e.field(), Some(field), "{e}");
         }
     }
+}
+
+fn default_fastopen() -> bool {
+    true
 }

@@ -190,7 +190,7 @@ async fn exchange(
         bind: Some(SocketAddr::new(source, 0)),
         bind_device: None,
         mptcp: true,
-        fastopen: true,
+        fastopen: cfg.fastopen,
         timeout: cfg.limits.connect_timeout,
     };
     let (mut stream, sent) = connect_with_data(hag, &request, &opts).await.map_err(io_err)?;

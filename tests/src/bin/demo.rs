@@ -44,11 +44,9 @@ struct Cli {
     /// Progress line interval in milliseconds (default 1000, 500 with --quick).
     #[arg(long)]
     interval_ms: Option<u64>,
-    /// Let hcpe send the Convert request in the SYN (TCP Fast Open). Off by default: with
-    /// cookie-less TFO on this kernel the hag's reply does not reach hcpe (under investigation
-    /// in issue 4), and without it the connection still uses MPTCP with both subflows.
+    /// Do not let hcpe send the Convert request in the SYN (TCP Fast Open, on by default).
     #[arg(long)]
-    tfo: bool,
+    no_tfo: bool,
 }
 
 /// Link parameters of the demo (rates in Mbit/s, round-trip times in ms).
@@ -377,7 +375,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     println!("\n== Starting hag (in hag) and hcpe (in cpe)");
     let dir = ConfigDir::new()?;
     let hag_cfg = hag_config(&dir)?;
-    let hcpe_cfg = hcpe_config(&dir, cli.tfo)?;
+    let hcpe_cfg = hcpe_config(&dir, !cli.no_tfo)?;
     // Declared after `tb`: dropped (SIGTERM, then SIGKILL after the grace) before the testbed.
     let hag = start(&tb.hag, "hag", &hag_cfg, "listening")?;
     let hcpe = start(&tb.cpe, "hcpe", &hcpe_cfg, "hcpe ready")?;
