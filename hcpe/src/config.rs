@@ -102,8 +102,10 @@ pub struct HagFile {
     /// File with the shared secret (hex text or raw bytes); relative to this config file.
     pub key_file: PathBuf,
     /// Send the Convert request (and the client's first bytes) in the SYN with TCP Fast Open (0-RTT).
-    /// On by default. It needs a hag that waits for the TFO handshake before replying
-    /// (`common::mptcp::await_tfo_handshake`, a kernel MPTCP workaround), which this hag does.
+    /// Off by default for now. A hag of this version waits out the TFO handshake before replying
+    /// (`common::mptcp::await_tfo_handshake`, a kernel MPTCP workaround), so replies no longer get lost; but
+    /// about one TFO connection in five on the testbed still starts degraded (the second subflow does not
+    /// join and the first moves about 2 Mbit/s for seconds), which plain MPTCP never shows.
     #[serde(default = "default_fastopen")]
     pub fastopen: bool,
 }
@@ -502,5 +504,5 @@ fallback: reject
 }
 
 fn default_fastopen() -> bool {
-    true
+    false
 }
