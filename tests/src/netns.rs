@@ -661,3 +661,11 @@ pub fn bin_path(name: &str) -> PathBuf {
     }
     p
 }
+
+/// A scratch directory for a daemon's generated config and key files, removed on drop (also on panic).
+/// `cpe.key` inside it holds `key_hex`, the shared secret the generated hcpe and hag configs point at.
+pub fn config_dir(tag: &str, key_hex: &str) -> std::io::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix(&format!("{tag}-{}-", std::process::id())).tempdir()?;
+    std::fs::write(dir.path().join("cpe.key"), key_hex)?;
+    Ok(dir)
+}

@@ -7,7 +7,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tests::emulator::{Direction, LinkConfig, Shape};
@@ -20,24 +19,10 @@ const CPE_ID: &str = "e2e-cpe";
 /// Destination hag refuses by policy (nothing listens there either).
 const DENIED4: &str = "198.18.4.3";
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "hcpe-e2e-{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::write(p.join("cpe.key"), KEY_HEX).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+type TempDir = tempfile::TempDir;
+
+fn config_dir(tag: &str) -> TempDir {
+    tests::netns::config_dir(&format!("hcpe-e2e-{tag}"), KEY_HEX).unwrap()
 }
 
 fn write_hag_config(dir: &TempDir) -> PathBuf {
@@ -50,7 +35,7 @@ fn write_hag_config(dir: &TempDir) -> PathBuf {
         addr::HAG_SERVICE.v4,
         addr::HAG_SERVICE.v6
     );
-    let path = dir.0.join("hag.yaml");
+    let path = dir.path().join("hag.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
 }
@@ -80,7 +65,7 @@ fn write_hcpe_config_with(dir: &TempDir, fallback: &str, offload: &str) -> PathB
         // request in the SYN (correct since hag waits out the handshake, but sometimes slow to aggregate).
         tfo = std::env::var("HCPE_E2E_TFO").unwrap_or_else(|_| "false".into()),
     );
-    let path = dir.0.join(format!("hcpe-{fallback}-{offload}.yaml"));
+    let path = dir.path().join(format!("hcpe-{fallback}-{offload}.yaml"));
     std::fs::write(&path, yaml).unwrap();
     path
 }
@@ -163,7 +148,7 @@ fn expect_reset(ns: &Netns, dst: SocketAddr) -> Duration {
 #[test]
 fn hcpe_carries_v4_and_v6_over_both_uplinks_intact() {
     let tb = testbed(Shape::mbit(100.0).delay_ms(2.0));
-    let dir = TempDir::new("bulk");
+    let dir = config_dir("bulk");
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = start_hag(&tb, &dir);
     let mut hcpe = start_hcpe(&tb.cpe, &dir, "reject");
@@ -199,7 +184,7 @@ fn hcpe_carries_v4_and_v6_over_both_uplinks_intact() {
 #[test]
 fn hcpe_refusals_reset_the_client() {
     let tb = testbed(Shape::default());
-    let dir = TempDir::new("refuse");
+    let dir = config_dir("refuse");
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = start_hag(&tb, &dir);
     let _hcpe = start_hcpe(&tb.cpe, &dir, "direct");
@@ -220,7 +205,7 @@ fn hcpe_refusals_reset_the_client() {
 #[test]
 fn hcpe_fallback_direct_and_reject_when_hag_is_down() {
     let tb = testbed(Shape::default());
-    let dir = TempDir::new("fallback");
+    let dir = config_dir("fallback");
     let server = Server::start(&tb.inet, 0).unwrap();
     // No hag at all: connections to the service address are refused.
     {
@@ -251,7 +236,7 @@ fn hcpe_fallback_direct_and_reject_when_hag_is_down() {
 #[test]
 fn hcpe_removes_its_rules_routes_and_tun_on_exit_and_after_a_crash() {
     let tb = testbed(Shape::default());
-    let dir = TempDir::new("cleanup");
+    let dir = config_dir("cleanup");
     let before = hcpe_state(&tb.cpe);
     assert!(before.is_empty(), "{before:?}");
 
@@ -287,7 +272,7 @@ fn open_fds(pid: u32) -> usize {
 #[test]
 fn hcpe_many_connections_leave_no_flow_and_no_fd_behind() {
     let tb = testbed(Shape::default());
-    let dir = TempDir::new("many");
+    let dir = config_dir("many");
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = start_hag(&tb, &dir);
     let mut hcpe = start_hcpe(&tb.cpe, &dir, "reject");
@@ -336,7 +321,7 @@ fn hcpe_many_connections_leave_no_flow_and_no_fd_behind() {
 #[ignore]
 fn hcpe_bench_tun_path_vs_routed() {
     let tb = testbed(Shape::default());
-    let dir = TempDir::new("bench");
+    let dir = config_dir("bench");
     let server = Server::start(&tb.inet, 0).unwrap();
     let dst = server_addr(&server, false);
     const SIZE: u64 = 512 << 20;
@@ -359,7 +344,7 @@ fn hcpe_bench_tun_path_vs_routed() {
 fn hcpe_resets_connections_it_lost_in_a_restart() {
     use std::io::{Read, Write};
     let tb = testbed(Shape::default());
-    let dir = TempDir::new("restart");
+    let dir = config_dir("restart");
     let server = Server::start(&tb.inet, 0).unwrap();
     let dst = server_addr(&server, false);
     let mut hcpe = start_hcpe(&tb.cpe, &dir, "direct");
@@ -393,7 +378,7 @@ fn hcpe_resets_connections_it_lost_in_a_restart() {
 #[ignore]
 fn hcpe_bench_time_to_first_byte() {
     let tb = testbed(Shape::default());
-    let dir = TempDir::new("ttfb");
+    let dir = config_dir("ttfb");
     let server = Server::start(&tb.inet, 0).unwrap();
     let dst = server_addr(&server, false);
     let run = || tb.lan.within(move || Client::new(dst).short_connections(300, 100, 100)).unwrap().unwrap();

@@ -7,7 +7,6 @@
 //! go unanswered, so the kernel closes that subflow and reinjects its data on LTE.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,24 +19,10 @@ use tests::traffic::{Client, Server};
 const KEY_HEX: &str = "75706c696e6b206661696c6f7665722074657374206b6579203031323334353637";
 const CPE_ID: &str = "failover-cpe";
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "uplink-failover-{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::write(p.join("cpe.key"), KEY_HEX).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+type TempDir = tempfile::TempDir;
+
+fn config_dir(tag: &str) -> TempDir {
+    tests::netns::config_dir(&format!("uplink-failover-{tag}"), KEY_HEX).unwrap()
 }
 
 fn start_hag(tb: &Testbed, dir: &TempDir) -> ChildGuard {
@@ -49,7 +34,7 @@ fn start_hag(tb: &Testbed, dir: &TempDir) -> ChildGuard {
          log_level: info\n",
         addr::HAG_SERVICE.v4,
     );
-    let path = dir.0.join("hag.yaml");
+    let path = dir.path().join("hag.yaml");
     std::fs::write(&path, yaml).unwrap();
     let mut hag = tb.hag.spawn(bin_path("hag"), &["--config", path.to_str().unwrap()]).unwrap();
     assert!(hag.wait_for_log("listening", Duration::from_secs(10)), "hag did not start:\n{}", hag.log());
@@ -74,7 +59,7 @@ fn start_hcpe(tb: &Testbed, dir: &TempDir, lte_mode: &str) -> ChildGuard {
         l4 = addr::CPE_LTE.v4,
         gl4 = addr::HAG_LTE.v4,
     );
-    let path = dir.0.join("hcpe.yaml");
+    let path = dir.path().join("hcpe.yaml");
     std::fs::write(&path, yaml).unwrap();
     let mut hcpe = tb.cpe.spawn(bin_path("hcpe"), &["--config", path.to_str().unwrap()]).unwrap();
     assert!(hcpe.wait_for_log("uplink manager started", Duration::from_secs(10)), "hcpe did not start:\n{}", hcpe.log());
@@ -111,7 +96,7 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
     })
     .unwrap();
     tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
-    let dir = TempDir::new("cut");
+    let dir = config_dir("cut");
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = start_hag(&tb, &dir);
     let mut hcpe = start_hcpe(&tb, &dir, "active");
@@ -222,7 +207,7 @@ fn standby_lte_is_unused_until_dsl_dies() {
     })
     .unwrap();
     tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
-    let dir = TempDir::new("standby");
+    let dir = config_dir("standby");
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = start_hag(&tb, &dir);
     let mut hcpe = start_hcpe(&tb, &dir, "standby");
@@ -292,7 +277,7 @@ fn backup_lte_carries_only_while_dsl_is_down() {
     })
     .unwrap();
     tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
-    let dir = TempDir::new("backup");
+    let dir = config_dir("backup");
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = start_hag(&tb, &dir);
     let mut hcpe = start_hcpe(&tb, &dir, "backup");
