@@ -6,6 +6,8 @@
 //!   [`testbed::addr`], interface names in [`testbed::ifname`]).
 //! - [`emulator`]: the userspace link emulator (rate, delay, jitter, loss, cut, carrier,
 //!   counters per direction), driven live through [`Testbed::dsl`] / [`Testbed::lte`].
+//! - [`daemons`]: config writers and starters for the real `hag` and `hcpe`, and a tiny HTTP client for
+//!   their admin APIs.
 //! - [`traffic`]: traffic server/client with SHA-256 verification, request/response, progress
 //!   timelines and one-way delay probes.
 //!
@@ -41,6 +43,7 @@
 //! tb.dsl.restore();
 //! ```
 
+pub mod daemons;
 pub mod emulator;
 pub mod netns;
 pub mod testbed;
