@@ -6,68 +6,35 @@
 //! data, a reset (not a hang) where the design says reset, and no rule/route/device of hcpe's left behind.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tests::daemons::{self, HagSpec, HcpeSpec};
 use tests::emulator::{Direction, LinkConfig, Shape};
-use tests::netns::{ChildGuard, Netns, bin_path};
+use tests::netns::{ChildGuard, Netns};
 use tests::testbed::{Testbed, TestbedConfig, addr};
 use tests::traffic::{Client, Server};
 
-const KEY_HEX: &str = "6863706520653265207465737420b5e7c1d2a3b4c5d6e7f80112233445566778";
-const CPE_ID: &str = "e2e-cpe";
 /// Destination hag refuses by policy (nothing listens there either).
 const DENIED4: &str = "198.18.4.3";
 
 type TempDir = tempfile::TempDir;
 
 fn config_dir(tag: &str) -> TempDir {
-    tests::netns::config_dir(&format!("hcpe-e2e-{tag}"), KEY_HEX).unwrap()
+    daemons::config_dir(&format!("hcpe-e2e-{tag}")).unwrap()
 }
 
-fn write_hag_config(dir: &TempDir) -> PathBuf {
-    let yaml = format!(
-        "listen: ['{}', '[{}]']\n\
-         clients:\n  {CPE_ID}: {{key_file: cpe.key}}\n\
-         destinations:\n  allow: [198.18.4.0/24, '2001:2:0:4::/64']\n  deny: [{DENIED4}/32]\n\
-         limits:\n  connect_timeout: 2s\n  drain_deadline: 1s\n\
-         log_level: info\n",
-        addr::HAG_SERVICE.v4,
-        addr::HAG_SERVICE.v6
-    );
-    let path = dir.path().join("hag.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
-fn write_hcpe_config(dir: &TempDir, fallback: &str) -> PathBuf {
-    let offload = std::env::var("HCPE_E2E_OFFLOAD").unwrap_or_else(|_| "false".into());
-    write_hcpe_config_with(dir, fallback, &offload)
-}
-
-fn write_hcpe_config_with(dir: &TempDir, fallback: &str, offload: &str) -> PathBuf {
-    let yaml = format!(
-        "lan_interfaces: [lan0]\n\
-         tun: {{ name: hcpe0, queues: 2, offload: {offload} }}\n\
-         hag:\n  addresses: ['{hag4}']\n  cpe_id: {CPE_ID}\n  key_file: cpe.key\n  fastopen: {tfo}\n\
-         uplinks:\n\
-         \x20 - {{ name: dsl, interface: dsl0, ipv4: {{ address: {d4} }}, ipv6: {{ address: '{d6}' }} }}\n\
-         \x20 - {{ name: lte, interface: lte0, ipv4: {{ address: {l4} }}, ipv6: {{ address: '{l6}' }} }}\n\
-         fallback: {fallback}\n\
-         limits: {{ connect_timeout: 500ms, reply_timeout: 2s }}\n\
-         log_level: hcpe=debug\n",
-        hag4 = addr::HAG_SERVICE.v4,
-        d4 = addr::CPE_DSL.v4,
-        d6 = addr::CPE_DSL.v6,
-        l4 = addr::CPE_LTE.v4,
-        l6 = addr::CPE_LTE.v6,
-        // TFO off, as shipped (see hcpe's `fastopen`); HCPE_E2E_TFO=true runs the suite with the Convert
-        // request in the SYN (correct since hag waits out the handshake, but sometimes slow to aggregate).
-        tfo = std::env::var("HCPE_E2E_TFO").unwrap_or_else(|_| "false".into()),
-    );
-    let path = dir.path().join(format!("hcpe-{fallback}-{offload}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    path
+/// hcpe as these tests run it: uplinks with addresses only (the testbed's source routing), `tun.offload` from
+/// `HCPE_E2E_OFFLOAD`, TFO from `HCPE_E2E_TFO` (off, as shipped: see hcpe's `fastopen`).
+fn hcpe_spec(fallback: &str) -> HcpeSpec {
+    let env_bool = |k: &str| std::env::var(k).ok().map(|v| v == "true");
+    HcpeSpec {
+        fallback: fallback.into(),
+        offload: env_bool("HCPE_E2E_OFFLOAD"),
+        fastopen: env_bool("HCPE_E2E_TFO").unwrap_or(false),
+        limits: "{ connect_timeout: 500ms, reply_timeout: 2s }".into(),
+        ..HcpeSpec::default()
+    }
 }
 
 /// The testbed with MPTCP endpoints for a second subflow over LTE.
@@ -78,31 +45,21 @@ fn testbed(link: Shape) -> Testbed {
         ..TestbedConfig::default()
     })
     .unwrap();
-    tb.cpe.ip(&["mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "2"]).unwrap();
-    let l4 = addr::CPE_LTE.v4.to_string();
-    let l6 = addr::CPE_LTE.v6.to_string();
-    tb.cpe.ip(&["mptcp", "endpoint", "add", &l4, "dev", "lte0", "subflow"]).unwrap();
-    tb.cpe.ip(&["mptcp", "endpoint", "add", &l6, "dev", "lte0", "subflow"]).unwrap();
-    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "2"]).unwrap();
+    daemons::static_endpoints(&tb).unwrap();
     tb
 }
 
 fn start_hag(tb: &Testbed, dir: &TempDir) -> ChildGuard {
-    let cfg = write_hag_config(dir);
-    let mut hag = tb.hag.spawn(bin_path("hag").to_str().unwrap(), &["--config", cfg.to_str().unwrap()]).unwrap();
-    assert!(hag.wait_for_log("listening", Duration::from_secs(10)), "hag did not start:\n{}", hag.log());
-    hag
+    start_hag_with(tb, dir, &HagSpec::default())
 }
 
-fn start_hcpe(ns: &Netns, dir: &TempDir, fallback: &str) -> ChildGuard {
-    let cfg = write_hcpe_config(dir, fallback);
-    spawn_hcpe(ns, cfg)
+fn start_hag_with(tb: &Testbed, dir: &TempDir, spec: &HagSpec) -> ChildGuard {
+    let spec = HagSpec { deny: vec![format!("{DENIED4}/32")], ..spec.clone() };
+    daemons::start_hag(tb, dir.path(), &spec).unwrap()
 }
 
-fn spawn_hcpe(ns: &Netns, cfg: PathBuf) -> ChildGuard {
-    let mut hcpe = ns.spawn(bin_path("hcpe").to_str().unwrap(), &["--config", cfg.to_str().unwrap()]).unwrap();
-    assert!(hcpe.wait_for_log("hcpe ready", Duration::from_secs(10)), "hcpe did not start:\n{}", hcpe.log());
-    hcpe
+fn start_hcpe(tb: &Testbed, dir: &TempDir, fallback: &str) -> ChildGuard {
+    daemons::start_hcpe(tb, dir.path(), &hcpe_spec(fallback)).unwrap()
 }
 
 fn server_addr(server: &Server, v6: bool) -> SocketAddr {
@@ -145,32 +102,76 @@ fn expect_reset(ns: &Netns, dst: SocketAddr) -> Duration {
     elapsed
 }
 
+/// The CPE-side addresses of the subflows hag's admin API shows for its connection to `dst`, once it has two
+/// established ones (or whatever it has after `timeout`), and whether that connection is MPTCP.
+fn hag_subflows(tb: &Testbed, dir: &Path, dst: SocketAddr, timeout: Duration) -> (bool, Vec<IpAddr>) {
+    let api = SocketAddr::from(([127, 0, 0, 1], daemons::HAG_ADMIN_PORT));
+    let token = daemons::admin_token(dir).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut last = (false, Vec::new());
+    while Instant::now() < deadline {
+        let r = daemons::http(&tb.hag, api, "GET", "/api/v1/connections", Some(&token), None).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let conns: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let ours = conns.as_array().unwrap().iter().find(|c| c["destination"] == dst.to_string());
+        if let Some(c) = ours {
+            let established = c["subflows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["tcp_state"] == 1)
+                .filter_map(|f| f["remote"].as_str()?.parse::<SocketAddr>().ok().map(|a| a.ip()))
+                .collect::<Vec<_>>();
+            last = (c["token"].is_u64() && c["fallback"] == false, established);
+            if last.1.len() >= 2 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    last
+}
+
 #[test]
 fn hcpe_carries_v4_and_v6_over_both_uplinks_intact() {
     let tb = testbed(Shape::mbit(100.0).delay_ms(2.0));
     let dir = config_dir("bulk");
     let server = Server::start(&tb.inet, 0).unwrap();
-    let _hag = start_hag(&tb, &dir);
-    let mut hcpe = start_hcpe(&tb.cpe, &dir, "reject");
+    let _hag = start_hag_with(&tb, &dir, &HagSpec { admin: true, ..HagSpec::default() });
+    let mut hcpe = start_hcpe(&tb, &dir, "reject");
     const SIZE: u64 = 64 << 20;
     for v6 in [false, true] {
         let dst = server_addr(&server, v6);
         for upload in [false, true] {
             let dir_ = if upload { Direction::Up } else { Direction::Down };
             let (d0, l0) = (tb.dsl.counters(dir_).tx_bytes, tb.lte.counters(dir_).tx_bytes);
-            let t = tb
+            let transfer = tb
                 .lan
-                .within(move || {
+                .thread(move || {
                     let c = Client::new(dst).timeout(Duration::from_secs(20));
                     if upload { c.upload(SIZE) } else { c.download(SIZE) }
                 })
+                .unwrap();
+            // hag's socket for this connection: MPTCP with a subflow from each uplink (hcpe reaches hag over IPv4).
+            let (mptcp, subflows) = hag_subflows(&tb, dir.path(), dst, Duration::from_secs(4));
+            let t = transfer
+                .join()
                 .unwrap()
                 .unwrap_or_else(|e| panic!("v6={v6} upload={upload}: {e}\nhcpe log:\n{}", hcpe.log()));
+            let mut sorted = subflows.clone();
+            sorted.sort();
+            assert!(mptcp, "v6={v6} upload={upload}: hag's connection is not MPTCP");
+            assert_eq!(
+                sorted,
+                vec![IpAddr::V4(addr::CPE_DSL.v4), IpAddr::V4(addr::CPE_LTE.v4)],
+                "v6={v6} upload={upload}: hag's subflows come from the DSL and the LTE address"
+            );
             let dsl = tb.dsl.counters(dir_).tx_bytes - d0;
             let lte = tb.lte.counters(dir_).tx_bytes - l0;
             let share = dsl as f64 / (dsl + lte) as f64;
             eprintln!(
-                "v6={v6} upload={upload}: {:.1} Mbit/s, dsl {dsl} B, lte {lte} B, dsl share {share:.2}",
+                "v6={v6} upload={upload}: {:.1} Mbit/s, dsl {dsl} B, lte {lte} B, dsl share {share:.2}, \
+                 hag subflows from {subflows:?}",
                 t.mbit_per_s()
             );
             assert!((0.2..=0.8).contains(&share), "each uplink carries >= 20 %: dsl {dsl}, lte {lte}");
@@ -187,7 +188,7 @@ fn hcpe_refusals_reset_the_client() {
     let dir = config_dir("refuse");
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = start_hag(&tb, &dir);
-    let _hcpe = start_hcpe(&tb.cpe, &dir, "direct");
+    let _hcpe = start_hcpe(&tb, &dir, "direct");
     // Server refuses (closed port): hag answers an Error, hcpe resets the client.
     let closed = SocketAddr::new(addr::INET_SERVER.ip(false), 1);
     let took = expect_reset(&tb.lan, closed);
@@ -209,7 +210,7 @@ fn hcpe_fallback_direct_and_reject_when_hag_is_down() {
     let server = Server::start(&tb.inet, 0).unwrap();
     // No hag at all: connections to the service address are refused.
     {
-        let mut hcpe = start_hcpe(&tb.cpe, &dir, "direct");
+        let mut hcpe = start_hcpe(&tb, &dir, "direct");
         for v6 in [false, true] {
             let dst = server_addr(&server, v6);
             tb.lan
@@ -220,7 +221,7 @@ fn hcpe_fallback_direct_and_reject_when_hag_is_down() {
         assert!(hcpe.log().contains("fallback=Direct"));
         hcpe.kill();
     }
-    let mut hcpe = start_hcpe(&tb.cpe, &dir, "reject");
+    let mut hcpe = start_hcpe(&tb, &dir, "reject");
     let took = expect_reset(&tb.lan, server_addr(&server, false));
     assert!(took < Duration::from_secs(1), "reject took {took:?}");
     // hag unreachable (DSL and LTE blackholed): connect timeout, then reset, never a hang.
@@ -240,7 +241,7 @@ fn hcpe_removes_its_rules_routes_and_tun_on_exit_and_after_a_crash() {
     let before = hcpe_state(&tb.cpe);
     assert!(before.is_empty(), "{before:?}");
 
-    let mut hcpe = start_hcpe(&tb.cpe, &dir, "direct");
+    let mut hcpe = start_hcpe(&tb, &dir, "direct");
     let running = hcpe_state(&tb.cpe);
     assert!(running.iter().any(|l| l.contains("ipproto tcp lookup 5124")), "{running:?}");
     assert!(running.iter().any(|l| l.contains("default dev hcpe0")), "{running:?}");
@@ -249,14 +250,14 @@ fn hcpe_removes_its_rules_routes_and_tun_on_exit_and_after_a_crash() {
     assert_eq!(hcpe_state(&tb.cpe), Vec::<String>::new(), "after SIGTERM");
 
     // Crash: rules stay behind (the TUN and its routes go with the process).
-    let mut crashed = start_hcpe(&tb.cpe, &dir, "direct");
+    let mut crashed = start_hcpe(&tb, &dir, "direct");
     crashed.signal(libc::SIGKILL);
     crashed.wait_timeout(Duration::from_secs(5));
     let left = hcpe_state(&tb.cpe);
     assert!(left.iter().any(|l| l.contains("proto 72")), "a crash leaves rules: {left:?}");
 
     // Restart: leftovers are replaced, not duplicated.
-    let mut again = start_hcpe(&tb.cpe, &dir, "direct");
+    let mut again = start_hcpe(&tb, &dir, "direct");
     assert!(again.log().contains("removed leftovers"), "{}", again.log());
     let routing = |state: Vec<String>| state.into_iter().filter(|l| l.contains("proto 72")).collect::<Vec<_>>();
     assert_eq!(routing(hcpe_state(&tb.cpe)), routing(running), "same rules and routes as the first run, no duplicates");
@@ -275,7 +276,7 @@ fn hcpe_many_connections_leave_no_flow_and_no_fd_behind() {
     let dir = config_dir("many");
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = start_hag(&tb, &dir);
-    let mut hcpe = start_hcpe(&tb.cpe, &dir, "reject");
+    let mut hcpe = start_hcpe(&tb, &dir, "reject");
     let dst = server_addr(&server, false);
     // Warm up (lazily opened descriptors), then count.
     tb.lan.within(move || Client::new(dst).download(1000)).unwrap().unwrap();
@@ -328,9 +329,9 @@ fn hcpe_bench_tun_path_vs_routed() {
     let run = || tb.lan.within(move || Client::new(dst).download(SIZE)).unwrap().unwrap().mbit_per_s();
     let routed = run();
     let mut results = vec![];
-    for offload in ["false", "true"] {
-        let mut hcpe = spawn_hcpe(&tb.cpe, write_hcpe_config_with(&dir, "direct", offload));
-        assert!(hcpe.wait_for_log("hcpe ready", Duration::from_secs(10)));
+    for offload in [false, true] {
+        let spec = HcpeSpec { offload: Some(offload), ..hcpe_spec("direct") };
+        let mut hcpe = daemons::start_hcpe(&tb, dir.path(), &spec).unwrap();
         results.push((offload, run()));
         hcpe.kill();
     }
@@ -347,7 +348,7 @@ fn hcpe_resets_connections_it_lost_in_a_restart() {
     let dir = config_dir("restart");
     let server = Server::start(&tb.inet, 0).unwrap();
     let dst = server_addr(&server, false);
-    let mut hcpe = start_hcpe(&tb.cpe, &dir, "direct");
+    let mut hcpe = start_hcpe(&tb, &dir, "direct");
     // A LAN connection through hcpe (no hag: carried directly), idle.
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -364,7 +365,7 @@ fn hcpe_resets_connections_it_lost_in_a_restart() {
     std::thread::sleep(Duration::from_millis(300));
     hcpe.signal(libc::SIGKILL);
     hcpe.wait_timeout(Duration::from_secs(5));
-    let _hcpe = start_hcpe(&tb.cpe, &dir, "direct");
+    let _hcpe = start_hcpe(&tb, &dir, "direct");
     tx.send(()).unwrap();
     let (took, result) = done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(result, Err(std::io::ErrorKind::ConnectionReset), "after {took:?}");
@@ -385,14 +386,9 @@ fn hcpe_bench_time_to_first_byte() {
     let direct = run();
     let _hag = start_hag(&tb, &dir);
     let mut out = vec![];
-    for tfo in ["false", "true"] {
-        let cfg = write_hcpe_config_with(&dir, "reject", "false");
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("fastopen: true", "fastopen: false")
-            .replace("fastopen: false", &format!("fastopen: {tfo}"));
-        std::fs::write(&cfg, text).unwrap();
-        let mut hcpe = spawn_hcpe(&tb.cpe, cfg);
+    for tfo in [false, true] {
+        let spec = HcpeSpec { fastopen: tfo, offload: Some(false), ..hcpe_spec("reject") };
+        let mut hcpe = daemons::start_hcpe(&tb, dir.path(), &spec).unwrap();
         out.push((tfo, tb.lan.within(move || Client::new(dst).short_connections(300, 100, 100)).unwrap()));
         hcpe.kill();
     }
