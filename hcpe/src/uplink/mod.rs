@@ -1,35 +1,46 @@
 //! The uplink manager (issue 5): health of every uplink towards hag, source-based policy routing per uplink,
-//! the kernel's MPTCP endpoints per uplink, and the choice of the uplink new connections start on.
+//! the kernel's MPTCP endpoints per uplink, the live mode of each uplink, and the choice of the uplink new
+//! connections start on.
 //!
 //! Pieces: [`settings`] (config types: role, mode, probe timers), [`decide`] (sans-IO: role/mode/health ->
 //! endpoint flags and initial uplink), [`routing`] (`from <src> lookup <table>` + default route per uplink).
-//! This file is the async driver: one `common::probe::Prober` per uplink, one task applying the decisions
-//! through `common::pm` whenever a verdict changes.
+//! This file is the async driver: one `common::probe::Prober` per probed uplink, one task (the [`Driver`])
+//! that owns the path manager and applies the decisions whenever a verdict or a mode changes, and the
+//! [`UplinkControl`] handle other parts (admin API, volume quotas) change modes through.
 //!
 //! Invariants:
-//! - the initial-uplink choice is published (to [`UplinkManager::source_for`]) before any netlink work on a
-//!   verdict change, so new connections move to the healthy uplink at once;
+//! - the mutable state (mode, health, endpoint, addresses) lives in one lock ([`Shared::live`]); a new mode or
+//!   verdict is published there before any netlink work, so new connections move at once;
 //! - the endpoint table holds, for the uplinks' addresses, exactly what [`decide::endpoint_plan`] says (a
 //!   Down uplink's endpoint is deleted: the kernel closes its subflows and reinjects their data; re-added on
-//!   Up: the in-kernel path manager then opens the subflow again on every existing connection);
+//!   Up: the in-kernel path manager then opens the subflow again on every existing connection); an
+//!   active<->backup change keeps the endpoint and uses SET_FLAGS, so the kernel sends MP_PRIO to hag;
+//! - an uplink is probed exactly while its mode is not `off` and it has an address towards hag;
 //! - every endpoint, rule and route added is removed by [`UplinkManager::shutdown`]; a start after a crash
 //!   removes leftovers first (endpoints on the uplinks' addresses, rules/routes with [`routing::RT_PROTO_UPLINK`]);
-//! - all netlink sockets belong to the namespace of the thread that called [`UplinkManager::start`].
+//! - all netlink sockets belong to the namespace of the thread that called [`UplinkManager::start`];
+//! - with `probe.enabled: false` nothing is touched in the kernel: [`UplinkControl::set_mode`] only records
+//!   the mode (which still steers the initial-uplink choice).
 
 pub mod carrier;
 pub mod decide;
 pub mod routing;
 pub mod settings;
+#[cfg(test)]
+mod tests;
+pub mod volume;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use common::net::Netlink;
-use common::pm::{Endpoint, EndpointFlags, Limits, PathManager};
+use common::pm::{Endpoint, EndpointFlags, Limits, PathManager, PmError};
 use common::probe::{HealthConfig, HealthState, Prober, ProberConfig, UplinkHealth};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use futures::TryStreamExt as _;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{info, warn};
 
 use crate::config::{Config, Uplink};
@@ -44,7 +55,7 @@ pub enum UplinkError {
     Net(#[from] common::net::NetError),
     /// The MPTCP path manager failed.
     #[error("MPTCP path manager: {0}")]
-    Pm(#[from] common::pm::PmError),
+    Pm(#[from] PmError),
     /// A prober could not start.
     #[error("uplink {uplink}: probe: {source}")]
     Probe {
@@ -55,12 +66,53 @@ pub enum UplinkError {
     },
 }
 
+/// Why an uplink's mode changed; logged with the change and counted per reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeReason {
+    /// The mode from the config file at start.
+    Config,
+    /// An operator through the admin API.
+    Admin,
+    /// A config reload changed it.
+    Reload,
+    /// The uplink's volume quota was crossed (or a new period began).
+    Quota,
+}
+
+impl ModeReason {
+    /// Every reason, in the order of [`UplinkControl::mode_changes`].
+    pub const ALL: [ModeReason; 4] = [ModeReason::Config, ModeReason::Admin, ModeReason::Reload, ModeReason::Quota];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModeReason::Config => "config",
+            ModeReason::Admin => "admin",
+            ModeReason::Reload => "reload",
+            ModeReason::Quota => "quota",
+        }
+    }
+}
+
+/// Errors of [`UplinkControl::set_mode`].
+#[derive(Debug, thiserror::Error)]
+pub enum SetModeError {
+    /// No uplink has this name.
+    #[error("no uplink named {0:?}")]
+    UnknownUplink(String),
+    /// The mode is recorded (and steers new connections) but the kernel refused the endpoint change; it is
+    /// retried on the next health or mode change.
+    #[error("mode recorded, but the MPTCP endpoints could not follow: {0}")]
+    Pm(#[from] PmError),
+}
+
 /// One uplink as the admin API shows it.
 #[derive(Debug, Clone)]
 pub struct UplinkStatus {
     pub name: String,
     pub interface: String,
     pub role: Role,
+    /// The live mode (config, or changed since through [`UplinkControl::set_mode`]).
     pub mode: Mode,
     /// Health verdict (`Unknown` when the uplink is not probed: `off`, or no address towards hag).
     pub state: HealthState,
@@ -70,35 +122,105 @@ pub struct UplinkStatus {
     pub endpoint: Option<EndpointFlags>,
     /// New connections start on this uplink now.
     pub initial: bool,
+    /// The uplink's local addresses now (configured, or learned from its interface after renumbering).
+    pub addresses: Vec<IpAddr>,
 }
 
-/// What the driver task and the connection tasks share.
+/// An uplink's local addresses now, one per family at most.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Addrs {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl Addrs {
+    /// The configured addresses of `u` (none for a family whose address is learned).
+    pub fn configured(u: &Uplink) -> Addrs {
+        Addrs { v4: u.ipv4.map(|f| f.address), v6: u.ipv6.map(|f| f.address) }
+    }
+
+    /// The address of `peer`'s family.
+    pub fn for_peer(&self, peer: IpAddr) -> Option<IpAddr> {
+        match peer {
+            IpAddr::V4(_) => self.v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.v6.map(IpAddr::V6),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = IpAddr> + use<> {
+        self.v4.map(IpAddr::V4).into_iter().chain(self.v6.map(IpAddr::V6))
+    }
+}
+
+/// The mutable state of one uplink.
+#[derive(Debug, Clone)]
+struct Live {
+    mode: Mode,
+    health: HealthState,
+    endpoint: Option<EndpointFlags>,
+    addrs: Addrs,
+    probe: Option<watch::Receiver<UplinkHealth>>,
+}
+
+/// What the driver task, the control handles and the connection tasks share.
 #[derive(Debug)]
 struct Shared {
     uplinks: Vec<Uplink>,
-    /// Health verdict per uplink, written by the driver on every change.
-    health: RwLock<Vec<HealthState>>,
-    /// Endpoint flags in force per uplink.
-    endpoints: RwLock<Vec<Option<EndpointFlags>>>,
+    hag: SocketAddr,
+    live: RwLock<Vec<Live>>,
+    /// Mode changes per [`ModeReason`] (index as in [`ModeReason::ALL`]).
+    mode_changes: [AtomicU64; 4],
 }
 
 impl Shared {
-    fn views(&self, family_of: Option<IpAddr>) -> Vec<View> {
-        let health = self.health.read().expect("not poisoned");
-        self.uplinks
+    fn new(cfg: &Config) -> Shared {
+        let live = cfg
+            .uplinks
             .iter()
-            .zip(health.iter())
-            .map(|(u, h)| View {
-                role: u.role,
+            .map(|u| Live {
                 mode: u.mode,
-                health: *h,
-                has_source: match family_of {
-                    Some(peer) => u.source_for(peer).is_some(),
-                    None => u.ipv4.is_some() || u.ipv6.is_some(),
-                },
+                health: HealthState::Unknown,
+                endpoint: None,
+                addrs: Addrs::configured(u),
+                probe: None,
             })
-            .collect()
+            .collect();
+        Shared {
+            uplinks: cfg.uplinks.clone(),
+            hag: cfg.hag_addresses[0],
+            live: RwLock::new(live),
+            mode_changes: Default::default(),
+        }
     }
+
+    fn live(&self) -> std::sync::RwLockReadGuard<'_, Vec<Live>> {
+        self.live.read().expect("not poisoned")
+    }
+
+    fn live_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Live>> {
+        self.live.write().expect("not poisoned")
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.uplinks.iter().position(|u| u.name == name)
+    }
+}
+
+/// The decision inputs of every uplink; `family_of`: only addresses of that family count as a source.
+fn views(uplinks: &[Uplink], live: &[Live], family_of: Option<IpAddr>) -> Vec<View> {
+    uplinks
+        .iter()
+        .zip(live)
+        .map(|(u, l)| View {
+            role: u.role,
+            mode: l.mode,
+            health: l.health,
+            has_source: match family_of {
+                Some(peer) => l.addrs.for_peer(peer).is_some(),
+                None => l.addrs.iter().next().is_some(),
+            },
+        })
+        .collect()
 }
 
 /// A cheap handle for connection tasks: which source address a new connection to hag binds to.
@@ -108,11 +230,93 @@ pub struct SourceSelector {
 }
 
 impl SourceSelector {
-    /// The local address a new connection to `peer` binds to: the healthiest uplink by role with an address
-    /// of `peer`'s family ([`decide::pick_initial`]).
+    /// The local address a new connection to `peer` binds to: the healthiest uplink by role and live mode
+    /// with an address of `peer`'s family ([`decide::pick_initial`]).
     pub fn source_for(&self, peer: IpAddr) -> Option<IpAddr> {
-        let i = decide::pick_initial(&self.shared.views(Some(peer)))?;
-        self.shared.uplinks[i].source_for(peer)
+        let live = self.shared.live();
+        let i = decide::pick_initial(&views(&self.shared.uplinks, &live, Some(peer)))?;
+        live[i].addrs.for_peer(peer)
+    }
+}
+
+/// What [`UplinkControl`] asks of the driver task.
+#[derive(Debug)]
+enum Command {
+    /// Bring probers and endpoints in line with the (already recorded) modes; answer with the outcome.
+    Apply { reply: oneshot::Sender<Result<(), PmError>> },
+}
+
+/// Handle to read every uplink's state and change modes live. `Send + Sync`, cheap to clone; works with
+/// the manager unmanaged (`probe.enabled: false`), where a mode change is only recorded.
+#[derive(Debug, Clone)]
+pub struct UplinkControl {
+    shared: Arc<Shared>,
+    cmds: Option<mpsc::Sender<Command>>,
+}
+
+impl UplinkControl {
+    /// Every uplink's state now.
+    pub fn snapshot(&self) -> Vec<UplinkStatus> {
+        let s = &self.shared;
+        let live = s.live();
+        let initial = decide::pick_initial(&views(&s.uplinks, &live, Some(s.hag.ip())));
+        s.uplinks
+            .iter()
+            .zip(live.iter())
+            .enumerate()
+            .map(|(i, (u, l))| UplinkStatus {
+                name: u.name.clone(),
+                interface: u.interface.clone(),
+                role: u.role,
+                mode: l.mode,
+                state: l.health,
+                health: l.probe.as_ref().map(|rx| rx.borrow().clone()),
+                endpoint: l.endpoint,
+                initial: initial == Some(i),
+                addresses: l.addrs.iter().collect(),
+            })
+            .collect()
+    }
+
+    /// The live mode of uplink `name`.
+    pub fn mode(&self, name: &str) -> Option<Mode> {
+        let i = self.shared.index(name)?;
+        Some(self.shared.live()[i].mode)
+    }
+
+    /// Sets uplink `name`'s mode and returns the previous one. The new mode steers new connections at once;
+    /// then (managed) the endpoint follows: active<->backup by SET_FLAGS on the existing endpoint (MP_PRIO
+    /// tells hag, existing subflows change priority), standby/off by removing or adding it per
+    /// [`decide::endpoint_plan`], and probing stops for `off` / starts again when leaving it. Returns when
+    /// the kernel has the new endpoint table.
+    pub async fn set_mode(&self, name: &str, mode: Mode, reason: ModeReason) -> Result<Mode, SetModeError> {
+        let i = self.shared.index(name).ok_or_else(|| SetModeError::UnknownUplink(name.to_owned()))?;
+        let previous = std::mem::replace(&mut self.shared.live_mut()[i].mode, mode);
+        if previous != mode {
+            info!(uplink = name, from = previous.as_str(), to = mode.as_str(), reason = reason.as_str(), "uplink mode changed");
+            let k = ModeReason::ALL.iter().position(|r| *r == reason).expect("listed");
+            self.shared.mode_changes[k].fetch_add(1, Relaxed);
+        }
+        if let Some(cmds) = &self.cmds {
+            let (reply, answer) = oneshot::channel();
+            // A driver that is gone (shutting down) leaves the mode only recorded, like an unmanaged one.
+            if cmds.send(Command::Apply { reply }).await.is_ok()
+                && let Ok(result) = answer.await
+            {
+                result?;
+            }
+        }
+        Ok(previous)
+    }
+
+    /// Mode changes since start per reason, in the order of [`ModeReason::ALL`].
+    pub fn mode_changes(&self) -> Vec<(ModeReason, u64)> {
+        ModeReason::ALL.iter().zip(&self.shared.mode_changes).map(|(r, n)| (*r, n.load(Relaxed))).collect()
+    }
+
+    /// The selector connection tasks use (same state as this handle).
+    pub fn selector(&self) -> SourceSelector {
+        SourceSelector { shared: self.shared.clone() }
     }
 }
 
@@ -120,14 +324,9 @@ impl SourceSelector {
 #[derive(Debug)]
 pub struct UplinkManager {
     shared: Arc<Shared>,
-    hag: SocketAddr,
-    probes: Vec<Option<watch::Receiver<UplinkHealth>>>,
+    cmds: Option<mpsc::Sender<Command>>,
     driver: Option<JoinHandle<()>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Probers, their forwarders and the carrier watcher: they hold each other's channels, so they are
-    /// stopped explicitly.
-    tasks: Vec<tokio::task::AbortHandle>,
-    managed: bool,
+    stop: Option<oneshot::Sender<()>>,
 }
 
 /// The health timers from the config.
@@ -144,70 +343,21 @@ pub fn health_config(p: &ProbeFile) -> HealthConfig {
 
 impl UplinkManager {
     /// Removes leftovers, installs the per-uplink policy routing, sets the MPTCP limits and endpoints, and
-    /// starts probing. With `probe.enabled: false` it manages nothing and always picks by role.
+    /// starts probing. With `probe.enabled: false` it manages nothing and picks by role and mode only.
     pub async fn start(cfg: &Config) -> Result<UplinkManager, UplinkError> {
-        let shared = Arc::new(Shared {
-            uplinks: cfg.uplinks.clone(),
-            health: RwLock::new(vec![HealthState::Unknown; cfg.uplinks.len()]),
-            endpoints: RwLock::new(vec![None; cfg.uplinks.len()]),
-        });
-        let hag = cfg.hag_addresses[0];
-        let mut mgr =
-            UplinkManager {
-            shared: shared.clone(),
-            hag,
-            probes: Vec::new(),
-            driver: None,
-            stop: None,
-            tasks: Vec::new(),
-            managed: false,
-        };
+        let shared = Arc::new(Shared::new(cfg));
+        let mut mgr = UplinkManager { shared: shared.clone(), cmds: None, driver: None, stop: None };
         if !cfg.probe.enabled {
             info!("uplink manager disabled (probe.enabled: false): new connections start on the primary uplink");
             return Ok(mgr);
         }
-        mgr.managed = true;
 
         let nl = Netlink::new()?;
         let (conn, handle, _) = rtnetlink::new_connection().map_err(common::net::NetError::Socket)?;
         tokio::spawn(conn);
-        let mut routes = Vec::new();
-        for (i, u) in cfg.uplinks.iter().enumerate() {
-            if u.mode == Mode::Off {
-                continue;
-            }
-            let ifindex = match common::net::ifindex(&u.interface) {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(uplink = %u.name, error = %e, "no policy routing for this uplink");
-                    continue;
-                }
-            };
-            let fams = [
-                u.ipv4.map(|f| (IpAddr::V4(f.address), f.gateway.map(IpAddr::V4))),
-                u.ipv6.map(|f| (IpAddr::V6(f.address), f.gateway.map(IpAddr::V6))),
-            ];
-            // Without a gateway the uplink's routing is left as the system has it (as before the uplink
-            // manager): a device route would be wrong on a broadcast link.
-            for (source, gateway) in fams.into_iter().flatten() {
-                if gateway.is_none() {
-                    info!(uplink = %u.name, %source, "no gateway configured: source routing left to the system");
-                    continue;
-                }
-                routes.push(routing::UplinkRoute {
-                    source,
-                    gateway,
-                    ifindex,
-                    table: u.table,
-                    priority: cfg.routing.rule_priority + routing::RULE_OFFSET + i as u32,
-                });
-            }
-        }
-        let added = routing::install(&nl, &handle, &routes).await?;
-
         let pm = PathManager::connect().await?;
         for u in &cfg.uplinks {
-            for addr in addresses(u) {
+            for addr in Addrs::configured(u).iter() {
                 pm.del_endpoint_addr(addr).await?;
             }
         }
@@ -220,49 +370,44 @@ impl UplinkManager {
             pm.set_limits(want).await?;
         }
 
-        let (events_tx, events_rx) = mpsc::channel(64);
-        let mut carriers = Vec::new();
-        for (i, u) in cfg.uplinks.iter().enumerate() {
-            let source = match (u.mode, u.source_for(hag.ip())) {
-                (Mode::Off, _) | (_, None) => {
-                    mgr.probes.push(None);
-                    continue;
-                }
-                (_, Some(s)) => s,
-            };
-            let prober = Prober::new(ProberConfig {
+        let (health_tx, health_rx) = mpsc::channel(64);
+        let mut driver = Driver {
+            pm,
+            nl,
+            handle,
+            shared: shared.clone(),
+            probe: ProbeTemplate {
                 cpe_id: cfg.cpe_id.clone(),
                 key: cfg.key.0.clone(),
-                uplink: i as u8,
-                source,
-                device: Some(u.interface.clone()),
-                target: hag,
                 health: health_config(&cfg.probe),
-            })
-            .map_err(|source| UplinkError::Probe { uplink: u.name.clone(), source })?;
-            let mut rx = prober.subscribe();
-            carriers.push((u.interface.clone(), prober.carrier_control()));
-            mgr.probes.push(Some(rx.clone()));
-            mgr.tasks.push(tokio::spawn(prober.run()).abort_handle());
-            let tx = events_tx.clone();
-            let forwarder = tokio::spawn(async move {
-                while rx.changed().await.is_ok() {
-                    let state = rx.borrow_and_update().state;
-                    if tx.send((i, state)).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            mgr.tasks.push(forwarder.abort_handle());
+            },
+            slots: (0..cfg.uplinks.len()).map(|_| None).collect(),
+            generation: 0,
+            health_tx,
+            ep_addrs: vec![Vec::new(); cfg.uplinks.len()],
+            rule_priority: cfg.routing.rule_priority,
+        };
+        let added = match driver.install_routes().await {
+            Ok(n) => n,
+            Err(e) => {
+                driver.cleanup().await;
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = driver.sync_probers() {
+            driver.cleanup().await;
+            return Err(e);
         }
-        drop(events_tx);
-        mgr.tasks.push(tokio::spawn(carrier::watch_carrier(handle.clone(), carriers, cfg.probe.interval)).abort_handle());
         // Apply the start plan (everything Unknown = usable) before the first verdict.
-        apply_plan(&pm, &shared).await;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-        mgr.driver = Some(tokio::spawn(drive(pm, shared.clone(), events_rx, stop_rx, nl)));
+        if let Err(e) = driver.apply_plan().await {
+            warn!(error = %e, "setting the MPTCP endpoints; retried on the next change");
+        }
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        mgr.driver = Some(tokio::spawn(driver.run(cmd_rx, health_rx, stop_rx, cfg.probe.interval)));
         mgr.stop = Some(stop_tx);
-        info!(routes = added, uplinks = cfg.uplinks.len(), hag = %hag, "uplink manager started");
+        mgr.cmds = Some(cmd_tx);
+        info!(routes = added, uplinks = cfg.uplinks.len(), hag = %shared.hag, "uplink manager started");
         Ok(mgr)
     }
 
@@ -271,124 +416,307 @@ impl UplinkManager {
         SourceSelector { shared: self.shared.clone() }
     }
 
+    /// The handle for the admin API and the volume tracker: snapshot and live mode changes.
+    pub fn control(&self) -> UplinkControl {
+        UplinkControl { shared: self.shared.clone(), cmds: self.cmds.clone() }
+    }
+
     /// The source address new connections to the (first) hag address bind to.
     pub fn primary_source(&self) -> Option<IpAddr> {
-        self.selector().source_for(self.hag.ip())
+        self.selector().source_for(self.shared.hag.ip())
     }
 
     /// Every uplink's state now (for the admin API).
     pub fn snapshot(&self) -> Vec<UplinkStatus> {
-        let initial = decide::pick_initial(&self.shared.views(Some(self.hag.ip())));
-        let health = self.shared.health.read().expect("not poisoned").clone();
-        let endpoints = self.shared.endpoints.read().expect("not poisoned").clone();
-        self.shared
-            .uplinks
-            .iter()
-            .enumerate()
-            .map(|(i, u)| UplinkStatus {
-                name: u.name.clone(),
-                interface: u.interface.clone(),
-                role: u.role,
-                mode: u.mode,
-                state: health[i],
-                health: self.probes.get(i).and_then(|p| p.as_ref()).map(|rx| rx.borrow().clone()),
-                endpoint: endpoints[i],
-                initial: initial == Some(i),
-            })
-            .collect()
+        self.control().snapshot()
     }
 
     /// Stops probing and removes every endpoint, rule and route the manager added.
     pub async fn shutdown(mut self) {
+        let managed = self.driver.is_some();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(d) = self.driver.take() {
             let _ = d.await;
         }
-        for t in &self.tasks {
-            t.abort();
-        }
-        self.probes.clear();
-        if self.managed {
+        if managed {
             info!("uplink manager stopped");
         }
     }
 }
 
-fn addresses(u: &Uplink) -> impl Iterator<Item = IpAddr> {
-    u.ipv4.map(|f| IpAddr::V4(f.address)).into_iter().chain(u.ipv6.map(|f| IpAddr::V6(f.address)))
+/// What every prober shares.
+struct ProbeTemplate {
+    cpe_id: String,
+    key: Vec<u8>,
+    health: HealthConfig,
 }
 
-/// Applies verdict changes until told to stop, then cleans up.
-async fn drive(
-    pm: PathManager,
-    shared: Arc<Shared>,
-    mut events: mpsc::Receiver<(usize, HealthState)>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-    nl: Netlink,
-) {
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            ev = events.recv() => {
-                let Some((i, state)) = ev else { break };
-                let from = std::mem::replace(&mut shared.health.write().expect("not poisoned")[i], state);
-                if from == state {
-                    continue;
-                }
-                // Take every verdict already queued before touching netlink.
-                while let Ok((j, s)) = events.try_recv() {
-                    shared.health.write().expect("not poisoned")[j] = s;
-                }
-                info!(uplink = %shared.uplinks[i].name, from = from.as_str(), to = state.as_str(), "uplink health changed");
-                apply_plan(&pm, &shared).await;
-            }
+/// A running prober of one uplink.
+struct ProberSlot {
+    source: IpAddr,
+    /// Tells this prober's health events from those of an earlier one of the same uplink.
+    generation: u64,
+    source_tx: watch::Sender<IpAddr>,
+    carrier_tx: watch::Sender<bool>,
+    /// The prober and its forwarder: they hold each other's channels, so they are stopped explicitly.
+    tasks: [AbortHandle; 2],
+}
+
+impl Drop for ProberSlot {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
         }
     }
-    for u in &shared.uplinks {
-        for addr in addresses(u) {
-            if let Err(e) = pm.del_endpoint_addr(addr).await {
+}
+
+/// The task that owns the kernel state: probers, endpoints, routes.
+struct Driver {
+    pm: PathManager,
+    nl: Netlink,
+    handle: rtnetlink::Handle,
+    shared: Arc<Shared>,
+    probe: ProbeTemplate,
+    slots: Vec<Option<ProberSlot>>,
+    generation: u64,
+    health_tx: mpsc::Sender<(usize, u64, HealthState)>,
+    /// Addresses that have an endpoint now, per uplink.
+    ep_addrs: Vec<Vec<IpAddr>>,
+    rule_priority: u32,
+}
+
+impl Driver {
+    /// Applies verdict and mode changes until told to stop, then cleans up.
+    async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<Command>,
+        mut health: mpsc::Receiver<(usize, u64, HealthState)>,
+        mut stop: oneshot::Receiver<()>,
+        carrier_poll: Duration,
+    ) {
+        let mut tick = tokio::time::interval(carrier_poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(cmd) = cmds.recv() => match cmd {
+                    Command::Apply { reply } => {
+                        if let Err(e) = self.sync_probers() {
+                            warn!(error = %e, "starting a prober");
+                        }
+                        let _ = reply.send(self.apply_plan().await);
+                    }
+                },
+                Some(ev) = health.recv() => {
+                    let mut changed = self.on_health(ev);
+                    // Take every verdict already queued before touching netlink.
+                    while let Ok(ev) = health.try_recv() {
+                        changed |= self.on_health(ev);
+                    }
+                    if changed && let Err(e) = self.apply_plan().await {
+                        warn!(error = %e, "updating MPTCP endpoints; retried on the next change");
+                    }
+                }
+                _ = tick.tick() => self.poll_carrier().await,
+            }
+        }
+        self.cleanup().await;
+    }
+
+    /// Records a verdict; whether it changed anything.
+    fn on_health(&mut self, (i, generation, state): (usize, u64, HealthState)) -> bool {
+        if self.slots[i].as_ref().is_none_or(|s| s.generation != generation) {
+            return false; // from a prober stopped since
+        }
+        let from = std::mem::replace(&mut self.shared.live_mut()[i].health, state);
+        if from != state {
+            info!(uplink = %self.shared.uplinks[i].name, from = from.as_str(), to = state.as_str(), "uplink health changed");
+        }
+        from != state
+    }
+
+    /// Starts, re-binds or stops each uplink's prober so that exactly the uplinks not `off` with an address
+    /// towards hag are probed.
+    fn sync_probers(&mut self) -> Result<(), UplinkError> {
+        let hag = self.shared.hag;
+        let mut first_err = None;
+        for i in 0..self.slots.len() {
+            let (mode, source) = {
+                let live = self.shared.live();
+                (live[i].mode, live[i].addrs.for_peer(hag.ip()))
+            };
+            let want = source.filter(|_| mode != Mode::Off);
+            match (want, &mut self.slots[i]) {
+                (Some(src), Some(slot)) => {
+                    if slot.source != src {
+                        slot.source = src;
+                        let _ = slot.source_tx.send(src);
+                    }
+                }
+                (Some(src), None) => match self.start_prober(i, src) {
+                    Ok(slot) => self.slots[i] = Some(slot),
+                    Err(e) => {
+                        first_err.get_or_insert(UplinkError::Probe { uplink: self.shared.uplinks[i].name.clone(), source: e });
+                    }
+                },
+                (None, Some(_)) => {
+                    self.slots[i] = None;
+                    let mut live = self.shared.live_mut();
+                    live[i].health = HealthState::Unknown;
+                    live[i].probe = None;
+                }
+                (None, None) => {}
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn start_prober(&mut self, i: usize, source: IpAddr) -> Result<ProberSlot, common::probe::ProbeError> {
+        let u = &self.shared.uplinks[i];
+        let prober = Prober::new(ProberConfig {
+            cpe_id: self.probe.cpe_id.clone(),
+            key: self.probe.key.clone(),
+            uplink: i as u8,
+            source,
+            device: Some(u.interface.clone()),
+            target: self.shared.hag,
+            health: self.probe.health.clone(),
+        })?;
+        self.generation += 1;
+        let generation = self.generation;
+        let mut rx = prober.subscribe();
+        self.shared.live_mut()[i].probe = Some(rx.clone());
+        let (source_tx, carrier_tx) = (prober.source_control(), prober.carrier_control());
+        let run = tokio::spawn(prober.run()).abort_handle();
+        let tx = self.health_tx.clone();
+        let forwarder = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let state = rx.borrow_and_update().state;
+                if tx.send((i, generation, state)).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .abort_handle();
+        Ok(ProberSlot { source, generation, source_tx, carrier_tx, tasks: [run, forwarder] })
+    }
+
+    /// Feeds each probed uplink's carrier to its prober (a lost carrier makes it Down at once).
+    async fn poll_carrier(&mut self) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            let name = self.shared.uplinks[i].interface.clone();
+            let up = match self.handle.link().get().match_name(name.clone()).execute().try_next().await {
+                Ok(Some(msg)) => carrier::has_carrier(msg.header.flags),
+                Ok(None) | Err(_) => false,
+            };
+            slot.carrier_tx.send_if_modified(|cur| std::mem::replace(cur, up) != up);
+        }
+    }
+
+    /// The policy routing of uplink `i` with its current addresses (none without a gateway: then the
+    /// uplink's routing is left as the system has it, as before the uplink manager, since a device route
+    /// would be wrong on a broadcast link).
+    fn routes_of(&self, i: usize) -> Vec<routing::UplinkRoute> {
+        let u = &self.shared.uplinks[i];
+        let Ok(ifindex) = common::net::ifindex(&u.interface) else { return Vec::new() };
+        let addrs = self.shared.live()[i].addrs;
+        let fams = [
+            addrs.v4.zip(u.ipv4.and_then(|f| f.gateway)).map(|(a, g)| (IpAddr::V4(a), IpAddr::V4(g))),
+            addrs.v6.zip(u.ipv6.and_then(|f| f.gateway)).map(|(a, g)| (IpAddr::V6(a), IpAddr::V6(g))),
+        ];
+        fams.into_iter()
+            .flatten()
+            .map(|(source, gateway)| routing::UplinkRoute {
+                source,
+                gateway: Some(gateway),
+                ifindex,
+                table: u.table,
+                priority: self.rule_priority + routing::RULE_OFFSET + i as u32,
+            })
+            .collect()
+    }
+
+    /// Installs every uplink's policy routing (removing leftovers first).
+    async fn install_routes(&self) -> Result<usize, common::net::NetError> {
+        let mut routes = Vec::new();
+        for (i, u) in self.shared.uplinks.iter().enumerate() {
+            let r = self.routes_of(i);
+            if r.is_empty() {
+                info!(uplink = %u.name, "no gateway or interface: source routing left to the system");
+            }
+            routes.extend(r);
+        }
+        routing::install(&self.nl, &self.handle, &routes).await
+    }
+
+    /// Brings the endpoint table in line with [`decide::endpoint_plan`] and the uplinks' current addresses.
+    /// Every uplink is tried; the first failure is returned (the next change tries again).
+    async fn apply_plan(&mut self) -> Result<(), PmError> {
+        let (plan, addrs) = {
+            let live = self.shared.live();
+            let plan = decide::endpoint_plan(&views(&self.shared.uplinks, &live, None));
+            let addrs: Vec<Addrs> = live.iter().map(|l| l.addrs).collect();
+            (plan, addrs)
+        };
+        let current: Vec<_> = self.shared.live().iter().map(|l| l.endpoint).collect();
+        let mut first_err = None;
+        // Additions before removals: an existing connection never finds itself without any endpoint to join on.
+        let mut order: Vec<usize> = (0..plan.len()).collect();
+        order.sort_by_key(|i| plan[*i].is_none());
+        for i in order {
+            let want: Vec<IpAddr> = if plan[i].is_some() { addrs[i].iter().collect() } else { Vec::new() };
+            if plan[i] == current[i] && want == self.ep_addrs[i] {
+                continue;
+            }
+            let u = &self.shared.uplinks[i];
+            let ifindex = common::net::ifindex(&u.interface).ok();
+            let mut ok = true;
+            let mut res = Vec::new();
+            for addr in self.ep_addrs[i].iter().filter(|a| !want.contains(a)) {
+                res.push((*addr, self.pm.del_endpoint_addr(*addr).await.map(|_| ())));
+            }
+            if let Some(flags) = plan[i] {
+                for addr in &want {
+                    let ep = Endpoint { addr: *addr, id: None, flags, ifindex, port: None };
+                    res.push((*addr, self.pm.ensure_endpoint(ep).await.map(|_| ())));
+                }
+            }
+            for (addr, r) in res {
+                if let Err(e) = r {
+                    warn!(uplink = %u.name, %addr, error = %e, "updating MPTCP endpoint");
+                    ok = false;
+                    first_err.get_or_insert(e);
+                }
+            }
+            if ok {
+                info!(uplink = %u.name, endpoint = ?plan[i], addresses = ?want, "MPTCP endpoint updated");
+                self.shared.live_mut()[i].endpoint = plan[i];
+                self.ep_addrs[i] = want;
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Stops the probers and removes every endpoint, rule and route the manager added.
+    async fn cleanup(&mut self) {
+        for s in &mut self.slots {
+            *s = None;
+        }
+        let mut addrs: Vec<IpAddr> = self.ep_addrs.iter().flatten().copied().collect();
+        addrs.extend(self.shared.live().iter().flat_map(|l| l.addrs.iter()));
+        addrs.sort();
+        addrs.dedup();
+        for addr in addrs {
+            if let Err(e) = self.pm.del_endpoint_addr(addr).await {
                 warn!(%addr, error = %e, "removing MPTCP endpoint");
             }
         }
-    }
-    match routing::remove(&nl).await {
-        Ok(f) => info!(rules = f.rules, routes = f.routes, "removed uplink rules and routes"),
-        Err(e) => warn!(error = %e, "removing uplink rules and routes"),
-    }
-}
-
-/// Brings the endpoint table in line with [`decide::endpoint_plan`]. Failures are logged; the next verdict
-/// change tries again.
-async fn apply_plan(pm: &PathManager, shared: &Shared) {
-    let plan = decide::endpoint_plan(&shared.views(None));
-    let current = shared.endpoints.read().expect("not poisoned").clone();
-    // Additions before removals: an existing connection never finds itself without any endpoint to join on.
-    let mut order: Vec<usize> = (0..plan.len()).collect();
-    order.sort_by_key(|i| plan[*i].is_none());
-    for i in order {
-        if plan[i] == current[i] {
-            continue;
-        }
-        let u = &shared.uplinks[i];
-        let ifindex = common::net::ifindex(&u.interface).ok();
-        let mut ok = true;
-        for addr in addresses(u) {
-            let res = match plan[i] {
-                Some(flags) => {
-                    pm.ensure_endpoint(Endpoint { addr, id: None, flags, ifindex, port: None }).await.map(|_| ())
-                }
-                None => pm.del_endpoint_addr(addr).await.map(|_| ()),
-            };
-            if let Err(e) = res {
-                warn!(uplink = %u.name, %addr, error = %e, "updating MPTCP endpoint");
-                ok = false;
-            }
-        }
-        if ok {
-            info!(uplink = %u.name, endpoint = ?plan[i], "MPTCP endpoint updated");
-            shared.endpoints.write().expect("not poisoned")[i] = plan[i];
+        match routing::remove(&self.nl).await {
+            Ok(f) => info!(rules = f.rules, routes = f.routes, "removed uplink rules and routes"),
+            Err(e) => warn!(error = %e, "removing uplink rules and routes"),
         }
     }
 }
