@@ -1,0 +1,220 @@
+//! The uplink manager against the real kernel, each test in a fresh network namespace of its own (a thread
+//! that called `unshare(CLONE_NEWNET)`; the namespace dies with the thread and its sockets, so nothing is
+//! left behind, also on panic). Needs root, like `common::pm`'s kernel tests.
+//!
+//! The uplinks live on loopback addresses (127.0.0.3 "dsl", 127.0.0.2 "lte") and hag is 127.0.0.1 with
+//! nobody answering probes; the probe interval is long enough that no verdict comes during a test, so every
+//! uplink stays `Unknown` (= usable) and only modes drive the endpoint table.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use common::pm::{PmEvent, PmEvents};
+use futures::StreamExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::*;
+
+const DSL: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+const LTE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+fn in_new_netns<F, Fut>(body: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let thread = std::thread::spawn(move || {
+        // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only the calling thread.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET) (tests need root): {}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        rt.block_on(body());
+        drop(rt);
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn loopback_up() {
+    let st = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip");
+    assert!(st.success());
+}
+
+/// A config with the two loopback uplinks; `extra` is appended (top-level YAML).
+fn config(lte_mode: &str, extra: &str) -> Config {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
+    let text = format!(
+        r#"
+lan_interfaces: [lan0]
+hag: {{ addresses: [127.0.0.1], cpe_id: cpe-1, key_file: cpe.key }}
+uplinks:
+  - {{ name: dsl, interface: lo, ipv4: {{ address: {DSL} }} }}
+  - {{ name: lte, interface: lo, mode: {lte_mode}, ipv4: {{ address: {LTE} }} }}
+probe: {{ interval: 20s }}
+{extra}"#
+    );
+    Config::from_yaml(&text, &dir.path().join("hcpe.yaml")).unwrap()
+}
+
+/// The endpoint table as (address, flags).
+async fn table(pm: &PathManager) -> Vec<(IpAddr, EndpointFlags)> {
+    let mut t: Vec<_> = pm.endpoints().await.unwrap().into_iter().map(|e| (e.addr, e.flags)).collect();
+    t.sort_by_key(|(a, _)| *a);
+    t
+}
+
+const SUB: EndpointFlags = EndpointFlags::SUBFLOW;
+const BAK: EndpointFlags = EndpointFlags::from_bits(EndpointFlags::SUBFLOW.bits() | EndpointFlags::BACKUP.bits());
+
+#[test]
+fn set_mode_changes_the_endpoint_table_live_and_shutdown_empties_it() {
+    in_new_netns(|| async {
+        loopback_up();
+        let mgr = UplinkManager::start(&config("active", "")).await.unwrap();
+        let pm = PathManager::connect().await.unwrap();
+        let ctl = mgr.control();
+        assert_eq!(table(&pm).await, vec![(LTE, SUB), (DSL, SUB)]);
+        let lte_id = pm.endpoints().await.unwrap().into_iter().find(|e| e.addr == LTE).unwrap().id;
+
+        assert_eq!(ctl.set_mode("lte", Mode::Backup, ModeReason::Admin).await.unwrap(), Mode::Active);
+        assert_eq!(table(&pm).await, vec![(LTE, BAK), (DSL, SUB)]);
+        let same = pm.endpoints().await.unwrap().into_iter().find(|e| e.addr == LTE).unwrap().id;
+        assert_eq!(same, lte_id, "active -> backup keeps the endpoint (SET_FLAGS), so subflows stay up");
+
+        assert_eq!(ctl.set_mode("lte", Mode::Standby, ModeReason::Quota).await.unwrap(), Mode::Backup);
+        assert_eq!(table(&pm).await, vec![(DSL, SUB)], "standby: no endpoint while dsl is usable");
+        assert!(ctl.snapshot()[1].health.is_some(), "standby uplinks are still probed");
+
+        assert_eq!(ctl.set_mode("lte", Mode::Off, ModeReason::Admin).await.unwrap(), Mode::Standby);
+        let snap = ctl.snapshot();
+        assert_eq!((snap[1].mode, snap[1].endpoint, snap[1].health.is_none()), (Mode::Off, None, true), "off: not probed");
+        assert_eq!(snap[1].addresses, vec![LTE]);
+
+        // The primary off: the lte uplink (active again) starts new connections and has the only endpoint.
+        ctl.set_mode("lte", Mode::Active, ModeReason::Admin).await.unwrap();
+        ctl.set_mode("dsl", Mode::Off, ModeReason::Reload).await.unwrap();
+        assert_eq!(table(&pm).await, vec![(LTE, SUB)]);
+        assert_eq!(mgr.selector().source_for("127.0.0.1".parse().unwrap()), Some(LTE));
+        assert!(ctl.snapshot()[1].initial);
+
+        // Same mode again: not a change.
+        assert_eq!(ctl.set_mode("dsl", Mode::Off, ModeReason::Admin).await.unwrap(), Mode::Off);
+        assert!(matches!(
+            ctl.set_mode("wifi", Mode::Off, ModeReason::Admin).await,
+            Err(SetModeError::UnknownUplink(n)) if n == "wifi"
+        ));
+        let counts: Vec<u64> = ctl.mode_changes().into_iter().map(|(_, n)| n).collect();
+        assert_eq!(counts, vec![0, 3, 1, 1], "config, admin, reload, quota");
+
+        mgr.shutdown().await;
+        assert_eq!(table(&pm).await, vec![], "shutdown removes every endpoint");
+    });
+}
+
+#[test]
+fn unmanaged_set_mode_only_records_and_steers_new_connections() {
+    in_new_netns(|| async {
+        loopback_up();
+        let cfg = {
+            let mut c = config("active", "");
+            c.probe.enabled = false;
+            c
+        };
+        let mgr = UplinkManager::start(&cfg).await.unwrap();
+        let ctl = mgr.control();
+        let hag: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(mgr.selector().source_for(hag), Some(DSL));
+        assert_eq!(ctl.set_mode("dsl", Mode::Backup, ModeReason::Admin).await.unwrap(), Mode::Active);
+        assert_eq!(ctl.mode("dsl"), Some(Mode::Backup));
+        assert_eq!(mgr.selector().source_for(hag), Some(LTE), "an active uplink beats a backup one");
+        let pm = PathManager::connect().await.unwrap();
+        assert_eq!(table(&pm).await, vec![], "unmanaged: the kernel's endpoint table is not touched");
+        mgr.shutdown().await;
+    });
+}
+
+fn mptcp_socket(addr: SocketAddr) -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::MPTCP))
+        .expect("MPTCP socket (kernel with MPTCP)");
+    s.set_nonblocking(true).unwrap();
+    s
+}
+
+async fn wait_for(events: &mut PmEvents, what: &str, mut want: impl FnMut(&PmEvent) -> bool) -> PmEvent {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = events.next().await {
+            let ev = ev.expect("event stream error");
+            if want(&ev) {
+                return Some(ev);
+            }
+            seen.push(ev);
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(ev)) => ev,
+        _ => panic!("no {what} event; saw {seen:#?}"),
+    }
+}
+
+#[test]
+fn backup_mode_reaches_the_peer_of_a_running_connection_by_mp_prio() {
+    in_new_netns(|| async {
+        loopback_up();
+        let mgr = UplinkManager::start(&config("active", "")).await.unwrap();
+        let ctl = mgr.control();
+        let pm = PathManager::connect().await.unwrap();
+        let mut events = pm.subscribe().await.unwrap();
+
+        // "hag": an MPTCP listener on 127.0.0.1; the client starts on the dsl address, the kernel adds the
+        // lte subflow from the endpoint.
+        let listen_on: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let ls = mptcp_socket(listen_on);
+        ls.bind(&listen_on.into()).unwrap();
+        ls.listen(16).unwrap();
+        let listener = tokio::net::TcpListener::from_std(ls.into()).unwrap();
+        let server_addr = listener.local_addr().unwrap();
+        let cs = mptcp_socket(server_addr);
+        cs.bind(&SocketAddr::new(DSL, 0).into()).unwrap();
+        match cs.connect(&server_addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => panic!("connect: {e}"),
+        }
+        let mut client = tokio::net::TcpStream::from_std(cs.into()).unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        server.write_all(&buf).await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+
+        let sub = wait_for(&mut events, "SUB_ESTABLISHED from the lte endpoint", |e| {
+            matches!(e, PmEvent::SubflowEstablished(s) if s.local.ip() == LTE && !s.backup)
+        })
+        .await;
+        let PmEvent::SubflowEstablished(sub) = sub else { unreachable!() };
+
+        ctl.set_mode("lte", Mode::Backup, ModeReason::Admin).await.unwrap();
+        // The server side (hag's role) learns the new priority from MP_PRIO on its subflow.
+        let prio = wait_for(&mut events, "server-side SUB_PRIORITY backup", |e| {
+            matches!(e, PmEvent::SubflowPriority(s) if s.backup && s.remote == sub.local)
+        })
+        .await;
+        let PmEvent::SubflowPriority(prio) = prio else { unreachable!() };
+        assert_eq!(prio.local, server_addr, "{prio:?}");
+
+        ctl.set_mode("lte", Mode::Active, ModeReason::Admin).await.unwrap();
+        wait_for(&mut events, "server-side SUB_PRIORITY active", |e| {
+            matches!(e, PmEvent::SubflowPriority(s) if !s.backup && s.remote == sub.local)
+        })
+        .await;
+        drop((client, server));
+        mgr.shutdown().await;
+    });
+}
