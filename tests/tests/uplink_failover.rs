@@ -11,80 +11,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tests::daemons::{self, HagSpec, HcpeSpec, verdicts};
 use tests::emulator::{Direction, LinkConfig, Shape};
-use tests::netns::{ChildGuard, bin_path};
+use tests::netns::ChildGuard;
 use tests::testbed::{Testbed, TestbedConfig, addr};
 use tests::traffic::{Client, Server};
-
-const KEY_HEX: &str = "75706c696e6b206661696c6f7665722074657374206b6579203031323334353637";
-const CPE_ID: &str = "failover-cpe";
 
 type TempDir = tempfile::TempDir;
 
 fn config_dir(tag: &str) -> TempDir {
-    tests::netns::config_dir(&format!("uplink-failover-{tag}"), KEY_HEX).unwrap()
+    daemons::config_dir(&format!("uplink-failover-{tag}")).unwrap()
 }
 
 fn start_hag(tb: &Testbed, dir: &TempDir) -> ChildGuard {
-    let yaml = format!(
-        "listen: ['{}']\n\
-         clients:\n  {CPE_ID}: {{key_file: cpe.key}}\n\
-         destinations:\n  allow: [198.18.4.0/24]\n\
-         limits:\n  connect_timeout: 2s\n  drain_deadline: 1s\n\
-         log_level: info\n",
-        addr::HAG_SERVICE.v4,
-    );
-    let path = dir.path().join("hag.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut hag = tb.hag.spawn(bin_path("hag"), &["--config", path.to_str().unwrap()]).unwrap();
-    assert!(hag.wait_for_log("listening", Duration::from_secs(10)), "hag did not start:\n{}", hag.log());
-    hag
+    daemons::start_hag(tb, dir.path(), &HagSpec { v6: false, ..HagSpec::default() }).unwrap()
 }
 
+/// hcpe with the uplink manager in charge (roles, gateways, probes every 200 ms), IPv4 only.
 fn start_hcpe(tb: &Testbed, dir: &TempDir, lte_mode: &str) -> ChildGuard {
-    let yaml = format!(
-        "lan_interfaces: [lan0]\n\
-         tun: {{ name: hcpe0, queues: 2 }}\n\
-         hag:\n  addresses: ['{hag4}']\n  cpe_id: {CPE_ID}\n  key_file: cpe.key\n  fastopen: false\n\
-         uplinks:\n\
-         \x20 - {{ name: dsl, interface: dsl0, role: primary, mode: active, ipv4: {{ address: {d4}, gateway: {gd4} }} }}\n\
-         \x20 - {{ name: lte, interface: lte0, role: secondary, mode: {lte_mode}, ipv4: {{ address: {l4}, gateway: {gl4} }} }}\n\
-         fallback: reject\n\
-         limits: {{ connect_timeout: 3s, reply_timeout: 3s }}\n\
-         probe: {{ interval: 200ms, down_after: 3, up_after: 3 }}\n\
-         log_level: hcpe=debug\n",
-        hag4 = addr::HAG_SERVICE.v4,
-        d4 = addr::CPE_DSL.v4,
-        gd4 = addr::HAG_DSL.v4,
-        l4 = addr::CPE_LTE.v4,
-        gl4 = addr::HAG_LTE.v4,
-    );
-    let path = dir.path().join("hcpe.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut hcpe = tb.cpe.spawn(bin_path("hcpe"), &["--config", path.to_str().unwrap()]).unwrap();
-    assert!(hcpe.wait_for_log("uplink manager started", Duration::from_secs(10)), "hcpe did not start:\n{}", hcpe.log());
-    hcpe
-}
-
-/// How many health verdicts going to `state` hcpe has logged.
-fn verdicts(hcpe: &ChildGuard, state: &str) -> usize {
-    let (quoted, bare) = (format!("to=\"{state}\""), format!("to={state}"));
-    hcpe.log()
-        .lines()
-        .filter(|l| l.contains("uplink health changed") && (l.contains(&quoted) || l.contains(&bare)))
-        .count()
+    let spec = HcpeSpec { managed: true, lte_mode: lte_mode.into(), v6: false, ..HcpeSpec::default() };
+    daemons::start_hcpe(tb, dir.path(), &spec).unwrap()
 }
 
 /// Waits until hcpe logged `n` health verdicts going to up.
 fn wait_up(hcpe: &mut ChildGuard, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if verdicts(hcpe, "up") >= n {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("uplinks did not come up:\n{}", hcpe.log());
+    daemons::wait_up(hcpe, n, Duration::from_secs(10)).unwrap();
 }
 
 #[test]
