@@ -22,6 +22,11 @@ use crate::uplink::{self, Mode, ProbeFile, Role};
 pub const DEFAULT_HAG_PORT: u16 = 5124;
 /// Longest CPE id the Auth TLV can carry.
 pub const MAX_CPE_ID_LEN: usize = 64;
+/// Default port of the admin REST API (loopback unless configured otherwise).
+pub const DEFAULT_ADMIN_PORT: u16 = 5126;
+
+/// The `admin:` section: listen addresses (default `127.0.0.1:5126`), token file, limits.
+pub type AdminConfig = common::admin::AdminConfig<DEFAULT_ADMIN_PORT>;
 
 /// The config file as written (`deny_unknown_fields` everywhere).
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +55,9 @@ pub struct FileConfig {
     /// tracing filter directive; `RUST_LOG` overrides it.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// Admin REST API and status page; absent = none.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
 }
 
 /// The TUN device.
@@ -286,6 +294,17 @@ pub struct Config {
     pub limits: LimitsFile,
     pub probe: ProbeFile,
     pub log_level: String,
+    /// Admin REST API (token file already read), if configured.
+    pub admin: Option<Admin>,
+}
+
+/// The validated `admin:` section with its token loaded (so `--check-config` proves the token file is usable).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The section, `token_file` resolved against the config file's directory.
+    pub config: AdminConfig,
+    /// The bearer token (`Debug` redacts it).
+    pub token: common::admin::BearerToken,
 }
 
 impl Config {
@@ -398,6 +417,15 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&f.log_level) {
             return Err(ConfigError::invalid("log_level", e));
         }
+        let admin = match f.admin {
+            Some(mut a) => {
+                a.validate("admin")?;
+                a.resolve_paths(config_path);
+                let token = a.load_token("admin.token_file")?;
+                Some(Admin { config: a, token })
+            }
+            None => None,
+        };
         Ok(Config {
             lan_interfaces: f.lan_interfaces,
             tun: f.tun,
@@ -412,6 +440,7 @@ impl Config {
             limits: f.limits,
             probe: f.probe,
             log_level: f.log_level,
+            admin,
         })
     }
 
@@ -473,6 +502,28 @@ fallback: reject
         assert_eq!(c.key.0.len(), 16);
         assert!(!format!("{c:?}").contains("00112233"), "Debug never shows the key");
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn admin_section_is_optional_and_defaults_to_loopback() {
+        let (d, path) = key_dir();
+        assert!(Config::from_yaml(GOOD, &path).unwrap().admin.is_none());
+        std::fs::write(d.path().join("admin.token"), "0123456789abcdef0123\n").unwrap();
+        let c = Config::from_yaml(&format!("{GOOD}admin: {{ token_file: admin.token }}\n"), &path).unwrap();
+        let a = c.admin.unwrap();
+        assert_eq!(a.config.listen, vec!["127.0.0.1:5126".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(a.config.token_file, d.path().join("admin.token"));
+        assert!(a.token.matches(b"0123456789abcdef0123"));
+        assert!(!format!("{a:?}").contains("0123456789abcdef"), "Debug never shows the token");
+        for (text, field) in [
+            ("admin: {}\n", "admin.token_file"),
+            ("admin: { token_file: missing.token }\n", "admin.token_file"),
+            ("admin: { token_file: admin.token, listen: ['127.0.0.1', x] }\n", "admin.listen[1]"),
+            ("admin: { token_file: admin.token, colour: red }\n", "admin.colour"),
+        ] {
+            let e = Config::from_yaml(&format!("{GOOD}{text}"), &path).unwrap_err();
+            assert_eq!(e.field(), Some(field), "{text}: {e}");
+        }
     }
 
     #[test]

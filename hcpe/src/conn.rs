@@ -1,5 +1,6 @@
 //! One intercepted LAN connection, from accept to close: Convert request (Connect + Auth + the client's first
 //! bytes) to hag over MPTCP with TCP Fast Open, the Convert reply, then the relay; or the configured fallback.
+//! Also the table of open connections ([`Connections`]) that the admin API lists and closes.
 //!
 //! Invariants:
 //! - a Convert Error reply from hag resets the LAN connection (RST via `SO_LINGER` 0), so a refused
@@ -7,18 +8,25 @@
 //! - hag unreachable or the exchange failing before any reply byte reached the client triggers the fallback:
 //!   `direct` replays the client bytes read so far to the destination over plain TCP, `reject` resets;
 //! - no client byte is read before the reply is known except the first batch, which is kept for the replay;
-//! - every outcome is counted once in [`ConnCounters`].
+//! - every outcome is counted once in [`ConnCounters`];
+//! - a connection is listed in [`Connections`] exactly while its task runs (the [`Entry`] guard removes it on
+//!   drop); its byte counters are live, and are added to [`ConnCounters`] once when it ends, however it ends;
+//!   cancelling [`Connection::close`] (admin `DELETE`) ends the task, which drops both sockets.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::convert::{self, Decoded};
 use common::mptcp::{ConnectOptions, connect_with_data};
+use common::relay::RelayCounters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::config::{Config, Fallback};
@@ -46,9 +54,158 @@ pub struct ConnCounters {
     pub rejected: AtomicU64,
     /// Accepted but without a NAT entry (expired before accept): reset.
     pub orphaned: AtomicU64,
-    /// Bytes client -> server and server -> client, all connections.
+    /// Bytes client -> server and server -> client, all connections (added when a connection ends).
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// hag's Error replies by code (index as in [`ERROR_CODES`]); their sum is `refused`.
+    pub refused_by_code: [AtomicU64; ERROR_CODES.len()],
+    /// Convert exchanges with hag that failed (before the fallback), by [`ExchangeError::kind`] (index as in
+    /// [`EXCHANGE_FAILURES`]).
+    pub exchange_failed: [AtomicU64; EXCHANGE_FAILURES.len()],
+    /// Closed through the admin API (`DELETE /api/v1/connections/{id}`).
+    pub closed_by_admin: AtomicU64,
+}
+
+/// The Convert error codes counted one by one (RFC 8803 §4.2.9); any other code counts as the last.
+pub const ERROR_CODES: [convert::ErrorCode; 11] = [
+    convert::ErrorCode::UnsupportedVersion,
+    convert::ErrorCode::MalformedMessage,
+    convert::ErrorCode::UnsupportedMessage,
+    convert::ErrorCode::MissingCookie,
+    convert::ErrorCode::NotAuthorized,
+    convert::ErrorCode::UnsupportedTcpOption,
+    convert::ErrorCode::ResourceExceeded,
+    convert::ErrorCode::NetworkFailure,
+    convert::ErrorCode::ConnectionReset,
+    convert::ErrorCode::DestinationUnreachable,
+    convert::ErrorCode::Unknown(255),
+];
+
+/// Labels of [`ConnCounters::exchange_failed`], in index order.
+pub const EXCHANGE_FAILURES: [&str; 6] = ["no_route", "request", "io", "closed", "malformed", "timeout"];
+
+impl ConnCounters {
+    /// Counts an Error reply of hag.
+    pub fn refused_with(&self, code: convert::ErrorCode) {
+        self.refused.fetch_add(1, Relaxed);
+        let i = ERROR_CODES.iter().position(|c| *c == code).unwrap_or(ERROR_CODES.len() - 1);
+        self.refused_by_code[i].fetch_add(1, Relaxed);
+    }
+}
+
+/// One open LAN connection, as the admin API shows it (RFC 6897 CONNID: the MPTCP token of its hag connection).
+#[derive(Debug)]
+pub struct Connection {
+    /// Unique within this run; names connections without an MPTCP token (`tcp-<seq>`).
+    pub seq: u64,
+    /// The LAN client.
+    pub client: SocketAddr,
+    /// Where the client wanted to go.
+    pub destination: SocketAddr,
+    /// When it was accepted (wall clock, for display).
+    pub accepted_at: SystemTime,
+    /// When it was accepted (monotonic, for ages).
+    pub accepted: Instant,
+    /// The uplink whose address the connection to hag was bound to (its initial subflow).
+    pub uplink_initial: OnceLock<String>,
+    /// Local MPTCP token of the connection to hag; `None` inside when that connection is plain TCP.
+    pub token: OnceLock<Option<u32>>,
+    /// Carried directly to the destination (`fallback: direct`), not through hag.
+    pub direct: OnceLock<()>,
+    /// Bytes client -> server (`a_to_b`) and back (`b_to_a`), live.
+    pub counters: RelayCounters,
+    /// Duplicate of the hag socket's fd, for `MPTCP_FULL_INFO` (subflows).
+    pub hag_fd: OnceLock<OwnedFd>,
+    /// Cancelled to close the connection from outside (admin `DELETE`).
+    pub close: CancellationToken,
+}
+
+impl Connection {
+    /// The connection is not (or no longer) carried as MPTCP to hag: carried directly, or the hag connection
+    /// fell back to plain TCP. Unknown while the exchange with hag runs: `false`.
+    pub fn fallback(&self) -> bool {
+        self.direct.get().is_some() || matches!(self.token.get(), Some(None))
+    }
+}
+
+/// All open connections.
+#[derive(Debug, Default)]
+pub struct Connections {
+    next_seq: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Connection>>>,
+}
+
+impl Connections {
+    /// Registers a connection; it stays listed until the returned guard is dropped.
+    pub fn insert(self: &Arc<Self>, client: SocketAddr, destination: SocketAddr) -> Entry {
+        let seq = self.next_seq.fetch_add(1, Relaxed);
+        let conn = Arc::new(Connection {
+            seq,
+            client,
+            destination,
+            accepted_at: SystemTime::now(),
+            accepted: Instant::now(),
+            uplink_initial: OnceLock::new(),
+            token: OnceLock::new(),
+            direct: OnceLock::new(),
+            counters: RelayCounters::default(),
+            hag_fd: OnceLock::new(),
+            close: CancellationToken::new(),
+        });
+        self.lock().insert(seq, conn.clone());
+        Entry { table: self.clone(), conn }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Connection>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connections open now, oldest first.
+    pub fn snapshot(&self) -> Vec<Arc<Connection>> {
+        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.seq);
+        v
+    }
+
+    /// The open connection with this sequence number.
+    pub fn get(&self, seq: u64) -> Option<Arc<Connection>> {
+        self.lock().get(&seq).cloned()
+    }
+
+    /// The open connection whose hag connection has this MPTCP token.
+    pub fn by_token(&self, token: u32) -> Option<Arc<Connection>> {
+        self.lock().values().find(|c| c.token.get() == Some(&Some(token))).cloned()
+    }
+
+    /// Number of open connections.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Keeps a connection listed; removes it on drop.
+#[derive(Debug)]
+pub struct Entry {
+    table: Arc<Connections>,
+    conn: Arc<Connection>,
+}
+
+impl Entry {
+    /// The listed connection.
+    pub fn conn(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.table.lock().remove(&self.conn.seq);
+    }
 }
 
 /// What every connection task needs.
@@ -58,6 +215,8 @@ pub struct Shared {
     pub counters: ConnCounters,
     /// The uplink manager's choice of source address by health; `None`: the first uplink in config order.
     pub sources: Option<crate::uplink::SourceSelector>,
+    /// Open connections (admin API).
+    pub connections: Arc<Connections>,
 }
 
 /// Why the Convert exchange did not produce a usable hag connection (fallback applies).
@@ -83,6 +242,20 @@ pub enum ExchangeError {
     Timeout(SocketAddr),
 }
 
+impl ExchangeError {
+    /// Metric label ([`EXCHANGE_FAILURES`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExchangeError::NoRoute => "no_route",
+            ExchangeError::Request(_) => "request",
+            ExchangeError::Io { .. } => "io",
+            ExchangeError::Closed(_) => "closed",
+            ExchangeError::Malformed { .. } => "malformed",
+            ExchangeError::Timeout(_) => "timeout",
+        }
+    }
+}
+
 /// Result of a successful exchange.
 enum Reply {
     /// Success: the stream to hag plus server bytes that came right after the reply header.
@@ -100,12 +273,32 @@ pub fn reset(stream: TcpStream) {
 /// Handles one accepted LAN connection to its end.
 pub async fn handle(client: TcpStream, flow: Flow, shared: Arc<Shared>) {
     let span = tracing::info_span!("conn", client = %flow.client, dest = %flow.dest);
-    shared.counters.active.fetch_add(1, Relaxed);
-    run(client, flow, &shared).instrument(span).await;
-    shared.counters.active.fetch_sub(1, Relaxed);
+    let c = &shared.counters;
+    c.active.fetch_add(1, Relaxed);
+    let entry = shared.connections.insert(flow.client, flow.dest);
+    let conn = entry.conn().clone();
+    async {
+        tokio::select! {
+            () = run(client, flow, &shared, &conn) => {}
+            () = conn.close.cancelled() => {
+                c.closed_by_admin.fetch_add(1, Relaxed);
+                info!(
+                    up = conn.counters.a_to_b.load(Relaxed),
+                    down = conn.counters.b_to_a.load(Relaxed),
+                    "closed through the admin API"
+                );
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    c.bytes_up.fetch_add(conn.counters.a_to_b.load(Relaxed), Relaxed);
+    c.bytes_down.fetch_add(conn.counters.b_to_a.load(Relaxed), Relaxed);
+    drop(entry);
+    c.active.fetch_sub(1, Relaxed);
 }
 
-async fn run(mut client: TcpStream, flow: Flow, shared: &Shared) {
+async fn run(mut client: TcpStream, flow: Flow, shared: &Shared, conn: &Connection) {
     let cfg = &shared.config;
     let c = &shared.counters;
     let _ = client.set_nodelay(true);
@@ -121,23 +314,24 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared) {
     };
     first.truncate(n);
 
-    match exchange(flow, &mut first, &mut client, cfg, shared.sources.as_ref()).await {
+    match exchange(flow, &mut first, &mut client, cfg, shared.sources.as_ref(), conn).await {
         Ok(Reply::Converted(hag, early)) => {
             c.converted.fetch_add(1, Relaxed);
             debug!(first_bytes = first.len(), "converted");
+            conn.counters.a_to_b.fetch_add(first.len() as u64, Relaxed);
             if !early.is_empty() && client.write_all(&early).await.is_err() {
                 return;
             }
-            c.bytes_down.fetch_add(early.len() as u64, Relaxed);
-            c.bytes_up.fetch_add(first.len() as u64, Relaxed);
-            relay(client, hag, cfg.limits.idle_timeout, c).await;
+            conn.counters.b_to_a.fetch_add(early.len() as u64, Relaxed);
+            relay(client, hag, cfg.limits.idle_timeout, &conn.counters).await;
         }
         Ok(Reply::Refused(code)) => {
-            c.refused.fetch_add(1, Relaxed);
+            c.refused_with(code);
             info!(?code, "hag refused; resetting client");
             reset(client);
         }
         Err(e) => {
+            c.exchange_failed[EXCHANGE_FAILURES.iter().position(|k| *k == e.kind()).unwrap_or(0)].fetch_add(1, Relaxed);
             warn!(error = %e, fallback = ?cfg.fallback, "hag unavailable");
             match cfg.fallback {
                 Fallback::Reject => {
@@ -147,8 +341,9 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared) {
                 Fallback::Direct => match direct(flow, &first, cfg).await {
                     Ok(server) => {
                         c.fallback_direct.fetch_add(1, Relaxed);
-                        c.bytes_up.fetch_add(first.len() as u64, Relaxed);
-                        relay(client, server, cfg.limits.idle_timeout, c).await;
+                        let _ = conn.direct.set(());
+                        conn.counters.a_to_b.fetch_add(first.len() as u64, Relaxed);
+                        relay(client, server, cfg.limits.idle_timeout, &conn.counters).await;
                     }
                     Err(e) => {
                         c.rejected.fetch_add(1, Relaxed);
@@ -178,8 +373,12 @@ async fn exchange(
     client: &mut TcpStream,
     cfg: &Config,
     sources: Option<&crate::uplink::SourceSelector>,
+    conn: &Connection,
 ) -> Result<Reply, ExchangeError> {
     let (hag, source) = pick_hag(cfg, sources).ok_or(ExchangeError::NoRoute)?;
+    if let Some(u) = cfg.uplinks.iter().find(|u| u.source_for(source) == Some(source)) {
+        let _ = conn.uplink_initial.set(u.name.clone());
+    }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let nonce = convert::auth::random_nonce().map_err(|e| ExchangeError::Request(e.to_string()))?;
     let mut request = convert::auth::signed_request(&cfg.key.0, flow.dest, &cfg.cpe_id, now, nonce)
@@ -195,6 +394,10 @@ async fn exchange(
     };
     let (mut stream, sent) = connect_with_data(hag, &request, &opts).await.map_err(io_err)?;
     let _ = stream.set_nodelay(true);
+    let _ = conn.token.set(common::mptcp::info(&stream).ok().flatten().map(|i| i.token));
+    if let Ok(fd) = socket2::SockRef::from(&stream).try_clone() {
+        let _ = conn.hag_fd.set(OwnedFd::from(fd));
+    }
     if sent < request.len() {
         stream.write_all(&request[sent..]).await.map_err(io_err)?;
     }
@@ -260,13 +463,11 @@ async fn direct(flow: Flow, first: &[u8], cfg: &Config) -> io::Result<TcpStream>
     Ok(stream)
 }
 
-async fn relay(client: TcpStream, server: TcpStream, idle: Duration, c: &ConnCounters) {
-    let counters = common::relay::RelayCounters::default();
-    let result = common::relay::relay(client, server, idle, &counters).await;
+/// Relays until both sides closed (or idle, or an error); `counters` hold the connection's totals.
+async fn relay(client: TcpStream, server: TcpStream, idle: Duration, counters: &RelayCounters) {
+    let result = common::relay::relay(client, server, idle, counters).await;
     let up = counters.a_to_b.load(Relaxed);
     let down = counters.b_to_a.load(Relaxed);
-    c.bytes_up.fetch_add(up, Relaxed);
-    c.bytes_down.fetch_add(down, Relaxed);
     match result {
         Ok(outcome) => debug!(up, down, ?outcome, "relay done"),
         Err(e) => debug!(up, down, error = %e, "relay ended with an error"),

@@ -154,7 +154,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             }
         };
         let sources = uplinks.as_ref().map(UplinkManager::selector);
-        let shared = Arc::new(Shared { config: cfg.clone(), counters: ConnCounters::default(), sources });
+        let shared = Arc::new(Shared {
+            config: cfg.clone(),
+            counters: ConnCounters::default(),
+            sources,
+            connections: Arc::default(),
+        });
         serve(&mut interceptor, shared, shutdown).await;
         if let Some(m) = uplinks {
             m.shutdown().await;
