@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use tests::emulator::{Direction, LinkConfig, Shape};
-use tests::netns::{ChildGuard, Netns};
+use tests::daemons::{self, HagSpec, HcpeSpec};
 use tests::testbed::{Testbed, TestbedConfig, addr, ifname};
 use tests::traffic::{Client, Server, Transfer};
 
@@ -57,7 +57,6 @@ const DSL_RTT: f64 = 20.0;
 const LTE_DOWN: f64 = 30.0;
 const LTE_UP: f64 = 10.0;
 const LTE_RTT: f64 = 45.0;
-const CPE_ID: &str = "demo-cpe";
 const MIB: u64 = 1 << 20;
 
 /// Transfer sizes of one run.
@@ -78,86 +77,9 @@ impl Sizes {
     }
 }
 
-/// The config directory; removed on drop (and explicitly once the daemons have read it).
-struct ConfigDir(PathBuf);
-
-impl ConfigDir {
-    fn new() -> anyhow::Result<ConfigDir> {
-        let p = std::env::temp_dir().join(format!("hybrid-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&p).with_context(|| format!("create {}", p.display()))?;
-        let mut key = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))
-            .context("read /dev/urandom")?;
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        write_private(&p.join("cpe.key"), &hex)?;
-        Ok(ConfigDir(p))
-    }
-}
-
-impl Drop for ConfigDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("write {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
 /// The daemons' log level: `info`, or `$DEMO_LOG` (e.g. `debug`) when set.
 fn log_level() -> String {
     std::env::var("DEMO_LOG").unwrap_or_else(|_| "info".into())
-}
-
-fn hag_config(dir: &ConfigDir) -> anyhow::Result<PathBuf> {
-    let yaml = format!(
-        "listen: ['{}', '[{}]']\n\
-         clients:\n  {CPE_ID}: {{key_file: cpe.key}}\n\
-         destinations:\n  allow: [198.18.4.0/24, '2001:2:0:4::/64']\n\
-         log_level: {lvl}\n",
-        addr::HAG_SERVICE.v4,
-        addr::HAG_SERVICE.v6,
-        lvl = log_level(),
-    );
-    let path = dir.0.join("hag.yaml");
-    write_private(&path, &yaml)?;
-    Ok(path)
-}
-
-fn hcpe_config(dir: &ConfigDir, tfo: bool) -> anyhow::Result<PathBuf> {
-    let yaml = format!(
-        "lan_interfaces: [{lan}]\n\
-         tun: {{ name: hcpe0, queues: 2 }}\n\
-         hag:\n  addresses: ['{hag4}']\n  cpe_id: {CPE_ID}\n  key_file: cpe.key\n  fastopen: {tfo}\n\
-         uplinks:\n\
-         \x20 - {{ name: dsl, interface: {dsl}, ipv4: {{ address: {d4} }}, ipv6: {{ address: '{d6}' }} }}\n\
-         \x20 - {{ name: lte, interface: {lte}, ipv4: {{ address: {l4} }}, ipv6: {{ address: '{l6}' }} }}\n\
-         fallback: reject\n\
-         log_level: {lvl}\n",
-        lan = ifname::CPE_LAN,
-        dsl = ifname::DSL,
-        lte = ifname::LTE,
-        hag4 = addr::HAG_SERVICE.v4,
-        d4 = addr::CPE_DSL.v4,
-        d6 = addr::CPE_DSL.v6,
-        l4 = addr::CPE_LTE.v4,
-        l6 = addr::CPE_LTE.v6,
-        lvl = log_level(),
-        tfo = tfo,
-    );
-    let path = dir.0.join("hcpe.yaml");
-    write_private(&path, &yaml)?;
-    Ok(path)
 }
 
 /// The demo testbed: shaped links, and MPTCP limits/endpoints so a connection from the DSL
@@ -175,11 +97,7 @@ fn build_testbed() -> anyhow::Result<Testbed> {
         ..TestbedConfig::default()
     })
     .context("build the testbed")?;
-    tb.cpe.ip(&["mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "2"])?;
-    let (l4, l6) = (addr::CPE_LTE.v4.to_string(), addr::CPE_LTE.v6.to_string());
-    tb.cpe.ip(&["mptcp", "endpoint", "add", &l4, "dev", ifname::LTE, "subflow"])?;
-    tb.cpe.ip(&["mptcp", "endpoint", "add", &l6, "dev", ifname::LTE, "subflow"])?;
-    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "2"])?;
+    daemons::static_endpoints(&tb)?;
     Ok(tb)
 }
 
@@ -194,15 +112,6 @@ fn daemon_path(name: &str) -> anyhow::Result<PathBuf> {
         bail!("`{name}` not found at {}: build with `cargo build --release --workspace --bins`", p.display());
     }
     Ok(p)
-}
-
-fn start(ns: &Netns, bin: &str, cfg: &Path, ready: &str) -> anyhow::Result<ChildGuard> {
-    let mut child = ns.spawn(daemon_path(bin)?, &[Path::new("--config"), cfg])?;
-    if !child.wait_for_log(ready, Duration::from_secs(10)) {
-        child.print_log();
-        bail!("{bin} did not report `{ready}` within 10 s");
-    }
-    Ok(child)
 }
 
 fn mbit(bytes: u64, secs: f64) -> f64 {
@@ -374,12 +283,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     };
 
     println!("\n== Starting hag (in hag) and hcpe (in cpe)");
-    let dir = ConfigDir::new()?;
-    let hag_cfg = hag_config(&dir)?;
-    let hcpe_cfg = hcpe_config(&dir, cli.tfo)?;
+    let dir = daemons::config_dir("hybrid-demo")?;
     // Declared after `tb`: dropped (SIGTERM, then SIGKILL after the grace) before the testbed.
-    let hag = start(&tb.hag, "hag", &hag_cfg, "listening")?;
-    let hcpe = start(&tb.cpe, "hcpe", &hcpe_cfg, "hcpe ready")?;
+    let hag_spec = HagSpec { limits: "{}".into(), log_level: log_level(), ..HagSpec::default() };
+    let hag = daemons::start_hag(&tb, dir.path(), &hag_spec)?;
+    let hcpe_spec =
+        HcpeSpec { fastopen: cli.tfo, limits: "{}".into(), log_level: log_level(), ..HcpeSpec::default() };
+    let hcpe = daemons::start_hcpe(&tb, dir.path(), &hcpe_spec)?;
     drop(dir); // both have read their config and key
     println!(
         "   hag pid {}, hcpe pid {}; LAN TCP now goes lan -> hcpe -> MPTCP over DSL+LTE -> hag -> server",
