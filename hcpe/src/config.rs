@@ -16,6 +16,7 @@ use common::config::{self as cfg, ConfigError};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
+use crate::uplink::volume::{self, QuotaFile, VolumeFile};
 use crate::uplink::{self, Mode, ProbeFile, Role};
 
 /// Default HAG service port (DESIGN §3).
@@ -52,6 +53,9 @@ pub struct FileConfig {
     /// Uplink health probes towards hag (uplink manager).
     #[serde(default)]
     pub probe: ProbeFile,
+    /// Volume counting per uplink and its state file (quota: `uplinks[].quota`).
+    #[serde(default)]
+    pub volume: VolumeFile,
     /// tracing filter directive; `RUST_LOG` overrides it.
     #[serde(default = "default_log_level")]
     pub log_level: String,
@@ -136,6 +140,9 @@ pub struct UplinkFile {
     /// Routing table of the uplink's source-based routing; default `routing.table + 1 + index`.
     #[serde(default)]
     pub table: Option<u32>,
+    /// Monthly volume quota; over it the uplink drops to the quota's `action` mode.
+    #[serde(default)]
+    pub quota: Option<QuotaFile>,
 }
 
 /// An uplink's address and gateway in one family.
@@ -256,6 +263,7 @@ pub struct Uplink {
     pub role: Role,
     pub mode: Mode,
     pub table: u32,
+    pub quota: Option<QuotaFile>,
 }
 
 impl Uplink {
@@ -293,6 +301,8 @@ pub struct Config {
     pub routing: RoutingFile,
     pub limits: LimitsFile,
     pub probe: ProbeFile,
+    /// `state_file` resolved relative to the config file.
+    pub volume: VolumeFile,
     pub log_level: String,
     /// Admin REST API (token file already read), if configured.
     pub admin: Option<Admin>,
@@ -379,6 +389,9 @@ impl Config {
             if u.ipv4.is_none() && u.ipv6.is_none() {
                 return Err(ConfigError::invalid(format!("uplinks[{i}]"), "needs an ipv4 or an ipv6 section"));
             }
+            if let Some(q) = &u.quota {
+                volume::validate_quota(i, q)?;
+            }
             uplinks.push(Uplink {
                 name: u.name.clone(),
                 interface: u.interface.clone(),
@@ -387,6 +400,7 @@ impl Config {
                 role: u.role.unwrap_or(uplink::settings::default_role(i)),
                 mode: u.mode,
                 table: u.table.unwrap_or(uplink::settings::default_table(f.routing.table, i)),
+                quota: u.quota,
             });
         }
         let reachable = hag_addresses.iter().any(|h| uplinks.iter().any(|u| u.source_for(h.ip()).is_some()));
@@ -402,6 +416,11 @@ impl Config {
         let modes: Vec<Mode> = uplinks.iter().map(|u| u.mode).collect();
         let tables: Vec<u32> = uplinks.iter().map(|u| u.table).collect();
         uplink::settings::validate_uplinks(&modes, &tables, f.routing.table, &f.probe)?;
+        volume::validate_volume(&f.volume)?;
+        let volume = VolumeFile {
+            state_file: f.volume.state_file.as_ref().map(|p| cfg::resolve_relative(config_path, p)),
+            ..f.volume
+        };
         if f.limits.nat_pool_addresses == 0 {
             return Err(ConfigError::invalid("limits.nat_pool_addresses", "must be at least 1"));
         }
@@ -439,6 +458,7 @@ impl Config {
             routing: f.routing,
             limits: f.limits,
             probe: f.probe,
+            volume,
             log_level: f.log_level,
             admin,
         })
