@@ -12,7 +12,10 @@
 //!   keyed by the fake endpoint (the peer address the listener sees on accept), so [`Nat::lookup`] gives the
 //!   original destination to the accept loop;
 //! - a rewritten packet always carries valid IPv4 header and TCP checksums (incremental RFC 1624 updates, which
-//!   stay valid because we only swap addresses and ports);
+//!   stay valid because we only swap addresses and ports). With TUN offload a packet may be a GSO super-packet
+//!   (up to 64 KiB, many segments) whose TCP checksum is still partial ([`TcpChecksum::Partial`]: the field holds
+//!   only the pseudo-header sum, the kernel completes it); it is rewritten in place the same way, only the
+//!   pseudo-header part (the addresses) is patched, and it stays partial. No packet is ever split or copied;
 //! - fake endpoints are handed out round-robin over the whole pool, so a freed endpoint is reused as late as
 //!   possible (the kernel may still hold a TIME_WAIT socket for it); when every endpoint is taken the SYN is
 //!   dropped and [`NatCounters::exhausted`] counts it: the pool never runs out silently;
@@ -45,6 +48,18 @@ pub enum DropReason {
     NoFlow,
     /// A new flow while every fake endpoint is in use.
     Exhausted,
+}
+
+/// What the TCP checksum field of a packet holds (the TUN device's virtio-net header says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpChecksum {
+    /// The complete checksum over pseudo-header, TCP header and payload (what a wire packet carries).
+    Complete,
+    /// CHECKSUM_PARTIAL (virtio-net `NEEDS_CSUM`): the field holds the folded, uncomplemented pseudo-header
+    /// sum and whoever transmits the packet sums from `start` to the end over it, storing the result at
+    /// `start + offset`. Only the addresses are in it, not the ports. A packet whose `start`/`offset` do not
+    /// name its TCP checksum field is dropped as malformed (we would not know what the field holds).
+    Partial { start: u16, offset: u16 },
 }
 
 /// Outcome of [`Nat::process`].
@@ -301,9 +316,15 @@ impl Nat {
         }
     }
 
-    /// Rewrites one IP packet read from the TUN device in place.
+    /// Rewrites one IP packet read from the TUN device in place (complete checksums).
     pub fn process(&mut self, packet: &mut [u8], now: Instant) -> Verdict {
-        let verdict = self.process_inner(packet, now);
+        self.process_with(packet, TcpChecksum::Complete, now)
+    }
+
+    /// Rewrites one IP packet (or GSO super-packet) in place; `csum` says what its TCP checksum field holds,
+    /// and it holds the same kind afterwards.
+    pub fn process_with(&mut self, packet: &mut [u8], csum: TcpChecksum, now: Instant) -> Verdict {
+        let verdict = self.process_inner(packet, csum, now);
         match verdict {
             Ok(true) => self.counters.to_listener += 1,
             Ok(false) => self.counters.to_client += 1,
@@ -316,8 +337,13 @@ impl Nat {
     }
 
     /// Ok(true) when rewritten towards the listener, Ok(false) when towards the client.
-    fn process_inner(&mut self, packet: &mut [u8], now: Instant) -> Result<bool, DropReason> {
+    fn process_inner(&mut self, packet: &mut [u8], csum: TcpChecksum, now: Instant) -> Result<bool, DropReason> {
         let l = parse(packet)?;
+        if let TcpChecksum::Partial { start, offset } = csum
+            && (usize::from(start) != l.tcp || offset != 16)
+        {
+            return Err(DropReason::Malformed);
+        }
         let listener = match (l.v6, &self.v4, &self.v6) {
             (false, Some(p), _) => p.cfg.listener,
             (true, _, Some(p)) => p.cfg.listener,
@@ -328,7 +354,7 @@ impl Nat {
             let entry = self.by_fake.get_mut(&l.dst).ok_or(DropReason::NoFlow)?;
             entry.observe(false, l.syn, l.ack, l.fin, l.rst, now);
             let flow = entry.flow;
-            rewrite(packet, &l, flow.dest, flow.client);
+            rewrite(packet, &l, csum, flow.dest, flow.client);
             return Ok(false);
         }
         let key = Flow { client: l.src, dest: l.dst };
@@ -346,7 +372,7 @@ impl Nat {
         };
         let entry = self.by_fake.get_mut(&fake).expect("by_flow and by_fake agree");
         entry.observe(true, l.syn, l.ack, l.fin, l.rst, now);
-        rewrite(packet, &l, fake, listener);
+        rewrite(packet, &l, csum, fake, listener);
         Ok(true)
     }
 
@@ -465,13 +491,17 @@ fn ip_bytes(ip: IpAddr) -> ([u8; 16], usize) {
     }
 }
 
-/// Sets source and destination (address and port) and patches the checksums incrementally.
-fn rewrite(packet: &mut [u8], l: &Layout, src: SocketAddr, dst: SocketAddr) {
+/// Sets source and destination (address and port) and patches the checksums incrementally. A partial TCP
+/// checksum is the uncomplemented pseudo-header sum S, so with HC = ~S the RFC 1624 update gives
+/// S' = ~checksum_replace(~S, m, m'); the ports are not in it.
+fn rewrite(packet: &mut [u8], l: &Layout, csum: TcpChecksum, src: SocketAddr, dst: SocketAddr) {
+    let partial = matches!(csum, TcpChecksum::Partial { .. });
     let (src_off, dst_off) = if l.v6 { (8, 24) } else { (12, 16) };
     let (new_src, n) = ip_bytes(src.ip());
     let (new_dst, _) = ip_bytes(dst.ip());
     let csum_at = l.tcp + 16;
-    let mut tcp_csum = u16::from_be_bytes([packet[csum_at], packet[csum_at + 1]]);
+    let field = u16::from_be_bytes([packet[csum_at], packet[csum_at + 1]]);
+    let mut tcp_csum = if partial { !field } else { field };
     let mut ip_csum = u16::from_be_bytes([packet[10], packet[11]]);
 
     for (off, new) in [(src_off, &new_src[..n]), (dst_off, &new_dst[..n])] {
@@ -485,10 +515,13 @@ fn rewrite(packet: &mut [u8], l: &Layout, src: SocketAddr, dst: SocketAddr) {
     }
     for (off, port) in [(l.tcp, src.port()), (l.tcp + 2, dst.port())] {
         let new = port.to_be_bytes();
-        tcp_csum = checksum_replace(tcp_csum, &packet[off..off + 2], &new);
+        if !partial {
+            tcp_csum = checksum_replace(tcp_csum, &packet[off..off + 2], &new);
+        }
         packet[off..off + 2].copy_from_slice(&new);
     }
-    packet[csum_at..csum_at + 2].copy_from_slice(&tcp_csum.to_be_bytes());
+    let field = if partial { !tcp_csum } else { tcp_csum };
+    packet[csum_at..csum_at + 2].copy_from_slice(&field.to_be_bytes());
     if !l.v6 {
         packet[10..12].copy_from_slice(&ip_csum.to_be_bytes());
     }

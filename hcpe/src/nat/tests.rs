@@ -386,3 +386,87 @@ fn unknown_client_segment_gets_an_rst_from_the_destination() {
     PacketBuilder::ipv4([192, 168, 1, 10], [8, 8, 8, 8], 64).udp(5353, 53).write(&mut udp, b"q").unwrap();
     assert!(nat.reset_for(&udp).is_none());
 }
+
+/// Folded 16-bit one's complement sum (no final complement).
+fn ones_sum(chunks: &[&[u8]]) -> u16 {
+    let mut sum: u64 = 0;
+    for c in chunks {
+        for pair in c.chunks(2) {
+            sum += u64::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Offset of the TCP header and the pseudo-header sum of `packet`.
+fn pseudo(packet: &[u8]) -> (usize, u16) {
+    let ip = IpSlice::from_slice(packet).unwrap();
+    let tcp_len = ip.payload().payload.len();
+    let off = packet.len() - tcp_len;
+    let sum = match ip.source_addr() {
+        IpAddr::V4(_) => ones_sum(&[&packet[12..20], &[0, 6], &(tcp_len as u16).to_be_bytes()]),
+        IpAddr::V6(_) => ones_sum(&[&packet[8..40], &(tcp_len as u32).to_be_bytes(), &[0, 0, 0, 6]]),
+    };
+    (off, sum)
+}
+
+/// What the kernel hands over with CHECKSUM_PARTIAL: the field holds the pseudo-header sum only.
+fn make_partial(packet: &mut [u8]) -> TcpChecksum {
+    let (off, sum) = pseudo(packet);
+    packet[off + 16..off + 18].copy_from_slice(&sum.to_be_bytes());
+    TcpChecksum::Partial { start: off as u16, offset: 16 }
+}
+
+/// What the transmitter of a CHECKSUM_PARTIAL packet does: sum from csum_start to the end, complement, store.
+fn complete(packet: &mut [u8]) {
+    let (off, _) = pseudo(packet);
+    let c = !ones_sum(&[&packet[off..]]);
+    packet[off + 16..off + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+fn partial_super_packet_roundtrip(client: &str, dest: &str, listener: &str) {
+    let mut nat = Nat::new(config(16, (10000, 60000)));
+    let now = Instant::now();
+    let mut syn = tcp_packet(sa(client), sa(dest), SYN, &[]);
+    let csum = make_partial(&mut syn);
+    assert_eq!(nat.process_with(&mut syn, csum, now), Verdict::Forward);
+    let (off, pseudo_after) = pseudo(&syn);
+    assert_eq!(&syn[off + 16..off + 18], &pseudo_after.to_be_bytes(), "still partial: the new pseudo-header sum");
+    complete(&mut syn);
+    let (fake, to, _, ok) = inspect(&syn);
+    assert!(ok, "completed checksum valid after client->listener rewrite");
+    assert_eq!(to, sa(listener));
+
+    // A 60000-byte GSO super-packet from the listener, rewritten in one piece.
+    let body: Vec<u8> = (0..60_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    let mut data = tcp_packet(sa(listener), fake, ACK, &body);
+    let csum = make_partial(&mut data);
+    assert_eq!(nat.process_with(&mut data, csum, now), Verdict::Forward);
+    complete(&mut data);
+    let (from, to, got, ok) = inspect(&data);
+    assert!(ok, "completed checksum valid after listener->client rewrite");
+    assert_eq!((from, to), (sa(dest), sa(client)));
+    assert_eq!(got, body);
+}
+
+#[test]
+fn ipv4_partial_checksum_super_packets_are_rewritten_in_place() {
+    partial_super_packet_roundtrip(CLIENT4, DEST4, LISTENER4);
+}
+
+#[test]
+fn ipv6_partial_checksum_super_packets_are_rewritten_in_place() {
+    partial_super_packet_roundtrip(CLIENT6, DEST6, LISTENER6);
+}
+
+#[test]
+fn partial_checksum_elsewhere_than_the_tcp_field_is_malformed() {
+    let mut nat = Nat::new(config(16, (10000, 60000)));
+    let mut syn = tcp_packet(sa(CLIENT4), sa(DEST4), SYN, &[]);
+    let verdict = nat.process_with(&mut syn, TcpChecksum::Partial { start: 20, offset: 6 }, Instant::now());
+    assert_eq!(verdict, Verdict::Drop(DropReason::Malformed));
+    assert!(nat.is_empty());
+}
