@@ -17,6 +17,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use crate::uplink::volume::{self, QuotaFile, VolumeFile};
+use crate::uplink::settings::UplinkAddress;
 use crate::uplink::{self, Mode, ProbeFile, Role};
 
 /// Default HAG service port (DESIGN §3).
@@ -149,8 +150,11 @@ pub struct UplinkFile {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkFamily<A> {
-    /// Local address on the uplink interface; connections to hag over this uplink bind to it.
-    pub address: A,
+    /// Local address on the uplink interface; connections to hag over this uplink bind to it. `auto` (or
+    /// absent): learned from the interface and followed when it changes (the uplink manager needs
+    /// `probe.enabled` for that).
+    #[serde(default = "UplinkAddress::auto")]
+    pub address: UplinkAddress<A>,
     pub gateway: Option<A>,
 }
 
@@ -270,8 +274,16 @@ impl Uplink {
     /// This uplink's local address in the family of `peer`.
     pub fn source_for(&self, peer: IpAddr) -> Option<IpAddr> {
         match peer {
-            IpAddr::V4(_) => self.ipv4.map(|f| IpAddr::V4(f.address)),
-            IpAddr::V6(_) => self.ipv6.map(|f| IpAddr::V6(f.address)),
+            IpAddr::V4(_) => self.ipv4.and_then(|f| f.address.fixed()).map(IpAddr::V4),
+            IpAddr::V6(_) => self.ipv6.and_then(|f| f.address.fixed()).map(IpAddr::V6),
+        }
+    }
+
+    /// Whether this uplink has (or will learn) an address of `peer`'s family.
+    pub fn has_family(&self, peer: IpAddr) -> bool {
+        match peer {
+            IpAddr::V4(_) => self.ipv4.is_some(),
+            IpAddr::V6(_) => self.ipv6.is_some(),
         }
     }
 }
@@ -403,7 +415,7 @@ impl Config {
                 quota: u.quota,
             });
         }
-        let reachable = hag_addresses.iter().any(|h| uplinks.iter().any(|u| u.source_for(h.ip()).is_some()));
+        let reachable = hag_addresses.iter().any(|h| uplinks.iter().any(|u| u.has_family(h.ip())));
         if !reachable {
             return Err(ConfigError::invalid("hag.addresses", "no uplink has an address of a hag address's family"));
         }

@@ -136,7 +136,7 @@ pub struct Addrs {
 impl Addrs {
     /// The configured addresses of `u` (none for a family whose address is learned).
     pub fn configured(u: &Uplink) -> Addrs {
-        Addrs { v4: u.ipv4.map(|f| f.address), v6: u.ipv6.map(|f| f.address) }
+        Addrs { v4: u.ipv4.and_then(|f| f.address.fixed()), v6: u.ipv6.and_then(|f| f.address.fixed()) }
     }
 
     /// The address of `peer`'s family.

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use common::config::{self as cfg, ConfigError};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// Which uplink new connections start on while it is healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -44,6 +44,52 @@ impl Mode {
             Mode::Standby => "standby",
             Mode::Off => "off",
         }
+    }
+}
+
+/// An uplink's local address in one family as configured: fixed, or `auto` (also when the key is absent):
+/// learned from the interface and followed when it changes (an LTE modem renumbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UplinkAddress<A> {
+    /// Learned from the uplink's interface (its first global address of the family).
+    Auto,
+    /// This address; connections to hag over this uplink bind to it.
+    Fixed(A),
+}
+
+impl<A> UplinkAddress<A> {
+    /// `auto` (serde default of an absent `address:` key).
+    pub fn auto() -> Self {
+        UplinkAddress::Auto
+    }
+}
+
+impl<A: Copy> UplinkAddress<A> {
+    /// The configured address, `None` for `auto`.
+    pub fn fixed(self) -> Option<A> {
+        match self {
+            UplinkAddress::Fixed(a) => Some(a),
+            UplinkAddress::Auto => None,
+        }
+    }
+}
+
+impl<A: std::fmt::Display> std::fmt::Display for UplinkAddress<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UplinkAddress::Auto => f.write_str("auto"),
+            UplinkAddress::Fixed(a) => a.fmt(f),
+        }
+    }
+}
+
+impl<'de, A: Deserialize<'de>> Deserialize<'de> for UplinkAddress<A> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "auto" {
+            return Ok(UplinkAddress::Auto);
+        }
+        A::deserialize(serde::de::value::StringDeserializer::<D::Error>::new(text)).map(UplinkAddress::Fixed)
     }
 }
 
@@ -176,8 +222,32 @@ uplinks:
     }
 
     #[test]
+    fn uplink_address_is_fixed_or_learned() {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.uplinks[1].ipv4.unwrap().address, UplinkAddress::Fixed(Ipv4Addr::new(203, 0, 113, 2)));
+        for (text, what) in [
+            (BASE.replace("address: 203.0.113.2, ", "address: auto, "), "auto"),
+            (BASE.replace("address: 203.0.113.2, ", ""), "absent"),
+        ] {
+            let c = parse(&text).unwrap();
+            let lte = &c.uplinks[1];
+            assert_eq!(lte.ipv4.unwrap().address, UplinkAddress::Auto, "{what}");
+            assert_eq!(lte.ipv4.unwrap().gateway, Some(Ipv4Addr::new(203, 0, 113, 1)), "{what}");
+            assert_eq!(lte.source_for("198.51.100.1".parse().unwrap()), None, "{what}: nothing to bind to yet");
+            assert_eq!(lte.ipv4.unwrap().address.to_string(), "auto");
+        }
+        let v6 = BASE.replace("interface: lte0", "interface: lte0\n    ipv6: { address: auto }");
+        assert_eq!(parse(&v6).unwrap().uplinks[1].ipv6.unwrap().address, UplinkAddress::<Ipv6Addr>::Auto);
+        // Only learned addresses, of the hag's family: still a valid config (the address comes later).
+        let only_auto = BASE.replace("address: 192.0.2.2, ", "").replace("address: 203.0.113.2, ", "");
+        assert!(parse(&only_auto).is_ok());
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
+            (BASE.replace("address: 203.0.113.2", "address: automatic"), "uplinks[1].ipv4.address"),
             (BASE.replace("interface: lte0", "interface: lte0\n    mode: sometimes"), "uplinks[1].mode"),
             (BASE.replace("interface: lte0", "interface: lte0\n    role: tertiary"), "uplinks[1].role"),
             (BASE.replace("interface: lte0", "interface: lte0\n    table: 5125"), "uplinks[1].table"),
