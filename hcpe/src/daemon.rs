@@ -20,11 +20,13 @@ use ipnet::IpNet;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::admin;
 use crate::config::Config;
 use crate::conn::{self, ConnCounters, Shared};
 use crate::intercept::{Interceptor, TunSettings};
 use crate::nat::Timeouts;
 use crate::uplink::UplinkManager;
+use crate::uplink::volume::VolumeTracker;
 
 /// rtnetlink protocol number marking hcpe's rules and routes (unassigned in iproute2's rt_protos).
 pub const RT_PROTO_HCPE: u8 = 72;
@@ -130,8 +132,22 @@ async fn install_routing(cfg: &Config, nl: &Netlink, ifindex: u32) -> anyhow::Re
     Ok((rules, routes))
 }
 
+/// What the daemon needs besides its config.
+#[derive(Default)]
+pub struct RunOptions {
+    /// The file the config was read from; `POST /api/v1/reload` re-reads it (`None`: no reload).
+    pub config_path: Option<std::path::PathBuf>,
+    /// Changes the log filter at run time on a reload (`None`: a `log_level` change needs a restart).
+    pub log_level: Option<crate::admin::LogLevelSetter>,
+}
+
 /// Runs the daemon until `shutdown` resolves, then removes everything it added.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(cfg, RunOptions::default(), shutdown).await
+}
+
+/// [`run`] with the config file's path (reload) and a log-level setter.
+pub async fn run_with(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     if cfg.fastopen
         && let Err(missing) = common::mptcp::check_tfo_sysctl(common::mptcp::TfoRole::Client)
     {
@@ -153,6 +169,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 None
             }
         };
+        // Volume and quotas: after the manager (it switches modes through its control), stopped before it.
+        let volume = uplinks.as_ref().map(|m| VolumeTracker::start(&cfg, m.control()));
         let sources = uplinks.as_ref().map(UplinkManager::selector);
         let shared = Arc::new(Shared {
             config: cfg.clone(),
@@ -160,7 +178,34 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             sources,
             connections: Arc::default(),
         });
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        let admin = {
+            let reload = admin::Reloader::new(opts.config_path, cfg.clone(), opts.log_level);
+            let control = uplinks.as_ref().map(UplinkManager::control);
+            let state = Arc::new(admin::ApiState::new(shared.clone(), control, None, reload));
+            let stop = admin_stop.clone();
+            match admin::start(state, async move { stop.cancelled().await }) {
+                Ok(a) => a,
+                Err(e) => {
+                    if let Some(m) = uplinks {
+                        m.shutdown().await;
+                    }
+                    return Err(anyhow::Error::new(e));
+                }
+            }
+        };
         serve(&mut interceptor, shared, shutdown).await;
+        admin_stop.cancel();
+        if let Some(a) = admin {
+            match a.task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "admin API failed"),
+                Err(e) => warn!(error = %e, "admin API task failed"),
+            }
+        }
+        if let Some(v) = volume {
+            v.shutdown().await;
+        }
         if let Some(m) = uplinks {
             m.shutdown().await;
         }

@@ -7,3 +7,4 @@ pub mod config;
 pub mod conn;
 pub mod daemon;
 pub mod uplink;
+pub mod admin;

@@ -32,13 +32,7 @@ fn main() -> ExitCode {
         println!("hcpe: config {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log_level = init_tracing(&config.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -49,7 +43,8 @@ fn main() -> ExitCode {
     // Signal handlers are installed before any setup, so a SIGTERM during start-up still cleans up.
     let run = async {
         let shutdown = shutdown_signal()?;
-        hcpe::daemon::run(config, shutdown).await
+        let opts = hcpe::daemon::RunOptions { config_path: Some(cli.config.clone()), log_level: Some(log_level) };
+        hcpe::daemon::run_with(config, opts, shutdown).await
     };
     match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,6 +53,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr with the config's filter (or `RUST_LOG`), and returns the setter a config reload uses to
+/// change the filter (refused while `RUST_LOG` is set: the environment wins, as at start).
+fn init_tracing(level: &str) -> hcpe::admin::LogLevelSetter {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, reload};
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let (filter, handle) = reload::Layer::new(from_env.unwrap_or_else(|| EnvFilter::new(level)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+    std::sync::Arc::new(move |level: &str| {
+        if env_set {
+            return Err("RUST_LOG is set and overrides log_level".to_owned());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {

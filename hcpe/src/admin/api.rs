@@ -1,0 +1,359 @@
+//! Handlers and JSON views of hcpe's `/api/v1/...` routes (shapes: `notes` contract and the OpenAPI document
+//! in the parent module).
+//!
+//! Invariants: a view is read from live state at request time (no cache); a handler that changes state
+//! (PATCH, DELETE, reload) logs what it changed; errors are [`ApiError`]s (JSON `{"error": ...}`).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::UNIX_EPOCH;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use common::admin::{ApiError, ApiJson, ApiPath};
+use common::mptcp;
+use common::pm::EndpointFlags;
+use common::probe::HealthState;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+
+use super::reload::ReloadOutcome;
+use super::{ApiState, ConnId, subflows};
+use crate::conn::Connection;
+use crate::uplink::volume::VolumeStatus;
+use crate::uplink::{Mode, ModeReason, Role, SetModeError, UplinkStatus};
+
+/// `primary` / `secondary`.
+pub fn role_str(r: Role) -> &'static str {
+    match r {
+        Role::Primary => "primary",
+        Role::Secondary => "secondary",
+    }
+}
+
+/// Endpoint flags as the API shows them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EndpointView {
+    pub signal: bool,
+    pub subflow: bool,
+    pub backup: bool,
+    pub fullmesh: bool,
+}
+
+impl From<EndpointFlags> for EndpointView {
+    fn from(f: EndpointFlags) -> Self {
+        EndpointView {
+            signal: f.contains(EndpointFlags::SIGNAL),
+            subflow: f.contains(EndpointFlags::SUBFLOW),
+            backup: f.contains(EndpointFlags::BACKUP),
+            fullmesh: f.contains(EndpointFlags::FULLMESH),
+        }
+    }
+}
+
+/// One uplink as `GET /api/v1/uplinks` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UplinkView {
+    pub name: String,
+    pub interface: String,
+    pub role: &'static str,
+    pub mode: &'static str,
+    /// `up`, `down` or `unknown` (not probed).
+    pub state: &'static str,
+    /// New connections start on this uplink now.
+    pub initial: bool,
+    pub addresses: Vec<IpAddr>,
+    /// Smoothed probe RTT in milliseconds; `null` before the first answer or when not probed.
+    pub rtt_ms: Option<f64>,
+    /// Missed fraction of recent probes (0..1); `null` when not probed.
+    pub loss: Option<f64>,
+    /// Carrier of the uplink interface as the prober last saw it.
+    pub carrier: Option<bool>,
+    /// The MPTCP endpoint kept for this uplink now; `null`: none (standby, off, down).
+    pub endpoint: Option<EndpointView>,
+    /// Probe counters (sent, replies, ...); `null` when not probed.
+    pub probe: Option<HashMap<&'static str, u64>>,
+    /// Volume, quota and rates; `null` without a volume tracker.
+    pub volume: Option<VolumeStatus>,
+}
+
+fn state_str(s: HealthState) -> &'static str {
+    s.as_str()
+}
+
+impl UplinkView {
+    /// Joins the uplink manager's view of `u` with its volume, if any.
+    pub fn new(u: UplinkStatus, volume: Option<VolumeStatus>) -> Self {
+        let h = u.health.as_ref();
+        UplinkView {
+            role: role_str(u.role),
+            mode: u.mode.as_str(),
+            state: state_str(u.state),
+            initial: u.initial,
+            addresses: u.addresses,
+            rtt_ms: h.and_then(|h| h.srtt).map(|d| d.as_secs_f64() * 1000.0),
+            loss: h.map(|h| h.loss),
+            carrier: h.map(|h| h.carrier),
+            endpoint: u.endpoint.map(EndpointView::from),
+            probe: h.map(|h| {
+                let s = &h.stats;
+                HashMap::from([
+                    ("sent", s.sent),
+                    ("send_errors", s.send_errors),
+                    ("replies", s.replies),
+                    ("late_replies", s.late_replies),
+                    ("bad_replies", s.bad_replies),
+                    ("rebinds", s.rebinds),
+                    ("recv_errors", s.recv_errors),
+                ])
+            }),
+            volume,
+            name: u.name,
+            interface: u.interface,
+        }
+    }
+}
+
+/// Every uplink now: the uplink manager's state (or, without one, the config's), joined with the volume.
+pub fn uplinks_view(state: &ApiState) -> Vec<UplinkView> {
+    let mut volumes: HashMap<String, VolumeStatus> =
+        state.volume.as_ref().map(|v| v.snapshot()).unwrap_or_default().into_iter().map(|v| (v.name.clone(), v)).collect();
+    let statuses = match &state.uplinks {
+        Some(c) => c.snapshot(),
+        None => state
+            .config()
+            .uplinks
+            .iter()
+            .enumerate()
+            .map(|(i, u)| UplinkStatus {
+                name: u.name.clone(),
+                interface: u.interface.clone(),
+                role: u.role,
+                mode: u.mode,
+                state: HealthState::Unknown,
+                health: None,
+                endpoint: None,
+                initial: i == 0,
+                addresses: crate::uplink::Addrs::configured(u).iter().collect(),
+            })
+            .collect(),
+    };
+    statuses
+        .into_iter()
+        .map(|u| {
+            let v = volumes.remove(&u.name);
+            UplinkView::new(u, v)
+        })
+        .collect()
+}
+
+fn find_uplink(state: &ApiState, name: &str) -> Result<UplinkView, ApiError> {
+    uplinks_view(state)
+        .into_iter()
+        .find(|u| u.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no uplink {name:?}")))
+}
+
+pub(super) async fn list_uplinks(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<UplinkView>> {
+    ApiJson(uplinks_view(&s))
+}
+
+pub(super) async fn get_uplink(
+    State(s): State<Arc<ApiState>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<ApiJson<UplinkView>, ApiError> {
+    find_uplink(&s, &name).map(ApiJson)
+}
+
+/// Body of `PATCH /api/v1/uplinks/{name}`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkPatch {
+    pub mode: Mode,
+}
+
+pub(super) async fn patch_uplink(
+    State(s): State<Arc<ApiState>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(patch): ApiJson<UplinkPatch>,
+) -> Result<ApiJson<UplinkView>, ApiError> {
+    let Some(control) = &s.uplinks else {
+        find_uplink(&s, &name)?;
+        return Err(ApiError::conflict("the uplink manager is not running: modes cannot change"));
+    };
+    let current = control.snapshot();
+    if !current.iter().any(|u| u.name == name) {
+        return Err(ApiError::not_found(format!("no uplink {name:?}")));
+    }
+    if patch.mode == Mode::Off && current.iter().all(|u| u.name == name || u.mode == Mode::Off) {
+        return Err(ApiError::conflict(format!("refused: every uplink would be off with {name:?} off")));
+    }
+    match control.set_mode(&name, patch.mode, ModeReason::Admin).await {
+        Ok(previous) => {
+            info!(uplink = %name, from = previous.as_str(), to = patch.mode.as_str(), "uplink mode set through the admin API");
+            find_uplink(&s, &name).map(ApiJson)
+        }
+        Err(SetModeError::UnknownUplink(_)) => Err(ApiError::not_found(format!("no uplink {name:?}"))),
+        Err(e @ SetModeError::Pm(_)) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// One subflow of a connection, from `MPTCP_FULL_INFO` on the hag socket plus `sock_diag` for the backup flag.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubflowView {
+    /// Kernel subflow id (1 = initial subflow).
+    pub id: u32,
+    /// hcpe's address of the subflow (which uplink).
+    pub local: Option<SocketAddr>,
+    /// hag's address of the subflow.
+    pub remote: Option<SocketAddr>,
+    /// Bytes hag acknowledged on this subflow (hcpe -> hag).
+    pub bytes_sent: u64,
+    /// Bytes received on this subflow (hag -> hcpe).
+    pub bytes_received: u64,
+    /// Smoothed RTT in microseconds.
+    pub rtt_us: u64,
+    /// Kernel TCP state (1 = established).
+    pub tcp_state: u8,
+    /// Backup subflow (either side asked); `null` when `sock_diag` could not tell.
+    pub backup: Option<bool>,
+    /// hcpe asked for backup (backup endpoint or MP_PRIO sent).
+    pub backup_local: Option<bool>,
+    /// hag marked it backup.
+    pub backup_remote: Option<bool>,
+}
+
+/// One open connection as `GET /api/v1/connections` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionView {
+    /// Connection id (see the module doc of `admin`).
+    pub id: String,
+    /// Local MPTCP token of the connection to hag; `null` without MPTCP.
+    pub token: Option<u32>,
+    /// The LAN client.
+    pub client: SocketAddr,
+    /// Where the client wanted to go.
+    pub destination: SocketAddr,
+    /// The uplink the initial subflow was bound to; `null` for a direct connection.
+    pub uplink_initial: Option<String>,
+    /// Not carried as MPTCP to hag: carried directly, or the hag connection fell back to plain TCP.
+    pub fallback: bool,
+    /// Carried directly to the destination (`fallback: direct`).
+    pub direct: bool,
+    /// When it was accepted, Unix seconds.
+    pub accepted_unix: u64,
+    /// Seconds since it was accepted.
+    pub age_seconds: f64,
+    /// Bytes client -> destination so far.
+    pub bytes_up: u64,
+    /// Bytes destination -> client so far.
+    pub bytes_down: u64,
+    /// Subflows (empty without MPTCP).
+    pub subflows: Vec<SubflowView>,
+}
+
+type DiagMap = HashMap<(SocketAddr, SocketAddr), subflows::SubflowDiag>;
+
+impl ConnectionView {
+    /// Reads `c`'s fields, live counters and subflows; backup flags from `diag` (by local, remote address).
+    pub fn of(c: &Connection, full: Option<mptcp::FullInfo>, diag: &DiagMap) -> Self {
+        let mptcp_fell_back = c.hag_fd.get().is_some() && full.is_none();
+        let subflows = full
+            .map(|fi| {
+                fi.subflows
+                    .into_iter()
+                    .map(|s| {
+                        let d = s.local.zip(s.remote).and_then(|k| diag.get(&k));
+                        SubflowView {
+                            id: s.id,
+                            local: s.local,
+                            remote: s.remote,
+                            bytes_sent: s.bytes_sent,
+                            bytes_received: s.bytes_received,
+                            rtt_us: s.rtt.as_micros() as u64,
+                            tcp_state: s.tcp_state,
+                            backup: d.map(|d| d.backup()).or(s.backup),
+                            backup_local: d.map(|d| d.backup_local()),
+                            backup_remote: d.map(|d| d.backup_remote()),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ConnectionView {
+            id: ConnId::of(c).to_string(),
+            token: c.token.get().copied().flatten(),
+            client: c.client,
+            destination: c.destination,
+            uplink_initial: c.uplink_initial.get().cloned(),
+            fallback: c.fallback() || mptcp_fell_back,
+            direct: c.direct.get().is_some(),
+            accepted_unix: c.accepted_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            age_seconds: c.accepted.elapsed().as_secs_f64(),
+            bytes_up: c.counters.a_to_b.load(Relaxed),
+            bytes_down: c.counters.b_to_a.load(Relaxed),
+            subflows,
+        }
+    }
+}
+
+/// Views of `conns`: `MPTCP_FULL_INFO` per connection, then one `sock_diag` pass for the backup flags of all
+/// their subflows (off the runtime: it is a blocking netlink exchange).
+pub async fn connection_views(conns: Vec<Arc<Connection>>) -> Vec<ConnectionView> {
+    tokio::task::spawn_blocking(move || {
+        let full: Vec<Option<mptcp::FullInfo>> =
+            conns.iter().map(|c| c.hag_fd.get().and_then(|fd| mptcp::full_info(fd).ok().flatten())).collect();
+        let ports: Vec<u16> =
+            full.iter().flatten().flat_map(|f| f.subflows.iter().filter_map(|s| s.remote.map(|r| r.port()))).collect();
+        let diag = subflows::by_remote_port(&ports).unwrap_or_else(|e| {
+            debug!(error = %e, "sock_diag: no subflow backup flags");
+            DiagMap::new()
+        });
+        conns.iter().zip(full).map(|(c, f)| ConnectionView::of(c, f, &diag)).collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+fn find_connection(state: &ApiState, raw: &str) -> Result<Arc<Connection>, ApiError> {
+    let id = ConnId::parse(raw).ok_or_else(|| {
+        ApiError::bad_request(format!("connection id {raw:?} is neither an MPTCP token (8 hex digits) nor tcp-<number>"))
+    })?;
+    let table = &state.conns.connections;
+    let found = match id {
+        ConnId::Seq(n) => table.get(n).filter(|c| ConnId::of(c) == id),
+        ConnId::Token(t) => table.by_token(t),
+    };
+    found.ok_or_else(|| ApiError::not_found(format!("no connection {id}")))
+}
+
+pub(super) async fn list_connections(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<ConnectionView>> {
+    ApiJson(connection_views(s.conns.connections.snapshot()).await)
+}
+
+pub(super) async fn get_connection(
+    State(s): State<Arc<ApiState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<ConnectionView>, ApiError> {
+    let c = find_connection(&s, &id)?;
+    let mut v = connection_views(vec![c]).await;
+    v.pop().map(ApiJson).ok_or_else(|| ApiError::internal("connection view task failed"))
+}
+
+pub(super) async fn delete_connection(
+    State(s): State<Arc<ApiState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let c = find_connection(&s, &id)?;
+    if !c.close.is_cancelled() {
+        c.close.cancel();
+        info!(id = %ConnId::of(&c), client = %c.client, dest = %c.destination, "closing a connection through the admin API");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn reload(State(s): State<Arc<ApiState>>) -> Result<ApiJson<ReloadOutcome>, ApiError> {
+    s.reload.reload(s.uplinks.as_ref(), s.auth.get()).await.map(ApiJson)
+}

@@ -1,0 +1,245 @@
+//! hcpe's `/metrics` families (prefix `hcpe_`): connection outcomes from [`ConnCounters`], Convert errors by
+//! code, the open connections' live bytes, and per uplink: state, mode, RTT, loss, probe counters, bytes and
+//! rates (volume tracker), quota, mode changes by reason.
+//!
+//! Invariant: every sample is read from counters owned elsewhere at scrape time; uplink labels come from the
+//! config only.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use common::admin::{MetricType, Metrics, MetricsWriter};
+use common::convert::ErrorCode;
+
+use super::ApiState;
+use super::api::uplinks_view;
+use crate::conn::{ERROR_CODES, EXCHANGE_FAILURES};
+
+/// The metrics source the admin app scrapes.
+#[derive(Debug, Clone)]
+pub struct HcpeMetrics {
+    state: Arc<ApiState>,
+}
+
+impl HcpeMetrics {
+    /// Metrics over `state`.
+    pub fn new(state: Arc<ApiState>) -> Self {
+        HcpeMetrics { state }
+    }
+}
+
+/// Metric label of a Convert error code (RFC 8803 §4.2.9 names).
+pub fn code_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::UnsupportedVersion => "unsupported_version",
+        ErrorCode::MalformedMessage => "malformed_message",
+        ErrorCode::UnsupportedMessage => "unsupported_message",
+        ErrorCode::MissingCookie => "missing_cookie",
+        ErrorCode::NotAuthorized => "not_authorized",
+        ErrorCode::UnsupportedTcpOption => "unsupported_tcp_option",
+        ErrorCode::ResourceExceeded => "resource_exceeded",
+        ErrorCode::NetworkFailure => "network_failure",
+        ErrorCode::ConnectionReset => "connection_reset",
+        ErrorCode::DestinationUnreachable => "destination_unreachable",
+        ErrorCode::Unknown(_) => "other",
+    }
+}
+
+impl Metrics for HcpeMetrics {
+    fn write_metrics(&self, w: &mut MetricsWriter) {
+        let c = &self.state.conns.counters;
+        let open = self.state.conns.connections.snapshot();
+        w.gauge("connections_open", "LAN connections open now.", open.len() as u64);
+        w.counter("connections_accepted_total", "LAN connections accepted on the TUN listeners.", c.accepted.load(Relaxed));
+        w.family("connections_total", "LAN connections by how they were carried.", MetricType::Counter)
+            .sample(&[("via", "hag")], c.converted.load(Relaxed))
+            .sample(&[("via", "direct")], c.fallback_direct.load(Relaxed));
+        w.family(
+            "connections_failed_total",
+            "LAN connections reset instead of carried, by reason (refused = hag answered with a Convert Error; \
+             rejected = hag unavailable and no fallback or the direct attempt failed; orphaned = no NAT entry).",
+            MetricType::Counter,
+        )
+        .sample(&[("reason", "refused")], c.refused.load(Relaxed))
+        .sample(&[("reason", "rejected")], c.rejected.load(Relaxed))
+        .sample(&[("reason", "orphaned")], c.orphaned.load(Relaxed));
+        {
+            let mut f = w.family(
+                "hag_exchange_failures_total",
+                "Convert exchanges with hag that failed before a reply (the fallback then applied), by reason.",
+                MetricType::Counter,
+            );
+            for (i, reason) in EXCHANGE_FAILURES.iter().enumerate() {
+                f.sample(&[("reason", reason)], c.exchange_failed[i].load(Relaxed));
+            }
+        }
+        {
+            let mut f = w.family(
+                "convert_errors_received_total",
+                "Convert Error TLVs received from hag, by RFC 8803 error code (other = an unassigned code).",
+                MetricType::Counter,
+            );
+            for (i, code) in ERROR_CODES.iter().enumerate() {
+                let label = match code {
+                    ErrorCode::Unknown(_) => "other".to_owned(),
+                    c => c.code().to_string(),
+                };
+                f.sample(&[("code", &label), ("name", code_name(*code))], c.refused_by_code[i].load(Relaxed));
+            }
+        }
+        w.counter(
+            "connections_closed_by_admin_total",
+            "Connections closed through the admin API.",
+            c.closed_by_admin.load(Relaxed),
+        );
+        w.family("bytes_total", "Bytes relayed by finished connections (up = LAN to destination).", MetricType::Counter)
+            .sample(&[("direction", "up")], c.bytes_up.load(Relaxed))
+            .sample(&[("direction", "down")], c.bytes_down.load(Relaxed));
+        let (up, down) = open.iter().fold((0u64, 0u64), |(u, d), c| {
+            (u + c.counters.a_to_b.load(Relaxed), d + c.counters.b_to_a.load(Relaxed))
+        });
+        w.family("open_connection_bytes", "Bytes relayed so far by the connections still open.", MetricType::Gauge)
+            .sample(&[("direction", "up")], up)
+            .sample(&[("direction", "down")], down);
+
+        self.write_uplinks(w);
+    }
+}
+
+impl HcpeMetrics {
+    fn write_uplinks(&self, w: &mut MetricsWriter) {
+        let ups = uplinks_view(&self.state);
+        {
+            let mut f = w.family(
+                "uplink_up",
+                "Uplink health verdict: 1 up, 0 down or not known yet (see hcpe_uplink_state).",
+                MetricType::Gauge,
+            );
+            for u in &ups {
+                f.sample(&[("uplink", &u.name)], u8::from(u.state == "up"));
+            }
+        }
+        {
+            let mut f = w.family("uplink_state", "Uplink health verdict (1 for the current state).", MetricType::Gauge);
+            for u in &ups {
+                for s in ["up", "down", "unknown"] {
+                    f.sample(&[("uplink", &u.name), ("state", s)], u8::from(u.state == s));
+                }
+            }
+        }
+        {
+            let mut f = w.family("uplink_mode", "Uplink mode in force (1 for the current mode).", MetricType::Gauge);
+            for u in &ups {
+                for m in ["active", "backup", "standby", "off"] {
+                    f.sample(&[("uplink", &u.name), ("mode", m)], u8::from(u.mode == m));
+                }
+            }
+        }
+        {
+            let mut f = w.family("uplink_initial", "1 for the uplink new connections start on now.", MetricType::Gauge);
+            for u in &ups {
+                f.sample(&[("uplink", &u.name)], u8::from(u.initial));
+            }
+        }
+        {
+            let mut f = w.family("uplink_rtt_seconds", "Smoothed probe RTT towards hag.", MetricType::Gauge);
+            for u in &ups {
+                if let Some(ms) = u.rtt_ms {
+                    f.sample(&[("uplink", &u.name)], ms / 1000.0);
+                }
+            }
+        }
+        {
+            let mut f = w.family("uplink_loss_ratio", "Missed fraction of the recent probes (0..1).", MetricType::Gauge);
+            for u in &ups {
+                if let Some(l) = u.loss {
+                    f.sample(&[("uplink", &u.name)], l);
+                }
+            }
+        }
+        for (key, name, help) in [
+            ("sent", "uplink_probes_sent_total", "Health probes sent towards hag."),
+            ("replies", "uplink_probe_replies_total", "Authentic probe replies received in time."),
+            ("late_replies", "uplink_probe_late_replies_total", "Authentic probe replies after their timeout."),
+            ("bad_replies", "uplink_probe_bad_replies_total", "Datagrams that were not a valid probe reply."),
+            ("send_errors", "uplink_probe_send_errors_total", "Probes the socket refused to send."),
+        ] {
+            let mut f = w.family(name, help, MetricType::Counter);
+            for u in &ups {
+                if let Some(n) = u.probe.as_ref().and_then(|p| p.get(key)) {
+                    f.sample(&[("uplink", &u.name)], *n);
+                }
+            }
+        }
+        {
+            let mut f = w.family(
+                "uplink_bytes_total",
+                "Bytes through the uplink interface since counting began (persisted across restarts).",
+                MetricType::Counter,
+            );
+            for u in &ups {
+                if let Some(v) = &u.volume {
+                    f.sample(&[("uplink", &u.name), ("direction", "rx")], v.rx_bytes);
+                    f.sample(&[("uplink", &u.name), ("direction", "tx")], v.tx_bytes);
+                }
+            }
+        }
+        {
+            let mut f =
+                w.family("uplink_rate_bits_per_second", "Uplink throughput over the last second.", MetricType::Gauge);
+            for u in &ups {
+                if let Some(v) = &u.volume {
+                    f.sample(&[("uplink", &u.name), ("direction", "rx")], v.rx_bps);
+                    f.sample(&[("uplink", &u.name), ("direction", "tx")], v.tx_bps);
+                }
+            }
+        }
+        {
+            let mut f = w.family(
+                "uplink_period_bytes",
+                "Bytes (rx + tx) in the uplink's current quota period.",
+                MetricType::Gauge,
+            );
+            for u in &ups {
+                if let Some(v) = &u.volume {
+                    f.sample(&[("uplink", &u.name)], v.period_bytes);
+                }
+            }
+        }
+        {
+            let mut f = w.family("uplink_quota_bytes", "The uplink's quota per period (only uplinks with one).", MetricType::Gauge);
+            for u in &ups {
+                if let Some(q) = u.volume.as_ref().and_then(|v| v.quota_bytes) {
+                    f.sample(&[("uplink", &u.name)], q);
+                }
+            }
+        }
+        {
+            let mut f = w.family("uplink_over_quota", "1 while the uplink is over its quota.", MetricType::Gauge);
+            for u in &ups {
+                if let Some(v) = &u.volume {
+                    f.sample(&[("uplink", &u.name)], u8::from(v.over_quota));
+                }
+            }
+        }
+        {
+            let mut f = w.family(
+                "uplink_quota_exceeded_total",
+                "Times the uplink crossed its quota since counting began.",
+                MetricType::Counter,
+            );
+            for u in &ups {
+                if let Some(v) = &u.volume {
+                    f.sample(&[("uplink", &u.name)], v.quota_exceeded_total);
+                }
+            }
+        }
+        if let Some(control) = &self.state.uplinks {
+            let mut f =
+                w.family("uplink_mode_changes_total", "Uplink mode changes since start, by reason.", MetricType::Counter);
+            for (reason, n) in control.mode_changes() {
+                f.sample(&[("reason", reason.as_str())], n);
+            }
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! hcpe's admin REST API and status page: its own routes (`/api/v1/uplinks[/{name}]`,
+//! `/api/v1/connections[/{id}]`, `/api/v1/reload`), its `/metrics` families ([`metrics::HcpeMetrics`]), its
+//! `/api/v1/status` detail (a config summary) and its part of the OpenAPI document; `common::admin` adds auth,
+//! `/healthz`, `/metrics`, `/api/v1/status`, JSON errors and limits around them, and [`start`] serves them.
+//! `GET /` is the status page ([`page`]), served without a token (it holds no data and asks for the token).
+//!
+//! Connection ids (RFC 6897 CONNID): a connection carried over MPTCP is named by the local MPTCP token of its
+//! connection to hag, 8 lowercase hex digits (`0x` and upper case accepted in paths); one without a token
+//! (carried directly, fell back to TCP, or still connecting) is `tcp-<n>`, `n` being hcpe's sequence number.
+//!
+//! Invariants:
+//! - Nothing here shows a secret: the CPE key, the admin token and their file names never reach a response.
+//! - Every route of [`api_router`] is in [`openapi`] and the other way round (tested with
+//!   `common::admin::openapi::missing_operations`).
+//! - Uplink metric labels come only from configured uplink names, so label cardinality is bounded by the config.
+//! - A reload never replaces the running config with an invalid one: the new file is validated whole first.
+
+pub mod api;
+pub mod metrics;
+pub mod page;
+pub mod reload;
+pub mod subflows;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::routing::{get, post};
+use common::admin::{self, AdminApp, AdminError, Auth, BearerToken, ProcessInfo};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::config::Config;
+use crate::conn;
+use crate::uplink::UplinkControl;
+use crate::uplink::volume::VolumeHandle;
+pub use reload::{LogLevelSetter, Reloader};
+
+/// What the API handlers read and act on.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The connection tasks' shared state: config they run with, outcome counters, open connections.
+    pub conns: Arc<conn::Shared>,
+    /// Live uplink state and mode changes; `None` when the uplink manager could not start.
+    pub uplinks: Option<UplinkControl>,
+    /// Per-uplink volume and rates; `None` when no volume tracker runs.
+    pub volume: Option<VolumeHandle>,
+    /// `POST /api/v1/reload`.
+    pub reload: Reloader,
+    /// The admin token holder, set once the app is built (a reload may replace the token).
+    pub auth: OnceLock<Arc<Auth>>,
+}
+
+impl ApiState {
+    /// State over a running daemon's parts.
+    pub fn new(
+        conns: Arc<conn::Shared>,
+        uplinks: Option<UplinkControl>,
+        volume: Option<VolumeHandle>,
+        reload: Reloader,
+    ) -> Self {
+        ApiState { conns, uplinks, volume, reload, auth: OnceLock::new() }
+    }
+
+    /// The config the daemon runs with.
+    pub fn config(&self) -> &Config {
+        &self.conns.config
+    }
+}
+
+/// A connection id as written in a path (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnId {
+    /// Local MPTCP token of the connection to hag.
+    Token(u32),
+    /// hcpe's sequence number of a connection without a token.
+    Seq(u64),
+}
+
+impl ConnId {
+    /// Parses `1a2b3c4d`, `0x1A2B3C4D` or `tcp-7`.
+    pub fn parse(s: &str) -> Option<ConnId> {
+        if let Some(n) = s.strip_prefix("tcp-") {
+            return (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| n.parse().ok().map(ConnId::Seq))
+                .flatten();
+        }
+        let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+        if hex.is_empty() || hex.len() > 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(hex, 16).ok().map(ConnId::Token)
+    }
+
+    /// The id of `c` as the API shows it.
+    pub fn of(c: &conn::Connection) -> ConnId {
+        match c.token.get() {
+            Some(Some(t)) => ConnId::Token(*t),
+            _ => ConnId::Seq(c.seq),
+        }
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnId::Token(t) => write!(f, "{t:08x}"),
+            ConnId::Seq(n) => write!(f, "tcp-{n}"),
+        }
+    }
+}
+
+/// hcpe's own routes, state applied (no auth: [`AdminApp::router`] adds it), plus the status page at `/`.
+pub fn api_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/v1/uplinks", get(api::list_uplinks))
+        .route("/api/v1/uplinks/{name}", get(api::get_uplink).patch(api::patch_uplink))
+        .route("/api/v1/connections", get(api::list_connections))
+        .route("/api/v1/connections/{id}", get(api::get_connection).delete(api::delete_connection))
+        .route("/api/v1/reload", post(api::reload))
+        .with_state(state)
+        .route("/", get(page::handler))
+}
+
+/// The config summary of `/api/v1/status` (no secrets: no key, no token, no file names).
+pub fn status_detail(config: &Config) -> Value {
+    let t = &config.tun;
+    let l = &config.limits;
+    json!({
+        "cpe_id": config.cpe_id,
+        "hag_addresses": config.hag_addresses,
+        "fastopen": config.fastopen,
+        "lan_interfaces": config.lan_interfaces,
+        "tun": {
+            "name": t.name, "ipv4": t.ipv4.map(|n| n.to_string()), "ipv6": t.ipv6.map(|n| n.to_string()),
+            "mtu": t.mtu, "listen_port": t.listen_port, "queues": t.queues, "offload": t.offload,
+        },
+        "uplinks": config.uplinks.iter().map(|u| json!({
+            "name": u.name,
+            "interface": u.interface,
+            "role": api::role_str(u.role),
+            "mode": u.mode.as_str(),
+            "ipv4": u.ipv4.map(|f| f.address.to_string()),
+            "ipv6": u.ipv6.map(|f| f.address.to_string()),
+            "quota_bytes": u.quota.map(|q| q.limit.as_u64()),
+        })).collect::<Vec<_>>(),
+        "bypass": config.bypass.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "fallback": match config.fallback {
+            crate::config::Fallback::Direct => "direct",
+            crate::config::Fallback::Reject => "reject",
+        },
+        "limits": {
+            "idle_timeout_seconds": l.idle_timeout.as_secs_f64(),
+            "connect_timeout_seconds": l.connect_timeout.as_secs_f64(),
+            "reply_timeout_seconds": l.reply_timeout.as_secs_f64(),
+            "nat_pool_addresses": l.nat_pool_addresses,
+        },
+        "probe": {
+            "enabled": config.probe.enabled,
+            "interval_seconds": config.probe.interval.as_secs_f64(),
+            "down_after": config.probe.down_after,
+            "up_after": config.probe.up_after,
+        },
+        "log_level": config.log_level,
+        "admin_listen": config.admin.as_ref().map(|a| &a.config.listen),
+    })
+}
+
+/// A running admin API (see [`start`]).
+#[derive(Debug)]
+pub struct RunningAdmin {
+    /// The bound addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// The server task; it ends after the shutdown future completes and requests in flight finish.
+    pub task: JoinHandle<Result<(), AdminError>>,
+}
+
+/// The whole admin app of an hcpe: shared routes from `common::admin` plus hcpe's.
+pub fn app(state: Arc<ApiState>, token: BearerToken) -> AdminApp {
+    let detail = status_detail(state.config());
+    let mut app = AdminApp::new(
+        ProcessInfo::new("hcpe", env!("CARGO_PKG_VERSION")),
+        token,
+        Arc::new(metrics::HcpeMetrics::new(state.clone())),
+    )
+    .status_detail(move || detail.clone())
+    .openapi(openapi())
+    .public_path("/");
+    if let Some(a) = &state.config().admin {
+        app = app.limits(&a.config);
+    }
+    let _ = state.auth.set(app.auth());
+    app
+}
+
+/// The complete admin router of an hcpe (what [`start`] serves), for tests.
+pub fn router(state: Arc<ApiState>, token: BearerToken) -> Router {
+    app(state.clone(), token).router(api_router(state))
+}
+
+/// Binds the admin API as `config.admin` says and serves it until `shutdown`. `Ok(None)` (and a log line)
+/// when the config has no `admin:` section. Must be called inside a tokio runtime.
+pub fn start(
+    state: Arc<ApiState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Option<RunningAdmin>, AdminError> {
+    let Some(a) = state.config().admin.clone() else {
+        info!("no admin section in the config: admin API off");
+        return Ok(None);
+    };
+    let listeners = admin::bind(&a.config.listen)?;
+    let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let router = router(state, a.token);
+    Ok(Some(RunningAdmin { addrs, task: tokio::spawn(admin::serve(listeners, router, shutdown)) }))
+}
+
+/// hcpe's part of the OpenAPI document (merged by [`AdminApp::openapi`]).
+pub fn openapi() -> Value {
+    let id_param = json!({
+        "name": "id", "in": "path", "required": true,
+        "description": "Local MPTCP token of the connection to hag as 8 hex digits (`0x` prefix accepted), or \
+                        `tcp-<n>` for a connection without one.",
+        "schema": { "type": "string", "pattern": "^((0[xX])?[0-9a-fA-F]{1,8}|tcp-[0-9]+)$" }
+    });
+    let name_param = json!({
+        "name": "name", "in": "path", "required": true, "description": "Uplink name from the config.",
+        "schema": { "type": "string" }
+    });
+    let r = |name: &str| json!({ "$ref": format!("#/components/responses/{name}") });
+    let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+    let json_body = |s: Value| json!({ "application/json": { "schema": s } });
+    let addr = json!({ "type": "string", "nullable": true, "description": "address:port" });
+    let count = json!({ "type": "integer", "minimum": 0 });
+    let opt_num = json!({ "type": "number", "nullable": true });
+    let mode = json!({ "type": "string", "enum": ["active", "backup", "standby", "off"] });
+    json!({
+        "paths": {
+            "/": { "get": {
+                "summary": "Status page (HTML, no data in it; needs no token, asks for it in the URL fragment).",
+                "security": [],
+                "responses": { "200": { "description": "The page.",
+                    "content": { "text/html": { "schema": { "type": "string" } } } } }
+            } },
+            "/api/v1/uplinks": { "get": {
+                "summary": "Every uplink: health, mode, RTT, loss, endpoint flags, addresses, volume and rates.",
+                "responses": {
+                    "200": { "description": "Uplinks in config order.",
+                        "content": json_body(json!({ "type": "array", "items": schema("Uplink") })) },
+                    "401": r("Unauthorized")
+                }
+            } },
+            "/api/v1/uplinks/{name}": {
+                "parameters": [name_param],
+                "get": {
+                    "summary": "One uplink.",
+                    "responses": {
+                        "200": { "description": "The uplink.", "content": json_body(schema("Uplink")) },
+                        "401": r("Unauthorized"), "404": r("NotFound")
+                    }
+                },
+                "patch": {
+                    "summary": "Changes the uplink's mode live (endpoint flags, MP_PRIO to hag, subflows added or \
+                                removed); lasts until a restart or a reload that changes the uplink's mode in the file.",
+                    "requestBody": { "required": true, "content": json_body(schema("UplinkPatch")) },
+                    "responses": {
+                        "200": { "description": "The uplink after the change.", "content": json_body(schema("Uplink")) },
+                        "400": r("BadRequest"), "401": r("Unauthorized"), "404": r("NotFound"),
+                        "409": { "description": "Refused: every uplink would be off, or no uplink manager runs.",
+                            "content": json_body(schema("Error")) },
+                        "500": { "description": "Mode recorded, but the kernel refused the endpoint change.",
+                            "content": json_body(schema("Error")) }
+                    }
+                }
+            },
+            "/api/v1/connections": { "get": {
+                "summary": "Open LAN connections with their subflows (RFC 6897 CONNID and SUBFLOWS).",
+                "responses": {
+                    "200": { "description": "Connections, oldest first.",
+                        "content": json_body(json!({ "type": "array", "items": schema("Connection") })) },
+                    "401": r("Unauthorized")
+                }
+            } },
+            "/api/v1/connections/{id}": {
+                "parameters": [id_param],
+                "get": {
+                    "summary": "One open connection.",
+                    "responses": {
+                        "200": { "description": "The connection.", "content": json_body(schema("Connection")) },
+                        "400": r("BadRequest"), "401": r("Unauthorized"), "404": r("NotFound")
+                    }
+                },
+                "delete": {
+                    "summary": "Closes the connection: the relay stops and both sockets (LAN and hag) are closed.",
+                    "responses": {
+                        "204": { "description": "Closing." },
+                        "400": r("BadRequest"), "401": r("Unauthorized"), "404": r("NotFound")
+                    }
+                }
+            },
+            "/api/v1/reload": { "post": {
+                "summary": "Re-reads the config file the daemon started with. Invalid: 400 naming the field, the \
+                            running config stays. Valid: uplink modes, log level and admin token apply at once; \
+                            the response lists the changes that need a restart.",
+                "responses": {
+                    "200": { "description": "Reloaded.", "content": json_body(schema("Reload")) },
+                    "400": r("BadRequest"), "401": r("Unauthorized"),
+                    "409": { "description": "The daemon was not started from a config file.",
+                        "content": json_body(schema("Error")) }
+                }
+            } }
+        },
+        "components": { "schemas": {
+            "UplinkPatch": { "type": "object", "required": ["mode"], "additionalProperties": false,
+                "properties": { "mode": mode } },
+            "Uplink": { "type": "object",
+                "required": ["name", "interface", "role", "mode", "state", "initial", "addresses", "rtt_ms", "loss",
+                             "endpoint", "volume"],
+                "properties": {
+                    "name": { "type": "string" }, "interface": { "type": "string" },
+                    "role": { "type": "string", "enum": ["primary", "secondary"] },
+                    "mode": mode,
+                    "state": { "type": "string", "enum": ["up", "down", "unknown"] },
+                    "initial": { "type": "boolean", "description": "New connections start on this uplink now." },
+                    "addresses": { "type": "array", "items": { "type": "string" } },
+                    "rtt_ms": opt_num, "loss": { "type": "number", "nullable": true, "minimum": 0, "maximum": 1 },
+                    "carrier": { "type": "boolean", "nullable": true },
+                    "endpoint": { "type": "object", "nullable": true, "properties": {
+                        "signal": { "type": "boolean" }, "subflow": { "type": "boolean" },
+                        "backup": { "type": "boolean" }, "fullmesh": { "type": "boolean" } } },
+                    "probe": { "type": "object", "nullable": true, "additionalProperties": { "type": "integer" } },
+                    "volume": { "allOf": [schema("Volume")], "nullable": true }
+                } },
+            "Volume": { "type": "object", "properties": {
+                "rx_bytes": count, "tx_bytes": count, "period_bytes": count, "period_start_unix": count,
+                "quota_bytes": { "type": "integer", "nullable": true }, "over_quota": { "type": "boolean" },
+                "rx_bps": count, "tx_bps": count,
+                "history": { "type": "array", "items": { "type": "object", "properties": {
+                    "t_unix_ms": count, "rx_bps": count, "tx_bps": count } } }
+            } },
+            "Subflow": { "type": "object",
+                "required": ["id", "local", "remote", "bytes_sent", "bytes_received", "rtt_us", "backup"],
+                "properties": {
+                    "id": count, "local": addr, "remote": addr, "bytes_sent": count, "bytes_received": count,
+                    "rtt_us": count, "tcp_state": count,
+                    "backup": { "type": "boolean", "nullable": true,
+                        "description": "Carries data only when no non-backup subflow can (either side asked)." },
+                    "backup_local": { "type": "boolean", "nullable": true },
+                    "backup_remote": { "type": "boolean", "nullable": true }
+                } },
+            "Connection": { "type": "object",
+                "required": ["id", "token", "client", "destination", "uplink_initial", "fallback", "age_seconds",
+                             "bytes_up", "bytes_down", "subflows"],
+                "properties": {
+                    "id": { "type": "string" },
+                    "token": { "type": "integer", "minimum": 0, "nullable": true },
+                    "client": { "type": "string" }, "destination": { "type": "string" },
+                    "uplink_initial": { "type": "string", "nullable": true },
+                    "fallback": { "type": "boolean" },
+                    "direct": { "type": "boolean" },
+                    "accepted_unix": count,
+                    "age_seconds": { "type": "number" },
+                    "bytes_up": count, "bytes_down": count,
+                    "subflows": { "type": "array", "items": schema("Subflow") }
+                } },
+            "Reload": { "type": "object", "required": ["reloaded", "changed", "applied", "restart_required"],
+                "properties": {
+                    "reloaded": { "type": "boolean" },
+                    "changed": { "type": "array", "items": { "type": "string" } },
+                    "applied": { "type": "array", "items": { "type": "string" } },
+                    "restart_required": { "type": "array", "items": { "type": "string" } }
+                } }
+        } }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_ids_parse_and_print() {
+        assert_eq!(ConnId::parse("1a2b3c4d"), Some(ConnId::Token(0x1a2b_3c4d)));
+        assert_eq!(ConnId::parse("0x1A2B3C4D"), Some(ConnId::Token(0x1a2b_3c4d)));
+        assert_eq!(ConnId::parse("tcp-17"), Some(ConnId::Seq(17)));
+        for bad in ["", "0x", "123456789", "xyz", "tcp-", "tcp--1", "tcp-1a", "-1", "1a2b 3c"] {
+            assert_eq!(ConnId::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(ConnId::Token(0xff).to_string(), "000000ff");
+        assert_eq!(ConnId::Seq(3).to_string(), "tcp-3");
+    }
+}
