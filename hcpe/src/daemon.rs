@@ -27,6 +27,7 @@ use crate::intercept::{Interceptor, TunSettings};
 use crate::nat::Timeouts;
 use crate::uplink::UplinkManager;
 use crate::uplink::volume::VolumeTracker;
+use crate::uplink::volume::VolumeTracker;
 
 /// rtnetlink protocol number marking hcpe's rules and routes (unassigned in iproute2's rt_protos).
 pub const RT_PROTO_HCPE: u8 = 72;
@@ -171,6 +172,8 @@ pub async fn run_with(cfg: Config, opts: RunOptions, shutdown: impl Future<Outpu
         };
         // Volume and quotas: after the manager (it switches modes through its control), stopped before it.
         let volume = uplinks.as_ref().map(|m| VolumeTracker::start(&cfg, m.control()));
+        // Volume and quotas: after the manager (it switches modes through its control), stopped before it.
+        let volume = uplinks.as_ref().map(|m| VolumeTracker::start(&cfg, m.control()));
         let sources = uplinks.as_ref().map(UplinkManager::selector);
         let shared = Arc::new(Shared {
             config: cfg.clone(),
@@ -202,6 +205,9 @@ pub async fn run_with(cfg: Config, opts: RunOptions, shutdown: impl Future<Outpu
                 Ok(Err(e)) => warn!(error = %e, "admin API failed"),
                 Err(e) => warn!(error = %e, "admin API task failed"),
             }
+        }
+        if let Some(v) = volume {
+            v.shutdown().await;
         }
         if let Some(v) = volume {
             v.shutdown().await;
