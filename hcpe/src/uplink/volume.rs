@@ -254,8 +254,12 @@ pub fn counter_delta(last: u64, cur: u64) -> u64 {
 }
 
 impl Account {
-    /// An account continuing from `totals` (zero for a new uplink).
-    pub fn new(totals: Totals, quota: Option<QuotaFile>) -> Account {
+    /// An account continuing from `totals` (zero for a new uplink). Without a quota now, a saved
+    /// `over_quota` is dropped (the quota was removed from the config).
+    pub fn new(mut totals: Totals, quota: Option<QuotaFile>) -> Account {
+        if quota.is_none() {
+            totals.over_quota = false;
+        }
         Account { totals, quota, last: None, history: VecDeque::with_capacity(HISTORY_LEN) }
     }
 
@@ -267,10 +271,15 @@ impl Account {
         self.quota.map_or(1, |q| q.reset_day)
     }
 
-    /// Starts a new period when `now_unix` is past the current one (or none is known yet).
+    /// Starts a new period when `now_unix` is past the current one (or none is known yet). Periods only move
+    /// forward: a clock that went back (a router booting before NTP) keeps counting into the current period
+    /// instead of wiping it. A changed `reset_day` starts a new period at once.
     pub fn roll_period(&mut self, now_unix: u64) -> Option<QuotaEvent> {
-        let start = period_start(now_unix, self.reset_day());
-        if start == self.totals.period_start_unix {
+        let day = self.reset_day();
+        let start = period_start(now_unix, day);
+        let cur = self.totals.period_start_unix;
+        let same_day = cur == 0 || period_start(cur, day) == cur;
+        if start == cur || (start < cur && same_day) {
             return None;
         }
         let had_period = self.totals.period_start_unix != 0;
@@ -801,6 +810,12 @@ mod tests {
         assert_eq!(a.roll_period(T0 / 1000), Some(QuotaEvent::PeriodReset));
         assert!(!a.totals.over_quota);
         assert_eq!(a.totals.period_bytes, 0);
+        // The clock goes back (before NTP): the period and its volume stay.
+        let mut a = Account::new(saved, quota(10_000, QuotaAction::Off));
+        assert_eq!(a.observe(r(3, 0, 0), 86_400_000, S), None);
+        assert_eq!((a.totals.period_start_unix, a.totals.period_bytes, a.totals.over_quota), (start, 10_000, true));
+        // Quota removed from the config: not over quota any more.
+        assert!(!Account::new(saved, None).status("lte").over_quota);
         let mut fresh = Account::new(Totals::default(), None);
         assert_eq!(fresh.roll_period(T0 / 1000), None, "a first period is no reset");
         assert_eq!(fresh.totals.period_start_unix, start);
