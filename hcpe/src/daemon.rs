@@ -27,7 +27,6 @@ use crate::intercept::{Interceptor, TunSettings};
 use crate::nat::Timeouts;
 use crate::uplink::UplinkManager;
 use crate::uplink::volume::VolumeTracker;
-use crate::uplink::volume::VolumeTracker;
 
 /// rtnetlink protocol number marking hcpe's rules and routes (unassigned in iproute2's rt_protos).
 pub const RT_PROTO_HCPE: u8 = 72;
@@ -172,8 +171,6 @@ pub async fn run_with(cfg: Config, opts: RunOptions, shutdown: impl Future<Outpu
         };
         // Volume and quotas: after the manager (it switches modes through its control), stopped before it.
         let volume = uplinks.as_ref().map(|m| VolumeTracker::start(&cfg, m.control()));
-        // Volume and quotas: after the manager (it switches modes through its control), stopped before it.
-        let volume = uplinks.as_ref().map(|m| VolumeTracker::start(&cfg, m.control()));
         let sources = uplinks.as_ref().map(UplinkManager::selector);
         let shared = Arc::new(Shared {
             config: cfg.clone(),
@@ -185,7 +182,8 @@ pub async fn run_with(cfg: Config, opts: RunOptions, shutdown: impl Future<Outpu
         let admin = {
             let reload = admin::Reloader::new(opts.config_path, cfg.clone(), opts.log_level);
             let control = uplinks.as_ref().map(UplinkManager::control);
-            let state = Arc::new(admin::ApiState::new(shared.clone(), control, None, reload));
+            let volume = volume.as_ref().map(VolumeTracker::handle);
+            let state = Arc::new(admin::ApiState::new(shared.clone(), control, volume, reload));
             let stop = admin_stop.clone();
             match admin::start(state, async move { stop.cancelled().await }) {
                 Ok(a) => a,
@@ -205,9 +203,6 @@ pub async fn run_with(cfg: Config, opts: RunOptions, shutdown: impl Future<Outpu
                 Ok(Err(e)) => warn!(error = %e, "admin API failed"),
                 Err(e) => warn!(error = %e, "admin API task failed"),
             }
-        }
-        if let Some(v) = volume {
-            v.shutdown().await;
         }
         if let Some(v) = volume {
             v.shutdown().await;

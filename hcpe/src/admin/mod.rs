@@ -211,8 +211,9 @@ pub fn start(
         return Ok(None);
     };
     let listeners = admin::bind(&a.config.listen)?;
-    let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let router = router(state, a.token);
+    info!(addrs = ?addrs, "admin API started");
     Ok(Some(RunningAdmin { addrs, task: tokio::spawn(admin::serve(listeners, router, shutdown)) }))
 }
 
