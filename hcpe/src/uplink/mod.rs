@@ -24,6 +24,7 @@
 
 pub mod carrier;
 pub mod decide;
+pub mod links;
 pub mod routing;
 pub mod settings;
 #[cfg(test)]
@@ -356,11 +357,6 @@ impl UplinkManager {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(common::net::NetError::Socket)?;
         tokio::spawn(conn);
         let pm = PathManager::connect().await?;
-        for u in &cfg.uplinks {
-            for addr in Addrs::configured(u).iter() {
-                pm.del_endpoint_addr(addr).await?;
-            }
-        }
         let cur = pm.limits().await?;
         let want = Limits {
             subflows: cur.subflows.max((2 * cfg.uplinks.len() as u32).min(8)),
@@ -386,25 +382,37 @@ impl UplinkManager {
             health_tx,
             ep_addrs: vec![Vec::new(); cfg.uplinks.len()],
             rule_priority: cfg.routing.rule_priority,
+            ifindex: cfg.uplinks.iter().map(|u| common::net::ifindex(&u.interface).ok()).collect(),
+            auto: cfg
+                .uplinks
+                .iter()
+                .map(|u| {
+                    let auto4 = u.ipv4.is_some_and(|f| f.address.fixed().is_none());
+                    let auto6 = u.ipv6.is_some_and(|f| f.address.fixed().is_none());
+                    (auto4, auto6)
+                })
+                .collect(),
+            carrier: vec![true; cfg.uplinks.len()],
+            installed: vec![Vec::new(); cfg.uplinks.len()],
         };
-        let added = match driver.install_routes().await {
+        // Subscribe before the first look at the interfaces, so no change falls between the two.
+        let events = match links::subscribe() {
+            Ok(ev) => Some(ev),
+            Err(e) => {
+                warn!(error = %e, "no rtnetlink events: carrier polled, learned addresses not followed");
+                None
+            }
+        };
+        let added = match driver.init().await {
             Ok(n) => n,
             Err(e) => {
                 driver.cleanup().await;
-                return Err(e.into());
+                return Err(e);
             }
         };
-        if let Err(e) = driver.sync_probers() {
-            driver.cleanup().await;
-            return Err(e);
-        }
-        // Apply the start plan (everything Unknown = usable) before the first verdict.
-        if let Err(e) = driver.apply_plan().await {
-            warn!(error = %e, "setting the MPTCP endpoints; retried on the next change");
-        }
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let (stop_tx, stop_rx) = oneshot::channel();
-        mgr.driver = Some(tokio::spawn(driver.run(cmd_rx, health_rx, stop_rx, cfg.probe.interval)));
+        mgr.driver = Some(tokio::spawn(driver.run(cmd_rx, health_rx, stop_rx, events, cfg.probe.interval)));
         mgr.stop = Some(stop_tx);
         mgr.cmds = Some(cmd_tx);
         info!(routes = added, uplinks = cfg.uplinks.len(), hag = %shared.hag, "uplink manager started");
@@ -485,21 +493,73 @@ struct Driver {
     /// Addresses that have an endpoint now, per uplink.
     ep_addrs: Vec<Vec<IpAddr>>,
     rule_priority: u32,
+    /// Each uplink's interface index (`None` while the interface does not exist).
+    ifindex: Vec<Option<u32>>,
+    /// Per uplink: whether its IPv4 / IPv6 address is learned from the interface.
+    auto: Vec<(bool, bool)>,
+    /// Carrier of each uplink's interface as last seen.
+    carrier: Vec<bool>,
+    /// The policy routing installed per uplink.
+    installed: Vec<Vec<routing::UplinkRoute>>,
 }
 
 impl Driver {
-    /// Applies verdict and mode changes until told to stop, then cleans up.
+    /// Learns addresses, removes leftover endpoints, installs the policy routing, starts the probers and
+    /// applies the start plan. Returns how many rules and routes were added.
+    async fn init(&mut self) -> Result<usize, UplinkError> {
+        for i in 0..self.shared.uplinks.len() {
+            self.relearn(i).await;
+        }
+        let mut leftovers: Vec<IpAddr> = self.shared.live().iter().flat_map(|l| l.addrs.iter()).collect();
+        leftovers.extend(self.shared.uplinks.iter().flat_map(|u| Addrs::configured(u).iter()));
+        leftovers.sort();
+        leftovers.dedup();
+        for addr in leftovers {
+            self.pm.del_endpoint_addr(addr).await?;
+        }
+        let added = self.install_routes().await?;
+        self.sync_probers()?;
+        self.poll_carrier().await;
+        // Apply the start plan (everything Unknown = usable) before the first verdict.
+        if let Err(e) = self.apply_plan().await {
+            warn!(error = %e, "setting the MPTCP endpoints; retried on the next change");
+        }
+        Ok(added)
+    }
+
+    /// Applies verdict, mode, link and address changes until told to stop, then cleans up.
     async fn run(
         mut self,
         mut cmds: mpsc::Receiver<Command>,
         mut health: mpsc::Receiver<(usize, u64, HealthState)>,
         mut stop: oneshot::Receiver<()>,
+        mut events: Option<links::Events>,
         carrier_poll: Duration,
     ) {
+        use futures::StreamExt as _;
+        // Without the event stream, the carrier is polled (a change is seen within one probe interval).
         let mut tick = tokio::time::interval(carrier_poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let polling = events.is_none();
+            let next_event = async {
+                match events.as_mut() {
+                    Some(ev) => ev.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                ev = next_event => match ev {
+                    Some((msg, _)) => {
+                        if let Some(ev) = links::classify(&msg) {
+                            self.on_link_event(ev).await;
+                        }
+                    }
+                    None => {
+                        warn!("rtnetlink event stream ended: carrier polled from now on");
+                        events = None;
+                    }
+                },
                 _ = &mut stop => break,
                 Some(cmd) = cmds.recv() => match cmd {
                     Command::Apply { reply } => {
@@ -519,10 +579,104 @@ impl Driver {
                         warn!(error = %e, "updating MPTCP endpoints; retried on the next change");
                     }
                 }
-                _ = tick.tick() => self.poll_carrier().await,
+                _ = tick.tick(), if polling => self.poll_carrier().await,
             }
         }
         self.cleanup().await;
+    }
+
+    /// Follows a link or address change of an uplink's interface: carrier to its prober, learned addresses
+    /// (routing, prober source, endpoints), routes again after the link came back.
+    async fn on_link_event(&mut self, ev: links::LinkEvent) {
+        let mut changed = false;
+        for i in 0..self.shared.uplinks.len() {
+            match &ev {
+                links::LinkEvent::Link { ifindex, name, carrier, gone } => {
+                    let ours = name.as_deref() == Some(self.shared.uplinks[i].interface.as_str())
+                        || self.ifindex[i] == Some(*ifindex);
+                    if !ours {
+                        continue;
+                    }
+                    self.ifindex[i] = if *gone { None } else { Some(*ifindex) };
+                    if let Some(slot) = &self.slots[i] {
+                        slot.carrier_tx.send_if_modified(|cur| std::mem::replace(cur, *carrier) != *carrier);
+                    }
+                    let came_back = *carrier && !self.carrier[i];
+                    self.carrier[i] = *carrier;
+                    changed |= self.relearn(i).await;
+                    if came_back {
+                        self.reinstall_routes(i).await;
+                    }
+                }
+                links::LinkEvent::Address { ifindex } => {
+                    if self.ifindex[i] == Some(*ifindex) {
+                        changed |= self.relearn(i).await;
+                    }
+                }
+            }
+        }
+        if changed {
+            if let Err(e) = self.sync_probers() {
+                warn!(error = %e, "starting a prober");
+            }
+            if let Err(e) = self.apply_plan().await {
+                warn!(error = %e, "updating MPTCP endpoints; retried on the next change");
+            }
+        }
+    }
+
+    /// Looks at the interface's addresses again for the families uplink `i` learns; on a change, publishes
+    /// the new addresses (new connections bind to them at once) and moves the uplink's policy routing.
+    /// Whether the addresses changed (the caller then re-syncs probers and endpoints).
+    async fn relearn(&mut self, i: usize) -> bool {
+        let (auto4, auto6) = self.auto[i];
+        if !auto4 && !auto6 {
+            return false;
+        }
+        let (v4, v6) = match self.ifindex[i] {
+            Some(ix) => match links::addresses(&self.handle, ix).await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(uplink = %self.shared.uplinks[i].name, error = %e, "listing the uplink's addresses");
+                    return false;
+                }
+            },
+            None => (Vec::new(), Vec::new()),
+        };
+        let cur = self.shared.live()[i].addrs;
+        let mut new = cur;
+        if auto4 {
+            new.v4 = links::choose(cur.v4, &v4);
+        }
+        if auto6 {
+            new.v6 = links::choose(cur.v6, &v6);
+        }
+        if new == cur {
+            return false;
+        }
+        let show = |a: Addrs| a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+        info!(uplink = %self.shared.uplinks[i].name, from = %show(cur), to = %show(new), "uplink address changed");
+        self.shared.live_mut()[i].addrs = new;
+        let routes = self.routes_of(i);
+        match routing::update(&self.nl, &self.handle, &self.installed[i], &routes).await {
+            Ok(()) => self.installed[i] = routes,
+            Err(e) => warn!(uplink = %self.shared.uplinks[i].name, error = %e, "moving the uplink's policy routing"),
+        }
+        true
+    }
+
+    /// Re-adds uplink `i`'s default route in its table (gone with an interface that went down).
+    async fn reinstall_routes(&mut self, i: usize) {
+        let routes = self.routes_of(i);
+        let res = if routes == self.installed[i] {
+            routing::ensure_routes(&self.handle, &routes).await
+        } else {
+            routing::update(&self.nl, &self.handle, &self.installed[i], &routes).await
+        };
+        match res {
+            Ok(()) => self.installed[i] = routes,
+            Err(e) => warn!(uplink = %self.shared.uplinks[i].name, error = %e, "re-adding the uplink's routes"),
+        }
     }
 
     /// Records a verdict; whether it changed anything.
@@ -613,6 +767,7 @@ impl Driver {
                 Ok(None) | Err(_) => false,
             };
             slot.carrier_tx.send_if_modified(|cur| std::mem::replace(cur, up) != up);
+            self.carrier[i] = up;
         }
     }
 
@@ -621,7 +776,7 @@ impl Driver {
     /// would be wrong on a broadcast link).
     fn routes_of(&self, i: usize) -> Vec<routing::UplinkRoute> {
         let u = &self.shared.uplinks[i];
-        let Ok(ifindex) = common::net::ifindex(&u.interface) else { return Vec::new() };
+        let Some(ifindex) = self.ifindex[i] else { return Vec::new() };
         let addrs = self.shared.live()[i].addrs;
         let fams = [
             addrs.v4.zip(u.ipv4.and_then(|f| f.gateway)).map(|(a, g)| (IpAddr::V4(a), IpAddr::V4(g))),
@@ -640,14 +795,15 @@ impl Driver {
     }
 
     /// Installs every uplink's policy routing (removing leftovers first).
-    async fn install_routes(&self) -> Result<usize, common::net::NetError> {
+    async fn install_routes(&mut self) -> Result<usize, common::net::NetError> {
         let mut routes = Vec::new();
         for (i, u) in self.shared.uplinks.iter().enumerate() {
             let r = self.routes_of(i);
             if r.is_empty() {
-                info!(uplink = %u.name, "no gateway or interface: source routing left to the system");
+                info!(uplink = %u.name, "no gateway, address or interface (yet): source routing left to the system");
             }
-            routes.extend(r);
+            routes.extend(r.iter().cloned());
+            self.installed[i] = r;
         }
         routing::install(&self.nl, &self.handle, &routes).await
     }

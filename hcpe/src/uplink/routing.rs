@@ -53,6 +53,57 @@ pub async fn remove(nl: &Netlink) -> Result<common::net::Flushed, NetError> {
     nl.flush_marked(RT_PROTO_UPLINK).await
 }
 
+/// Moves one uplink's routing from `old` to `new` (its address or gateway changed): rules of sources that
+/// went are deleted, the table's default route is replaced, rules of new sources added. Other uplinks'
+/// rules are not touched, so their traffic never sees a gap.
+pub async fn update(
+    nl: &Netlink,
+    handle: &rtnetlink::Handle,
+    old: &[UplinkRoute],
+    new: &[UplinkRoute],
+) -> Result<(), NetError> {
+    for o in old.iter().filter(|o| !new.iter().any(|n| same_rule(n, o))) {
+        delete_source_rule(nl, handle, o).await?;
+    }
+    for n in new {
+        add_default_route(handle, n).await?;
+        if !old.iter().any(|o| same_rule(n, o)) {
+            add_source_rule(handle, n).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Re-adds the default routes of `routes` (replacing): the kernel drops routes through an interface that
+/// goes administratively down, the rules stay.
+pub async fn ensure_routes(handle: &rtnetlink::Handle, routes: &[UplinkRoute]) -> Result<(), NetError> {
+    for r in routes {
+        add_default_route(handle, r).await?;
+    }
+    Ok(())
+}
+
+fn same_rule(a: &UplinkRoute, b: &UplinkRoute) -> bool {
+    (a.source, a.table, a.priority) == (b.source, b.table, b.priority)
+}
+
+async fn delete_source_rule(nl: &Netlink, handle: &rtnetlink::Handle, r: &UplinkRoute) -> Result<(), NetError> {
+    let family = if r.source.is_ipv4() { common::net::Family::V4 } else { common::net::Family::V6 };
+    for rule in nl.rules(family).await? {
+        let source = rule.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Source(ip) => Some(*ip),
+            _ => None,
+        });
+        if common::net::rule_protocol(&rule) == Some(RT_PROTO_UPLINK)
+            && source == Some(r.source)
+            && common::net::rule_priority(&rule) == r.priority
+        {
+            handle.rule().del(rule).execute().await.map_err(err(format!("deleting rule from {}", r.source)))?;
+        }
+    }
+    Ok(())
+}
+
 fn err(what: String) -> impl FnOnce(rtnetlink::Error) -> NetError {
     move |source| NetError::Netlink { what, source }
 }

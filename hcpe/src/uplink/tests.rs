@@ -218,3 +218,82 @@ fn backup_mode_reaches_the_peer_of_a_running_connection_by_mp_prio() {
         mgr.shutdown().await;
     });
 }
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip").args(args).output().expect("ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn ip_out(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip").args(args).output().expect("ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `f` every 20 ms for up to 3 s.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..150 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within 3 s: {what}");
+}
+
+#[test]
+fn a_learned_address_follows_renumbering_with_endpoint_rule_route_and_prober() {
+    in_new_netns(|| async {
+        loopback_up();
+        ip(&["link", "add", "wwan0", "type", "veth", "peer", "name", "wwan1"]);
+        ip(&["link", "set", "wwan1", "up"]);
+        ip(&["link", "set", "wwan0", "up"]);
+        ip(&["addr", "add", "10.9.0.2/24", "dev", "wwan0"]);
+        let text = format!(
+            r#"
+lan_interfaces: [lan0]
+hag: {{ addresses: [127.0.0.1], cpe_id: cpe-1, key_file: cpe.key }}
+uplinks:
+  - {{ name: dsl, interface: lo, ipv4: {{ address: {DSL} }} }}
+  - {{ name: lte, interface: wwan0, ipv4: {{ address: auto, gateway: 10.9.0.1 }} }}
+probe: {{ interval: 20s }}
+"#
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
+        let cfg = Config::from_yaml(&text, &dir.path().join("hcpe.yaml")).unwrap();
+        let table = cfg.uplinks[1].table.to_string();
+
+        let mgr = UplinkManager::start(&cfg).await.unwrap();
+        let ctl = mgr.control();
+        let pm = PathManager::connect().await.unwrap();
+        let (old, new): (IpAddr, IpAddr) = ("10.9.0.2".parse().unwrap(), "10.9.0.3".parse().unwrap());
+        assert_eq!(ctl.snapshot()[1].addresses, vec![old], "learned at start");
+        assert!(self::table(&pm).await.contains(&(old, SUB)));
+        assert!(ip_out(&["rule"]).contains(&format!("from {old} lookup {table}")), "{}", ip_out(&["rule"]));
+        assert!(ip_out(&["route", "show", "table", &table]).contains("default via 10.9.0.1 dev wwan0"));
+
+        // A second address does not move the uplink.
+        ip(&["addr", "add", "10.9.0.7/24", "dev", "wwan0"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(ctl.snapshot()[1].addresses, vec![old]);
+        ip(&["addr", "flush", "dev", "wwan0"]);
+        eventually("the uplink loses its address", async || ctl.snapshot()[1].addresses.is_empty()).await;
+        eventually("its endpoint goes", async || !self::table(&pm).await.iter().any(|(a, _)| *a == old)).await;
+        assert!(ctl.snapshot()[1].health.is_none(), "nothing to probe from");
+
+        // Renumbered: endpoint, rule, route and prober follow; new connections bind to the new address.
+        ip(&["addr", "add", "10.9.0.3/24", "dev", "wwan0"]);
+        eventually("the new address is learned", async || ctl.snapshot()[1].addresses == vec![new]).await;
+        eventually("the endpoint moves", async || self::table(&pm).await == vec![(new, SUB), (DSL, SUB)]).await;
+        let rules = ip_out(&["rule"]);
+        assert!(rules.contains(&format!("from {new} lookup {table}")) && !rules.contains(&format!("from {old} ")), "{rules}");
+        assert!(ip_out(&["route", "show", "table", &table]).contains("default via 10.9.0.1 dev wwan0"));
+        assert_eq!(ctl.snapshot()[1].health.as_ref().map(|h| h.source), Some(new), "the prober sends from the new address");
+        ctl.set_mode("dsl", Mode::Off, ModeReason::Admin).await.unwrap();
+        assert_eq!(mgr.selector().source_for("127.0.0.1".parse().unwrap()), Some(new));
+
+        mgr.shutdown().await;
+        assert_eq!(self::table(&pm).await, vec![]);
+        assert!(!ip_out(&["rule"]).contains(&format!("lookup {table}")), "{}", ip_out(&["rule"]));
+    });
+}
