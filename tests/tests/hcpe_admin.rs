@@ -1,0 +1,181 @@
+//! Issue 6 acceptance 2 on the testbed with the real `hcpe` (uplink manager, admin API on 127.0.0.1:5126 in the
+//! cpe namespace) and `hag`: during a download, `GET /api/v1/connections` lists it with two subflows whose
+//! local addresses are the DSL and the LTE address; after `PATCH /api/v1/uplinks/lte {"mode":"backup"}` the
+//! LTE subflow reports `backup: true` and LTE's share of the download (the link emulators' byte counters)
+//! falls below 1 %; `DELETE` of the connection ends the download and unlists it. `/metrics` scraped on the way
+//! is valid Prometheus text and counts the admin mode change.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::daemons::{self, HCPE_ADMIN_PORT, HagSpec, HcpeSpec};
+use tests::emulator::{Direction, LinkConfig, Shape};
+use tests::netns::ChildGuard;
+use tests::testbed::{Testbed, TestbedConfig, addr};
+use tests::traffic::{Client, Server};
+
+fn admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], HCPE_ADMIN_PORT))
+}
+
+struct Api<'a> {
+    tb: &'a Testbed,
+    token: String,
+}
+
+impl Api<'_> {
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let r = daemons::http(&self.tb.cpe, admin_addr(), method, path, Some(&self.token), body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
+        (r.status, r.body)
+    }
+
+    fn json(&self, method: &str, path: &str, body: Option<&str>) -> Value {
+        let (status, text) = self.call(method, path, body);
+        assert_eq!(status, 200, "{method} {path}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    }
+
+    /// The one open connection to `dst`, once `pred` holds for it (polled every 50 ms up to `limit`).
+    fn wait_connection(&self, dst: SocketAddr, limit: Duration, hcpe: &ChildGuard, pred: impl Fn(&Value) -> bool) -> Value {
+        let t0 = Instant::now();
+        let mut last = Value::Null;
+        while t0.elapsed() < limit {
+            let list = self.json("GET", "/api/v1/connections", None);
+            if let Some(c) = list.as_array().unwrap().iter().find(|c| c["destination"] == dst.to_string()) {
+                if pred(c) {
+                    return c.clone();
+                }
+                last = c.clone();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("connection to {dst} not as expected within {limit:?}; last seen:\n{last:#}\n{}", hcpe.log());
+    }
+}
+
+fn subflow_of<'a>(c: &'a Value, local: IpAddr) -> Option<&'a Value> {
+    c["subflows"].as_array()?.iter().find(|s| {
+        s["local"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()).is_some_and(|a| a.ip() == local)
+    })
+}
+
+#[test]
+fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
+    let tb = Testbed::new(TestbedConfig {
+        dsl: LinkConfig::symmetric(Shape::mbit(40.0).delay_ms(5.0)),
+        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(10.0)) },
+        ..TestbedConfig::default()
+    })
+    .unwrap();
+    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
+    let dir = daemons::config_dir("hcpe-admin").unwrap();
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let _hag = daemons::start_hag(&tb, dir.path(), &HagSpec { v6: false, ..HagSpec::default() }).unwrap();
+    let spec = HcpeSpec { managed: true, admin: true, v6: false, ..HcpeSpec::default() };
+    let mut hcpe = daemons::start_hcpe(&tb, dir.path(), &spec).unwrap();
+    assert!(hcpe.wait_for_log("admin API started", Duration::from_secs(5)), "{}", hcpe.log());
+    daemons::wait_up(&hcpe, 2, Duration::from_secs(10)).unwrap();
+    let api = Api { tb: &tb, token: daemons::admin_token(dir.path()).unwrap() };
+    let (dsl_ip, lte_ip) = (IpAddr::V4(addr::CPE_DSL.v4), IpAddr::V4(addr::CPE_LTE.v4));
+
+    // Both uplinks up and active before the download.
+    let ups = api.json("GET", "/api/v1/uplinks", None);
+    assert_eq!(ups[1]["name"], "lte");
+    assert_eq!((ups[1]["mode"].as_str(), ups[1]["state"].as_str()), (Some("active"), Some("up")), "{ups:#}");
+    assert!(ups[1]["rtt_ms"].as_f64().is_some_and(|r| r > 0.0), "{ups:#}");
+
+    const SIZE: u64 = 400 << 20;
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let progress = Arc::new(AtomicU64::new(0));
+    let p2 = progress.clone();
+    let download =
+        tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(10)).progress(p2).download(SIZE)).unwrap();
+    let t0 = Instant::now();
+    let wait_progress = |n: u64| {
+        while progress.load(Ordering::Relaxed) < n {
+            assert!(t0.elapsed() < Duration::from_secs(60), "download does not progress:\n{}", hcpe.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_progress(1 << 20);
+
+    // Two subflows: DSL (initial) and LTE, neither backup.
+    let c = api.wait_connection(dst, Duration::from_secs(5), &hcpe, |c| {
+        subflow_of(c, dsl_ip).is_some() && subflow_of(c, lte_ip).is_some()
+    });
+    let subflows = c["subflows"].as_array().unwrap();
+    assert_eq!(subflows.len(), 2, "{c:#}");
+    let id = c["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 8, "MPTCP token as the id: {c:#}");
+    assert_eq!(format!("{:08x}", c["token"].as_u64().unwrap()), id);
+    assert_eq!(c["uplink_initial"], "dsl", "{c:#}");
+    assert_eq!(c["fallback"], false);
+    assert_eq!(c["client"].as_str().unwrap().parse::<SocketAddr>().unwrap().ip(), addr::LAN_CLIENT.ip(false));
+    for s in subflows {
+        assert_eq!(s["remote"].as_str().unwrap().parse::<SocketAddr>().unwrap().ip(), addr::HAG_SERVICE.ip(false), "{s}");
+        assert_eq!(s["backup"], false, "{c:#}");
+    }
+    let by_id = api.json("GET", &format!("/api/v1/connections/{id}"), None);
+    assert_eq!(by_id["id"], id.as_str());
+
+    // LTE carries a real share while active (so the < 1 % below is the PATCH's doing).
+    let share = |from: u64, to: u64| {
+        wait_progress(from);
+        let (d1, l1) = (tb.dsl.counters(Direction::Down).tx_bytes, tb.lte.counters(Direction::Down).tx_bytes);
+        wait_progress(to);
+        let (d2, l2) = (tb.dsl.counters(Direction::Down).tx_bytes, tb.lte.counters(Direction::Down).tx_bytes);
+        let (dsl, lte) = (d2 - d1, l2 - l1);
+        lte as f64 / (dsl + lte).max(1) as f64
+    };
+    let p = progress.load(Ordering::Relaxed);
+    let active_share = share(p, p + (8 << 20));
+
+    let patched = Instant::now();
+    let up = api.json("PATCH", "/api/v1/uplinks/lte", Some(r#"{"mode":"backup"}"#));
+    assert_eq!(up["mode"], "backup", "{up:#}");
+    assert_eq!(up["endpoint"]["backup"], true, "{up:#}");
+    let c = api.wait_connection(dst, Duration::from_secs(3), &hcpe, |c| {
+        subflow_of(c, lte_ip).is_some_and(|s| s["backup"] == true)
+    });
+    let flagged = patched.elapsed();
+    let dsl_sf = subflow_of(&c, dsl_ip).expect("DSL subflow stays");
+    assert_eq!(dsl_sf["backup"], false, "{c:#}");
+    assert_eq!(subflow_of(&c, lte_ip).unwrap()["backup_local"], true, "hcpe asked for backup (MP_PRIO): {c:#}");
+
+    // In flight data drains for a moment; then LTE's share of the next 16 MiB.
+    std::thread::sleep(Duration::from_millis(300));
+    let p = progress.load(Ordering::Relaxed);
+    let backup_share = share(p, p + (16 << 20));
+
+    let text = api.call("GET", "/metrics", None).1;
+    let families = common::admin::metrics::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let fam = |n: &str| families.iter().find(|f| f.name == n).unwrap_or_else(|| panic!("no {n}"));
+    assert_eq!(fam("hcpe_uplink_mode_changes_total").value(&[("reason", "admin")]), Some(1.0));
+    assert_eq!(fam("hcpe_uplink_mode").value(&[("uplink", "lte"), ("mode", "backup")]), Some(1.0));
+    assert_eq!(fam("hcpe_connections_open").value(&[]), Some(1.0));
+
+    // DELETE closes it: the download ends early and the connection is unlisted.
+    let (status, body) = api.call("DELETE", &format!("/api/v1/connections/{id}"), None);
+    assert_eq!(status, 204, "{body}");
+    let result = download.join().unwrap();
+    assert!(result.is_err(), "the download was cut short by DELETE: {:?}", result.map(|t| t.bytes));
+    let t = Instant::now();
+    while api.json("GET", "/api/v1/connections", None) != serde_json::json!([]) {
+        assert!(t.elapsed() < Duration::from_secs(3), "still listed after DELETE");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(api.call("GET", &format!("/api/v1/connections/{id}"), None).0, 404);
+
+    eprintln!(
+        "hcpe admin: LTE share active {:.1} %, after PATCH to backup {:.3} %; LTE subflow flagged backup {flagged:?} \
+         after the PATCH",
+        active_share * 100.0,
+        backup_share * 100.0
+    );
+    assert!(active_share > 0.15, "LTE carried only {:.1} % while active", active_share * 100.0);
+    assert!(backup_share < 0.01, "LTE carried {:.2} % after PATCH to backup", backup_share * 100.0);
+}
