@@ -1,0 +1,101 @@
+//! Issue 5 acceptance 6 on the testbed with the real `hcpe` and `hag`: the LTE uplink's address is learned
+//! (`address: auto`); the LTE modem "renumbers" (198.18.3.2 goes, 198.18.3.3 comes) while a download runs.
+//! hcpe follows without a restart: hag sees a new subflow from the new address on the running connection
+//! (hag's admin API lists its subflows), LTE carries data again, and the download finishes intact (every
+//! byte checked, SHA-256 trailer).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tests::daemons::{self, HAG_ADMIN_PORT, HagSpec, HcpeSpec};
+use tests::emulator::{Direction, LinkConfig, Shape};
+use tests::testbed::{Testbed, TestbedConfig, addr, ifname};
+use tests::traffic::{Client, Server};
+
+/// Remote addresses of every subflow hag's admin API lists.
+fn hag_subflow_peers(tb: &Testbed, token: &str) -> Vec<IpAddr> {
+    let api = SocketAddr::from(([127, 0, 0, 1], HAG_ADMIN_PORT));
+    let Ok(resp) = daemons::http(&tb.hag, api, "GET", "/api/v1/connections", Some(token), None) else {
+        return Vec::new();
+    };
+    let json: serde_json::Value = serde_json::from_str(&resp.body).unwrap_or_default();
+    json.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["subflows"].as_array().cloned().unwrap_or_default())
+        .filter_map(|s| s["remote"].as_str().and_then(|r| r.parse::<SocketAddr>().ok()).map(|r| r.ip()))
+        .collect()
+}
+
+#[test]
+fn lte_renumbered_mid_download_gets_a_subflow_from_the_new_address_without_restart() {
+    let tb = Testbed::new(TestbedConfig {
+        dsl: LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(5.0)),
+        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(10.0)) },
+        ..TestbedConfig::default()
+    })
+    .unwrap();
+    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
+    let dir = daemons::config_dir("uplink-renumber").unwrap();
+    let token = daemons::admin_token(dir.path()).unwrap();
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let _hag = daemons::start_hag(&tb, dir.path(), &HagSpec { v6: false, admin: true, ..HagSpec::default() }).unwrap();
+    let yaml = daemons::hcpe_yaml(&HcpeSpec { managed: true, v6: false, ..HcpeSpec::default() });
+    let old = addr::CPE_LTE.v4;
+    let new: std::net::Ipv4Addr = "198.18.3.3".parse().unwrap();
+    let yaml = yaml.replace(&format!("address: {old}"), "address: auto");
+    assert!(yaml.contains("address: auto"), "{yaml}");
+    let cfg = daemons::write_config(dir.path(), "hcpe.yaml", &yaml).unwrap();
+    let mut hcpe = daemons::start(&tb.cpe, "hcpe", &cfg, &["hcpe ready", "uplink manager started"]).unwrap();
+    daemons::wait_up(&hcpe, 2, Duration::from_secs(10)).unwrap();
+    assert!(hcpe.log().contains(&format!("to={old}")), "the LTE address is learned at start:\n{}", hcpe.log());
+
+    const SIZE: u64 = 20 << 20;
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let progress = Arc::new(AtomicU64::new(0));
+    let p = progress.clone();
+    let download =
+        tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(15)).progress(p).download(SIZE)).unwrap();
+    let t0 = Instant::now();
+    while progress.load(Ordering::Relaxed) < SIZE / 4 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "download does not progress:\n{}", hcpe.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let token2 = token.clone();
+    assert!(hag_subflow_peers(&tb, &token2).contains(&IpAddr::V4(old)), "LTE subflow from the old address first");
+
+    // The modem renumbers: the old address goes, a new one comes (as a new lease would).
+    let renumbered = Instant::now();
+    tb.cpe.ip(&["addr", "del", &format!("{old}/24"), "dev", ifname::LTE]).unwrap();
+    tb.cpe.ip(&["addr", "add", &format!("{new}/24"), "dev", ifname::LTE]).unwrap();
+    let lte_before = tb.lte.counters(Direction::Down).tx_bytes;
+    assert!(hcpe.wait_for_log(&format!("to={new}"), Duration::from_secs(2)), "hcpe did not follow:\n{}", hcpe.log());
+    let followed = renumbered.elapsed();
+    let joined = loop {
+        if hag_subflow_peers(&tb, &token).contains(&IpAddr::V4(new)) {
+            break renumbered.elapsed();
+        }
+        assert!(
+            renumbered.elapsed() < Duration::from_secs(5),
+            "hag never saw a subflow from {new}: {:?}\n{}",
+            hag_subflow_peers(&tb, &token),
+            hcpe.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let transfer =
+        download.join().unwrap().unwrap_or_else(|e| panic!("download across the renumbering: {e}\n{}", hcpe.log()));
+    let lte_after = tb.lte.counters(Direction::Down).tx_bytes - lte_before;
+    eprintln!(
+        "LTE renumbered {old} -> {new}: hcpe followed after {followed:?}, hag saw the new subflow after {joined:?}; \
+         download {:.1} Mbit/s, max stall {:?}, LTE carried {lte_after} B after the renumbering",
+        transfer.mbit_per_s(),
+        transfer.timeline.max_stall()
+    );
+    assert_eq!(transfer.bytes, SIZE);
+    assert!(joined <= Duration::from_secs(2), "new subflow after {joined:?}");
+    assert!(lte_after > 1 << 20, "LTE carried the running download again: {lte_after} B");
+    assert!(!hcpe.log().contains("hcpe stopped"), "no restart");
+}
