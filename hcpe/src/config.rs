@@ -57,6 +57,10 @@ pub struct FileConfig {
     /// Volume counting per uplink and its state file (quota: `uplinks[].quota`).
     #[serde(default)]
     pub volume: VolumeFile,
+    /// Reject LAN UDP to port 443 (QUIC) with ICMP port unreachable, so browsers fall back to TCP, which
+    /// hcpe carries over every uplink. Needs the `nft` tool.
+    #[serde(default)]
+    pub block_quic: bool,
     /// tracing filter directive; `RUST_LOG` overrides it.
     #[serde(default = "default_log_level")]
     pub log_level: String,
@@ -181,12 +185,21 @@ pub struct RoutingFile {
     /// Priority of the first hcpe rule; hcpe uses `rule_priority .. rule_priority + 999`.
     #[serde(default = "default_rule_priority")]
     pub rule_priority: u32,
+    /// The uplink manager keeps the main table's default route (metric 0) via the gateway of the healthiest
+    /// uplink by role, so non-TCP traffic (UDP, ICMP) follows a failover too. Turn off when the firmware
+    /// manages the default route itself (its own multi-WAN).
+    #[serde(default = "default_true")]
+    pub default_route: bool,
 }
 
 impl Default for RoutingFile {
     fn default() -> Self {
-        RoutingFile { table: default_table(), rule_priority: default_rule_priority() }
+        RoutingFile { table: default_table(), rule_priority: default_rule_priority(), default_route: true }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Timers.
@@ -320,6 +333,8 @@ pub struct Config {
     pub probe: ProbeFile,
     /// `state_file` resolved relative to the config file.
     pub volume: VolumeFile,
+    /// Reject LAN UDP/443 (QUIC) so browsers use TCP.
+    pub block_quic: bool,
     pub log_level: String,
     /// Admin REST API (token file already read), if configured.
     pub admin: Option<Admin>,
@@ -476,6 +491,7 @@ impl Config {
             limits: f.limits,
             probe: f.probe,
             volume,
+            block_quic: f.block_quic,
             log_level: f.log_level,
             admin,
         })
