@@ -106,15 +106,17 @@ pub struct Connection {
     pub accepted_at: SystemTime,
     /// When it was accepted (monotonic, for ages).
     pub accepted: Instant,
-    /// The uplink whose address the connection to hag was bound to (its initial subflow).
+    /// The uplink whose address the connection to hag was bound to (its initial subflow); set when the
+    /// bound address is a configured one.
     pub uplink_initial: OnceLock<String>,
-    /// Local MPTCP token of the connection to hag; `None` inside when that connection is plain TCP.
+    /// Local MPTCP token of the connection to hag, set once hag accepted it; `None` inside when that
+    /// connection is plain TCP.
     pub token: OnceLock<Option<u32>>,
     /// Carried directly to the destination (`fallback: direct`), not through hag.
     pub direct: OnceLock<()>,
     /// Bytes client -> server (`a_to_b`) and back (`b_to_a`), live.
     pub counters: RelayCounters,
-    /// Duplicate of the hag socket's fd, for `MPTCP_FULL_INFO` (subflows).
+    /// Duplicate of the hag socket's fd while relaying through hag, for `MPTCP_FULL_INFO` (subflows).
     pub hag_fd: OnceLock<OwnedFd>,
     /// Cancelled to close the connection from outside (admin `DELETE`).
     pub close: CancellationToken,
@@ -317,6 +319,12 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared, conn: &Connecti
     match exchange(flow, &mut first, &mut client, cfg, shared.sources.as_ref(), conn).await {
         Ok(Reply::Converted(hag, early)) => {
             c.converted.fetch_add(1, Relaxed);
+            // Listed by token, with subflows, only once it relays: a failed exchange leaves no fd behind that
+            // would keep hag's end of it open.
+            let _ = conn.token.set(common::mptcp::info(&hag).ok().flatten().map(|i| i.token));
+            if let Ok(fd) = socket2::SockRef::from(&hag).try_clone() {
+                let _ = conn.hag_fd.set(OwnedFd::from(fd));
+            }
             debug!(first_bytes = first.len(), "converted");
             conn.counters.a_to_b.fetch_add(first.len() as u64, Relaxed);
             if !early.is_empty() && client.write_all(&early).await.is_err() {
@@ -394,10 +402,6 @@ async fn exchange(
     };
     let (mut stream, sent) = connect_with_data(hag, &request, &opts).await.map_err(io_err)?;
     let _ = stream.set_nodelay(true);
-    let _ = conn.token.set(common::mptcp::info(&stream).ok().flatten().map(|i| i.token));
-    if let Ok(fd) = socket2::SockRef::from(&stream).try_clone() {
-        let _ = conn.hag_fd.set(OwnedFd::from(fd));
-    }
     if sent < request.len() {
         stream.write_all(&request[sent..]).await.map_err(io_err)?;
     }
@@ -471,5 +475,42 @@ async fn relay(client: TcpStream, server: TcpStream, idle: Duration, counters: &
     match result {
         Ok(outcome) => debug!(up, down, ?outcome, "relay done"),
         Err(e) => debug!(up, down, error = %e, "relay ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_listed_while_their_guard_lives_and_found_by_token() {
+        let t = Arc::new(Connections::default());
+        let (client, dest) = ("192.168.1.2:40000".parse().unwrap(), "198.18.4.2:80".parse().unwrap());
+        let a = t.insert(client, dest);
+        let b = t.insert(client, dest);
+        a.conn().token.set(Some(7)).unwrap();
+        b.conn().token.set(None).unwrap();
+        assert!(b.conn().fallback(), "plain TCP to hag");
+        assert!(!a.conn().fallback());
+        assert_eq!(t.by_token(7).map(|c| c.seq), Some(a.conn().seq));
+        assert!(t.by_token(8).is_none());
+        let seqs: Vec<u64> = t.snapshot().iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, [a.conn().seq, b.conn().seq]);
+        drop(a);
+        assert_eq!(t.len(), 1);
+        assert!(t.by_token(7).is_none(), "gone with its guard");
+        drop(b);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn refusals_are_counted_by_code() {
+        let c = ConnCounters::default();
+        c.refused_with(convert::ErrorCode::NotAuthorized);
+        c.refused_with(convert::ErrorCode::Unknown(200));
+        assert_eq!(c.refused.load(Relaxed), 2);
+        let at = |code| ERROR_CODES.iter().position(|x| *x == code).unwrap();
+        assert_eq!(c.refused_by_code[at(convert::ErrorCode::NotAuthorized)].load(Relaxed), 1);
+        assert_eq!(c.refused_by_code[ERROR_CODES.len() - 1].load(Relaxed), 1, "unassigned codes share the last slot");
     }
 }

@@ -287,7 +287,7 @@ impl ConnectionView {
             token: c.token.get().copied().flatten(),
             client: c.client,
             destination: c.destination,
-            uplink_initial: c.uplink_initial.get().cloned(),
+            uplink_initial: c.uplink_initial.get().filter(|_| c.direct.get().is_none()).cloned(),
             fallback: c.fallback() || mptcp_fell_back,
             direct: c.direct.get().is_some(),
             accepted_unix: c.accepted_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
