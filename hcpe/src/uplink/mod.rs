@@ -394,6 +394,9 @@ impl UplinkManager {
                 .collect(),
             carrier: vec![true; cfg.uplinks.len()],
             installed: vec![Vec::new(); cfg.uplinks.len()],
+            default_route: cfg.routing.default_route,
+            main_default: [None, None],
+            main_owned: [false, false],
         };
         // Subscribe before the first look at the interfaces, so no change falls between the two.
         let events = match links::subscribe() {
@@ -501,6 +504,12 @@ struct Driver {
     carrier: Vec<bool>,
     /// The policy routing installed per uplink.
     installed: Vec<Vec<routing::UplinkRoute>>,
+    /// Keep the main table's default route on the best uplink (`routing.default_route`).
+    default_route: bool,
+    /// The main default route hcpe set per family (IPv4, IPv6): uplink, gateway, ifindex.
+    main_default: [Option<(usize, IpAddr, u32)>; 2],
+    /// hcpe's main default route of the family may exist in the kernel (so it is replaced, not created).
+    main_owned: [bool; 2],
 }
 
 impl Driver {
@@ -521,7 +530,7 @@ impl Driver {
         self.sync_probers()?;
         self.poll_carrier().await;
         // Apply the start plan (everything Unknown = usable) before the first verdict.
-        if let Err(e) = self.apply_plan().await {
+        if let Err(e) = self.reconcile().await {
             warn!(error = %e, "setting the MPTCP endpoints; retried on the next change");
         }
         Ok(added)
@@ -566,7 +575,7 @@ impl Driver {
                         if let Err(e) = self.sync_probers() {
                             warn!(error = %e, "starting a prober");
                         }
-                        let _ = reply.send(self.apply_plan().await);
+                        let _ = reply.send(self.reconcile().await);
                     }
                 },
                 Some(ev) = health.recv() => {
@@ -575,7 +584,7 @@ impl Driver {
                     while let Ok(ev) = health.try_recv() {
                         changed |= self.on_health(ev);
                     }
-                    if changed && let Err(e) = self.apply_plan().await {
+                    if changed && let Err(e) = self.reconcile().await {
                         warn!(error = %e, "updating MPTCP endpoints; retried on the next change");
                     }
                 }
@@ -589,6 +598,7 @@ impl Driver {
     /// (routing, prober source, endpoints), routes again after the link came back.
     async fn on_link_event(&mut self, ev: links::LinkEvent) {
         let mut changed = false;
+        let mut routes_back = false;
         for i in 0..self.shared.uplinks.len() {
             match &ev {
                 links::LinkEvent::Link { ifindex, name, carrier, gone } => {
@@ -606,6 +616,13 @@ impl Driver {
                     changed |= self.relearn(i).await;
                     if came_back {
                         self.reinstall_routes(i).await;
+                        // The kernel dropped routes through the interface if it was down: set it again.
+                        for m in &mut self.main_default {
+                            if m.is_some_and(|(u, _, _)| u == i) {
+                                *m = None;
+                            }
+                        }
+                        routes_back = true;
                     }
                 }
                 links::LinkEvent::Address { ifindex } => {
@@ -619,9 +636,11 @@ impl Driver {
             if let Err(e) = self.sync_probers() {
                 warn!(error = %e, "starting a prober");
             }
-            if let Err(e) = self.apply_plan().await {
+            if let Err(e) = self.reconcile().await {
                 warn!(error = %e, "updating MPTCP endpoints; retried on the next change");
             }
+        } else if routes_back {
+            self.sync_main_default().await;
         }
     }
 
@@ -806,6 +825,67 @@ impl Driver {
             self.installed[i] = r;
         }
         routing::install(&self.nl, &self.handle, &routes).await
+    }
+
+    /// Endpoints, then the main default route, in line with the current state; the endpoint outcome.
+    async fn reconcile(&mut self) -> Result<(), PmError> {
+        let res = self.apply_plan().await;
+        self.sync_main_default().await;
+        res
+    }
+
+    /// Points the main table's default route of each family at the gateway of the uplink that new
+    /// connections start on ([`decide::pick_initial`] among uplinks with a gateway of that family), so
+    /// non-TCP traffic fails over with them. Failures are logged and retried on the next change.
+    async fn sync_main_default(&mut self) {
+        if !self.default_route {
+            return;
+        }
+        for (k, v4) in [(0usize, true), (1, false)] {
+            let want = {
+                let live = self.shared.live();
+                let gw = |u: &Uplink| -> Option<IpAddr> {
+                    if v4 {
+                        u.ipv4.and_then(|f| f.gateway).map(IpAddr::V4)
+                    } else {
+                        u.ipv6.and_then(|f| f.gateway).map(IpAddr::V6)
+                    }
+                };
+                let views: Vec<View> = self
+                    .shared
+                    .uplinks
+                    .iter()
+                    .zip(live.iter())
+                    .enumerate()
+                    .map(|(i, (u, l))| View {
+                        role: u.role,
+                        mode: l.mode,
+                        health: l.health,
+                        has_source: gw(u).is_some()
+                            && self.ifindex[i].is_some()
+                            && if v4 { l.addrs.v4.is_some() } else { l.addrs.v6.is_some() },
+                    })
+                    .collect();
+                decide::pick_initial(&views).and_then(|i| Some((i, gw(&self.shared.uplinks[i])?, self.ifindex[i]?)))
+            };
+            if want == self.main_default[k] {
+                continue;
+            }
+            let res = match want {
+                Some((_, gw, ix)) => routing::set_main_default(&self.handle, gw, ix, self.main_owned[k]).await,
+                None => routing::del_main_default(&self.nl, &self.handle, v4).await,
+            };
+            let family = if v4 { "ipv4" } else { "ipv6" };
+            match res {
+                Ok(()) => {
+                    let uplink = want.map(|(i, _, _)| self.shared.uplinks[i].name.as_str()).unwrap_or("none");
+                    info!(family, uplink, via = ?want.map(|(_, g, _)| g), "main default route");
+                    self.main_default[k] = want;
+                    self.main_owned[k] = want.is_some();
+                }
+                Err(e) => warn!(family, error = %e, "main default route (routing.default_route: false if the system manages it)"),
+            }
+        }
     }
 
     /// Brings the endpoint table in line with [`decide::endpoint_plan`] and the uplinks' current addresses.

@@ -7,6 +7,9 @@
 //! built here with the same rtnetlink crate and the marker convention of `common::net`, so
 //! [`common::net::Netlink::flush_marked`] with [`RT_PROTO_UPLINK`] removes exactly this state.
 //!
+//! With `routing.default_route` the main table's default route (metric 0) also belongs to the uplink
+//! manager: [`set_main_default`] points it at the best uplink's gateway, so non-TCP traffic fails over too.
+//!
 //! Invariants:
 //! - everything added carries [`RT_PROTO_UPLINK`] (not hcpe's interception marker, so each part cleans its own);
 //! - [`install`] is idempotent: it flushes the marker first, then adds (a crash leaves no duplicate);
@@ -16,7 +19,7 @@
 use std::net::IpAddr;
 
 use common::net::{NetError, Netlink};
-use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::route::{RouteAttribute, RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute};
 use rtnetlink::RouteMessageBuilder;
 
@@ -83,6 +86,47 @@ pub async fn ensure_routes(handle: &rtnetlink::Handle, routes: &[UplinkRoute]) -
     Ok(())
 }
 
+/// The main table's id.
+pub const MAIN_TABLE: u32 = 254;
+
+/// Points the main table's default route (metric 0, marked) of `gateway`'s family at `gateway` out of
+/// `ifindex`. `replace`: hcpe's own route is there already and is overwritten in one step (no gap);
+/// otherwise it is created exclusively, so a default route the system installed with the same metric is
+/// never clobbered (that fails with `EEXIST`: the firmware manages the default route itself).
+pub async fn set_main_default(
+    handle: &rtnetlink::Handle,
+    gateway: IpAddr,
+    ifindex: u32,
+    replace: bool,
+) -> Result<(), NetError> {
+    let r = UplinkRoute { source: gateway, gateway: Some(gateway), ifindex, table: MAIN_TABLE, priority: 0 };
+    let msg = default_route_message(&r);
+    let what = format!("setting the main default route via {gateway} dev {ifindex}");
+    let req = handle.route().add(msg);
+    let req = if replace { req.replace() } else { req };
+    req.execute().await.map_err(err(what))
+}
+
+/// Removes hcpe's main-table default route of `v4`'s family, if there is one.
+pub async fn del_main_default(nl: &Netlink, handle: &rtnetlink::Handle, v4: bool) -> Result<(), NetError> {
+    let family = if v4 { common::net::Family::V4 } else { common::net::Family::V6 };
+    for route in nl.routes(family).await? {
+        let main = route.header.table == MAIN_TABLE as u8
+            || route.attributes.iter().any(|a| matches!(a, RouteAttribute::Table(t) if *t == MAIN_TABLE));
+        if main
+            && route.header.protocol == RouteProtocol::Other(RT_PROTO_UPLINK)
+            && route.header.destination_prefix_length == 0
+        {
+            match handle.route().del(route).execute().await {
+                Ok(()) => {}
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}
+                Err(e) => return Err(err("deleting the main default route".into())(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
 fn same_rule(a: &UplinkRoute, b: &UplinkRoute) -> bool {
     (a.source, a.table, a.priority) == (b.source, b.table, b.priority)
 }
@@ -127,8 +171,14 @@ async fn add_source_rule(handle: &rtnetlink::Handle, r: &UplinkRoute) -> Result<
 }
 
 async fn add_default_route(handle: &rtnetlink::Handle, r: &UplinkRoute) -> Result<(), NetError> {
+    let msg = default_route_message(r);
+    let what = format!("adding default route via {:?} dev {} table {}", r.gateway, r.ifindex, r.table);
+    handle.route().add(msg).replace().execute().await.map_err(err(what))
+}
+
+fn default_route_message(r: &UplinkRoute) -> netlink_packet_route::route::RouteMessage {
     let proto = RouteProtocol::Other(RT_PROTO_UPLINK);
-    let msg = match (r.source, r.gateway) {
+    match (r.source, r.gateway) {
         (IpAddr::V4(_), gw) => {
             let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
                 .output_interface(r.ifindex)
@@ -152,7 +202,5 @@ async fn add_default_route(handle: &rtnetlink::Handle, r: &UplinkRoute) -> Resul
             }
             b.build()
         }
-    };
-    let what = format!("adding default route via {:?} dev {} table {}", r.gateway, r.ifindex, r.table);
-    handle.route().add(msg).replace().execute().await.map_err(err(what))
+    }
 }

@@ -297,3 +297,68 @@ probe: {{ interval: 20s }}
         assert!(!ip_out(&["rule"]).contains(&format!("lookup {table}")), "{}", ip_out(&["rule"]));
     });
 }
+
+#[test]
+fn the_main_default_route_follows_the_uplink_new_connections_start_on() {
+    in_new_netns(|| async {
+        loopback_up();
+        for (a, b, addr) in [("dsl0", "dsl1", "10.8.0.2/24"), ("lte0", "lte1", "10.9.0.2/24")] {
+            ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+            ip(&["link", "set", b, "up"]);
+            ip(&["link", "set", a, "up"]);
+            ip(&["addr", "add", addr, "dev", a]);
+        }
+        // The system's own default route (as DHCP would add it) stays below hcpe's and comes back after it.
+        ip(&["route", "add", "default", "via", "10.8.0.1", "metric", "100"]);
+        let text = r#"
+lan_interfaces: [lan0]
+hag: { addresses: [10.7.0.1], cpe_id: cpe-1, key_file: cpe.key }
+uplinks:
+  - { name: dsl, interface: dsl0, ipv4: { address: 10.8.0.2, gateway: 10.8.0.1 } }
+  - { name: lte, interface: lte0, ipv4: { address: auto, gateway: 10.9.0.1 } }
+probe: { interval: 20s }
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
+        let cfg = Config::from_yaml(text, &dir.path().join("hcpe.yaml")).unwrap();
+        let mgr = UplinkManager::start(&cfg).await.unwrap();
+        let ctl = mgr.control();
+        let get = || ip_out(&["route", "get", "10.7.0.99"]);
+        assert!(get().contains("via 10.8.0.1 dev dsl0"), "{}", get());
+        assert!(ip_out(&["route", "show", "default"]).contains("default via 10.8.0.1 dev dsl0 proto 73"));
+
+        ctl.set_mode("dsl", Mode::Off, ModeReason::Admin).await.unwrap();
+        assert!(get().contains("via 10.9.0.1 dev lte0"), "{}", get());
+        ctl.set_mode("dsl", Mode::Active, ModeReason::Admin).await.unwrap();
+        assert!(get().contains("via 10.8.0.1 dev dsl0"), "{}", get());
+
+        mgr.shutdown().await;
+        let routes = ip_out(&["route", "show", "default"]);
+        assert_eq!(routes.trim(), "default via 10.8.0.1 dev dsl0 metric 100", "only the system's route is left");
+    });
+}
+
+#[test]
+fn no_default_route_when_turned_off() {
+    in_new_netns(|| async {
+        loopback_up();
+        ip(&["link", "add", "dsl0", "type", "veth", "peer", "name", "dsl1"]);
+        ip(&["link", "set", "dsl1", "up"]);
+        ip(&["link", "set", "dsl0", "up"]);
+        ip(&["addr", "add", "10.8.0.2/24", "dev", "dsl0"]);
+        let text = r#"
+lan_interfaces: [lan0]
+hag: { addresses: [10.7.0.1], cpe_id: cpe-1, key_file: cpe.key }
+uplinks:
+  - { name: dsl, interface: dsl0, ipv4: { address: 10.8.0.2, gateway: 10.8.0.1 } }
+routing: { default_route: false }
+probe: { interval: 20s }
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
+        let cfg = Config::from_yaml(text, &dir.path().join("hcpe.yaml")).unwrap();
+        let mgr = UplinkManager::start(&cfg).await.unwrap();
+        assert_eq!(ip_out(&["route", "show", "default"]), "", "the firmware keeps the default route");
+        mgr.shutdown().await;
+    });
+}
