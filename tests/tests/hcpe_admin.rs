@@ -3,7 +3,7 @@
 //! local addresses are the DSL and the LTE address; after `PATCH /api/v1/uplinks/lte {"mode":"backup"}` the
 //! LTE subflow reports `backup: true` and LTE's share of the download (the link emulators' byte counters)
 //! falls below 1 %; `DELETE` of the connection ends the download and unlists it. `/metrics` scraped on the way
-//! is valid Prometheus text and counts the admin mode change.
+//! is valid Prometheus text and counts the admin mode change; `POST /api/v1/reload` re-reads hcpe's file.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -87,6 +87,21 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
     assert_eq!(ups[1]["name"], "lte");
     assert_eq!((ups[1]["mode"].as_str(), ups[1]["state"].as_str()), (Some("active"), Some("up")), "{ups:#}");
     assert!(ups[1]["rtt_ms"].as_f64().is_some_and(|r| r > 0.0), "{ups:#}");
+
+    // Reload re-reads the file hcpe started with: unchanged = no change; a new log level applies live; an
+    // invalid file is refused naming the field and the running config stays.
+    let reload = api.json("POST", "/api/v1/reload", None);
+    assert_eq!(reload["changed"], serde_json::json!([]), "{reload:#}");
+    let yaml = daemons::hcpe_yaml(&spec);
+    daemons::write_config(dir.path(), "hcpe.yaml", &yaml.replace("log_level: hcpe=debug", "log_level: hcpe=info"))
+        .unwrap();
+    let reload = api.json("POST", "/api/v1/reload", None);
+    assert_eq!(reload["applied"], serde_json::json!(["log_level"]), "{reload:#}");
+    daemons::write_config(dir.path(), "hcpe.yaml", &yaml.replace("mode: active", "mode: sometimes")).unwrap();
+    let (status, body) = api.call("POST", "/api/v1/reload", None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("uplinks[0].mode"), "{body}");
+    daemons::write_config(dir.path(), "hcpe.yaml", &yaml).unwrap();
 
     const SIZE: u64 = 400 << 20;
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
