@@ -57,7 +57,7 @@ impl Api<'_> {
     }
 }
 
-fn subflow_of<'a>(c: &'a Value, local: IpAddr) -> Option<&'a Value> {
+fn subflow_of(c: &Value, local: IpAddr) -> Option<&Value> {
     c["subflows"].as_array()?.iter().find(|s| {
         s["local"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()).is_some_and(|a| a.ip() == local)
     })
