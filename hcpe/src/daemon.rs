@@ -159,6 +159,7 @@ pub async fn run_with(cfg: Config, opts: RunOptions, shutdown: impl Future<Outpu
         info!(rules = flushed.rules, routes = flushed.routes, "removed leftovers of an earlier run");
     }
     let mut interceptor = Interceptor::start(&tun_settings(&cfg)).await?;
+    let quic = crate::uplink::quic::QuicBlocker::start(cfg.block_quic, &cfg.lan_interfaces);
     let result = async {
         let (rules, routes) = install_routing(&cfg, &nl, interceptor.ifindex).await?;
         info!(rules, routes, tun = %cfg.tun.name, "hcpe ready");
@@ -218,6 +219,7 @@ pub async fn run_with(cfg: Config, opts: RunOptions, shutdown: impl Future<Outpu
         Ok(f) => info!(rules = f.rules, routes = f.routes, "removed hcpe rules and routes"),
         Err(e) => warn!(error = %e, "removing rules and routes"),
     }
+    quic.stop();
     interceptor.shutdown().await;
     info!("hcpe stopped");
     result

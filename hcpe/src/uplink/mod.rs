@@ -25,6 +25,7 @@
 pub mod carrier;
 pub mod decide;
 pub mod links;
+pub mod quic;
 pub mod routing;
 pub mod settings;
 #[cfg(test)]
