@@ -38,12 +38,16 @@ const WINDOW: usize = 10;
 /// First bucket `i` in `[from, to)` whose next 1 s (`[i, i + 1 s)`) averages at least `level`; as time after
 /// `origin`.
 fn first_window_from(r: &[f64], origin: usize, from: usize, to: usize, level: f64) -> Option<Duration> {
-    (from..to.min(r.len()).saturating_sub(WINDOW - 1)).find(|&i| mean(r, i, i + WINDOW) >= level).map(|i| BUCKET * (i - origin) as u32)
+    (from..to.min(r.len()).saturating_sub(WINDOW - 1))
+        .find(|&i| mean(r, i, i + WINDOW) >= level)
+        .map(|i| BUCKET * (i - origin) as u32)
 }
 
 /// First time after bucket `from` at which the last 1 s (`(t - 1 s, t]`) averaged more than `level`.
 fn first_trailing_above(r: &[f64], from: usize, level: f64) -> Option<Duration> {
-    (from + 1..=r.len()).find(|&end| mean(r, end.saturating_sub(WINDOW), end) > level).map(|end| BUCKET * (end - from) as u32)
+    (from + 1..=r.len())
+        .find(|&end| mean(r, end.saturating_sub(WINDOW), end) > level)
+        .map(|end| BUCKET * (end - from) as u32)
 }
 
 /// Longest run of buckets below `level` in `[from, to)`: (its length, its end as time after `from`).
@@ -120,7 +124,8 @@ fn goodput_around_a_dsl_cut_and_restore() {
     let to50 = first_window_from(&r, c, after_stall, s, lte_only * 0.5);
     let to90 = first_window_from(&r, c, after_stall, s, lte_only * 0.9);
     // What the cut cost: seconds of LTE-only transfer missing between the cut and the restore.
-    let lost = ((s - c) as f64 * BUCKET.as_secs_f64() * lte_only - mean(&r, c, s) * (s - c) as f64 * BUCKET.as_secs_f64())
+    let lost = ((s - c) as f64 * BUCKET.as_secs_f64() * lte_only
+        - mean(&r, c, s) * (s - c) as f64 * BUCKET.as_secs_f64())
         / lte_only;
     let back_above_lte = first_trailing_above(&r, s, lte_only * 1.2);
     let back_to_90 = first_trailing_above(&r, s, baseline * 0.9);

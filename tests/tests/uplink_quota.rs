@@ -105,7 +105,11 @@ fn crossing_the_lte_quota_switches_lte_to_backup_and_survives_a_restart() {
     assert!(over, "over_quota persisted");
     assert_eq!(period, rx + tx, "one period since counting began");
     assert!(rx + tx <= wire_total, "counted {} B, more than the wire's {wire_total} B", rx + tx);
-    assert!((rx + tx) as f64 >= lte_wire as f64 * 0.95, "counted {} B, the download alone put {lte_wire} B on LTE", rx + tx);
+    assert!(
+        (rx + tx) as f64 >= lte_wire as f64 * 0.95,
+        "counted {} B, the download alone put {lte_wire} B on LTE",
+        rx + tx
+    );
 
     // A restart continues from the file: still over quota (LTE back to backup at once), volume keeps growing.
     let hcpe = daemons::start_hcpe(&tb, dir.path(), &spec).unwrap();

@@ -160,7 +160,8 @@ pub fn next_period_start(start: u64, reset_day: u8) -> u64 {
     let d = OffsetDateTime::from_unix_timestamp(start.min(i64::MAX as u64) as i64)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
         .date();
-    let (year, month) = if d.month() == Month::December { (d.year() + 1, Month::January) } else { (d.year(), d.month().next()) };
+    let (year, month) =
+        if d.month() == Month::December { (d.year() + 1, Month::January) } else { (d.year(), d.month().next()) };
     unix_midnight(year, month, day)
 }
 
@@ -292,12 +293,7 @@ impl Account {
     /// Takes one reading (`None`: the interface is missing) made `elapsed` after the previous one.
     /// Returns a quota event when this reading starts a period while over quota or crosses the quota; when
     /// both happen, the crossing (the later one) is returned and the driver reconciles from `over_quota`.
-    pub fn observe(
-        &mut self,
-        reading: Option<Reading>,
-        now_unix_ms: u64,
-        elapsed: Duration,
-    ) -> Option<QuotaEvent> {
+    pub fn observe(&mut self, reading: Option<Reading>, now_unix_ms: u64, elapsed: Duration) -> Option<QuotaEvent> {
         let mut event = self.roll_period(now_unix_ms / 1000);
         let (drx, dtx) = match (self.last, reading) {
             (Some(last), Some(cur)) if last.ifindex == cur.ifindex => {
@@ -383,7 +379,9 @@ impl StateFile {
     pub fn load(path: &Path) -> Result<StateFile, VolumeError> {
         let text = match std::fs::read(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StateFile { version: 1, ..Default::default() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(StateFile { version: 1, ..Default::default() });
+            }
             Err(source) => return Err(VolumeError::Read { path: path.to_owned(), source }),
         };
         serde_json::from_slice(&text).map_err(|source| VolumeError::Parse { path: path.to_owned(), source })
@@ -510,7 +508,8 @@ impl VolumeTracker {
             .collect();
         let handle = VolumeHandle { accounts: Arc::new(Mutex::new(accounts)) };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-        let driver = Driver { handle: handle.clone(), tracked, switch, state_path, save_interval: cfg.volume.save_interval };
+        let driver =
+            Driver { handle: handle.clone(), tracked, switch, state_path, save_interval: cfg.volume.save_interval };
         let task = tokio::spawn(driver.run(stop_rx));
         VolumeTracker { handle, task: Some(task), stop: Some(stop_tx) }
     }
@@ -626,11 +625,7 @@ impl Driver {
             accounts.iter().map(|(_, a)| (a.totals.over_quota, a.quota().map(|q| q.action.mode()))).collect()
         };
         for (t, (over, quota_mode)) in self.tracked.iter_mut().zip(wants) {
-            let target = match (over, t.enforced, quota_mode) {
-                (true, false, Some(m)) => m,
-                (false, true, _) => t.configured,
-                _ => continue,
-            };
+            let Some(target) = quota_target(over, t.enforced, quota_mode, t.configured) else { continue };
             match self.switch.set_mode(&t.name, target).await {
                 Ok(()) => {
                     t.enforced = over;
@@ -656,6 +651,16 @@ impl Driver {
             Ok(Err(e)) => warn!(error = %e, "saving the volume state"),
             Err(e) => warn!(error = %e, "saving the volume state"),
         }
+    }
+}
+
+/// The mode to ask for, if any: the quota mode while over quota and not yet in force; the configured mode
+/// once over quota ends while the quota mode is in force; nothing otherwise (an admin's later change stands).
+pub fn quota_target(over_quota: bool, enforced: bool, quota_mode: Option<Mode>, configured: Mode) -> Option<Mode> {
+    match (over_quota, enforced, quota_mode) {
+        (true, false, Some(m)) => Some(m),
+        (false, true, _) => Some(configured),
+        _ => None,
     }
 }
 
@@ -800,7 +805,14 @@ mod tests {
     #[test]
     fn a_restart_continues_the_period_or_forgets_an_old_one() {
         let start = period_start(T0 / 1000, 1);
-        let saved = Totals { rx_bytes: 9_000, tx_bytes: 1_000, period_bytes: 10_000, period_start_unix: start, over_quota: true, quota_exceeded: 1 };
+        let saved = Totals {
+            rx_bytes: 9_000,
+            tx_bytes: 1_000,
+            period_bytes: 10_000,
+            period_start_unix: start,
+            over_quota: true,
+            quota_exceeded: 1,
+        };
         let mut a = Account::new(saved, quota(10_000, QuotaAction::Off));
         assert_eq!(a.roll_period(T0 / 1000), None);
         assert!(a.totals.over_quota, "same period: still over quota");
@@ -827,12 +839,23 @@ mod tests {
         let path = dir.path().join("sub/volume.json");
         assert_eq!(StateFile::load(&path).unwrap().uplinks.len(), 0, "missing file = empty state");
         let mut st = StateFile { version: 1, uplinks: BTreeMap::new() };
-        st.uplinks.insert("lte".into(), Totals { rx_bytes: 1, tx_bytes: 2, period_bytes: 3, period_start_unix: 4, over_quota: true, quota_exceeded: 5 });
+        st.uplinks.insert(
+            "lte".into(),
+            Totals {
+                rx_bytes: 1,
+                tx_bytes: 2,
+                period_bytes: 3,
+                period_start_unix: 4,
+                over_quota: true,
+                quota_exceeded: 5,
+            },
+        );
         st.save(&path).unwrap();
         st.uplinks.get_mut("lte").unwrap().rx_bytes = 10;
         st.save(&path).unwrap();
         assert_eq!(StateFile::load(&path).unwrap(), st);
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("sub")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("volume.json")], "no temporary file left");
         std::fs::write(&path, "{ not json").unwrap();
         assert!(matches!(StateFile::load(&path), Err(VolumeError::Parse { .. })));
@@ -862,7 +885,8 @@ uplinks:
         let (_d, c) = parse(BASE);
         let c = c.unwrap();
         assert_eq!((c.uplinks[1].quota, &c.volume), (None, &VolumeFile::default()));
-        let text = BASE.replace("interface: lte0", "interface: lte0\n    quota: { limit: 20GiB, reset_day: 15, action: off }")
+        let text = BASE
+            .replace("interface: lte0", "interface: lte0\n    quota: { limit: 20GiB, reset_day: 15, action: off }")
             + "volume: { state_file: state/volume.json, save_interval: 30s }\n";
         let (d, c) = parse(&text);
         let c = c.unwrap();
@@ -897,12 +921,26 @@ uplinks:
         }
     }
 
+    #[test]
+    fn quota_mode_while_over_and_the_configured_mode_after() {
+        let (b, a) = (Some(Mode::Backup), Mode::Active);
+        assert_eq!(quota_target(true, false, b, a), Some(Mode::Backup), "crossed: switch");
+        assert_eq!(quota_target(true, true, b, a), None, "in force: leave it (also an admin's change)");
+        assert_eq!(quota_target(false, true, b, a), Some(Mode::Active), "new period: back to the config");
+        assert_eq!(quota_target(false, false, b, a), None, "under quota: never touch the mode");
+        assert_eq!(quota_target(true, false, None, a), None, "no quota configured");
+    }
+
     /// Records the modes asked for.
     #[derive(Default)]
     struct Recorder(Mutex<Vec<(String, Mode)>>, tokio::sync::Notify);
 
     impl ModeSwitch for Recorder {
-        fn set_mode<'a>(&'a self, uplink: &'a str, mode: Mode) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        fn set_mode<'a>(
+            &'a self,
+            uplink: &'a str,
+            mode: Mode,
+        ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
             self.0.lock().unwrap().push((uplink.to_owned(), mode));
             self.1.notify_one();
             Box::pin(async { Ok(()) })
@@ -916,7 +954,14 @@ uplinks:
             + "volume: { state_file: volume.json }\n";
         let (d, c) = parse(&text);
         let c = c.unwrap();
-        let over = Totals { rx_bytes: 2 << 20, tx_bytes: 0, period_bytes: 2 << 20, period_start_unix: period_start(now, 1), over_quota: true, quota_exceeded: 1 };
+        let over = Totals {
+            rx_bytes: 2 << 20,
+            tx_bytes: 0,
+            period_bytes: 2 << 20,
+            period_start_unix: period_start(now, 1),
+            over_quota: true,
+            quota_exceeded: 1,
+        };
         let mut st = StateFile { version: 1, uplinks: BTreeMap::new() };
         st.uplinks.insert("lte".into(), over);
         st.save(&d.path().join("volume.json")).unwrap();
