@@ -254,6 +254,9 @@ fn status_page_graph_updates_live_during_a_download() {
     assert!(len > 10_000, "screenshot {} is {len} bytes", png.display());
     eprintln!("screenshot: {} ({len} bytes)", png.display());
 
+    // The token travelled in the URL fragment and the Authorization header only: hcpe never logs it.
+    assert!(!hcpe.log().contains(&token), "hcpe logged the admin token");
+
     // End the download: the client times out once nothing arrives.
     tb.dsl.cut();
     tb.lte.cut();
