@@ -3,6 +3,9 @@
 //! change (reason quota), LTE's endpoint gets the backup flag so the next download stays on DSL, and the volume
 //! is in the state file after SIGTERM; a restart continues from the file (still over quota, still backup).
 //!
+//! The admin API shows the same: `/api/v1/uplinks` (mode, volume) and `/metrics` (over-quota gauge, crossings,
+//! mode changes by reason).
+//!
 //! The volume hcpe counts comes from the kernel's counters of `lte0`; the link emulator counts the same
 //! Ethernet frames, so the state file must agree with the emulator's counters.
 
@@ -39,6 +42,26 @@ fn wait_log(hcpe: &ChildGuard, a: &str, b: &str, n: usize, timeout: Duration) {
     }
 }
 
+/// The value of the `/metrics` sample `name{..}` that has every one of `labels` (`k="v"`).
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+        .find(|l| labels.iter().all(|lb| l.contains(lb)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// `/api/v1/uplinks` and `/metrics` of the running hcpe.
+fn admin_views(tb: &Testbed, token: &str) -> (serde_json::Value, String) {
+    let api = SocketAddr::from(([127, 0, 0, 1], daemons::HCPE_ADMIN_PORT));
+    let r = daemons::http(&tb.cpe, api, "GET", "/api/v1/uplinks", Some(token), None).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let uplinks: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let lte = uplinks.as_array().unwrap().iter().find(|u| u["name"] == "lte").expect("lte listed").clone();
+    let m = daemons::http(&tb.cpe, api, "GET", "/metrics", Some(token), None).unwrap();
+    assert_eq!(m.status, 200, "{}", m.body);
+    (lte, m.body)
+}
+
 fn lte_endpoint_is_backup(tb: &Testbed) -> bool {
     let eps = tb.cpe.ip(&["mptcp", "endpoint", "show"]).unwrap();
     eps.lines().any(|l| l.contains(&addr::CPE_LTE.v4.to_string()) && l.contains("backup"))
@@ -64,6 +87,7 @@ fn crossing_the_lte_quota_switches_lte_to_backup_and_survives_a_restart() {
     let _hag = daemons::start_hag(&tb, dir.path(), &HagSpec { v6: false, ..HagSpec::default() }).unwrap();
     let spec = HcpeSpec {
         managed: true,
+        admin: true,
         v6: false,
         uplink_extra: [String::new(), format!("quota: {{ limit: {QUOTA}, reset_day: 1, action: backup }}")],
         extra_yaml: "volume: { state_file: state/volume.json, save_interval: 1s }\n".into(),
@@ -72,6 +96,10 @@ fn crossing_the_lte_quota_switches_lte_to_backup_and_survives_a_restart() {
     let hcpe = daemons::start_hcpe(&tb, dir.path(), &spec).unwrap();
     daemons::wait_up(&hcpe, 2, Duration::from_secs(10)).unwrap();
     assert!(!lte_endpoint_is_backup(&tb), "LTE starts active");
+    let token = daemons::admin_token(dir.path()).unwrap();
+    let (lte, metrics) = admin_views(&tb, &token);
+    assert_eq!((lte["mode"].as_str(), lte["volume"]["quota_bytes"].as_u64()), (Some("active"), Some(QUOTA)), "{lte}");
+    assert_eq!(metric(&metrics, "hcpe_uplink_over_quota", &["uplink=\"lte\""]), Some(0.0), "{metrics}");
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
     let lte_wire0 = tb.lte.counters(Direction::Down).tx_bytes + tb.lte.counters(Direction::Up).rx_bytes;
 
@@ -88,6 +116,19 @@ fn crossing_the_lte_quota_switches_lte_to_backup_and_survives_a_restart() {
     assert!(changed[0].contains("lte") && changed[0].contains("backup"), "{}", changed[0]);
     assert_eq!(lines_with(&log, "uplink over quota", "lte").count(), 1, "logged once:\n{log}");
     assert!(lte_endpoint_is_backup(&tb), "LTE endpoint has the backup flag after the quota");
+    let (lte, metrics) = admin_views(&tb, &token);
+    let v = &lte["volume"];
+    assert_eq!((lte["mode"].as_str(), v["over_quota"].as_bool()), (Some("backup"), Some(true)), "{lte}");
+    assert!(v["period_bytes"].as_u64().unwrap() >= QUOTA && v["history"].as_array().is_some_and(|h| !h.is_empty()));
+    for (name, labels, want) in [
+        ("hcpe_uplink_over_quota", &["uplink=\"lte\""][..], 1.0),
+        ("hcpe_uplink_quota_exceeded_total", &["uplink=\"lte\""][..], 1.0),
+        ("hcpe_uplink_mode", &["uplink=\"lte\"", "mode=\"backup\""][..], 1.0),
+        ("hcpe_uplink_mode_changes_total", &["reason=\"quota\""][..], 1.0),
+        ("hcpe_uplink_over_quota", &["uplink=\"dsl\""][..], 0.0),
+    ] {
+        assert_eq!(metric(&metrics, name, labels), Some(want), "{name}{labels:?} in\n{metrics}");
+    }
 
     // Over quota, LTE is a backup subflow: the next download stays on the healthy DSL.
     let lte0 = tb.lte.counters(Direction::Down).tx_bytes;
@@ -117,6 +158,9 @@ fn crossing_the_lte_quota_switches_lte_to_backup_and_survives_a_restart() {
     wait_log(&hcpe, "uplink mode changed", "quota", 1, Duration::from_secs(5));
     assert!(lte_endpoint_is_backup(&tb), "LTE is backup again after the restart");
     assert!(!hcpe.log().contains("uplink over quota"), "no second crossing in the same period:\n{}", hcpe.log());
+    let (lte, metrics) = admin_views(&tb, &token);
+    assert_eq!((lte["mode"].as_str(), lte["volume"]["over_quota"].as_bool()), (Some("backup"), Some(true)), "{lte}");
+    assert_eq!(metric(&metrics, "hcpe_uplink_quota_exceeded_total", &["uplink=\"lte\""]), Some(1.0), "persisted");
     daemons::wait_up(&hcpe, 2, Duration::from_secs(10)).unwrap();
     let t = tb.lan.within(move || Client::new(dst).timeout(Duration::from_secs(10)).download(4 << 20)).unwrap();
     t.unwrap_or_else(|e| panic!("download after the restart: {e}\n{}", hcpe.log()));
