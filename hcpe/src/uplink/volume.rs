@@ -1,7 +1,7 @@
 //! Volume per uplink (issue 5): bytes counted from each uplink interface's kernel counters (rtnetlink
 //! `IFLA_STATS64`, polled every second), kept in a state file across restarts, a 1 s rate history, and an
 //! optional monthly quota. Over quota the uplink drops to the quota's `action` mode through the uplink manager
-//! ([`ModeSwitch`], [`UplinkControl`] in the daemon) and goes back to its configured mode when the next period
+//! ([`ModeSwitch`], [`super::UplinkControl`] in the daemon) and goes back to its configured mode when the next period
 //! starts.
 //!
 //! Pieces: [`Account`] (sans-IO: counter readings and `now` in, totals, rates and quota events out),
@@ -20,6 +20,9 @@
 //!   configured mode once when it is cleared;
 //! - the state file is replaced atomically, so a crash leaves the previous or the new version, never a torn
 //!   one; it is written every `volume.save_interval`, on a quota event and on shutdown.
+//!
+//! For operators: the counter of quota crossings is [`VolumeStatus::quota_exceeded_total`] (persisted; the
+//! admin API exports it as `hcpe_uplink_quota_exceeded_total`); periods follow UTC, not local time.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
