@@ -257,9 +257,21 @@ pub struct ConnectionView {
 type DiagMap = HashMap<(SocketAddr, SocketAddr), subflows::SubflowDiag>;
 
 impl ConnectionView {
-    /// Reads `c`'s fields, live counters and subflows; backup flags from `diag` (by local, remote address).
-    pub fn of(c: &Connection, full: Option<mptcp::FullInfo>, diag: &DiagMap) -> Self {
+    /// Reads `c`'s fields, live counters and subflows; backup flags from `diag` (by local, remote address);
+    /// the initial uplink from the initial subflow's local address when `uplink_of` knows it (addresses may be
+    /// learned at run time), else as recorded at connect.
+    pub fn of(
+        c: &Connection,
+        full: Option<mptcp::FullInfo>,
+        diag: &DiagMap,
+        uplink_of: &HashMap<IpAddr, String>,
+    ) -> Self {
         let mptcp_fell_back = c.hag_fd.get().is_some() && full.is_none();
+        let initial_local = full.as_ref().and_then(|f| f.subflows.iter().find(|s| s.id == 1)).and_then(|s| s.local);
+        let uplink_initial = initial_local
+            .and_then(|a| uplink_of.get(&a.ip()).cloned())
+            .or_else(|| c.uplink_initial.get().cloned())
+            .filter(|_| c.direct.get().is_none());
         let subflows = full
             .map(|fi| {
                 fi.subflows
@@ -287,7 +299,7 @@ impl ConnectionView {
             token: c.token.get().copied().flatten(),
             client: c.client,
             destination: c.destination,
-            uplink_initial: c.uplink_initial.get().filter(|_| c.direct.get().is_none()).cloned(),
+            uplink_initial,
             fallback: c.fallback() || mptcp_fell_back,
             direct: c.direct.get().is_some(),
             accepted_unix: c.accepted_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -301,7 +313,11 @@ impl ConnectionView {
 
 /// Views of `conns`: `MPTCP_FULL_INFO` per connection, then one `sock_diag` pass for the backup flags of all
 /// their subflows (off the runtime: it is a blocking netlink exchange).
-pub async fn connection_views(conns: Vec<Arc<Connection>>) -> Vec<ConnectionView> {
+pub async fn connection_views(state: &ApiState, conns: Vec<Arc<Connection>>) -> Vec<ConnectionView> {
+    let uplink_of: HashMap<IpAddr, String> = uplinks_view(state)
+        .into_iter()
+        .flat_map(|u| u.addresses.into_iter().map(move |a| (a, u.name.clone())))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let full: Vec<Option<mptcp::FullInfo>> =
             conns.iter().map(|c| c.hag_fd.get().and_then(|fd| mptcp::full_info(fd).ok().flatten())).collect();
@@ -311,7 +327,7 @@ pub async fn connection_views(conns: Vec<Arc<Connection>>) -> Vec<ConnectionView
             debug!(error = %e, "sock_diag: no subflow backup flags");
             DiagMap::new()
         });
-        conns.iter().zip(full).map(|(c, f)| ConnectionView::of(c, f, &diag)).collect()
+        conns.iter().zip(full).map(|(c, f)| ConnectionView::of(c, f, &diag, &uplink_of)).collect()
     })
     .await
     .unwrap_or_default()
@@ -330,7 +346,7 @@ fn find_connection(state: &ApiState, raw: &str) -> Result<Arc<Connection>, ApiEr
 }
 
 pub(super) async fn list_connections(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<ConnectionView>> {
-    ApiJson(connection_views(s.conns.connections.snapshot()).await)
+    ApiJson(connection_views(&s, s.conns.connections.snapshot()).await)
 }
 
 pub(super) async fn get_connection(
@@ -338,7 +354,7 @@ pub(super) async fn get_connection(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<ConnectionView>, ApiError> {
     let c = find_connection(&s, &id)?;
-    let mut v = connection_views(vec![c]).await;
+    let mut v = connection_views(&s, vec![c]).await;
     v.pop().map(ApiJson).ok_or_else(|| ApiError::internal("connection view task failed"))
 }
 
