@@ -172,6 +172,9 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
     assert_eq!(fam("hcpe_uplink_mode_changes_total").value(&[("reason", "admin")]), Some(1.0));
     assert_eq!(fam("hcpe_uplink_mode").value(&[("uplink", "lte"), ("mode", "backup")]), Some(1.0));
     assert_eq!(fam("hcpe_connections_open").value(&[]), Some(1.0));
+    let dsl_rx = fam("hcpe_uplink_bytes_total").value(&[("uplink", "dsl"), ("direction", "rx")]).unwrap_or(0.0);
+    assert!(dsl_rx > f64::from(1u32 << 20), "volume tracker counts DSL's bytes: {dsl_rx}");
+    assert!(fam("hcpe_uplink_rtt_seconds").value(&[("uplink", "lte")]).is_some_and(|r| r > 0.0));
 
     // DELETE closes it: the download ends early and the connection is unlisted.
     let (status, body) = api.call("DELETE", &format!("/api/v1/connections/{id}"), None);
@@ -184,6 +187,10 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(api.call("GET", &format!("/api/v1/connections/{id}"), None).0, 404);
+    let text = api.call("GET", "/metrics", None).1;
+    let families = common::admin::metrics::parse(&text).unwrap();
+    let closed = families.iter().find(|f| f.name == "hcpe_connections_closed_by_admin_total").unwrap();
+    assert_eq!(closed.value(&[]), Some(1.0));
 
     eprintln!(
         "hcpe admin: LTE share active {:.1} %, after PATCH to backup {:.3} %; LTE subflow flagged backup {flagged:?} \
