@@ -42,6 +42,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // Two descriptors per relay (MPTCP side and destination side).
+    let max = config.limits.max_connections as u64;
+    match common::process::raise_fd_limit(common::process::fds_for(max, 2)) {
+        Ok(l) if !l.sufficient() => tracing::warn!(
+            limit = l.now,
+            holds = l.connections(2),
+            max_connections = max,
+            "open-file limit is below what limits.max_connections needs; raise LimitNOFILE (systemd) or ulimit -n"
+        ),
+        Ok(l) => tracing::debug!(before = l.before, now = l.now, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
