@@ -2,7 +2,8 @@
 //!
 //! The MPTCP protocol itself is the Linux kernel's. This crate owns everything around it that both daemons
 //! need: the RFC 8803 Convert protocol codec with our Auth TLV ([`convert`]), kernel MPTCP sockets and their
-//! introspection ([`mptcp`]), the bidirectional relay ([`relay`]) and config helpers ([`config`]).
+//! introspection ([`mptcp`]), the bidirectional relay ([`relay`]), config helpers ([`config`]) and process setup
+//! ([`process`]: the open-file limit).
 //! Protocol code here is sans-IO: no sockets, no clock inside the codecs.
 
 pub mod admin;
@@ -12,4 +13,6 @@ pub mod mptcp;
 pub mod net;
 pub mod pm;
 pub mod probe;
+pub mod process;
 pub mod relay;
+pub mod stream;

@@ -162,9 +162,9 @@ impl ConnectionView {
     /// Reads `c`'s fields, live counters and subflows.
     pub fn of(c: &Connection) -> Self {
         let subflows = c
-            .client_fd
-            .as_ref()
-            .and_then(|fd| mptcp::full_info(fd).ok().flatten())
+            .client
+            .upgrade()
+            .and_then(|s| mptcp::full_info(&*s).ok().flatten())
             .map(|fi| {
                 fi.subflows
                     .into_iter()

@@ -1,6 +1,7 @@
 //! Table of the hag's open connections, for the admin API (`/api/v1/connections`) and logs: who (peer, CPE
 //! id), where to (destination), the MPTCP token (the connection id of RFC 6897's CONNID), live byte counters,
-//! and a duplicate of the client socket's fd so `common::mptcp::full_info` can list the subflows.
+//! and a weak handle on the client socket so `common::mptcp::full_info` can list the subflows (no extra fd:
+//! see `common::stream`).
 //!
 //! Invariants: an entry exists exactly while its connection task runs (the [`Entry`] guard removes it on
 //! drop); fields learned later (CPE id, destination, token) are set at most once. Cancelling
@@ -8,9 +9,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Instant, SystemTime};
 
 use common::relay::RelayCounters;
@@ -35,8 +35,8 @@ pub struct Connection {
     pub dst: OnceLock<SocketAddr>,
     /// Bytes client -> destination (`a_to_b`) and back (`b_to_a`), live while relaying.
     pub counters: RelayCounters,
-    /// Duplicate of the client socket's fd, for `MPTCP_FULL_INFO` (subflows); `None` if `dup` failed.
-    pub client_fd: Option<OwnedFd>,
+    /// The client socket, for `MPTCP_FULL_INFO` (subflows); upgrading fails once the task closed it.
+    pub client: Weak<tokio::net::TcpStream>,
     /// Cancelled to close the connection from outside (admin API `DELETE`): the task stops relaying and
     /// drops both sockets.
     pub close: CancellationToken,
@@ -51,7 +51,7 @@ pub struct Connections {
 
 impl Connections {
     /// Registers a connection; it stays listed until the returned guard is dropped.
-    pub fn insert(self: &Arc<Self>, peer: SocketAddr, client_fd: Option<OwnedFd>) -> Entry {
+    pub fn insert(self: &Arc<Self>, peer: SocketAddr, client: Weak<tokio::net::TcpStream>) -> Entry {
         let id = self.next_id.fetch_add(1, Relaxed);
         let conn = Arc::new(Connection {
             id,
@@ -62,7 +62,7 @@ impl Connections {
             cpe: OnceLock::new(),
             dst: OnceLock::new(),
             counters: RelayCounters::default(),
-            client_fd,
+            client,
             close: CancellationToken::new(),
         });
         self.open
@@ -145,8 +145,8 @@ mod tests {
     fn entries_live_as_long_as_their_guard() {
         let t = Arc::new(Connections::default());
         let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
-        let a = t.insert(peer, None);
-        let b = t.insert(peer, None);
+        let a = t.insert(peer, Weak::new());
+        let b = t.insert(peer, Weak::new());
         a.conn().cpe.set("cpe-1".into()).unwrap();
         assert!(a.conn().cpe.set("other".into()).is_err(), "set once");
         let ids: Vec<u64> = t.snapshot().iter().map(|c| c.id).collect();

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsFd as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::convert::{self, ErrorCode, Message, auth::ReplayWindow};
 use common::mptcp;
 use common::relay::{self, RelayEnd};
+use common::stream::SharedStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -231,9 +231,8 @@ async fn accept_loop(
         };
         shared.stats.accepted.fetch_add(1, Relaxed);
         let guard = ActiveGuard::new(shared.stats.clone());
-        let entry = shared
-            .connections
-            .insert(peer, stream.as_fd().try_clone_to_owned().ok());
+        let stream = SharedStream::new(stream);
+        let entry = shared.connections.insert(peer, stream.downgrade());
         let close = entry.conn().close.clone();
         let span = info_span!(
             "conn",
@@ -392,7 +391,7 @@ fn now_unix() -> u64 {
 /// The whole life of one accepted connection.
 async fn serve(
     shared: Arc<Shared>,
-    mut client: TcpStream,
+    mut client: SharedStream,
     peer: SocketAddr,
     active: ActiveGuard,
     entry: Entry,
@@ -580,7 +579,7 @@ enum ReadError {
 
 /// Reads until one whole Convert message is buffered. Returns it, the buffer, and the message's length
 /// (the rest of the buffer is client data that came with it).
-async fn read_convert(client: &mut TcpStream) -> Result<(Message, Vec<u8>, usize), ReadError> {
+async fn read_convert(client: &mut SharedStream) -> Result<(Message, Vec<u8>, usize), ReadError> {
     let mut buf = vec![0u8; HEADER_BUF];
     let mut filled = 0;
     loop {
@@ -618,7 +617,7 @@ async fn read_convert(client: &mut TcpStream) -> Result<(Message, Vec<u8>, usize
 
 /// Sends the Error TLV for `why`, counts it, closes our side and lets the client read the reply before the
 /// socket goes (closing with unread input would send a RST that can destroy the reply in flight).
-async fn reject(shared: &Shared, mut client: TcpStream, why: Refusal) {
+async fn reject(shared: &Shared, mut client: SharedStream, why: Refusal) {
     let code = why.code();
     shared.stats.error_sent(code);
     if matches!(why, Refusal::Policy { .. }) {

@@ -75,7 +75,7 @@ fn router_fixture() -> RouterFixture {
     let config = dir.config("127.0.0.1:15125");
     let stats = Arc::new(Stats::default());
     let connections = Arc::new(Connections::default());
-    let a = connections.insert("192.0.2.10:40000".parse().unwrap(), None);
+    let a = connections.insert("192.0.2.10:40000".parse().unwrap(), std::sync::Weak::new());
     a.conn().token.set(Some(0x1a2b_3c4d)).unwrap();
     a.conn().cpe.set("cpe-1".into()).unwrap();
     a.conn()
@@ -84,7 +84,7 @@ fn router_fixture() -> RouterFixture {
         .unwrap();
     a.conn().counters.a_to_b.store(1000, Relaxed);
     a.conn().counters.b_to_a.store(50_000, Relaxed);
-    let b = connections.insert("192.0.2.11:40001".parse().unwrap(), None);
+    let b = connections.insert("192.0.2.11:40001".parse().unwrap(), std::sync::Weak::new());
     b.conn().token.set(None).unwrap();
     b.conn().cpe.set("cpe-2".into()).unwrap();
     stats.accepted.store(7, Relaxed);

@@ -188,7 +188,7 @@ async fn open_relays_are_listed_with_cpe_destination_and_live_counters() {
         10 + 5,
         "hello + early + 12345 echoed, live"
     );
-    assert!(c.client_fd.is_some());
+    assert!(c.client.upgrade().is_some(), "the table can reach the open client socket");
     drop(open);
     drop(s);
     tokio::time::sleep(Duration::from_millis(200)).await;
