@@ -315,32 +315,6 @@ fn hcpe_many_connections_leave_no_flow_and_no_fd_behind() {
     assert!(log.contains("NAT at shutdown flows=0"), "{}", log.lines().rev().take(5).collect::<Vec<_>>().join("\n"));
 }
 
-/// Bench (run with `--ignored --nocapture`, best in release): goodput of the TUN interception path alone
-/// (hcpe with `fallback: direct` and no hag, so no MPTCP) against plain routed forwarding through the same
-/// namespaces, offload off and on, in one run.
-#[test]
-#[ignore]
-fn hcpe_bench_tun_path_vs_routed() {
-    let tb = testbed(Shape::default());
-    let dir = config_dir("bench");
-    let server = Server::start(&tb.inet, 0).unwrap();
-    let dst = server_addr(&server, false);
-    const SIZE: u64 = 512 << 20;
-    let run = || tb.lan.within(move || Client::new(dst).download(SIZE)).unwrap().unwrap().mbit_per_s();
-    let routed = run();
-    let mut results = vec![];
-    for offload in [false, true] {
-        let spec = HcpeSpec { offload: Some(offload), ..hcpe_spec("direct") };
-        let mut hcpe = daemons::start_hcpe(&tb, dir.path(), &spec).unwrap();
-        results.push((offload, run()));
-        hcpe.kill();
-    }
-    eprintln!("routed: {routed:.0} Mbit/s");
-    for (offload, mbit) in results {
-        eprintln!("hcpe TUN path, offload={offload}: {mbit:.0} Mbit/s, ratio to routed {:.2}", mbit / routed);
-    }
-}
-
 #[test]
 fn hcpe_resets_connections_it_lost_in_a_restart() {
     use std::io::{Read, Write};
@@ -371,37 +345,4 @@ fn hcpe_resets_connections_it_lost_in_a_restart() {
     assert_eq!(result, Err(std::io::ErrorKind::ConnectionReset), "after {took:?}");
     assert!(took < Duration::from_secs(1), "reset took {took:?}");
     let _ = lan.map(|h| h.join());
-}
-
-/// Bench (`--ignored --nocapture`): time to first byte of a new connection (connect + 100-byte request +
-/// 100-byte answer) through hcpe/hag against going direct (routed), link delays zero, in one run.
-#[test]
-#[ignore]
-fn hcpe_bench_time_to_first_byte() {
-    let tb = testbed(Shape::default());
-    let dir = config_dir("ttfb");
-    let server = Server::start(&tb.inet, 0).unwrap();
-    let dst = server_addr(&server, false);
-    let run = || tb.lan.within(move || Client::new(dst).short_connections(300, 100, 100)).unwrap().unwrap();
-    let direct = run();
-    let _hag = start_hag(&tb, &dir);
-    let mut out = vec![];
-    for tfo in [false, true] {
-        let spec = HcpeSpec { fastopen: tfo, offload: Some(false), ..hcpe_spec("reject") };
-        let mut hcpe = daemons::start_hcpe(&tb, dir.path(), &spec).unwrap();
-        out.push((tfo, tb.lan.within(move || Client::new(dst).short_connections(300, 100, 100)).unwrap()));
-        hcpe.kill();
-    }
-    eprintln!("direct: median {:?}, p90 {:?}", direct.median(), direct.quantile(0.9));
-    for (tfo, r) in out {
-        match r {
-            Ok(r) => eprintln!(
-                "hcpe/hag tfo={tfo}: median {:?} (+{:?}), p90 {:?}",
-                r.median(),
-                r.median().saturating_sub(direct.median()),
-                r.quantile(0.9)
-            ),
-            Err(e) => eprintln!("hcpe/hag tfo={tfo}: failed: {e}"),
-        }
-    }
 }
