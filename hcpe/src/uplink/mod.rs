@@ -628,7 +628,14 @@ impl Driver {
                 }
                 links::LinkEvent::Address { ifindex } => {
                     if self.ifindex[i] == Some(*ifindex) {
-                        changed |= self.relearn(i).await;
+                        if self.relearn(i).await {
+                            changed = true;
+                        } else {
+                            // Same addresses, but the kernel drops the routes through an interface whose
+                            // last address went (a PPP reconnect with a fixed address): set them again.
+                            self.refresh_routes(i).await;
+                            routes_back = true;
+                        }
                     }
                 }
             }
@@ -696,6 +703,20 @@ impl Driver {
         match res {
             Ok(()) => self.installed[i] = routes,
             Err(e) => warn!(uplink = %self.shared.uplinks[i].name, error = %e, "re-adding the uplink's routes"),
+        }
+    }
+
+    /// Re-adds uplink `i`'s table route and forgets the main default route through it (so the next sync
+    /// sets it again). Quiet on failure: right after an address went, the gateway is unreachable, and the
+    /// event of the address coming back tries again.
+    async fn refresh_routes(&mut self, i: usize) {
+        if let Err(e) = routing::ensure_routes(&self.handle, &self.installed[i]).await {
+            tracing::debug!(uplink = %self.shared.uplinks[i].name, error = %e, "re-adding the uplink's routes");
+        }
+        for m in &mut self.main_default {
+            if m.is_some_and(|(u, _, _)| u == i) {
+                *m = None;
+            }
         }
     }
 

@@ -332,6 +332,23 @@ probe: { interval: 20s }
         ctl.set_mode("dsl", Mode::Active, ModeReason::Admin).await.unwrap();
         assert!(get().contains("via 10.8.0.1 dev dsl0"), "{}", get());
 
+        // A fixed address that goes and comes back (PPP reconnect): the kernel drops the routes through
+        // the interface with its last address; hcpe sets its table route and the main default route again.
+        let table = cfg.uplinks[0].table.to_string();
+        ip(&["addr", "flush", "dev", "dsl0"]);
+        eventually("the kernel drops the dsl table route", async || {
+            !ip_out(&["route", "show", "table", &table]).contains("default")
+        })
+        .await;
+        ip(&["addr", "add", "10.8.0.2/24", "dev", "dsl0"]);
+        eventually("hcpe re-adds the dsl routes", async || {
+            ip_out(&["route", "show", "table", &table]).contains("default via 10.8.0.1 dev dsl0")
+                && ip_out(&["route", "show", "default"]).contains("default via 10.8.0.1 dev dsl0 proto 73")
+        })
+        .await;
+        // The system's route went with the address too; its DHCP client would add it again.
+        ip(&["route", "add", "default", "via", "10.8.0.1", "metric", "100"]);
+
         mgr.shutdown().await;
         let routes = ip_out(&["route", "show", "default"]);
         assert_eq!(routes.trim(), "default via 10.8.0.1 dev dsl0 metric 100", "only the system's route is left");
