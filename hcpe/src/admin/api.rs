@@ -1,4 +1,4 @@
-//! Handlers and JSON views of hcpe's `/api/v1/...` routes (shapes: `notes` contract and the OpenAPI document
+//! Handlers and JSON views of hcpe's `/api/v1/...` routes (their shapes are documented in the OpenAPI document
 //! in the parent module).
 //!
 //! Invariants: a view is read from live state at request time (no cache); a handler that changes state
