@@ -443,3 +443,84 @@ fn tfo_accepted_mptcp_socket_honours_the_client_window() {
         assert_eq!(d, 0, "{label}: the client dropped {d} segments the server sent beyond its receive window");
     }
 }
+
+/// Reply server for [`time_to_first_byte_with_and_without_tfo`]: request in, 4-byte reply out, wait for EOF.
+fn serve_replies(stop: Arc<AtomicBool>) {
+    runtime().block_on(async move {
+        let l = mptcp::listen(SocketAddr::new(addr::HAG_SERVICE.v4.into(), PORT + 2), 1024, Some(1024)).unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_millis(200), l.accept()).await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let mut req = vec![0u8; REQUEST_LEN];
+                if s.read_exact(&mut req).await.is_err()
+                    || mptcp::await_tfo_handshake(&s, Duration::from_secs(3)).await.is_err()
+                    || s.write_all(b"RPLY").await.is_err()
+                {
+                    return;
+                }
+                let mut sink = [0u8; 64];
+                while let Ok(n) = s.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Connect start to reply header, `n` connections per mode (interleaved), no link delay.
+async fn ttfb(n: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let dst = SocketAddr::new(addr::HAG_SERVICE.v4.into(), PORT + 2);
+    let request = vec![0x5au8; REQUEST_LEN];
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        for tfo in [true, false] {
+            let opts = ConnectOptions {
+                bind: Some(SocketAddr::new(addr::CPE_DSL.v4.into(), 0)),
+                fastopen: tfo,
+                timeout: Duration::from_secs(5),
+                ..ConnectOptions::default()
+            };
+            let t0 = Instant::now();
+            let (mut s, sent) = mptcp::connect_with_data(dst, &request, &opts).await.unwrap();
+            if sent < request.len() {
+                s.write_all(&request[sent..]).await.unwrap();
+            }
+            let mut hdr = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut hdr)).await.unwrap().unwrap();
+            if tfo { &mut with } else { &mut without }.push(t0.elapsed());
+        }
+    }
+    (with, without)
+}
+
+/// What TFO would buy on this kernel: time to the server's first byte with and without data in the SYN, 300
+/// connections each, links without delay (DESIGN §5's setting). Prints medians and their ratio.
+#[test]
+fn time_to_first_byte_with_and_without_tfo() {
+    let tb = Testbed::new(TestbedConfig::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let stop = stop.clone();
+        tb.hag.thread(move || serve_replies(stop)).unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let n = env_or("TFO_TTFB_N", 300);
+    let (mut with, mut without) = tb.cpe.within(move || runtime().block_on(ttfb(n))).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    with.sort();
+    without.sort();
+    let (m_with, m_without) = (with[n / 2], without[n / 2]);
+    println!(
+        "time to first byte, median of {n}: with TFO {m_with:?}, without {m_without:?}, ratio {:.3} \
+         (p90 {:?} / {:?})",
+        m_with.as_secs_f64() / m_without.as_secs_f64(),
+        with[n * 9 / 10],
+        without[n * 9 / 10]
+    );
+}

@@ -23,6 +23,16 @@
 //!   kernel (6.18) accepts it while the initial subflow is in `SYN_RECV`, and bytes written then stay on the
 //!   MPTCP socket's queue after the third ACK until something else pushes them (a reply-then-wait exchange
 //!   stalls for ever).
+//! - Do not enable Fast Open between kernel MPTCP peers on Linux 6.18 (hcpe's `fastopen` stays off): a socket
+//!   accepted with data in the SYN ignores the client's receive window for its first ~64 MiB. The passive
+//!   MPTCP socket is created (`mptcp_sk_clone_init`, via `tcp_fastopen_create_child`) while the subflow's
+//!   `snd_wnd` still holds the SYN's window shifted by the client's window scale (64240 << 10), sets
+//!   `wnd_end = snd_nxt + snd_wnd` from it, and `wnd_end` never shrinks. With two subflows the client then
+//!   drops what lies beyond its window (MPTcpExtNoDSSInWindow, TcpExtBeyondWindow) after the subflows acked
+//!   it, and only the MPTCP retransmission timer fills the holes: downloads crawl. No socket option avoids
+//!   it (the SYN window and the scale both follow the client's receive buffer and clamp). Reproducer and
+//!   counters: `tests/tests/mptcp_tfo_join.rs`. A listener without a TFO queue (`tfo_queue: None`) declines
+//!   SYN data, and the client's kernel resends it after the handshake.
 //! - Per-subflow backup flags are not part of `MPTCP_FULL_INFO`; [`SubflowInfo::backup`] is `None` and the
 //!   path manager's netlink events are the source for it.
 

@@ -3,10 +3,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{IPPROTO_MPTCP, sys};
@@ -75,7 +78,8 @@ pub struct ConnectOptions {
     pub bind_device: Option<String>,
     /// `false` = plain TCP (fallback paths).
     pub mptcp: bool,
-    /// Put `first_bytes` into the SYN (TCP Fast Open without cookie).
+    /// Put `first_bytes` into the SYN (TCP Fast Open without cookie). Towards a Linux 6.18 MPTCP server this
+    /// breaks the server's flow control (module docs of [`crate::mptcp`]); plain TCP is not affected.
     pub fastopen: bool,
     /// Bound on the whole handshake.
     pub timeout: Duration,
@@ -164,31 +168,52 @@ const TCP_SYN_RECV: u8 = 3;
 /// subflow that is not established, and the client's third ACK (MP_CAPABLE, no DSS) establishes the subflow
 /// without pushing that queue. The bytes stay unsent until something else pushes (the next write, an
 /// incoming DATA_ACK): a reply-then-wait protocol stalls for ever. Waiting here until the initial subflow has
-/// left `SYN_RECV` (its `TCP_INFO` state, polled every millisecond; there is no readiness event for it) makes
-/// the first write go out at once, at the same moment the kernel could have sent it anyway. The wait is
-/// bounded by `limit` (then `TimedOut`). Afterwards `TCP_NODELAY` is re-applied, which makes the kernel push
-/// whatever was queued meanwhile (`mptcp_check_and_set_pending`), so a write racing with this call is not
-/// stranded either. Plain TCP and connections accepted without SYN data return `Ok(false)` at once.
+/// left `SYN_RECV` makes the first write go out at once, at the same moment the kernel could have sent it
+/// anyway. Afterwards `TCP_NODELAY` is re-applied, which makes the kernel push whatever was queued meanwhile
+/// (`mptcp_check_and_set_pending`), so a write racing with this call is not stranded either. Plain TCP and
+/// connections accepted without SYN data return `Ok(false)` at once. The wait is bounded by `limit` (then
+/// `TimedOut`).
+///
+/// How it waits: the subflow's state change on the third ACK wakes the MPTCP socket's wait queue (the
+/// subflow shares it), which epoll reports as an event. A duplicate of the fd gets its own tokio
+/// registration, so that waiting for that edge (and clearing readiness in between) leaves the stream's own
+/// readiness alone; the state (`TCP_INFO`) is re-read after every event, and at least every millisecond in
+/// case no event comes. A 1 ms timer alone cost 1-2 ms per connection (tokio's timer granularity), more than
+/// the whole handshake on a short path.
 pub async fn await_tfo_handshake(stream: &TcpStream, limit: Duration) -> io::Result<bool> {
-    let state = |s: &TcpStream| -> io::Result<u8> {
+    fn in_syn_recv(fd: BorrowedFd<'_>) -> io::Result<bool> {
         // SAFETY: libc::tcp_info is plain old data (integers only), so all-zero is a valid value.
         let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
-        sys::getsockopt_into(s.as_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, &mut ti)?;
-        Ok(ti.tcpi_state)
-    };
-    if state(stream)? != TCP_SYN_RECV {
+        sys::getsockopt_into(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut ti)?;
+        Ok(ti.tcpi_state == TCP_SYN_RECV)
+    }
+    if !in_syn_recv(stream.as_fd())? {
         return Ok(false);
     }
     let deadline = tokio::time::Instant::now() + limit;
-    while state(stream)? == TCP_SYN_RECV {
+    // SAFETY: the `AsyncFd` owns the duplicate, which stays open (and the same fd) until the `AsyncFd` drops.
+    let events = unsafe { AsyncFd::register_with_interest(stream.as_fd().try_clone_to_owned()?, Interest::WRITABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    loop {
+        // Clear the readiness first, then look: a state change after the look raises a new edge.
+        if let Some(mut guard) = events.writable().now_or_never().transpose()? {
+            guard.clear_ready();
+        }
+        if !in_syn_recv(stream.as_fd())? {
+            break;
+        }
         if tokio::time::Instant::now() >= deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("TFO handshake not completed within {limit:?}"),
             ));
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::select! {
+            r = events.writable() => drop(r?),
+            () = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
     }
+    drop(events);
     push_pending(stream)?;
     Ok(true)
 }
