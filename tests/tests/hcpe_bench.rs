@@ -2,79 +2,52 @@
 //! `cargo test --release -p tests --test hcpe_bench -- --ignored --nocapture --test-threads 1`.
 //!
 //! Every bench prints ratios against a baseline measured in the same run on the same testbed (the machine is
-//! shared, so absolute numbers move; the ratios are what the targets are about):
-//! - goodput of one unshaped download lan -> inet through hcpe/hag (and through hcpe alone) against plain
-//!   routed forwarding through the same namespaces, offload off and on, several rounds (target >= 0.5);
-//! - time to first byte of a new connection through hcpe/hag against going direct, link delays zero, TFO off
-//!   and on (target <= +2 ms).
+//! shared, so absolute numbers move; the ratios are what the targets are about), several rounds:
+//! - goodput of one unshaped transfer lan <-> inet (download and upload) through hcpe/hag, and through hcpe
+//!   alone, against plain routed forwarding through the same namespaces, offload off and on (target >= 0.5),
+//!   with the CPU seconds per Gbit of hcpe, hag and the test process (client, server, link emulators);
+//! - time to first byte of a new connection (connect, 100-byte request, 100-byte answer) through hcpe/hag
+//!   against going direct, link delays zero, TFO off and on (target <= +2 ms).
 //!
-//! Knobs (environment): `HCPE_BENCH_ROUNDS` (default 3), `HCPE_BENCH_MIB` (download size, default 512),
-//! `HCPE_BENCH_OFFLOAD` (comma list of `false`/`true`, default both), `HCPE_BENCH_PATHS` (`hag`, `tun` or both, default both),
-//! `HCPE_BENCH_DIRS` (`down`, `up` or both, default both),
-//! `HCPE_BENCH_CONNS` (TTFB connections, default 300).
+//! Knobs (environment): `HCPE_BENCH_ROUNDS` (default 3), `HCPE_BENCH_MIB` (transfer size, default 512),
+//! `HCPE_BENCH_OFFLOAD` (comma list of `false`/`true`; goodput default both, TTFB default `true`),
+//! `HCPE_BENCH_PATHS` (`hag`, `tun` or both, default both), `HCPE_BENCH_DIRS` (`down`, `up` or both, default
+//! both), `HCPE_BENCH_CONNS` (TTFB connections per round, default 300).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
+use tests::daemons::{self, HagSpec, HcpeSpec};
 use tests::emulator::{LinkConfig, Shape};
-use tests::netns::{ChildGuard, Netns, bin_path};
+use tests::netns::ChildGuard;
 use tests::testbed::{Testbed, TestbedConfig, addr};
 use tests::traffic::{Client, Server};
-
-const KEY_HEX: &str = "6863706520626e6368207465737420b5e7c1d2a3b4c5d6e7f80112233445566778";
-const CPE_ID: &str = "bench-cpe";
-
-type TempDir = tempfile::TempDir;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn config_dir(tag: &str) -> TempDir {
-    tests::netns::config_dir(&format!("hcpe-bench-{tag}"), KEY_HEX).unwrap()
+/// hcpe for a bench run: IPv4 uplinks (addresses only, the testbed's source routing), info logs.
+fn hcpe_spec(fallback: &str, offload: bool, fastopen: bool) -> HcpeSpec {
+    HcpeSpec {
+        fallback: fallback.into(),
+        offload: Some(offload),
+        fastopen,
+        v6: false,
+        limits: "{ connect_timeout: 1s, reply_timeout: 2s }".into(),
+        log_level: "hcpe=info".into(),
+        ..HcpeSpec::default()
+    }
 }
 
-fn start_hag(tb: &Testbed, dir: &TempDir) -> ChildGuard {
-    let yaml = format!(
-        "listen: ['{}']\n\
-         clients:\n  {CPE_ID}: {{key_file: cpe.key}}\n\
-         destinations:\n  allow: [198.18.4.0/24]\n\
-         limits:\n  connect_timeout: 2s\n  drain_deadline: 1s\n\
-         log_level: info\n",
-        addr::HAG_SERVICE.v4,
-    );
-    let path = dir.path().join("hag.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut hag = tb.hag.spawn(bin_path("hag").to_str().unwrap(), &["--config", path.to_str().unwrap()]).unwrap();
-    assert!(hag.wait_for_log("listening", Duration::from_secs(10)), "hag did not start:\n{}", hag.log());
-    hag
-}
-
-fn hcpe_config(dir: &TempDir, fallback: &str, offload: bool, fastopen: bool) -> PathBuf {
-    let yaml = format!(
-        "lan_interfaces: [lan0]\n\
-         tun: {{ name: hcpe0, queues: 2, offload: {offload} }}\n\
-         hag:\n  addresses: ['{hag4}']\n  cpe_id: {CPE_ID}\n  key_file: cpe.key\n  fastopen: {fastopen}\n\
-         uplinks:\n\
-         \x20 - {{ name: dsl, interface: dsl0, ipv4: {{ address: {d4} }} }}\n\
-         \x20 - {{ name: lte, interface: lte0, ipv4: {{ address: {l4} }} }}\n\
-         fallback: {fallback}\n\
-         limits: {{ connect_timeout: 1s, reply_timeout: 2s }}\n\
-         log_level: hcpe=info\n",
-        hag4 = addr::HAG_SERVICE.v4,
-        d4 = addr::CPE_DSL.v4,
-        l4 = addr::CPE_LTE.v4,
-    );
-    let path = dir.path().join(format!("hcpe-{fallback}-{offload}-{fastopen}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
-fn start_hcpe(ns: &Netns, cfg: PathBuf) -> ChildGuard {
-    let mut hcpe = ns.spawn(bin_path("hcpe").to_str().unwrap(), &["--config", cfg.to_str().unwrap()]).unwrap();
-    assert!(hcpe.wait_for_log("hcpe ready", Duration::from_secs(10)), "hcpe did not start:\n{}", hcpe.log());
-    hcpe
+/// hcpe carrying LAN TCP without hag: hag's address on a port nobody listens on is refused at once, so with
+/// `fallback: direct` every connection goes plain TCP to its destination and a run measures the TUN
+/// interception path alone.
+fn start_hcpe_tun_only(tb: &Testbed, dir: &std::path::Path, offload: bool) -> ChildGuard {
+    let hag4 = addr::HAG_SERVICE.v4;
+    let yaml = daemons::hcpe_yaml(&hcpe_spec("direct", offload, false))
+        .replace(&format!("'{hag4}'"), &format!("'{hag4}:5199'"));
+    let cfg = daemons::write_config(dir, "hcpe-tun-only.yaml", &yaml).unwrap();
+    daemons::start(&tb.cpe, "hcpe", &cfg, &["hcpe ready"]).unwrap()
 }
 
 /// Unshaped testbed, MPTCP endpoints for a second subflow over LTE.
@@ -85,9 +58,7 @@ fn testbed() -> Testbed {
         ..TestbedConfig::default()
     })
     .unwrap();
-    tb.cpe.ip(&["mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "2"]).unwrap();
-    tb.cpe.ip(&["mptcp", "endpoint", "add", &addr::CPE_LTE.v4.to_string(), "dev", "lte0", "subflow"]).unwrap();
-    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "2"]).unwrap();
+    daemons::static_endpoints(&tb).unwrap();
     tb
 }
 
@@ -105,7 +76,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[ignore]
 fn hcpe_bench_tun_path_vs_routed() {
     let tb = testbed();
-    let dir = config_dir("goodput");
+    let dir = daemons::config_dir("hcpe-bench-goodput").unwrap();
     let server = Server::start(&tb.inet, 0).unwrap();
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
     let rounds: usize = env_or("HCPE_BENCH_ROUNDS", 3);
@@ -128,7 +99,7 @@ fn hcpe_bench_tun_path_vs_routed() {
         let t = tb.lan.within(move || if up { Client::new(dst).upload(size) } else { Client::new(dst).download(size) });
         t.unwrap().unwrap_or_else(|e| panic!("{} failed: {e}", if up { "upload" } else { "download" })).mbit_per_s()
     };
-    let hag = start_hag(&tb, &dir);
+    let hag = daemons::start_hag(&tb, dir.path(), &HagSpec { v6: false, ..HagSpec::default() }).unwrap();
     let gbit = size as f64 * 8.0 / 1e9;
     let me = std::process::id();
     let name = |up: bool| if up { "up  " } else { "down" };
@@ -147,16 +118,12 @@ fn hcpe_bench_tun_path_vs_routed() {
         }
         for &offload in &offloads {
             for &fallback in &fallbacks {
-                // `reject`: the whole chain (MPTCP to hag). `direct` with hag's address on a port nobody
-                // listens on: refused at once, so hcpe falls back to plain TCP to the destination and the
-                // run measures the TUN interception path alone.
-                let cfg = hcpe_config(&dir, fallback, offload, false);
-                if fallback == "direct" {
-                    let hag4 = addr::HAG_SERVICE.v4;
-                    let text = std::fs::read_to_string(&cfg).unwrap();
-                    std::fs::write(&cfg, text.replace(&format!("'{hag4}'"), &format!("'{hag4}:5199'"))).unwrap();
-                }
-                let mut hcpe = start_hcpe(&tb.cpe, cfg);
+                // `reject`: the whole chain (MPTCP to hag); `direct`: the TUN path alone.
+                let mut hcpe = if fallback == "direct" {
+                    start_hcpe_tun_only(&tb, dir.path(), offload)
+                } else {
+                    daemons::start_hcpe(&tb, dir.path(), &hcpe_spec(fallback, offload, false)).unwrap()
+                };
                 let path = if fallback == "direct" { "tun-only" } else { "hcpe/hag" };
                 for &up in &dirs {
                     let cpu0 = [cpu_seconds(hcpe.pid()), cpu_seconds(hag.pid()), cpu_seconds(me)];
@@ -185,32 +152,37 @@ fn hcpe_bench_tun_path_vs_routed() {
 #[ignore]
 fn hcpe_bench_time_to_first_byte() {
     let tb = testbed();
-    let dir = config_dir("ttfb");
+    let dir = daemons::config_dir("hcpe-bench-ttfb").unwrap();
     let server = Server::start(&tb.inet, 0).unwrap();
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
     let conns: u32 = env_or("HCPE_BENCH_CONNS", 300);
     let offload = std::env::var("HCPE_BENCH_OFFLOAD").map(|v| v.contains("true")).unwrap_or(true);
     // The testbed sets the TFO sysctls of the DESIGN's contract (no-cookie client bits on cpe, cookie-not-
     // required server bits on hag), so `fastopen: true` carries the Convert request in the SYN.
-    let run = || tb.lan.within(move || Client::new(dst).short_connections(conns, 100, 100)).unwrap().unwrap();
-    let direct = run();
-    let _hag = start_hag(&tb, &dir);
-    let mut out = vec![];
-    for tfo in [false, true] {
-        let mut hcpe = start_hcpe(&tb.cpe, hcpe_config(&dir, "reject", offload, tfo));
-        out.push((tfo, tb.lan.within(move || Client::new(dst).short_connections(conns, 100, 100)).unwrap()));
-        hcpe.kill();
-    }
-    eprintln!("direct: median {:?}, p90 {:?}", direct.median(), direct.quantile(0.9));
-    for (tfo, r) in out {
-        match r {
-            Ok(r) => eprintln!(
-                "hcpe/hag tfo={tfo} offload={offload}: median {:?} (+{:?}), p90 {:?}",
-                r.median(),
-                r.median().saturating_sub(direct.median()),
-                r.quantile(0.9)
-            ),
-            Err(e) => eprintln!("hcpe/hag tfo={tfo}: failed: {e}"),
+    let rounds: usize = env_or("HCPE_BENCH_ROUNDS", 3);
+    let run = || tb.lan.within(move || Client::new(dst).short_connections(conns, 100, 100)).unwrap();
+    let _hag = daemons::start_hag(&tb, dir.path(), &HagSpec { v6: false, ..HagSpec::default() }).unwrap();
+    for round in 1..=rounds {
+        // Direct: no hcpe, so LAN TCP is routed (hag's namespace forwards it; the hag process is idle).
+        let direct = run().unwrap();
+        let mut lines = vec![format!(
+            "  direct               : median {:?}, p90 {:?}",
+            direct.median(),
+            direct.quantile(0.9)
+        )];
+        for tfo in [false, true] {
+            let mut hcpe = daemons::start_hcpe(&tb, dir.path(), &hcpe_spec("reject", offload, tfo)).unwrap();
+            lines.push(match run() {
+                Ok(r) => format!(
+                    "  hcpe/hag tfo={tfo:<5}     : median {:?} (+{:?}), p90 {:?}",
+                    r.median(),
+                    r.median().saturating_sub(direct.median()),
+                    r.quantile(0.9)
+                ),
+                Err(e) => format!("  hcpe/hag tfo={tfo}: failed: {e}"),
+            });
+            hcpe.kill();
         }
+        eprintln!("round {round} ({conns} connections each, offload={offload}):\n{}", lines.join("\n"));
     }
 }
