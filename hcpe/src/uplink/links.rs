@@ -18,7 +18,8 @@ use futures::channel::mpsc::UnboundedReceiver;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::MulticastGroup;
 
 use super::carrier;
@@ -27,7 +28,11 @@ use super::carrier;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
     /// A link appeared or changed (`NEWLINK`) or went away (`DELLINK`: `gone`, no carrier).
-    Link { ifindex: u32, name: Option<String>, carrier: bool, gone: bool },
+    /// `point_to_point`: no link-layer neighbours (POINTOPOINT or NOARP), so a route needs no gateway.
+    Link { ifindex: u32, name: Option<String>, carrier: bool, gone: bool, point_to_point: bool },
+    /// A main-table default route through interface `ifindex` not made by hcpe came or went (a DHCP
+    /// client setting the gateway).
+    DefaultRoute { ifindex: u32 },
     /// An address was added to or removed from interface `ifindex`.
     Address { ifindex: u32 },
 }
@@ -37,7 +42,13 @@ pub type Events = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, rtnetl
 
 /// Subscribes to link and IPv4/IPv6 address events (a socket of its own, driven by a spawned task).
 pub fn subscribe() -> std::io::Result<Events> {
-    let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr];
+    let groups = [
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+    ];
     let (conn, _handle, events) = rtnetlink::new_multicast_connection(&groups)?;
     tokio::spawn(conn);
     Ok(events)
@@ -52,6 +63,9 @@ pub fn classify(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkEvent> 
         RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
             Some(LinkEvent::Address { ifindex: a.header.index })
         }
+        RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
+            foreign_main_default(r).map(|(ifindex, _)| LinkEvent::DefaultRoute { ifindex })
+        }
         _ => None,
     }
 }
@@ -62,7 +76,56 @@ fn link_event(l: &LinkMessage, exists: bool) -> LinkEvent {
         _ => None,
     });
     let carrier = exists && carrier::has_carrier(l.header.flags);
-    LinkEvent::Link { ifindex: l.header.index, name, carrier, gone: !exists }
+    LinkEvent::Link { ifindex: l.header.index, name, carrier, gone: !exists, point_to_point: point_to_point(l.header.flags) }
+}
+
+/// Whether an interface with these flags has no link-layer neighbours (a route out of it needs no gateway).
+pub fn point_to_point(flags: LinkFlags) -> bool {
+    flags.intersects(LinkFlags::Pointopoint | LinkFlags::Noarp)
+}
+
+/// For a main-table default route not marked as hcpe's: its interface and gateway (if any).
+fn foreign_main_default(r: &RouteMessage) -> Option<(u32, Option<IpAddr>)> {
+    let table = r
+        .attributes
+        .iter()
+        .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
+        .unwrap_or(u32::from(r.header.table));
+    if table != super::routing::MAIN_TABLE
+        || r.header.destination_prefix_length != 0
+        || r.header.protocol == RouteProtocol::Other(super::routing::RT_PROTO_UPLINK)
+    {
+        return None;
+    }
+    let oif = r.attributes.iter().find_map(|a| if let RouteAttribute::Oif(o) = a { Some(*o) } else { None })?;
+    let gateway = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(IpAddr::V4(*g)),
+        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(IpAddr::V6(*g)),
+        _ => None,
+    });
+    Some((oif, gateway))
+}
+
+/// The gateway of the best (lowest metric) foreign main-table default route through `ifindex` among
+/// `routes` (one family): what a DHCP client set for that interface.
+pub fn pick_gateway(routes: &[RouteMessage], ifindex: u32) -> Option<IpAddr> {
+    routes
+        .iter()
+        .filter_map(|r| {
+            let (oif, gw) = foreign_main_default(r)?;
+            let metric = r.attributes.iter().find_map(|a| if let RouteAttribute::Priority(p) = a { Some(*p) } else { None });
+            (oif == ifindex).then_some((metric.unwrap_or(0), gw?))
+        })
+        .min_by_key(|(metric, _)| *metric)
+        .map(|(_, gw)| gw)
+}
+
+/// The interface's link flags, `None` when it does not exist.
+pub async fn link_flags(handle: &rtnetlink::Handle, ifindex: u32) -> Option<LinkFlags> {
+    match handle.link().get().match_index(ifindex).execute().try_next().await {
+        Ok(Some(msg)) => Some(msg.header.flags),
+        _ => None,
+    }
 }
 
 /// The address of a dumped address message, if it is one an uplink may use (see the module invariants).
@@ -117,7 +180,6 @@ pub fn choose<A: PartialEq + Copy>(current: Option<A>, present: &[A]) -> Option<
 mod tests {
     use super::*;
     use netlink_packet_route::AddressFamily;
-    use netlink_packet_route::link::LinkFlags;
 
     fn addr_msg(ip: IpAddr, scope: AddressScope, flags: AddressFlags) -> AddressMessage {
         let mut m = AddressMessage::default();
@@ -165,14 +227,47 @@ mod tests {
         link.header.flags = LinkFlags::Up | LinkFlags::LowerUp | LinkFlags::Running;
         link.attributes.push(LinkAttribute::IfName("lte0".into()));
         let msg = NetlinkMessage::from(RouteNetlinkMessage::NewLink(link.clone()));
-        assert_eq!(classify(&msg), Some(LinkEvent::Link { ifindex: 4, name: Some("lte0".into()), carrier: true, gone: false }));
+        assert_eq!(classify(&msg), Some(LinkEvent::Link { ifindex: 4, name: Some("lte0".into()), carrier: true, gone: false, point_to_point: false }));
         let msg = NetlinkMessage::from(RouteNetlinkMessage::DelLink(link.clone()));
-        assert_eq!(classify(&msg), Some(LinkEvent::Link { ifindex: 4, name: Some("lte0".into()), carrier: false, gone: true }));
+        assert_eq!(classify(&msg), Some(LinkEvent::Link { ifindex: 4, name: Some("lte0".into()), carrier: false, gone: true, point_to_point: false }));
         link.header.flags = LinkFlags::Up;
         let msg = NetlinkMessage::from(RouteNetlinkMessage::NewLink(link));
         assert!(matches!(classify(&msg), Some(LinkEvent::Link { carrier: false, gone: false, .. })), "no carrier");
         let a = addr_msg("198.18.3.3".parse().unwrap(), AddressScope::Universe, AddressFlags::empty());
         let msg = NetlinkMessage::from(RouteNetlinkMessage::DelAddress(a));
         assert_eq!(classify(&msg), Some(LinkEvent::Address { ifindex: 7 }));
+        assert!(point_to_point(LinkFlags::Up | LinkFlags::Pointopoint | LinkFlags::Noarp), "raw-IP wwan");
+        assert!(!point_to_point(LinkFlags::Up | LinkFlags::Broadcast | LinkFlags::Multicast), "ethernet");
+    }
+
+    fn default_route(oif: u32, gw: &str, metric: u32, proto: RouteProtocol) -> RouteMessage {
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.table = 254;
+        r.header.protocol = proto;
+        r.attributes.push(RouteAttribute::Oif(oif));
+        r.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gw.parse().unwrap())));
+        r.attributes.push(RouteAttribute::Priority(metric));
+        r
+    }
+
+    #[test]
+    fn the_gateway_is_learned_from_the_systems_default_route_through_the_interface() {
+        let boot = RouteProtocol::Boot;
+        let routes = [
+            default_route(3, "10.8.0.1", 100, boot),
+            default_route(4, "10.9.0.254", 300, boot),
+            default_route(4, "10.9.0.1", 200, RouteProtocol::Dhcp),
+            default_route(4, "10.9.0.77", 0, RouteProtocol::Other(73)), // hcpe's own: never learned from
+        ];
+        assert_eq!(pick_gateway(&routes, 4), Some("10.9.0.1".parse().unwrap()), "lowest metric, not hcpe's");
+        assert_eq!(pick_gateway(&routes, 5), None);
+        let mut in_table = default_route(4, "10.9.0.1", 0, boot);
+        in_table.header.table = 100;
+        assert_eq!(pick_gateway(&[in_table.clone()], 4), None, "only the main table");
+        let msg = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(routes[2].clone()));
+        assert_eq!(classify(&msg), Some(LinkEvent::DefaultRoute { ifindex: 4 }));
+        let msg = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(routes[3].clone()));
+        assert_eq!(classify(&msg), None, "hcpe's own route changes are not events");
     }
 }

@@ -398,6 +398,8 @@ impl UplinkManager {
             default_route: cfg.routing.default_route,
             main_default: [None, None],
             main_owned: [false, false],
+            learned_gw: vec![[None, None]; cfg.uplinks.len()],
+            p2p: vec![false; cfg.uplinks.len()],
         };
         // Subscribe before the first look at the interfaces, so no change falls between the two.
         let events = match links::subscribe() {
@@ -507,8 +509,13 @@ struct Driver {
     installed: Vec<Vec<routing::UplinkRoute>>,
     /// Keep the main table's default route on the best uplink (`routing.default_route`).
     default_route: bool,
-    /// The main default route hcpe set per family (IPv4, IPv6): uplink, gateway, ifindex.
-    main_default: [Option<(usize, IpAddr, u32)>; 2],
+    /// The main default route hcpe set per family (IPv4, IPv6): uplink, gateway (none: device route), ifindex.
+    main_default: [Option<(usize, Option<IpAddr>, u32)>; 2],
+    /// Per uplink and family (IPv4, IPv6): the gateway of the system's default route through the uplink's
+    /// interface, learned for `auto` families without a configured gateway.
+    learned_gw: Vec<[Option<IpAddr>; 2]>,
+    /// Per uplink: its interface is point-to-point (a route needs no gateway), as last seen.
+    p2p: Vec<bool>,
     /// hcpe's main default route of the family may exist in the kernel (so it is replaced, not created).
     main_owned: [bool; 2],
 }
@@ -602,7 +609,7 @@ impl Driver {
         let mut routes_back = false;
         for i in 0..self.shared.uplinks.len() {
             match &ev {
-                links::LinkEvent::Link { ifindex, name, carrier, gone } => {
+                links::LinkEvent::Link { ifindex, name, carrier, gone, .. } => {
                     let ours = name.as_deref() == Some(self.shared.uplinks[i].interface.as_str())
                         || self.ifindex[i] == Some(*ifindex);
                     if !ours {
@@ -624,6 +631,11 @@ impl Driver {
                             }
                         }
                         routes_back = true;
+                    }
+                }
+                links::LinkEvent::DefaultRoute { ifindex } => {
+                    if self.ifindex[i] == Some(*ifindex) {
+                        changed |= self.relearn(i).await;
                     }
                 }
                 links::LinkEvent::Address { ifindex } => {
@@ -652,23 +664,30 @@ impl Driver {
         }
     }
 
-    /// Looks at the interface's addresses again for the families uplink `i` learns; on a change, publishes
-    /// the new addresses (new connections bind to them at once) and moves the uplink's policy routing.
-    /// Whether the addresses changed (the caller then re-syncs probers and endpoints).
+    /// Looks again at what uplink `i` learns from its interface (for `auto` families): its addresses, and
+    /// for families without a configured gateway the system's default-route gateway through it or, on a
+    /// point-to-point link, none needed. On a change, publishes the new addresses (new connections bind to
+    /// them at once) and moves the uplink's policy routing. Whether anything changed (the caller then
+    /// re-syncs probers, endpoints and the main default route).
     async fn relearn(&mut self, i: usize) -> bool {
         let (auto4, auto6) = self.auto[i];
         if !auto4 && !auto6 {
             return false;
         }
-        let (v4, v6) = match self.ifindex[i] {
-            Some(ix) => match links::addresses(&self.handle, ix).await {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(uplink = %self.shared.uplinks[i].name, error = %e, "listing the uplink's addresses");
-                    return false;
-                }
-            },
-            None => (Vec::new(), Vec::new()),
+        let name = self.shared.uplinks[i].name.clone();
+        let ((v4, v6), p2p, gws) = match self.ifindex[i] {
+            Some(ix) => {
+                let addrs = match links::addresses(&self.handle, ix).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(uplink = %name, error = %e, "listing the uplink's addresses");
+                        return false;
+                    }
+                };
+                let p2p = links::link_flags(&self.handle, ix).await.is_some_and(links::point_to_point);
+                (addrs, p2p, self.learn_gateways(i, ix).await)
+            }
+            None => ((Vec::new(), Vec::new()), false, [None, None]),
         };
         let cur = self.shared.live()[i].addrs;
         let mut new = cur;
@@ -678,18 +697,65 @@ impl Driver {
         if auto6 {
             new.v6 = links::choose(cur.v6, &v6);
         }
-        if new == cur {
+        let next_hop_changed = p2p != self.p2p[i] || gws != self.learned_gw[i];
+        if new == cur && !next_hop_changed {
             return false;
         }
-        let show = |a: Addrs| a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
-        info!(uplink = %self.shared.uplinks[i].name, from = %show(cur), to = %show(new), "uplink address changed");
-        self.shared.live_mut()[i].addrs = new;
+        if new != cur {
+            let show = |a: Addrs| a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+            info!(uplink = %name, from = %show(cur), to = %show(new), "uplink address changed");
+            self.shared.live_mut()[i].addrs = new;
+        }
+        if next_hop_changed {
+            info!(uplink = %name, gateways = ?gws, point_to_point = p2p, "uplink next hop learned");
+            self.p2p[i] = p2p;
+            self.learned_gw[i] = gws;
+        }
         let routes = self.routes_of(i);
         match routing::update(&self.nl, &self.handle, &self.installed[i], &routes).await {
             Ok(()) => self.installed[i] = routes,
-            Err(e) => warn!(uplink = %self.shared.uplinks[i].name, error = %e, "moving the uplink's policy routing"),
+            Err(e) => warn!(uplink = %name, error = %e, "moving the uplink's policy routing"),
         }
         true
+    }
+
+    /// The gateways of the system's main-table default routes through `ifindex`, for the `auto` families
+    /// of uplink `i` without a configured gateway.
+    async fn learn_gateways(&self, i: usize, ifindex: u32) -> [Option<IpAddr>; 2] {
+        let u = &self.shared.uplinks[i];
+        let (auto4, auto6) = self.auto[i];
+        let wanted = [
+            (auto4 && u.ipv4.is_some_and(|f| f.gateway.is_none()), common::net::Family::V4),
+            (auto6 && u.ipv6.is_some_and(|f| f.gateway.is_none()), common::net::Family::V6),
+        ];
+        let mut out = [None, None];
+        for (k, (want, family)) in wanted.into_iter().enumerate() {
+            if want {
+                match self.nl.routes(family).await {
+                    Ok(routes) => out[k] = links::pick_gateway(&routes, ifindex),
+                    Err(e) => warn!(uplink = %u.name, error = %e, "listing routes to learn the gateway"),
+                }
+            }
+        }
+        out
+    }
+
+    /// How uplink `i` reaches the internet in one family: `Some(Some(gw))` via a gateway (configured, or
+    /// learned for an `auto` family), `Some(None)` straight out of a point-to-point interface (`auto`
+    /// families only), `None` unknown (its routing is then left to the system).
+    fn next_hop(&self, i: usize, v4: bool) -> Option<Option<IpAddr>> {
+        let u = &self.shared.uplinks[i];
+        let (configured, auto, learned) = if v4 {
+            (u.ipv4.and_then(|f| f.gateway).map(IpAddr::V4), self.auto[i].0, self.learned_gw[i][0])
+        } else {
+            (u.ipv6.and_then(|f| f.gateway).map(IpAddr::V6), self.auto[i].1, self.learned_gw[i][1])
+        };
+        match (configured, auto, learned) {
+            (Some(g), _, _) => Some(Some(g)),
+            (None, true, Some(g)) => Some(Some(g)),
+            (None, true, None) if self.p2p[i] => Some(None),
+            _ => None,
+        }
     }
 
     /// Re-adds uplink `i`'s default route in its table (gone with an interface that went down).
@@ -812,22 +878,22 @@ impl Driver {
         }
     }
 
-    /// The policy routing of uplink `i` with its current addresses (none without a gateway: then the
-    /// uplink's routing is left as the system has it, as before the uplink manager, since a device route
-    /// would be wrong on a broadcast link).
+    /// The policy routing of uplink `i` with its current addresses and next hops (none without a known next
+    /// hop: then the uplink's routing is left as the system has it, as before the uplink manager, since a
+    /// device route would be wrong on a broadcast link).
     fn routes_of(&self, i: usize) -> Vec<routing::UplinkRoute> {
         let u = &self.shared.uplinks[i];
         let Some(ifindex) = self.ifindex[i] else { return Vec::new() };
         let addrs = self.shared.live()[i].addrs;
         let fams = [
-            addrs.v4.zip(u.ipv4.and_then(|f| f.gateway)).map(|(a, g)| (IpAddr::V4(a), IpAddr::V4(g))),
-            addrs.v6.zip(u.ipv6.and_then(|f| f.gateway)).map(|(a, g)| (IpAddr::V6(a), IpAddr::V6(g))),
+            addrs.v4.map(IpAddr::V4).zip(self.next_hop(i, true)),
+            addrs.v6.map(IpAddr::V6).zip(self.next_hop(i, false)),
         ];
         fams.into_iter()
             .flatten()
             .map(|(source, gateway)| routing::UplinkRoute {
                 source,
-                gateway: Some(gateway),
+                gateway,
                 ifindex,
                 table: u.table,
                 priority: self.rule_priority + routing::RULE_OFFSET + i as u32,
@@ -866,13 +932,6 @@ impl Driver {
         for (k, v4) in [(0usize, true), (1, false)] {
             let want = {
                 let live = self.shared.live();
-                let gw = |u: &Uplink| -> Option<IpAddr> {
-                    if v4 {
-                        u.ipv4.and_then(|f| f.gateway).map(IpAddr::V4)
-                    } else {
-                        u.ipv6.and_then(|f| f.gateway).map(IpAddr::V6)
-                    }
-                };
                 let views: Vec<View> = self
                     .shared
                     .uplinks
@@ -883,18 +942,18 @@ impl Driver {
                         role: u.role,
                         mode: l.mode,
                         health: l.health,
-                        has_source: gw(u).is_some()
+                        has_source: self.next_hop(i, v4).is_some()
                             && self.ifindex[i].is_some()
                             && if v4 { l.addrs.v4.is_some() } else { l.addrs.v6.is_some() },
                     })
                     .collect();
-                decide::pick_initial(&views).and_then(|i| Some((i, gw(&self.shared.uplinks[i])?, self.ifindex[i]?)))
+                decide::pick_initial(&views).and_then(|i| Some((i, self.next_hop(i, v4)?, self.ifindex[i]?)))
             };
             if want == self.main_default[k] {
                 continue;
             }
             let res = match want {
-                Some((_, gw, ix)) => routing::set_main_default(&self.handle, gw, ix, self.main_owned[k]).await,
+                Some((_, gw, ix)) => routing::set_main_default(&self.handle, v4, gw, ix, self.main_owned[k]).await,
                 None => routing::del_main_default(&self.nl, &self.handle, v4).await,
             };
             let family = if v4 { "ipv4" } else { "ipv6" };

@@ -89,19 +89,21 @@ pub async fn ensure_routes(handle: &rtnetlink::Handle, routes: &[UplinkRoute]) -
 /// The main table's id.
 pub const MAIN_TABLE: u32 = 254;
 
-/// Points the main table's default route (metric 0, marked) of `gateway`'s family at `gateway` out of
-/// `ifindex`. `replace`: hcpe's own route is there already and is overwritten in one step (no gap);
+/// Points the main table's default route (metric 0, marked) of one family at `gateway` out of `ifindex`
+/// (no gateway: straight out of a point-to-point interface). `replace`: hcpe's own route is there already and is overwritten in one step (no gap);
 /// otherwise it is created exclusively, so a default route the system installed with the same metric is
 /// never clobbered (that fails with `EEXIST`: the firmware manages the default route itself).
 pub async fn set_main_default(
     handle: &rtnetlink::Handle,
-    gateway: IpAddr,
+    v4: bool,
+    gateway: Option<IpAddr>,
     ifindex: u32,
     replace: bool,
 ) -> Result<(), NetError> {
-    let r = UplinkRoute { source: gateway, gateway: Some(gateway), ifindex, table: MAIN_TABLE, priority: 0 };
+    let family_of: IpAddr = if v4 { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    let r = UplinkRoute { source: family_of, gateway, ifindex, table: MAIN_TABLE, priority: 0 };
     let msg = default_route_message(&r);
-    let what = format!("setting the main default route via {gateway} dev {ifindex}");
+    let what = format!("setting the main default route via {gateway:?} dev {ifindex}");
     let req = handle.route().add(msg);
     let req = if replace { req.replace() } else { req };
     req.execute().await.map_err(err(what))

@@ -379,3 +379,60 @@ probe: { interval: 20s }
         mgr.shutdown().await;
     });
 }
+
+#[test]
+fn an_auto_uplink_learns_its_next_hop_from_dhcp_routes_or_its_point_to_point_link() {
+    in_new_netns(|| async {
+        loopback_up();
+        ip(&["link", "add", "wwan0", "type", "veth", "peer", "name", "wwan1"]);
+        ip(&["link", "set", "wwan1", "up"]);
+        ip(&["link", "set", "wwan0", "up"]);
+        ip(&["addr", "add", "10.9.0.2/24", "dev", "wwan0"]);
+        ip(&["tuntap", "add", "dev", "ppp0", "mode", "tun"]);
+        ip(&["link", "set", "ppp0", "up"]);
+        ip(&["addr", "add", "10.10.0.2/32", "dev", "ppp0"]);
+        let text = r#"
+lan_interfaces: [lan0]
+hag: { addresses: [10.7.0.1], cpe_id: cpe-1, key_file: cpe.key }
+uplinks:
+  - { name: lte, interface: wwan0, ipv4: { address: auto } }
+  - { name: ppp, interface: ppp0, ipv4: { address: auto } }
+probe: { interval: 20s }
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
+        let cfg = Config::from_yaml(text, &dir.path().join("hcpe.yaml")).unwrap();
+        let (lte_table, ppp_table) = (cfg.uplinks[0].table.to_string(), cfg.uplinks[1].table.to_string());
+        let mgr = UplinkManager::start(&cfg).await.unwrap();
+        let ctl = mgr.control();
+        assert_eq!(ip_out(&["route", "show", "table", &lte_table]), "", "no gateway known yet");
+        assert!(
+            ip_out(&["route", "show", "table", &ppp_table]).contains("default dev ppp0"),
+            "point-to-point: no gateway needed: {}",
+            ip_out(&["route", "show", "table", &ppp_table])
+        );
+        assert!(ip_out(&["rule"]).contains(&format!("from 10.10.0.2 lookup {ppp_table}")));
+        assert!(ip_out(&["route", "show", "default"]).contains("default dev ppp0 proto 73"));
+
+        // The DHCP client sets the gateway: learned, and the primary gets the main default route.
+        ip(&["route", "add", "default", "via", "10.9.0.1", "dev", "wwan0", "metric", "300"]);
+        eventually("the lte table route via the learned gateway", async || {
+            ip_out(&["route", "show", "table", &lte_table]).contains("default via 10.9.0.1 dev wwan0")
+        })
+        .await;
+        assert!(ip_out(&["rule"]).contains(&format!("from 10.9.0.2 lookup {lte_table}")));
+        eventually("the main default route via the primary", async || {
+            ip_out(&["route", "show", "default"]).contains("default via 10.9.0.1 dev wwan0 proto 73")
+        })
+        .await;
+        // A new lease with another gateway.
+        ip(&["route", "replace", "default", "via", "10.9.0.254", "dev", "wwan0", "metric", "300"]);
+        eventually("the new gateway is followed", async || {
+            ip_out(&["route", "show", "table", &lte_table]).contains("default via 10.9.0.254 dev wwan0")
+        })
+        .await;
+        assert_eq!(ctl.snapshot()[0].addresses, vec!["10.9.0.2".parse::<IpAddr>().unwrap()]);
+        mgr.shutdown().await;
+        assert!(!ip_out(&["route", "show", "default"]).contains("proto 73"));
+    });
+}
