@@ -16,14 +16,14 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::convert::{self, Decoded};
 use common::mptcp::{ConnectOptions, connect_with_data};
 use common::relay::RelayCounters;
+use common::stream::SharedStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -116,8 +116,9 @@ pub struct Connection {
     pub direct: OnceLock<()>,
     /// Bytes client -> server (`a_to_b`) and back (`b_to_a`), live.
     pub counters: RelayCounters,
-    /// Duplicate of the hag socket's fd while relaying through hag, for `MPTCP_FULL_INFO` (subflows).
-    pub hag_fd: OnceLock<OwnedFd>,
+    /// The hag socket once relaying through hag, for `MPTCP_FULL_INFO` (subflows); a weak handle, not a
+    /// duplicate fd (see `common::stream`), so upgrading fails once the relay closed it.
+    pub hag: OnceLock<Weak<TcpStream>>,
     /// Cancelled to close the connection from outside (admin `DELETE`).
     pub close: CancellationToken,
 }
@@ -151,7 +152,7 @@ impl Connections {
             token: OnceLock::new(),
             direct: OnceLock::new(),
             counters: RelayCounters::default(),
-            hag_fd: OnceLock::new(),
+            hag: OnceLock::new(),
             close: CancellationToken::new(),
         });
         self.lock().insert(seq, conn.clone());
@@ -322,9 +323,8 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared, conn: &Connecti
             // Listed by token, with subflows, only once it relays: a failed exchange leaves no fd behind that
             // would keep hag's end of it open.
             let _ = conn.token.set(common::mptcp::info(&hag).ok().flatten().map(|i| i.token));
-            if let Ok(fd) = socket2::SockRef::from(&hag).try_clone() {
-                let _ = conn.hag_fd.set(OwnedFd::from(fd));
-            }
+            let hag = SharedStream::new(hag);
+            let _ = conn.hag.set(hag.downgrade());
             debug!(first_bytes = first.len(), "converted");
             conn.counters.a_to_b.fetch_add(first.len() as u64, Relaxed);
             if !early.is_empty() && client.write_all(&early).await.is_err() {
@@ -468,7 +468,10 @@ async fn direct(flow: Flow, first: &[u8], cfg: &Config) -> io::Result<TcpStream>
 }
 
 /// Relays until both sides closed (or idle, or an error); `counters` hold the connection's totals.
-async fn relay(client: TcpStream, server: TcpStream, idle: Duration, counters: &RelayCounters) {
+async fn relay<S>(client: TcpStream, server: S, idle: Duration, counters: &RelayCounters)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let result = common::relay::relay(client, server, idle, counters).await;
     let up = counters.a_to_b.load(Relaxed);
     let down = counters.b_to_a.load(Relaxed);

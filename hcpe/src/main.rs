@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let log_level = init_tracing(&config.log_level);
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -78,6 +79,24 @@ fn init_tracing(level: &str) -> hcpe::admin::LogLevelSetter {
         let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     })
+}
+
+/// Two descriptors per LAN connection (the LAN socket and the MPTCP socket to hag). hcpe has no connection
+/// limit of its own (the NAT pool is far larger), so it asks for room for [`WANTED_CONNECTIONS`] and warns
+/// below [`MIN_CONNECTIONS`].
+const WANTED_CONNECTIONS: u64 = 32_768;
+const MIN_CONNECTIONS: u64 = 4_096;
+
+fn raise_fd_limit() {
+    match common::process::raise_fd_limit(common::process::fds_for(WANTED_CONNECTIONS, 2)) {
+        Ok(l) if l.connections(2) < MIN_CONNECTIONS => tracing::warn!(
+            limit = l.now,
+            holds = l.connections(2),
+            "open-file limit holds few LAN connections; raise LimitNOFILE (systemd) or ulimit -n"
+        ),
+        Ok(l) => tracing::debug!(before = l.before, now = l.now, holds = l.connections(2), "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
 }
 
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {

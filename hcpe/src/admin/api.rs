@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::UNIX_EPOCH;
 
@@ -266,7 +266,7 @@ impl ConnectionView {
         diag: &DiagMap,
         uplink_of: &HashMap<IpAddr, String>,
     ) -> Self {
-        let mptcp_fell_back = c.hag_fd.get().is_some() && full.is_none();
+        let mptcp_fell_back = c.hag.get().is_some() && full.is_none();
         let initial_local = full.as_ref().and_then(|f| f.subflows.iter().find(|s| s.id == 1)).and_then(|s| s.local);
         let uplink_initial = initial_local
             .and_then(|a| uplink_of.get(&a.ip()).cloned())
@@ -320,7 +320,7 @@ pub async fn connection_views(state: &ApiState, conns: Vec<Arc<Connection>>) -> 
         .collect();
     tokio::task::spawn_blocking(move || {
         let full: Vec<Option<mptcp::FullInfo>> =
-            conns.iter().map(|c| c.hag_fd.get().and_then(|fd| mptcp::full_info(fd).ok().flatten())).collect();
+            conns.iter().map(|c| c.hag.get().and_then(Weak::upgrade).and_then(|s| mptcp::full_info(&*s).ok().flatten())).collect();
         let ports: Vec<u16> =
             full.iter().flatten().flat_map(|f| f.subflows.iter().filter_map(|s| s.remote.map(|r| r.port()))).collect();
         let diag = subflows::by_remote_port(&ports).unwrap_or_else(|e| {
