@@ -103,9 +103,8 @@ fn hcpe_bench_tun_path_vs_routed() {
     let gbit = size as f64 * 8.0 / 1e9;
     let me = std::process::id();
     let name = |up: bool| if up { "up  " } else { "down" };
-    for round in 1..=rounds {
+    let routed_run = |lines: &mut Vec<String>| {
         let mut routed = [0.0; 2];
-        let mut lines = Vec::new();
         for &up in &dirs {
             let cpu_me = cpu_seconds(me);
             routed[usize::from(up)] = run(up);
@@ -116,8 +115,14 @@ fn hcpe_bench_tun_path_vs_routed() {
                 (cpu_seconds(me) - cpu_me) / gbit
             ));
         }
+        routed
+    };
+    for round in 1..=rounds {
+        let mut lines = Vec::new();
         for &offload in &offloads {
             for &fallback in &fallbacks {
+                // The baseline right before each configuration, so other load on the machine moves both alike.
+                let routed = routed_run(&mut lines);
                 // `reject`: the whole chain (MPTCP to hag); `direct`: the TUN path alone.
                 let mut hcpe = if fallback == "direct" {
                     start_hcpe_tun_only(&tb, dir.path(), offload)
