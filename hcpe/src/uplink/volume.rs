@@ -715,8 +715,10 @@ mod tests {
     }
 
     proptest! {
+        // From 1970-02-01: the first month's period would start before the epoch (a router with an unset
+        // clock gets period 0 there, and periods only move forward once the clock is right).
         #[test]
-        fn every_instant_lies_in_exactly_one_monthly_period(now in 0u64..4_102_444_800, day in 1u8..=28) {
+        fn every_instant_lies_in_exactly_one_monthly_period(now in 2_678_400u64..4_102_444_800, day in 1u8..=28) {
             let start = period_start(now, day);
             let next = next_period_start(start, day);
             prop_assert!(start <= now && now < next, "{start} <= {now} < {next}");
