@@ -2,20 +2,27 @@
 //! the kernel's MPTCP endpoints per uplink, the live mode of each uplink, and the choice of the uplink new
 //! connections start on.
 //!
-//! Pieces: [`settings`] (config types: role, mode, probe timers), [`decide`] (sans-IO: role/mode/health ->
-//! endpoint flags and initial uplink), [`routing`] (`from <src> lookup <table>` + default route per uplink).
-//! This file is the async driver: one `common::probe::Prober` per probed uplink, one task (the [`Driver`])
+//! Pieces: [`settings`] (config types: role, mode, probe timers, `auto` addresses), [`decide`] (sans-IO:
+//! role/mode/health -> endpoint flags and initial uplink), [`routing`] (`from <src> lookup <table>` + default
+//! route per uplink, and the main default route that non-TCP traffic follows), [`links`] (rtnetlink link,
+//! address and default-route events; what an `auto` uplink learns), [`quic`] (`block_quic`), `volume`
+//! (byte counts and quotas, which switch modes through [`UplinkControl`]).
+//! This file is the async driver: one `common::probe::Prober` per probed uplink, one task (the `Driver`)
 //! that owns the path manager and applies the decisions whenever a verdict or a mode changes, and the
 //! [`UplinkControl`] handle other parts (admin API, volume quotas) change modes through.
 //!
 //! Invariants:
-//! - the mutable state (mode, health, endpoint, addresses) lives in one lock ([`Shared::live`]); a new mode or
+//! - the mutable state (mode, health, endpoint, addresses) lives in one lock (`Shared::live`); a new mode or
 //!   verdict is published there before any netlink work, so new connections move at once;
 //! - the endpoint table holds, for the uplinks' addresses, exactly what [`decide::endpoint_plan`] says (a
 //!   Down uplink's endpoint is deleted: the kernel closes its subflows and reinjects their data; re-added on
 //!   Up: the in-kernel path manager then opens the subflow again on every existing connection); an
 //!   active<->backup change keeps the endpoint and uses SET_FLAGS, so the kernel sends MP_PRIO to hag;
 //! - an uplink is probed exactly while its mode is not `off` and it has an address towards hag;
+//! - an `auto` family's address is the one its interface has (the one in use is kept while it stays);
+//!   a change moves the endpoint, the uplink's rule and table route, and the prober's source, no restart;
+//! - with `routing.default_route`, the main table's default route (metric 0, marked) goes through the
+//!   uplink [`decide::pick_initial`] picks among those with a known next hop, so UDP follows TCP;
 //! - every endpoint, rule and route added is removed by [`UplinkManager::shutdown`]; a start after a crash
 //!   removes leftovers first (endpoints on the uplinks' addresses, rules/routes with [`routing::RT_PROTO_UPLINK`]);
 //! - all netlink sockets belong to the namespace of the thread that called [`UplinkManager::start`];
