@@ -13,9 +13,9 @@
 //! Finding (Linux 6.18): a TFO-accepted MPTCP socket ignores the client's receive window. The passive MPTCP
 //! socket is created (`mptcp_sk_clone_init`, from `tcp_fastopen_create_child` -> `syn_recv_sock`) while the
 //! child subflow's `snd_wnd` still holds the SYN's window shifted by the client's window scale (64240 << 10 =
-//! 64 MiB here; `tcp_fastopen_create_child` corrects `snd_wnd` to the unscaled value only afterwards), and
+//! 65.8 MB here; `tcp_fastopen_create_child` corrects `snd_wnd` to the unscaled value only afterwards), and
 //! sets `msk->wnd_end = snd_nxt + snd_wnd` from it. `wnd_end` only ever grows (`ack_update_msk`), so for the
-//! first ~64 MiB the sender is bounded by congestion windows only, and `mptcp_check_allowed_size` even raises
+//! first ~65 MB the sender is bounded by congestion windows only, and `mptcp_check_allowed_size` even raises
 //! each subflow's TCP `snd_wnd` to it (MPTcpExtSndWndShared). The client drops what lies beyond its window:
 //! at MPTCP level MPTcpExtNoDSSInWindow (thousands per connection with two subflows), at TCP level
 //! TcpExtBeyondWindow / TcpExtTCPZeroWindowDrop. The dropped data was acknowledged at subflow level, so only

@@ -24,7 +24,7 @@
 //!   MPTCP socket's queue after the third ACK until something else pushes them (a reply-then-wait exchange
 //!   stalls for ever).
 //! - Do not enable Fast Open between kernel MPTCP peers on Linux 6.18 (hcpe's `fastopen` stays off): a socket
-//!   accepted with data in the SYN ignores the client's receive window for its first ~64 MiB. The passive
+//!   accepted with data in the SYN ignores the client's receive window for its first ~65 MB. The passive
 //!   MPTCP socket is created (`mptcp_sk_clone_init`, via `tcp_fastopen_create_child`) while the subflow's
 //!   `snd_wnd` still holds the SYN's window shifted by the client's window scale (64240 << 10), sets
 //!   `wnd_end = snd_nxt + snd_wnd` from it, and `wnd_end` never shrinks. With two subflows the client then
