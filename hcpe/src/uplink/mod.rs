@@ -358,6 +358,7 @@ impl UplinkManager {
         let mut mgr = UplinkManager { shared: shared.clone(), cmds: None, driver: None, stop: None };
         if !cfg.probe.enabled {
             info!("uplink manager disabled (probe.enabled: false): new connections start on the primary uplink");
+            learn_once(&shared).await;
             return Ok(mgr);
         }
 
@@ -465,6 +466,31 @@ impl UplinkManager {
             info!("uplink manager stopped");
         }
     }
+}
+
+/// Unmanaged: `auto` addresses are read from the interfaces once (not followed afterwards).
+async fn learn_once(shared: &Shared) {
+    let Ok((conn, handle, _)) = rtnetlink::new_connection() else { return };
+    let conn = tokio::spawn(conn);
+    for (i, u) in shared.uplinks.iter().enumerate() {
+        let auto4 = u.ipv4.is_some_and(|f| f.address.fixed().is_none());
+        let auto6 = u.ipv6.is_some_and(|f| f.address.fixed().is_none());
+        if !(auto4 || auto6) {
+            continue;
+        }
+        let Ok(ix) = common::net::ifindex(&u.interface) else { continue };
+        if let Ok((v4, v6)) = links::addresses(&handle, ix).await {
+            let mut live = shared.live_mut();
+            if auto4 {
+                live[i].addrs.v4 = v4.first().copied();
+            }
+            if auto6 {
+                live[i].addrs.v6 = v6.first().copied();
+            }
+            info!(uplink = %u.name, addresses = ?live[i].addrs.iter().collect::<Vec<_>>(), "uplink address learned once (unmanaged)");
+        }
+    }
+    conn.abort();
 }
 
 /// What every prober shares.

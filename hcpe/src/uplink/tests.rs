@@ -133,6 +133,17 @@ fn unmanaged_set_mode_only_records_and_steers_new_connections() {
         let pm = PathManager::connect().await.unwrap();
         assert_eq!(table(&pm).await, vec![], "unmanaged: the kernel's endpoint table is not touched");
         mgr.shutdown().await;
+
+        // An auto address is read once.
+        ip(&["link", "add", "wwan0", "type", "veth", "peer", "name", "wwan1"]);
+        ip(&["addr", "add", "10.9.0.2/24", "dev", "wwan0"]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
+        let text = "lan_interfaces: [lan0]\nhag: { addresses: [10.7.0.1], cpe_id: c, key_file: cpe.key }\n\
+                    uplinks: [{ name: lte, interface: wwan0, ipv4: { address: auto } }]\nprobe: { enabled: false }\n";
+        let mgr = UplinkManager::start(&Config::from_yaml(text, &dir.path().join("h.yaml")).unwrap()).await.unwrap();
+        assert_eq!(mgr.selector().source_for("10.7.0.1".parse().unwrap()), Some("10.9.0.2".parse().unwrap()));
+        mgr.shutdown().await;
     });
 }
 
