@@ -24,7 +24,21 @@ fn config_dir(tag: &str) -> TempDir {
 }
 
 fn start_hag(tb: &Testbed, dir: &TempDir) -> ChildGuard {
-    daemons::start_hag(tb, dir.path(), &HagSpec { v6: false, ..HagSpec::default() }).unwrap()
+    daemons::start_hag(tb, dir.path(), &HagSpec { v6: false, admin: true, ..HagSpec::default() }).unwrap()
+}
+
+/// Whether hag's admin API lists a subflow from `cpe_ip` on its connection to `dst`.
+fn hag_has_subflow_from(tb: &Testbed, dir: &TempDir, dst: SocketAddr, cpe_ip: std::net::IpAddr) -> bool {
+    let api = SocketAddr::from(([127, 0, 0, 1], daemons::HAG_ADMIN_PORT));
+    let token = daemons::admin_token(dir.path()).unwrap();
+    let r = daemons::http(&tb.hag, api, "GET", "/api/v1/connections", Some(&token), None).unwrap();
+    let conns: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    conns.as_array().unwrap().iter().filter(|c| c["destination"] == dst.to_string()).any(|c| {
+        c["subflows"].as_array().unwrap().iter().any(|f| {
+            f["tcp_state"] == 1
+                && f["remote"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()).is_some_and(|a| a.ip() == cpe_ip)
+        })
+    })
 }
 
 /// hcpe with the uplink manager in charge (roles, gateways, probes every 200 ms), IPv4 only.
@@ -147,8 +161,8 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
     assert!(eps.trim().is_empty(), "endpoints left behind:\n{eps}");
 }
 
-/// Acceptance 5: `standby` LTE carries nothing while DSL is healthy, and takes the running download within
-/// about a second of a DSL cut.
+/// Acceptance 5: `standby` LTE carries nothing and has no subflow while DSL is healthy; the running download
+/// has an LTE subflow (as hag lists it) within 1 s of a DSL cut.
 #[test]
 fn standby_lte_is_unused_until_dsl_dies() {
     let tb = Testbed::new(TestbedConfig {
@@ -178,28 +192,28 @@ fn standby_lte_is_unused_until_dsl_dies() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let lte_while_dsl_up = tb.lte.counters(Direction::Down).tx_bytes - lte0;
-    let lte1 = tb.lte.counters(Direction::Down).tx_bytes;
+    let lte_ip = std::net::IpAddr::V4(addr::CPE_LTE.v4);
+    assert!(!hag_has_subflow_from(&tb, &dir, dst, lte_ip), "standby LTE has a subflow while DSL is up");
     let cut = Instant::now();
     tb.dsl.cut();
+    // The LTE subflow as hag sees it: established, from the LTE address, on this connection.
     let took_over = loop {
-        if tb.lte.counters(Direction::Down).tx_bytes - lte1 > 256 << 10 {
+        if hag_has_subflow_from(&tb, &dir, dst, lte_ip) {
             break cut.elapsed();
         }
-        assert!(cut.elapsed() < Duration::from_secs(8), "LTE never took over:\n{}", hcpe.log());
-        std::thread::sleep(Duration::from_millis(10));
+        assert!(cut.elapsed() < Duration::from_secs(8), "no LTE subflow after the cut:\n{}", hcpe.log());
+        std::thread::sleep(Duration::from_millis(20));
     };
     let transfer = download.join().unwrap().unwrap_or_else(|e| panic!("download across the cut: {e}\n{}", hcpe.log()));
     let rates: Vec<String> = transfer.timeline.mbit_per_s().iter().map(|r| format!("{r:.0}")).collect();
     eprintln!(
-        "standby: LTE carried {lte_while_dsl_up} B of the first 4 MiB while DSL was up; took over {took_over:?} after \
-         the cut; max stall {:?}\nper-100ms Mbit/s: {}",
+        "standby: LTE carried {lte_while_dsl_up} B of the first 4 MiB while DSL was up; LTE subflow established \
+         {took_over:?} after the cut; max stall {:?}\nper-100ms Mbit/s: {}",
         transfer.timeline.max_stall(),
         rates.join(" ")
     );
     assert!(lte_while_dsl_up < 64 << 10, "LTE carried {lte_while_dsl_up} B while DSL was healthy");
-    // The figure includes moving 256 KiB over LTE (~100 ms at 20 Mbit/s) after the subflow appeared; the issue's
-    // target is 1 s for the subflow itself, measured ~0.9 s here. The margin keeps the test from flaking.
-    assert!(took_over <= Duration::from_millis(1500), "LTE took over after {took_over:?}");
+    assert!(took_over <= Duration::from_secs(1), "LTE subflow established {took_over:?} after the cut");
 
     // Carrier loss acts at once (no waiting for missed probes).
     tb.dsl.restore();
@@ -259,8 +273,9 @@ fn backup_lte_carries_only_while_dsl_is_down() {
     let lte1 = tb.lte.counters(Direction::Down).tx_bytes;
     let cut = Instant::now();
     tb.dsl.cut();
+    // LTE carries the transfer: 64 KiB delivered (about 26 ms at 20 Mbit/s) past what it moved before the cut.
     let took_over = loop {
-        if tb.lte.counters(Direction::Down).tx_bytes - lte1 > 256 << 10 {
+        if tb.lte.counters(Direction::Down).tx_bytes - lte1 > 64 << 10 {
             break cut.elapsed();
         }
         assert!(cut.elapsed() < Duration::from_secs(8), "LTE never took over:\n{}", hcpe.log());
@@ -287,7 +302,7 @@ fn backup_lte_carries_only_while_dsl_is_down() {
         transfer.timeline.max_stall()
     );
     assert!(lte_share < 0.01, "LTE carried {:.2} % while DSL was healthy", lte_share * 100.0);
-    assert!(took_over <= Duration::from_millis(1500), "LTE took over after {took_over:?}");
+    assert!(took_over <= Duration::from_secs(1), "LTE took over after {took_over:?}");
     assert!(back_share < 0.1, "traffic did not return to DSL: LTE share {:.1} %", back_share * 100.0);
     tb.dsl.restore();
 }
