@@ -120,10 +120,11 @@ pub struct HagFile {
     /// File with the shared secret (hex text or raw bytes); relative to this config file.
     pub key_file: PathBuf,
     /// Send the Convert request (and the client's first bytes) in the SYN with TCP Fast Open (0-RTT).
-    /// Off by default for now. A hag of this version waits out the TFO handshake before replying
-    /// (`common::mptcp::await_tfo_handshake`, a kernel MPTCP workaround), so replies no longer get lost; but
-    /// about one TFO connection in five on the testbed still starts degraded (the second subflow does not
-    /// join and the first moves about 2 Mbit/s for seconds), which plain MPTCP never shows.
+    /// Off by default while the kernel has the bug `tests/tests/mptcp_tfo_join.rs` reproduces (Linux 6.18): an
+    /// MPTCP socket accepted with SYN data takes the client's unscaled SYN window shifted by the window scale as
+    /// its MPTCP send window, so hag sends far past hcpe's receive window for the first tens of MB; hcpe drops
+    /// the excess and downloads crawl on MPTCP retransmissions (about half of TFO connections on the testbed).
+    /// Nothing in userspace avoids it (see `common::mptcp`).
     #[serde(default = "default_fastopen")]
     pub fastopen: bool,
 }
