@@ -12,11 +12,13 @@
 //!   in place and written back behind the very virtio-net header it came with, its TCP checksum partial
 //!   before and after ([`TcpChecksum::Partial`]). This is what makes the path cost about a sixth of the CPU
 //!   per Gbit of the per-segment path (hcpe_bench). An earlier loop split every super-packet with tun-rs's
-//!   `recv_multiple` and re-coalesced with its GRO table on write; in practice nothing re-coalesced (one
-//!   write syscall per MTU segment) and bulk transfers stalled at times.
+//!   `recv_multiple` and re-coalesced with its GRO table on write; measured, nothing re-coalesced here (one
+//!   write syscall per MTU segment, plus a software checksum per segment);
+//! - a packet the kernel refuses on write is counted ([`TunCounters`]), never silently lost.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,12 +64,26 @@ pub struct TunSettings {
     pub timeouts: Timeouts,
 }
 
+/// Plain counters of the packet loops (all queues); the daemon logs them at shutdown.
+#[derive(Debug, Default)]
+pub struct TunCounters {
+    /// Reads that returned a packet (a GSO super-packet counts once).
+    pub reads: AtomicU64,
+    /// Packets handed back to the kernel (refused ones are also in `write_errors`).
+    pub writes: AtomicU64,
+    /// Writes the kernel refused (the packet is lost; TCP retransmits it).
+    pub write_errors: AtomicU64,
+    /// Reads that failed with something other than "nothing to read".
+    pub read_errors: AtomicU64,
+}
+
 /// A running interception: the TUN device with its packet loops, the listeners and the shared NAT.
 pub struct Interceptor {
     nat: Arc<Mutex<Nat>>,
     listeners: Vec<TcpListener>,
     accepted: tokio::sync::mpsc::Receiver<io::Result<(TcpStream, SocketAddr)>>,
     tasks: JoinSet<()>,
+    tun_counters: Arc<TunCounters>,
     /// Whether GSO/GRO offload is in use.
     pub offload: bool,
     /// Number of TUN queues in use.
@@ -198,11 +214,13 @@ impl Interceptor {
             }
         }
         let queues = devices.len();
+        let tun_counters = Arc::new(TunCounters::default());
         for dev in devices {
             let nat = nat.clone();
+            let counters = tun_counters.clone();
             let mtu = usize::from(s.mtu);
             tasks.spawn(async move {
-                if let Err(e) = packet_loop(dev, nat, mtu).await {
+                if let Err(e) = packet_loop(dev, nat, mtu, &counters).await {
                     tracing::error!(error = %e, "TUN packet loop stopped");
                 }
             });
@@ -243,7 +261,7 @@ impl Interceptor {
             });
         }
         tracing::info!(name = %s.name, ifindex, offload, queues, listeners = ?kept, "TUN interception up");
-        Ok(Interceptor { nat, listeners, accepted, tasks, offload, queues, ifindex })
+        Ok(Interceptor { nat, listeners, accepted, tasks, tun_counters, offload, queues, ifindex })
     }
 
     /// Next connection accepted on the TUN listeners with the flow the client originally opened.
@@ -263,6 +281,11 @@ impl Interceptor {
         self.nat.lock().expect("nat lock").counters().clone()
     }
 
+    /// The packet loops' counters.
+    pub fn tun_counters(&self) -> &TunCounters {
+        &self.tun_counters
+    }
+
     /// Shared NAT handle (for the admin API).
     pub fn nat(&self) -> Arc<Mutex<Nat>> {
         self.nat.clone()
@@ -271,6 +294,7 @@ impl Interceptor {
     /// Stops the packet loops and closes the device (the kernel removes a non-persistent TUN on close).
     pub async fn shutdown(mut self) {
         tracing::info!(flows = self.flows(), counters = ?self.counters(), "NAT at shutdown");
+        tracing::info!(counters = ?self.tun_counters, "TUN at shutdown");
         self.tasks.shutdown().await;
         self.listeners.clear();
     }
@@ -288,10 +312,7 @@ fn vnet_checksum(hdr: &[u8]) -> TcpChecksum {
     if hdr[0] & VNET_F_NEEDS_CSUM == 0 {
         return TcpChecksum::Complete;
     }
-    TcpChecksum::Partial {
-        start: u16::from_ne_bytes([hdr[6], hdr[7]]),
-        offset: u16::from_ne_bytes([hdr[8], hdr[9]]),
-    }
+    TcpChecksum::Partial { start: u16::from_ne_bytes([hdr[6], hdr[7]]), offset: u16::from_ne_bytes([hdr[8], hdr[9]]) }
 }
 
 /// One TUN queue: wait until readable, read up to [`BATCH`] packets without blocking, rewrite them under one
@@ -299,7 +320,12 @@ fn vnet_checksum(hdr: &[u8]) -> TcpChecksum {
 /// often a GSO super-packet of up to 64 KiB: it is rewritten in place and written back as it came (same
 /// header, checksum still partial), so the kernel segments it only if it ever has to. Nothing is split,
 /// coalesced or allocated per packet.
-async fn packet_loop(dev: Arc<AsyncDevice>, nat: Arc<Mutex<Nat>>, mtu: usize) -> io::Result<()> {
+async fn packet_loop(
+    dev: Arc<AsyncDevice>,
+    nat: Arc<Mutex<Nat>>,
+    mtu: usize,
+    counters: &TunCounters,
+) -> io::Result<()> {
     let hdr = if dev.tcp_gso() { VIRTIO_NET_HDR_LEN } else { 0 };
     let buf_len = if hdr > 0 { hdr + 65535 } else { mtu.max(1280) + 64 };
     let mut bufs: Vec<Vec<u8>> = vec![vec![0u8; buf_len]; BATCH];
@@ -322,11 +348,13 @@ async fn packet_loop(dev: Arc<AsyncDevice>, nat: Arc<Mutex<Nat>>, mtu: usize) ->
                     return Err(e);
                 }
                 Err(e) => {
+                    counters.read_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, "TUN read");
                     break;
                 }
             }
         }
+        counters.reads.fetch_add(n as u64, Ordering::Relaxed);
         {
             let now = Instant::now();
             let mut nat = nat.lock().expect("nat lock");
@@ -349,12 +377,16 @@ async fn packet_loop(dev: Arc<AsyncDevice>, nat: Arc<Mutex<Nat>>, mtu: usize) ->
         }
         for i in (0..n).filter(|&i| forward[i]) {
             if let Err(e) = dev.send(&bufs[i][..sizes[i]]).await {
-                tracing::debug!(error = %e, "TUN write");
+                let errors = counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                if errors.is_power_of_two() || errors == 0 {
+                    tracing::warn!(error = %e, errors = errors + 1, len = sizes[i], "TUN write refused, packet lost");
+                }
                 if e.raw_os_error() == Some(libc::EBADFD) || e.raw_os_error() == Some(libc::EBADF) {
                     return Err(e);
                 }
             }
         }
+        counters.writes.fetch_add(forward[..n].iter().filter(|f| **f).count() as u64, Ordering::Relaxed);
         for rst in resets.drain(..) {
             let _ = dev.send(&rst).await;
         }

@@ -170,11 +170,8 @@ fn hcpe_bench_time_to_first_byte() {
     for round in 1..=rounds {
         // Direct: no hcpe, so LAN TCP is routed (hag's namespace forwards it; the hag process is idle).
         let direct = run().unwrap();
-        let mut lines = vec![format!(
-            "  direct               : median {:?}, p90 {:?}",
-            direct.median(),
-            direct.quantile(0.9)
-        )];
+        let mut lines =
+            vec![format!("  direct               : median {:?}, p90 {:?}", direct.median(), direct.quantile(0.9))];
         for tfo in [false, true] {
             let mut hcpe = daemons::start_hcpe(&tb, dir.path(), &hcpe_spec("reject", offload, tfo)).unwrap();
             lines.push(match run() {
