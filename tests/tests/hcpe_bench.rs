@@ -62,6 +62,13 @@ fn testbed() -> Testbed {
     tb
 }
 
+/// A field of the `TUN at shutdown` counters hcpe logs when it exits (0 when absent).
+fn tun_counter(log: &str, field: &str) -> u64 {
+    let Some(line) = log.lines().rev().find(|l| l.contains("TUN at shutdown")) else { return 0 };
+    let Some(at) = line.find(&format!("{field}: ")) else { return 0 };
+    line[at + field.len() + 2..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap_or(0)
+}
+
 /// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -147,6 +154,15 @@ fn hcpe_bench_tun_path_vs_routed() {
                     ));
                 }
                 hcpe.kill();
+                // Per-packet view from hcpe's own counters (both directions of the transfers above).
+                let log = hcpe.log();
+                let reads = tun_counter(&log, "reads");
+                let write_errors = tun_counter(&log, "write_errors");
+                lines.push(format!(
+                    "    TUN packets: {reads} reads, {:.0} bytes of transfer per read, {write_errors} refused writes",
+                    (size * dirs.len() as u64) as f64 / reads.max(1) as f64
+                ));
+                assert_eq!(write_errors, 0, "the kernel refused packets hcpe wrote back:\n{log}");
             }
         }
         eprintln!("round {round} ({} MiB per transfer):\n{}", size >> 20, lines.join("\n"));
