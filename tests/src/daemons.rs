@@ -10,15 +10,16 @@
 //! - nothing here touches a namespace other than the testbed's.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::emulator::{LinkConfig, Shape};
 use crate::netns::{ChildGuard, Netns, bin_path};
-use crate::testbed::{Addrs, Testbed, addr, ifname};
+use crate::testbed::{Addrs, Testbed, TestbedConfig, addr, ifname};
 
 /// The CPE id both generated configs use.
 pub const CPE_ID: &str = "testbed-cpe";
@@ -284,6 +285,18 @@ pub fn static_endpoints(tb: &Testbed) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The testbed the managed-hcpe tests share: DSL and LTE shaped alike both ways (LTE's emulator on seed 2), and
+/// hag accepting 4 subflows and 4 ADD_ADDRs per connection (hcpe's uplink manager adds the endpoints).
+pub fn managed_testbed(dsl: Shape, lte: Shape) -> anyhow::Result<Testbed> {
+    let tb = Testbed::new(TestbedConfig {
+        dsl: LinkConfig::symmetric(dsl),
+        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(lte) },
+        ..TestbedConfig::default()
+    })?;
+    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"])?;
+    Ok(tb)
+}
+
 /// How many health verdicts going to `state` (`up`, `down`) the hcpe log holds.
 pub fn verdicts(hcpe: &ChildGuard, state: &str) -> usize {
     let (quoted, bare) = (format!("to=\"{state}\""), format!("to={state}"));
@@ -354,6 +367,21 @@ pub fn http(
         rest.to_owned()
     };
     Ok(HttpResponse { status, headers: head.to_owned(), body })
+}
+
+/// `GET /api/v1/connections` from the admin API on 127.0.0.1:`port` inside `ns` (hag's or hcpe's), parsed.
+pub fn connections(ns: &Netns, port: u16, token: &str) -> anyhow::Result<serde_json::Value> {
+    let api = SocketAddr::from(([127, 0, 0, 1], port));
+    let r = http(ns, api, "GET", "/api/v1/connections", Some(token), None)?;
+    if r.status != 200 {
+        bail!("GET /api/v1/connections: {} {}", r.status, r.body);
+    }
+    serde_json::from_str(&r.body).with_context(|| format!("connections are not JSON: {}", r.body))
+}
+
+/// The IP of a connection's subflow as the admin API lists it: `side` is `"local"` or `"remote"`.
+pub fn subflow_ip(subflow: &serde_json::Value, side: &str) -> Option<IpAddr> {
+    subflow[side].as_str().and_then(|a| a.parse::<SocketAddr>().ok()).map(|a| a.ip())
 }
 
 fn dechunk(mut s: &str) -> anyhow::Result<String> {

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::daemons::{self, HCPE_ADMIN_PORT, HagSpec, HcpeSpec};
-use tests::emulator::{Direction, LinkConfig, Shape};
+use tests::emulator::{Direction, Shape};
 use tests::netns::ChildGuard;
-use tests::testbed::{Testbed, TestbedConfig, addr};
+use tests::testbed::{Testbed, addr};
 use tests::traffic::{Client, Server};
 
 fn admin_addr() -> SocketAddr {
@@ -44,7 +44,7 @@ impl Api<'_> {
         let t0 = Instant::now();
         let mut last = Value::Null;
         while t0.elapsed() < limit {
-            let list = self.json("GET", "/api/v1/connections", None);
+            let list = daemons::connections(&self.tb.cpe, HCPE_ADMIN_PORT, &self.token).unwrap();
             if let Some(c) = list.as_array().unwrap().iter().find(|c| c["destination"] == dst.to_string()) {
                 if pred(c) {
                     return c.clone();
@@ -58,20 +58,12 @@ impl Api<'_> {
 }
 
 fn subflow_of(c: &Value, local: IpAddr) -> Option<&Value> {
-    c["subflows"].as_array()?.iter().find(|s| {
-        s["local"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()).is_some_and(|a| a.ip() == local)
-    })
+    c["subflows"].as_array()?.iter().find(|s| daemons::subflow_ip(s, "local") == Some(local))
 }
 
 #[test]
 fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
-    let tb = Testbed::new(TestbedConfig {
-        dsl: LinkConfig::symmetric(Shape::mbit(40.0).delay_ms(5.0)),
-        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(10.0)) },
-        ..TestbedConfig::default()
-    })
-    .unwrap();
-    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
+    let tb = daemons::managed_testbed(Shape::mbit(40.0).delay_ms(5.0), Shape::mbit(20.0).delay_ms(10.0)).unwrap();
     let dir = daemons::config_dir("hcpe-admin").unwrap();
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = daemons::start_hag(&tb, dir.path(), &HagSpec { v6: false, ..HagSpec::default() }).unwrap();

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tests::daemons::{self, HagSpec, HcpeSpec};
-use tests::emulator::{LinkConfig, Shape};
-use tests::testbed::{Testbed, TestbedConfig, addr};
+use tests::emulator::Shape;
+use tests::testbed::addr;
 use tests::traffic::{Client, Server};
 
 const BUCKET: Duration = Duration::from_millis(100);
@@ -73,13 +73,7 @@ fn show(r: &[f64], from: usize, to: usize) -> String {
 #[test]
 #[ignore = "bench: prints goodput ratios around a DSL cut and restore; run with --ignored --nocapture"]
 fn goodput_around_a_dsl_cut_and_restore() {
-    let tb = Testbed::new(TestbedConfig {
-        dsl: LinkConfig::symmetric(Shape::mbit(50.0).delay_ms(20.0)),
-        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(30.0).delay_ms(45.0)) },
-        ..TestbedConfig::default()
-    })
-    .unwrap();
-    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
+    let tb = daemons::managed_testbed(Shape::mbit(50.0).delay_ms(20.0), Shape::mbit(30.0).delay_ms(45.0)).unwrap();
     let dir = daemons::config_dir("uplink-bench").unwrap();
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = daemons::start_hag(&tb, dir.path(), &HagSpec { v6: false, ..HagSpec::default() }).unwrap();

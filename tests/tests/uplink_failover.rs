@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tests::daemons::{self, HagSpec, HcpeSpec, verdicts};
-use tests::emulator::{Direction, LinkConfig, Shape};
+use tests::emulator::{Direction, Shape};
 use tests::netns::ChildGuard;
-use tests::testbed::{Testbed, TestbedConfig, addr};
+use tests::testbed::{Testbed, addr};
 use tests::traffic::{Client, Server};
 
 type TempDir = tempfile::TempDir;
@@ -28,18 +28,20 @@ fn start_hag(tb: &Testbed, dir: &TempDir) -> ChildGuard {
     daemons::start_hag(tb, dir.path(), &HagSpec { v6: false, admin: true, ..HagSpec::default() }).unwrap()
 }
 
-/// Whether hag's admin API lists a subflow from `cpe_ip` on its connection to `dst`.
+/// Whether hag's admin API lists an established subflow from `cpe_ip` on its connection to `dst`.
 fn hag_has_subflow_from(tb: &Testbed, dir: &TempDir, dst: SocketAddr, cpe_ip: std::net::IpAddr) -> bool {
-    let api = SocketAddr::from(([127, 0, 0, 1], daemons::HAG_ADMIN_PORT));
     let token = daemons::admin_token(dir.path()).unwrap();
-    let r = daemons::http(&tb.hag, api, "GET", "/api/v1/connections", Some(&token), None).unwrap();
-    let conns: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let conns = daemons::connections(&tb.hag, daemons::HAG_ADMIN_PORT, &token).unwrap();
     conns.as_array().unwrap().iter().filter(|c| c["destination"] == dst.to_string()).any(|c| {
         c["subflows"].as_array().unwrap().iter().any(|f| {
-            f["tcp_state"] == 1
-                && f["remote"].as_str().and_then(|a| a.parse::<SocketAddr>().ok()).is_some_and(|a| a.ip() == cpe_ip)
+            f["tcp_state"] == 1 && daemons::subflow_ip(f, "remote") == Some(cpe_ip)
         })
     })
+}
+
+/// DSL 40 Mbit/s 5 ms, LTE 20 Mbit/s 10 ms.
+fn testbed() -> Testbed {
+    daemons::managed_testbed(Shape::mbit(40.0).delay_ms(5.0), Shape::mbit(20.0).delay_ms(10.0)).unwrap()
 }
 
 /// hcpe with the uplink manager in charge (roles, gateways, probes every 200 ms), IPv4 only.
@@ -55,13 +57,7 @@ fn wait_up(hcpe: &mut ChildGuard, n: usize) {
 
 #[test]
 fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
-    let tb = Testbed::new(TestbedConfig {
-        dsl: LinkConfig::symmetric(Shape::mbit(40.0).delay_ms(5.0)),
-        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(10.0)) },
-        ..TestbedConfig::default()
-    })
-    .unwrap();
-    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
+    let tb = testbed();
     let dir = config_dir("cut");
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = start_hag(&tb, &dir);
@@ -182,13 +178,7 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
 /// has an LTE subflow (as hag lists it) within 1 s of a DSL cut.
 #[test]
 fn standby_lte_is_unused_until_dsl_dies() {
-    let tb = Testbed::new(TestbedConfig {
-        dsl: LinkConfig::symmetric(Shape::mbit(40.0).delay_ms(5.0)),
-        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(10.0)) },
-        ..TestbedConfig::default()
-    })
-    .unwrap();
-    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
+    let tb = testbed();
     let dir = config_dir("standby");
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = start_hag(&tb, &dir);
@@ -252,13 +242,7 @@ fn standby_lte_is_unused_until_dsl_dies() {
 /// download after a DSL cut, and traffic returns to DSL once it is back.
 #[test]
 fn backup_lte_carries_only_while_dsl_is_down() {
-    let tb = Testbed::new(TestbedConfig {
-        dsl: LinkConfig::symmetric(Shape::mbit(40.0).delay_ms(5.0)),
-        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(10.0)) },
-        ..TestbedConfig::default()
-    })
-    .unwrap();
-    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
+    let tb = testbed();
     let dir = config_dir("backup");
     let server = Server::start(&tb.inet, 0).unwrap();
     let _hag = start_hag(&tb, &dir);

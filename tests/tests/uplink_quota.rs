@@ -14,9 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tests::daemons::{self, HagSpec, HcpeSpec};
-use tests::emulator::{Direction, LinkConfig, Shape};
+use tests::emulator::{Direction, Shape};
 use tests::netns::ChildGuard;
-use tests::testbed::{Testbed, TestbedConfig, addr};
+use tests::testbed::{Testbed, addr};
 use tests::traffic::{Client, Server};
 
 const QUOTA: u64 = 6 << 20;
@@ -74,13 +74,7 @@ fn stop(mut hcpe: ChildGuard) {
 
 #[test]
 fn crossing_the_lte_quota_switches_lte_to_backup_and_survives_a_restart() {
-    let tb = Testbed::new(TestbedConfig {
-        dsl: LinkConfig::symmetric(Shape::mbit(40.0).delay_ms(5.0)),
-        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(30.0).delay_ms(10.0)) },
-        ..TestbedConfig::default()
-    })
-    .unwrap();
-    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
+    let tb = daemons::managed_testbed(Shape::mbit(40.0).delay_ms(5.0), Shape::mbit(30.0).delay_ms(10.0)).unwrap();
     let dir = daemons::config_dir("uplink-quota").unwrap();
     let state = dir.path().join("state/volume.json");
     let server = Server::start(&tb.inet, 0).unwrap();

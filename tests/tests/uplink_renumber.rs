@@ -10,34 +10,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tests::daemons::{self, HAG_ADMIN_PORT, HagSpec, HcpeSpec};
-use tests::emulator::{Direction, LinkConfig, Shape};
-use tests::testbed::{Testbed, TestbedConfig, addr, ifname};
+use tests::emulator::{Direction, Shape};
+use tests::testbed::{Testbed, addr, ifname};
 use tests::traffic::{Client, Server};
 
-/// Remote addresses of every subflow hag's admin API lists.
+/// Remote addresses of every subflow hag's admin API lists (none while the API does not answer).
 fn hag_subflow_peers(tb: &Testbed, token: &str) -> Vec<IpAddr> {
-    let api = SocketAddr::from(([127, 0, 0, 1], HAG_ADMIN_PORT));
-    let Ok(resp) = daemons::http(&tb.hag, api, "GET", "/api/v1/connections", Some(token), None) else {
+    let Ok(json) = daemons::connections(&tb.hag, HAG_ADMIN_PORT, token) else {
         return Vec::new();
     };
-    let json: serde_json::Value = serde_json::from_str(&resp.body).unwrap_or_default();
     json.as_array()
         .into_iter()
         .flatten()
         .flat_map(|c| c["subflows"].as_array().cloned().unwrap_or_default())
-        .filter_map(|s| s["remote"].as_str().and_then(|r| r.parse::<SocketAddr>().ok()).map(|r| r.ip()))
+        .filter_map(|s| daemons::subflow_ip(&s, "remote"))
         .collect()
 }
 
 #[test]
 fn lte_renumbered_mid_download_gets_a_subflow_from_the_new_address_without_restart() {
-    let tb = Testbed::new(TestbedConfig {
-        dsl: LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(5.0)),
-        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(10.0)) },
-        ..TestbedConfig::default()
-    })
-    .unwrap();
-    tb.hag.ip(&["mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"]).unwrap();
+    let tb = daemons::managed_testbed(Shape::mbit(20.0).delay_ms(5.0), Shape::mbit(20.0).delay_ms(10.0)).unwrap();
     let dir = daemons::config_dir("uplink-renumber").unwrap();
     let token = daemons::admin_token(dir.path()).unwrap();
     let server = Server::start(&tb.inet, 0).unwrap();
