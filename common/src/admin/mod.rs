@@ -24,9 +24,12 @@
 //!   crosses the network in clear text.
 
 pub mod auth;
+pub mod conn_id;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod subflow;
+pub mod table;
 
 use std::future::Future;
 use std::io;
@@ -46,8 +49,11 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 pub use auth::{Auth, AuthGate, BearerToken};
+pub use conn_id::{ConnId, HasConnId};
 pub use error::{ApiError, ApiJson, ApiPath};
 pub use metrics::{MetricType, Metrics, MetricsWriter};
+pub use subflow::SubflowView;
+pub use table::Table;
 
 use crate::config::{self as cfg, ConfigError};
 
@@ -188,6 +194,31 @@ impl<const DEFAULT_PORT: u16> AdminConfig<DEFAULT_PORT> {
     pub fn load_token(&self, field: &str) -> Result<BearerToken, ConfigError> {
         BearerToken::from_file(field, &self.token_file)
     }
+
+    /// The whole check of a parsed section at field path `section` of the config file at `config_path`:
+    /// [`validate`](Self::validate), [`resolve_paths`](Self::resolve_paths), then the token file read.
+    pub fn load(
+        mut self,
+        section: &str,
+        config_path: &Path,
+    ) -> Result<AdminSection<DEFAULT_PORT>, ConfigError> {
+        self.validate(section)?;
+        self.resolve_paths(config_path);
+        let token = self.load_token(&format!("{section}.token_file"))?;
+        Ok(AdminSection {
+            config: self,
+            token,
+        })
+    }
+}
+
+/// A validated `admin:` section with its token loaded (so `--check-config` proves the token file is usable).
+#[derive(Debug, Clone)]
+pub struct AdminSection<const DEFAULT_PORT: u16> {
+    /// The section, `token_file` resolved against the config file's directory.
+    pub config: AdminConfig<DEFAULT_PORT>,
+    /// The bearer token (`Debug` redacts it).
+    pub token: BearerToken,
 }
 
 /// Who is running and since when, for `/api/v1/status` and `/metrics`.
