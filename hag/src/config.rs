@@ -232,13 +232,7 @@ pub struct Config {
 }
 
 /// The validated `admin:` section with its token loaded (so `--check-config` proves the token file is usable).
-#[derive(Debug, Clone)]
-pub struct Admin {
-    /// The section, `token_file` resolved against the config file's directory.
-    pub config: AdminConfig,
-    /// The bearer token (`Debug` redacts it).
-    pub token: common::admin::BearerToken,
-}
+pub type Admin = common::admin::AdminSection<DEFAULT_ADMIN_PORT>;
 
 impl Config {
     /// Reads, parses and validates the config file at `path`; key files are read relative to its directory.
@@ -313,15 +307,10 @@ impl Config {
                 ));
             }
         }
-        let admin = match file.admin {
-            Some(mut a) => {
-                a.validate("admin")?;
-                a.resolve_paths(config_path);
-                let token = a.load_token("admin.token_file")?;
-                Some(Admin { config: a, token })
-            }
-            None => None,
-        };
+        let admin = file
+            .admin
+            .map(|a| a.load("admin", config_path))
+            .transpose()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log_level) {
             return Err(ConfigError::invalid(
                 "log_level",

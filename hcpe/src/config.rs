@@ -342,13 +342,7 @@ pub struct Config {
 }
 
 /// The validated `admin:` section with its token loaded (so `--check-config` proves the token file is usable).
-#[derive(Debug, Clone)]
-pub struct Admin {
-    /// The section, `token_file` resolved against the config file's directory.
-    pub config: AdminConfig,
-    /// The bearer token (`Debug` redacts it).
-    pub token: common::admin::BearerToken,
-}
+pub type Admin = common::admin::AdminSection<DEFAULT_ADMIN_PORT>;
 
 impl Config {
     /// Reads, parses and validates the file at `path`.
@@ -469,15 +463,7 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&f.log_level) {
             return Err(ConfigError::invalid("log_level", e));
         }
-        let admin = match f.admin {
-            Some(mut a) => {
-                a.validate("admin")?;
-                a.resolve_paths(config_path);
-                let token = a.load_token("admin.token_file")?;
-                Some(Admin { config: a, token })
-            }
-            None => None,
-        };
+        let admin = f.admin.map(|a| a.load("admin", config_path)).transpose()?;
         Ok(Config {
             lan_interfaces: f.lan_interfaces,
             tun: f.tun,
