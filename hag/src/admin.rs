@@ -3,10 +3,9 @@
 //! and its part of the OpenAPI document; `common::admin` adds auth, `/healthz`, `/metrics`, `/api/v1/status`,
 //! JSON errors and limits around them, and serves them ([`start`]).
 //!
-//! Connection ids (RFC 6897 CONNID): an MPTCP connection is named by its MPTCP token as 8 lowercase hex digits
-//! (`"1a2b3c4d"`, the form the log's `token` field uses; `0x` and upper case are accepted in paths). A
-//! connection without a token (plain TCP fallback, or not yet past accept) is named `tcp-<n>`, `n` being the
-//! hag's own sequence number of the connection.
+//! Connection ids (RFC 6897 CONNID) are `common::admin::ConnId`s: the MPTCP token of the CPE's connection, or
+//! `tcp-<n>` (the hag's sequence number) for one without a token (plain TCP fallback, or not yet past accept).
+//! Subflows are `common::admin::SubflowView`s from the client socket (`local` = the hag's address).
 //!
 //! Invariants:
 //! - Nothing here shows a secret: CPE keys and the admin token never reach a response (the status summary
@@ -27,8 +26,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use common::admin::{
-    self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, BearerToken, MetricType, Metrics,
-    MetricsWriter, ProcessInfo,
+    self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, BearerToken, HasConnId, MetricType,
+    Metrics, MetricsWriter, ProcessInfo, SubflowView,
 };
 use common::mptcp;
 use serde::Serialize;
@@ -65,72 +64,6 @@ impl ApiState {
     }
 }
 
-/// A connection id as written in a path (see the module doc).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnId {
-    /// MPTCP token.
-    Token(u32),
-    /// The hag's sequence number of a connection without a token.
-    Seq(u64),
-}
-
-impl ConnId {
-    /// Parses `1a2b3c4d`, `0x1A2B3C4D` or `tcp-7`.
-    pub fn parse(s: &str) -> Option<ConnId> {
-        if let Some(n) = s.strip_prefix("tcp-") {
-            return (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| n.parse().ok().map(ConnId::Seq))
-                .flatten();
-        }
-        let hex = s
-            .strip_prefix("0x")
-            .or_else(|| s.strip_prefix("0X"))
-            .unwrap_or(s);
-        if hex.is_empty() || hex.len() > 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        u32::from_str_radix(hex, 16).ok().map(ConnId::Token)
-    }
-
-    /// The id of `c` as the API shows it.
-    pub fn of(c: &Connection) -> ConnId {
-        match c.token.get() {
-            Some(Some(t)) => ConnId::Token(*t),
-            _ => ConnId::Seq(c.id),
-        }
-    }
-}
-
-impl std::fmt::Display for ConnId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnId::Token(t) => write!(f, "{t:08x}"),
-            ConnId::Seq(n) => write!(f, "tcp-{n}"),
-        }
-    }
-}
-
-/// One subflow of a connection, from `MPTCP_FULL_INFO` on the client socket.
-#[derive(Debug, Clone, Serialize)]
-pub struct SubflowView {
-    /// Kernel subflow id (1 = initial subflow).
-    pub id: u32,
-    /// The hag's address of the subflow.
-    pub local: Option<SocketAddr>,
-    /// The CPE's address of the subflow (which uplink).
-    pub remote: Option<SocketAddr>,
-    /// Bytes the CPE acknowledged on this subflow (hag -> CPE).
-    pub bytes_sent: u64,
-    /// Bytes received on this subflow (CPE -> hag).
-    pub bytes_received: u64,
-    /// Smoothed RTT in microseconds.
-    pub rtt_us: u64,
-    /// Kernel TCP state (1 = established).
-    pub tcp_state: u8,
-    /// Backup flag; `null`: the kernel does not report it through `MPTCP_FULL_INFO`.
-    pub backup: Option<bool>,
-}
-
 /// One open connection as `GET /api/v1/connections` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionView {
@@ -161,28 +94,12 @@ pub struct ConnectionView {
 impl ConnectionView {
     /// Reads `c`'s fields, live counters and subflows.
     pub fn of(c: &Connection) -> Self {
-        let subflows = c
+        let full = c
             .client
             .upgrade()
-            .and_then(|s| mptcp::full_info(&*s).ok().flatten())
-            .map(|fi| {
-                fi.subflows
-                    .into_iter()
-                    .map(|s| SubflowView {
-                        id: s.id,
-                        local: s.local,
-                        remote: s.remote,
-                        bytes_sent: s.bytes_sent,
-                        bytes_received: s.bytes_received,
-                        rtt_us: s.rtt.as_micros() as u64,
-                        tcp_state: s.tcp_state,
-                        backup: s.backup,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+            .and_then(|s| mptcp::full_info(&*s).ok().flatten());
         ConnectionView {
-            id: ConnId::of(c).to_string(),
+            id: c.conn_id().to_string(),
             token: c.token.get().copied().flatten(),
             cpe: c.cpe.get().cloned(),
             peer: c.peer,
@@ -192,7 +109,7 @@ impl ConnectionView {
             age_seconds: c.accepted.elapsed().as_secs_f64(),
             bytes_up: c.counters.a_to_b.load(Relaxed),
             bytes_down: c.counters.b_to_a.load(Relaxed),
-            subflows,
+            subflows: SubflowView::from_full_info(full.as_ref()),
         }
     }
 }
@@ -251,23 +168,6 @@ fn clients_view(state: &ApiState) -> Vec<ClientView> {
     out.into_values().collect()
 }
 
-fn find(state: &ApiState, raw: &str) -> Result<Arc<Connection>, ApiError> {
-    let id = ConnId::parse(raw).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "connection id {raw:?} is neither an MPTCP token (8 hex digits) nor tcp-<number>"
-        ))
-    })?;
-    let found = match id {
-        ConnId::Seq(n) => state.connections.get(n).filter(|c| ConnId::of(c) == id),
-        ConnId::Token(_) => state
-            .connections
-            .snapshot()
-            .into_iter()
-            .find(|c| ConnId::of(c) == id),
-    };
-    found.ok_or_else(|| ApiError::not_found(format!("no connection {id}")))
-}
-
 async fn list_connections(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<ConnectionView>> {
     ApiJson(
         s.connections
@@ -282,7 +182,7 @@ async fn get_connection(
     State(s): State<Arc<ApiState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<ConnectionView>, ApiError> {
-    let c = find(&s, &id)?;
+    let c = s.connections.by_path(&id)?;
     Ok(ApiJson(ConnectionView::of(&c)))
 }
 
@@ -290,11 +190,11 @@ async fn delete_connection(
     State(s): State<Arc<ApiState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let c = find(&s, &id)?;
+    let c = s.connections.by_path(&id)?;
     if !c.close.is_cancelled() {
         c.close.cancel();
         s.stats.closed_by_admin.fetch_add(1, Relaxed);
-        info!(id = %ConnId::of(&c), peer = %c.peer, "connection closed through the admin API");
+        info!(id = %c.conn_id(), peer = %c.peer, "connection closed through the admin API");
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -702,39 +602,4 @@ pub fn start(
         addrs,
         task: tokio::spawn(admin::serve(listeners, router, shutdown)),
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_ids_parse_and_print() {
-        assert_eq!(ConnId::parse("1a2b3c4d"), Some(ConnId::Token(0x1a2b_3c4d)));
-        assert_eq!(
-            ConnId::parse("0x1A2B3C4D"),
-            Some(ConnId::Token(0x1a2b_3c4d))
-        );
-        assert_eq!(ConnId::parse("ff"), Some(ConnId::Token(0xff)));
-        assert_eq!(ConnId::parse("tcp-17"), Some(ConnId::Seq(17)));
-        for bad in [
-            "",
-            "0x",
-            "123456789",
-            "xyz",
-            "tcp-",
-            "tcp--1",
-            "tcp-1a",
-            "-1",
-            "1a2b 3c",
-        ] {
-            assert_eq!(ConnId::parse(bad), None, "{bad:?}");
-        }
-        assert_eq!(ConnId::Token(0xff).to_string(), "000000ff");
-        assert_eq!(
-            ConnId::parse(&ConnId::Token(7).to_string()),
-            Some(ConnId::Token(7))
-        );
-        assert_eq!(ConnId::Seq(3).to_string(), "tcp-3");
-    }
 }

@@ -4,15 +4,16 @@
 //! see `common::stream`).
 //!
 //! Invariants: an entry exists exactly while its connection task runs (the [`Entry`] guard removes it on
-//! drop); fields learned later (CPE id, destination, token) are set at most once. Cancelling
+//! drop); [`Connection::id`] is the table's sequence number; fields learned later (CPE id, destination, token) are set at most once. Cancelling
 //! [`Connection::close`] ends the connection's task (the server selects on it), which drops both sockets.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::ops::Deref;
+use std::sync::{OnceLock, Weak};
 use std::time::{Instant, SystemTime};
 
+use common::admin::table::{self, Table};
+use common::admin::{ConnId, HasConnId};
 use common::relay::RelayCounters;
 use tokio_util::sync::CancellationToken;
 
@@ -42,18 +43,17 @@ pub struct Connection {
     pub close: CancellationToken,
 }
 
-/// All open connections.
+/// All open connections (the table logic is `common::admin::table`; this adds how a hag connection starts).
 #[derive(Debug, Default)]
-pub struct Connections {
-    next_id: AtomicU64,
-    open: Mutex<HashMap<u64, Arc<Connection>>>,
-}
+pub struct Connections(Table<Connection>);
+
+/// Keeps a connection listed; removes it on drop.
+pub type Entry = table::Entry<Connection>;
 
 impl Connections {
     /// Registers a connection; it stays listed until the returned guard is dropped.
-    pub fn insert(self: &Arc<Self>, peer: SocketAddr, client: Weak<tokio::net::TcpStream>) -> Entry {
-        let id = self.next_id.fetch_add(1, Relaxed);
-        let conn = Arc::new(Connection {
+    pub fn insert(&self, peer: SocketAddr, client: Weak<tokio::net::TcpStream>) -> Entry {
+        self.0.insert(|id| Connection {
             id,
             peer,
             accepted_at: SystemTime::now(),
@@ -64,81 +64,28 @@ impl Connections {
             counters: RelayCounters::default(),
             client,
             close: CancellationToken::new(),
-        });
-        self.open
-            .lock()
-            .expect("connection table poisoned")
-            .insert(id, conn.clone());
-        Entry {
-            table: self.clone(),
-            conn,
-        }
-    }
-
-    /// The connections open now, oldest first.
-    pub fn snapshot(&self) -> Vec<Arc<Connection>> {
-        let mut v: Vec<_> = self
-            .open
-            .lock()
-            .expect("connection table poisoned")
-            .values()
-            .cloned()
-            .collect();
-        v.sort_by_key(|c| c.id);
-        v
-    }
-
-    /// The open connection with this `id`, if any.
-    pub fn get(&self, id: u64) -> Option<Arc<Connection>> {
-        self.open
-            .lock()
-            .expect("connection table poisoned")
-            .get(&id)
-            .cloned()
-    }
-
-    /// Number of open connections.
-    pub fn len(&self) -> usize {
-        self.open.lock().expect("connection table poisoned").len()
-    }
-
-    /// True when no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        })
     }
 }
 
-/// Keeps a connection listed; removes it on drop.
-#[derive(Debug)]
-pub struct Entry {
-    table: Arc<Connections>,
-    conn: Arc<Connection>,
-}
+impl Deref for Connections {
+    type Target = Table<Connection>;
 
-impl Entry {
-    /// The listed connection.
-    pub fn conn(&self) -> &Connection {
-        &self.conn
-    }
-
-    /// A handle on the listed connection that outlives the guard.
-    pub fn handle(&self) -> Arc<Connection> {
-        self.conn.clone()
+    fn deref(&self) -> &Table<Connection> {
+        &self.0
     }
 }
 
-impl Drop for Entry {
-    fn drop(&mut self) {
-        self.table
-            .open
-            .lock()
-            .expect("connection table poisoned")
-            .remove(&self.conn.id);
+impl HasConnId for Connection {
+    fn conn_id(&self) -> ConnId {
+        ConnId::new(self.token.get(), self.id)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -154,6 +101,9 @@ mod tests {
         drop(a);
         assert_eq!(t.len(), 1);
         assert_eq!(t.snapshot()[0].id, b.conn().id);
+        assert_eq!(b.conn().conn_id(), ConnId::Seq(b.conn().id), "no token yet");
+        b.conn().token.set(Some(0xab)).unwrap();
+        assert_eq!(b.conn().conn_id(), ConnId::Token(0xab));
         drop(b);
         assert!(t.is_empty());
     }
