@@ -13,13 +13,15 @@
 //!   drop); its byte counters are live, and are added to [`ConnCounters`] once when it ends, however it ends;
 //!   cancelling [`Connection::close`] (admin `DELETE`) ends the task, which drops both sockets.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::admin::table::{self, Table};
+use common::admin::{ConnId, HasConnId};
 use common::convert::{self, Decoded};
 use common::mptcp::{ConnectOptions, connect_with_data};
 use common::relay::RelayCounters;
@@ -131,18 +133,17 @@ impl Connection {
     }
 }
 
-/// All open connections.
+/// All open connections (the table logic is `common::admin::table`; this adds how an hcpe connection starts).
 #[derive(Debug, Default)]
-pub struct Connections {
-    next_seq: AtomicU64,
-    open: Mutex<HashMap<u64, Arc<Connection>>>,
-}
+pub struct Connections(Table<Connection>);
+
+/// Keeps a connection listed; removes it on drop.
+pub type Entry = table::Entry<Connection>;
 
 impl Connections {
     /// Registers a connection; it stays listed until the returned guard is dropped.
-    pub fn insert(self: &Arc<Self>, client: SocketAddr, destination: SocketAddr) -> Entry {
-        let seq = self.next_seq.fetch_add(1, Relaxed);
-        let conn = Arc::new(Connection {
+    pub fn insert(&self, client: SocketAddr, destination: SocketAddr) -> Entry {
+        self.0.insert(|seq| Connection {
             seq,
             client,
             destination,
@@ -154,60 +155,21 @@ impl Connections {
             counters: RelayCounters::default(),
             hag: OnceLock::new(),
             close: CancellationToken::new(),
-        });
-        self.lock().insert(seq, conn.clone());
-        Entry { table: self.clone(), conn }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Connection>>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The connections open now, oldest first.
-    pub fn snapshot(&self) -> Vec<Arc<Connection>> {
-        let mut v: Vec<_> = self.lock().values().cloned().collect();
-        v.sort_by_key(|c| c.seq);
-        v
-    }
-
-    /// The open connection with this sequence number.
-    pub fn get(&self, seq: u64) -> Option<Arc<Connection>> {
-        self.lock().get(&seq).cloned()
-    }
-
-    /// The open connection whose hag connection has this MPTCP token.
-    pub fn by_token(&self, token: u32) -> Option<Arc<Connection>> {
-        self.lock().values().find(|c| c.token.get() == Some(&Some(token))).cloned()
-    }
-
-    /// Number of open connections.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        })
     }
 }
 
-/// Keeps a connection listed; removes it on drop.
-#[derive(Debug)]
-pub struct Entry {
-    table: Arc<Connections>,
-    conn: Arc<Connection>,
-}
+impl Deref for Connections {
+    type Target = Table<Connection>;
 
-impl Entry {
-    /// The listed connection.
-    pub fn conn(&self) -> &Arc<Connection> {
-        &self.conn
+    fn deref(&self) -> &Table<Connection> {
+        &self.0
     }
 }
 
-impl Drop for Entry {
-    fn drop(&mut self) {
-        self.table.lock().remove(&self.conn.seq);
+impl HasConnId for Connection {
+    fn conn_id(&self) -> ConnId {
+        ConnId::new(self.token.get(), self.seq)
     }
 }
 
@@ -495,13 +457,14 @@ mod tests {
         b.conn().token.set(None).unwrap();
         assert!(b.conn().fallback(), "plain TCP to hag");
         assert!(!a.conn().fallback());
-        assert_eq!(t.by_token(7).map(|c| c.seq), Some(a.conn().seq));
-        assert!(t.by_token(8).is_none());
+        assert_eq!(t.by_conn_id(ConnId::Token(7)).map(|c| c.seq), Some(a.conn().seq));
+        assert!(t.by_conn_id(ConnId::Token(8)).is_none());
+        assert_eq!(b.conn().conn_id(), ConnId::Seq(b.conn().seq), "plain TCP: named by its number");
         let seqs: Vec<u64> = t.snapshot().iter().map(|c| c.seq).collect();
         assert_eq!(seqs, [a.conn().seq, b.conn().seq]);
         drop(a);
         assert_eq!(t.len(), 1);
-        assert!(t.by_token(7).is_none(), "gone with its guard");
+        assert!(t.by_conn_id(ConnId::Token(7)).is_none(), "gone with its guard");
         drop(b);
         assert!(t.is_empty());
     }

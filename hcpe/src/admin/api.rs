@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use common::admin::{ApiError, ApiJson, ApiPath};
+use common::admin::{ApiError, ApiJson, ApiPath, HasConnId};
 use common::mptcp;
 use common::pm::EndpointFlags;
 use common::probe::HealthState;
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use super::reload::ReloadOutcome;
-use super::{ApiState, ConnId, subflows};
+use super::{ApiState, subflows};
 use crate::conn::Connection;
 use crate::uplink::volume::VolumeStatus;
 use crate::uplink::{Mode, ModeReason, Role, SetModeError, UplinkStatus};
@@ -200,25 +200,13 @@ pub(super) async fn patch_uplink(
     }
 }
 
-/// One subflow of a connection, from `MPTCP_FULL_INFO` on the hag socket plus `sock_diag` for the backup flag.
+/// One subflow of a connection: `MPTCP_FULL_INFO` on the hag socket (`local` = hcpe's address, which uplink),
+/// plus `sock_diag` for the backup flags.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubflowView {
-    /// Kernel subflow id (1 = initial subflow).
-    pub id: u32,
-    /// hcpe's address of the subflow (which uplink).
-    pub local: Option<SocketAddr>,
-    /// hag's address of the subflow.
-    pub remote: Option<SocketAddr>,
-    /// Bytes hag acknowledged on this subflow (hcpe -> hag).
-    pub bytes_sent: u64,
-    /// Bytes received on this subflow (hag -> hcpe).
-    pub bytes_received: u64,
-    /// Smoothed RTT in microseconds.
-    pub rtt_us: u64,
-    /// Kernel TCP state (1 = established).
-    pub tcp_state: u8,
-    /// Backup subflow (either side asked); `null` when `sock_diag` could not tell.
-    pub backup: Option<bool>,
+    /// The fields both daemons show; `backup`: either side asked, `null` when `sock_diag` could not tell.
+    #[serde(flatten)]
+    pub subflow: common::admin::SubflowView,
     /// hcpe asked for backup (backup endpoint or MP_PRIO sent).
     pub backup_local: Option<bool>,
     /// hag marked it backup.
@@ -278,15 +266,10 @@ impl ConnectionView {
                     .into_iter()
                     .map(|s| {
                         let d = s.local.zip(s.remote).and_then(|k| diag.get(&k));
+                        let mut subflow = common::admin::SubflowView::of(&s);
+                        subflow.backup = d.map(|d| d.backup()).or(s.backup);
                         SubflowView {
-                            id: s.id,
-                            local: s.local,
-                            remote: s.remote,
-                            bytes_sent: s.bytes_sent,
-                            bytes_received: s.bytes_received,
-                            rtt_us: s.rtt.as_micros() as u64,
-                            tcp_state: s.tcp_state,
-                            backup: d.map(|d| d.backup()).or(s.backup),
+                            subflow,
                             backup_local: d.map(|d| d.backup_local()),
                             backup_remote: d.map(|d| d.backup_remote()),
                         }
@@ -295,7 +278,7 @@ impl ConnectionView {
             })
             .unwrap_or_default();
         ConnectionView {
-            id: ConnId::of(c).to_string(),
+            id: c.conn_id().to_string(),
             token: c.token.get().copied().flatten(),
             client: c.client,
             destination: c.destination,
@@ -333,18 +316,6 @@ pub async fn connection_views(state: &ApiState, conns: Vec<Arc<Connection>>) -> 
     .unwrap_or_default()
 }
 
-fn find_connection(state: &ApiState, raw: &str) -> Result<Arc<Connection>, ApiError> {
-    let id = ConnId::parse(raw).ok_or_else(|| {
-        ApiError::bad_request(format!("connection id {raw:?} is neither an MPTCP token (8 hex digits) nor tcp-<number>"))
-    })?;
-    let table = &state.conns.connections;
-    let found = match id {
-        ConnId::Seq(n) => table.get(n).filter(|c| ConnId::of(c) == id),
-        ConnId::Token(t) => table.by_token(t),
-    };
-    found.ok_or_else(|| ApiError::not_found(format!("no connection {id}")))
-}
-
 pub(super) async fn list_connections(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<ConnectionView>> {
     ApiJson(connection_views(&s, s.conns.connections.snapshot()).await)
 }
@@ -353,7 +324,7 @@ pub(super) async fn get_connection(
     State(s): State<Arc<ApiState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<ConnectionView>, ApiError> {
-    let c = find_connection(&s, &id)?;
+    let c = s.conns.connections.by_path(&id)?;
     let mut v = connection_views(&s, vec![c]).await;
     v.pop().map(ApiJson).ok_or_else(|| ApiError::internal("connection view task failed"))
 }
@@ -362,10 +333,10 @@ pub(super) async fn delete_connection(
     State(s): State<Arc<ApiState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let c = find_connection(&s, &id)?;
+    let c = s.conns.connections.by_path(&id)?;
     if !c.close.is_cancelled() {
         c.close.cancel();
-        info!(id = %ConnId::of(&c), client = %c.client, dest = %c.destination, "closing a connection through the admin API");
+        info!(id = %c.conn_id(), client = %c.client, dest = %c.destination, "closing a connection through the admin API");
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,9 +4,9 @@
 //! `/healthz`, `/metrics`, `/api/v1/status`, JSON errors and limits around them, and [`start`] serves them.
 //! `GET /` is the status page ([`page`]), served without a token (it holds no data and asks for the token).
 //!
-//! Connection ids (RFC 6897 CONNID): a connection carried over MPTCP is named by the local MPTCP token of its
-//! connection to hag, 8 lowercase hex digits (`0x` and upper case accepted in paths); one without a token
-//! (carried directly, fell back to TCP, or still connecting) is `tcp-<n>`, `n` being hcpe's sequence number.
+//! Connection ids (RFC 6897 CONNID) are `common::admin::ConnId`s: the local MPTCP token of the connection to
+//! hag, or `tcp-<n>` (hcpe's sequence number) for one without a token (carried directly, fell back to TCP, or
+//! still connecting).
 //!
 //! Invariants:
 //! - Nothing here shows a secret: the CPE key, the admin token and their file names never reach a response.
@@ -67,48 +67,6 @@ impl ApiState {
     /// The config the daemon runs with.
     pub fn config(&self) -> &Config {
         &self.conns.config
-    }
-}
-
-/// A connection id as written in a path (see the module doc).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnId {
-    /// Local MPTCP token of the connection to hag.
-    Token(u32),
-    /// hcpe's sequence number of a connection without a token.
-    Seq(u64),
-}
-
-impl ConnId {
-    /// Parses `1a2b3c4d`, `0x1A2B3C4D` or `tcp-7`.
-    pub fn parse(s: &str) -> Option<ConnId> {
-        if let Some(n) = s.strip_prefix("tcp-") {
-            return (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| n.parse().ok().map(ConnId::Seq))
-                .flatten();
-        }
-        let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
-        if hex.is_empty() || hex.len() > 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        u32::from_str_radix(hex, 16).ok().map(ConnId::Token)
-    }
-
-    /// The id of `c` as the API shows it.
-    pub fn of(c: &conn::Connection) -> ConnId {
-        match c.token.get() {
-            Some(Some(t)) => ConnId::Token(*t),
-            _ => ConnId::Seq(c.seq),
-        }
-    }
-}
-
-impl std::fmt::Display for ConnId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnId::Token(t) => write!(f, "{t:08x}"),
-            ConnId::Seq(n) => write!(f, "tcp-{n}"),
-        }
     }
 }
 
@@ -374,21 +332,4 @@ pub fn openapi() -> Value {
                 } }
         } }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_ids_parse_and_print() {
-        assert_eq!(ConnId::parse("1a2b3c4d"), Some(ConnId::Token(0x1a2b_3c4d)));
-        assert_eq!(ConnId::parse("0x1A2B3C4D"), Some(ConnId::Token(0x1a2b_3c4d)));
-        assert_eq!(ConnId::parse("tcp-17"), Some(ConnId::Seq(17)));
-        for bad in ["", "0x", "123456789", "xyz", "tcp-", "tcp--1", "tcp-1a", "-1", "1a2b 3c"] {
-            assert_eq!(ConnId::parse(bad), None, "{bad:?}");
-        }
-        assert_eq!(ConnId::Token(0xff).to_string(), "000000ff");
-        assert_eq!(ConnId::Seq(3).to_string(), "tcp-3");
-    }
 }
