@@ -46,6 +46,7 @@ use common::mptcp::{self, ConnectOptions};
 use tests::emulator::{LinkConfig, Shape};
 use tests::testbed::{Testbed, TestbedConfig, addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const PORT: u16 = 7444;
 const REQUEST_LEN: usize = 120;
@@ -76,43 +77,82 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-/// Download server: read the request, wait out the TFO handshake, reply, stream for [`RUN`], close.
-fn serve(stop: Arc<AtomicBool>, written: Written) {
+/// An MPTCP listener (TFO queue 1024) on the service address and `port` in the current namespace; every
+/// accepted connection goes to its own task running `handle`, until `stop`.
+fn accept_until<F, Fut>(port: u16, stop: Arc<AtomicBool>, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     runtime().block_on(async move {
-        let l = mptcp::listen(SocketAddr::new(addr::HAG_SERVICE.v4.into(), PORT), 1024, Some(1024)).unwrap();
+        let l = mptcp::listen(SocketAddr::new(addr::HAG_SERVICE.v4.into(), port), 1024, Some(1024)).unwrap();
         while !stop.load(Ordering::Relaxed) {
-            let Ok(Ok((mut s, peer))) = tokio::time::timeout(Duration::from_millis(200), l.accept()).await else {
+            let Ok(Ok((s, peer))) = tokio::time::timeout(Duration::from_millis(200), l.accept()).await else {
                 continue;
             };
-            let written = written.clone();
-            tokio::spawn(async move {
-                let _ = s.set_nodelay(true);
-                let mut req = vec![0u8; REQUEST_LEN];
-                if s.read_exact(&mut req).await.is_err()
-                    || mptcp::await_tfo_handshake(&s, Duration::from_secs(3)).await.is_err()
-                    || s.write_all(b"RPLY").await.is_err()
-                {
-                    return;
+            tokio::spawn(handle(s, peer));
+        }
+    });
+}
+
+/// The server's side of the exchange, as hag's: read the request, wait out the TFO handshake, send the 4-byte
+/// reply header. False if any step failed.
+async fn answer_request(s: &mut TcpStream) -> bool {
+    let mut req = vec![0u8; REQUEST_LEN];
+    s.read_exact(&mut req).await.is_ok()
+        && mptcp::await_tfo_handshake(s, Duration::from_secs(3)).await.is_ok()
+        && s.write_all(b"RPLY").await.is_ok()
+}
+
+/// The client's side: connect from the CPE's DSL address to `port` (with the request in the SYN if `tfo`),
+/// send the rest of the request and read the reply header (5 s at most). Returns the stream and how many
+/// request bytes rode in the SYN.
+async fn request(port: u16, tfo: bool, nodelay: bool) -> std::io::Result<(TcpStream, usize)> {
+    let dst = SocketAddr::new(addr::HAG_SERVICE.v4.into(), port);
+    let opts = ConnectOptions {
+        bind: Some(SocketAddr::new(addr::CPE_DSL.v4.into(), 0)),
+        fastopen: tfo,
+        timeout: Duration::from_secs(5),
+        ..ConnectOptions::default()
+    };
+    let request = vec![0x5au8; REQUEST_LEN];
+    let (mut s, syn_data) = mptcp::connect_with_data(dst, &request, &opts).await?;
+    s.set_nodelay(nodelay)?;
+    if syn_data < request.len() {
+        s.write_all(&request[syn_data..]).await?;
+    }
+    let mut hdr = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut hdr)).await??;
+    Ok((s, syn_data))
+}
+
+/// Download server: read the request, wait out the TFO handshake, reply, stream for [`RUN`], close.
+fn serve(stop: Arc<AtomicBool>, written: Written) {
+    accept_until(PORT, stop, move |mut s, peer| {
+        let written = written.clone();
+        async move {
+            let _ = s.set_nodelay(true);
+            if !answer_request(&mut s).await {
+                return;
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let until = Instant::now() + RUN;
+            let mut off = 0u64;
+            while Instant::now() < until {
+                pattern(off, &mut chunk);
+                if s.write_all(&chunk).await.is_err() {
+                    break;
                 }
-                let mut chunk = vec![0u8; 64 * 1024];
-                let until = Instant::now() + RUN;
-                let mut off = 0u64;
-                while Instant::now() < until {
-                    pattern(off, &mut chunk);
-                    if s.write_all(&chunk).await.is_err() {
-                        break;
-                    }
-                    off += chunk.len() as u64;
+                off += chunk.len() as u64;
+            }
+            written.lock().unwrap().insert(peer.port(), off);
+            let _ = s.shutdown().await;
+            let mut sink = [0u8; 1024];
+            while let Ok(n) = s.read(&mut sink).await {
+                if n == 0 {
+                    break;
                 }
-                written.lock().unwrap().insert(peer.port(), off);
-                let _ = s.shutdown().await;
-                let mut sink = [0u8; 1024];
-                while let Ok(n) = s.read(&mut sink).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            });
+            }
         }
     });
 }
@@ -173,22 +213,8 @@ fn ss_both(port: u16, hag_ns: &str) -> String {
 
 /// One download from the CPE's DSL address, with or without TFO.
 async fn one(tfo: bool, hag_ns: String) -> std::io::Result<Conn> {
-    let dst = SocketAddr::new(addr::HAG_SERVICE.v4.into(), PORT);
-    let opts = ConnectOptions {
-        bind: Some(SocketAddr::new(addr::CPE_DSL.v4.into(), 0)),
-        fastopen: tfo,
-        timeout: Duration::from_secs(5),
-        ..ConnectOptions::default()
-    };
-    let request = vec![0x5au8; REQUEST_LEN];
     let t0 = Instant::now();
-    let (mut s, syn_data) = mptcp::connect_with_data(dst, &request, &opts).await?;
-    s.set_nodelay(true)?;
-    if syn_data < request.len() {
-        s.write_all(&request[syn_data..]).await?;
-    }
-    let mut hdr = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut hdr)).await??;
+    let (mut s, syn_data) = request(PORT, tfo, true).await?;
     let first_byte = t0.elapsed();
     let port = s.local_addr()?.port();
     let t1 = Instant::now();
@@ -376,44 +402,19 @@ fn tfo_connections_start_with_both_subflows() {
 /// Server for [`tfo_accepted_mptcp_socket_honours_the_client_window`]: reply, then write until the socket
 /// blocks for 300 ms, then keep the connection open for a while.
 fn serve_into_full_window(stop: Arc<AtomicBool>) {
-    runtime().block_on(async move {
-        let l = mptcp::listen(SocketAddr::new(addr::HAG_SERVICE.v4.into(), PORT + 1), 1024, Some(1024)).unwrap();
-        while !stop.load(Ordering::Relaxed) {
-            let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_millis(200), l.accept()).await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut req = vec![0u8; REQUEST_LEN];
-                if s.read_exact(&mut req).await.is_err()
-                    || mptcp::await_tfo_handshake(&s, Duration::from_secs(3)).await.is_err()
-                    || s.write_all(b"RPLY").await.is_err()
-                {
-                    return;
-                }
-                let chunk = vec![0u8; 64 * 1024];
-                while let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(300), s.write_all(&chunk)).await {}
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            });
+    accept_until(PORT + 1, stop, |mut s, _| async move {
+        if !answer_request(&mut s).await {
+            return;
         }
+        let chunk = vec![0u8; 64 * 1024];
+        while let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(300), s.write_all(&chunk)).await {}
+        tokio::time::sleep(Duration::from_secs(2)).await;
     });
 }
 
 /// Client for it: read the reply header, then nothing for 0.8 s (the receive window closes).
 async fn do_not_read(tfo: bool) {
-    let dst = SocketAddr::new(addr::HAG_SERVICE.v4.into(), PORT + 1);
-    let opts = ConnectOptions {
-        bind: Some(SocketAddr::new(addr::CPE_DSL.v4.into(), 0)),
-        fastopen: tfo,
-        timeout: Duration::from_secs(5),
-        ..ConnectOptions::default()
-    };
-    let request = vec![0x5au8; REQUEST_LEN];
-    let (mut s, sent) = mptcp::connect_with_data(dst, &request, &opts).await.unwrap();
-    if sent < request.len() {
-        s.write_all(&request[sent..]).await.unwrap();
-    }
-    let mut hdr = [0u8; 4];
-    s.read_exact(&mut hdr).await.unwrap();
+    let _s = request(PORT + 1, tfo, false).await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
 }
 
@@ -457,52 +458,27 @@ fn tfo_accepted_mptcp_socket_honours_the_client_window() {
 
 /// Reply server for [`time_to_first_byte_with_and_without_tfo`]: request in, 4-byte reply out, wait for EOF.
 fn serve_replies(stop: Arc<AtomicBool>) {
-    runtime().block_on(async move {
-        let l = mptcp::listen(SocketAddr::new(addr::HAG_SERVICE.v4.into(), PORT + 2), 1024, Some(1024)).unwrap();
-        while !stop.load(Ordering::Relaxed) {
-            let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_millis(200), l.accept()).await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = s.set_nodelay(true);
-                let mut req = vec![0u8; REQUEST_LEN];
-                if s.read_exact(&mut req).await.is_err()
-                    || mptcp::await_tfo_handshake(&s, Duration::from_secs(3)).await.is_err()
-                    || s.write_all(b"RPLY").await.is_err()
-                {
-                    return;
-                }
-                let mut sink = [0u8; 64];
-                while let Ok(n) = s.read(&mut sink).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            });
+    accept_until(PORT + 2, stop, |mut s, _| async move {
+        let _ = s.set_nodelay(true);
+        if !answer_request(&mut s).await {
+            return;
+        }
+        let mut sink = [0u8; 64];
+        while let Ok(n) = s.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
         }
     });
 }
 
 /// Connect start to reply header, `n` connections per mode (interleaved), no link delay.
 async fn ttfb(n: usize) -> (Vec<Duration>, Vec<Duration>) {
-    let dst = SocketAddr::new(addr::HAG_SERVICE.v4.into(), PORT + 2);
-    let request = vec![0x5au8; REQUEST_LEN];
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for _ in 0..n {
         for tfo in [true, false] {
-            let opts = ConnectOptions {
-                bind: Some(SocketAddr::new(addr::CPE_DSL.v4.into(), 0)),
-                fastopen: tfo,
-                timeout: Duration::from_secs(5),
-                ..ConnectOptions::default()
-            };
             let t0 = Instant::now();
-            let (mut s, sent) = mptcp::connect_with_data(dst, &request, &opts).await.unwrap();
-            if sent < request.len() {
-                s.write_all(&request[sent..]).await.unwrap();
-            }
-            let mut hdr = [0u8; 4];
-            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut hdr)).await.unwrap().unwrap();
+            let _s = request(PORT + 2, tfo, false).await.unwrap();
             if tfo { &mut with } else { &mut without }.push(t0.elapsed());
         }
     }
