@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
+use common::admin::testing::{self, json_of as json};
 use common::admin::{BearerToken, metrics, openapi};
 use common::convert::{self, Decoded, Message, auth};
 use common::mptcp;
@@ -22,7 +22,6 @@ use hag::{Config, Hag};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower::ServiceExt as _;
 
 const KEY: &[u8] = b"test key for the hag admin tests.";
 const KEY_HEX_FRAGMENT: &str = "74657374"; // "test" in hex, as a key dump would show it
@@ -117,25 +116,7 @@ async fn call(
     uri: &str,
     auth: Option<&str>,
 ) -> (StatusCode, Vec<u8>) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(t) = auth {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let res = router
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (status, body.to_vec())
-}
-
-fn json(body: &[u8]) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+    testing::call(router, method, uri, auth, None).await
 }
 
 #[tokio::test]

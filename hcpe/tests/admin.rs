@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
+use common::admin::testing::{call, json_of};
 use common::admin::{BearerToken, metrics, openapi};
 use common::convert::ErrorCode;
 use hcpe::admin::{self, ApiState, LogLevelSetter, Reloader};
@@ -19,7 +19,6 @@ use hcpe::config::Config;
 use hcpe::conn::{ConnCounters, Connections, Entry, Shared};
 use hcpe::uplink::UplinkManager;
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
 const KEY_HEX: &str = "00112233445566778899aabbccddeeff";
 const TOKEN: &str = "hcpe-admin-token-for-tests-0123456789";
@@ -94,24 +93,6 @@ async fn fixture() -> Fixture {
     let state = Arc::new(ApiState::new(shared, Some(manager.control()), None, reload));
     let router = admin::router(state.clone(), BearerToken::new(TOKEN).unwrap());
     Fixture { dir, router, state, log_levels, _entries: vec![a, b], _manager: manager }
-}
-
-async fn call(router: &Router, method: Method, uri: &str, auth: Option<&str>, body: Option<&str>) -> (StatusCode, Vec<u8>) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(t) = auth {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    if body.is_some() {
-        req = req.header(header::CONTENT_TYPE, "application/json");
-    }
-    let req = req.body(body.map(|b| Body::from(b.to_owned())).unwrap_or_else(Body::empty)).unwrap();
-    let res = router.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    (status, axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap().to_vec())
-}
-
-fn json_of(body: &[u8]) -> Value {
-    serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
 }
 
 #[tokio::test]

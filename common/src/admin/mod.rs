@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod subflow;
 pub mod table;
+pub mod testing;
 
 use std::future::Future;
 use std::io;
