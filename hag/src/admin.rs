@@ -27,7 +27,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use common::admin::{
     self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, BearerToken, HasConnId, MetricType,
-    Metrics, MetricsWriter, ProcessInfo, SubflowView,
+    Metrics, MetricsWriter, ProcessInfo, SubflowView, conn_id,
 };
 use common::mptcp;
 use serde::Serialize;
@@ -461,11 +461,6 @@ pub fn status_detail(config: &Config, listening: &[SocketAddr]) -> Value {
 
 /// The hag's part of the OpenAPI document (merged by [`AdminApp::openapi`]).
 pub fn openapi() -> Value {
-    let id_param = json!({
-        "name": "id", "in": "path", "required": true,
-        "description": "MPTCP token as 8 hex digits (`0x` prefix accepted), or `tcp-<n>` for a connection without one.",
-        "schema": { "type": "string", "pattern": "^((0[xX])?[0-9a-fA-F]{1,8}|tcp-[0-9]+)$" }
-    });
     let r = |name: &str| json!({ "$ref": format!("#/components/responses/{name}") });
     let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
     let addr = json!({ "type": "string", "nullable": true, "description": "address:port" });
@@ -480,24 +475,10 @@ pub fn openapi() -> Value {
                     "401": r("Unauthorized")
                 }
             } },
-            "/api/v1/connections/{id}": {
-                "parameters": [id_param],
-                "get": {
-                    "summary": "One open connection.",
-                    "responses": {
-                        "200": { "description": "The connection.", "content": { "application/json": {
-                            "schema": schema("Connection") } } },
-                        "400": r("BadRequest"), "401": r("Unauthorized"), "404": r("NotFound")
-                    }
-                },
-                "delete": {
-                    "summary": "Closes the connection: the relay stops and both sockets are closed.",
-                    "responses": {
-                        "204": { "description": "Closing." },
-                        "400": r("BadRequest"), "401": r("Unauthorized"), "404": r("NotFound")
-                    }
-                }
-            },
+            "/api/v1/connections/{id}": conn_id::openapi_path_item(
+                "MPTCP token as 8 hex digits (`0x` prefix accepted), or `tcp-<n>` for a connection without one.",
+                "Closes the connection: the relay stops and both sockets are closed.",
+            ),
             "/api/v1/clients": { "get": {
                 "summary": "Configured CPEs with their connection, byte and auth-failure counts.",
                 "responses": {

@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::routing::{get, post};
-use common::admin::{self, AdminApp, AdminError, Auth, BearerToken, ProcessInfo};
+use common::admin::{self, AdminApp, AdminError, Auth, BearerToken, ProcessInfo, conn_id};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -177,12 +177,6 @@ pub fn start(
 
 /// hcpe's part of the OpenAPI document (merged by [`AdminApp::openapi`]).
 pub fn openapi() -> Value {
-    let id_param = json!({
-        "name": "id", "in": "path", "required": true,
-        "description": "Local MPTCP token of the connection to hag as 8 hex digits (`0x` prefix accepted), or \
-                        `tcp-<n>` for a connection without one.",
-        "schema": { "type": "string", "pattern": "^((0[xX])?[0-9a-fA-F]{1,8}|tcp-[0-9]+)$" }
-    });
     let name_param = json!({
         "name": "name", "in": "path", "required": true, "description": "Uplink name from the config.",
         "schema": { "type": "string" }
@@ -241,23 +235,11 @@ pub fn openapi() -> Value {
                     "401": r("Unauthorized")
                 }
             } },
-            "/api/v1/connections/{id}": {
-                "parameters": [id_param],
-                "get": {
-                    "summary": "One open connection.",
-                    "responses": {
-                        "200": { "description": "The connection.", "content": json_body(schema("Connection")) },
-                        "400": r("BadRequest"), "401": r("Unauthorized"), "404": r("NotFound")
-                    }
-                },
-                "delete": {
-                    "summary": "Closes the connection: the relay stops and both sockets (LAN and hag) are closed.",
-                    "responses": {
-                        "204": { "description": "Closing." },
-                        "400": r("BadRequest"), "401": r("Unauthorized"), "404": r("NotFound")
-                    }
-                }
-            },
+            "/api/v1/connections/{id}": conn_id::openapi_path_item(
+                "Local MPTCP token of the connection to hag as 8 hex digits (`0x` prefix accepted), or `tcp-<n>` \
+                 for a connection without one.",
+                "Closes the connection: the relay stops and both sockets (LAN and hag) are closed.",
+            ),
             "/api/v1/reload": { "post": {
                 "summary": "Re-reads the config file the daemon started with. Invalid: 400 naming the field, the \
                             running config stays. Valid: uplink modes, log level and admin token apply at once; \
