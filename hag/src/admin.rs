@@ -32,13 +32,13 @@ use common::admin::{
 use common::mptcp;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::Config;
 use crate::connections::{Connection, Connections};
 use crate::server::Hag;
 use crate::stats::{ERROR_CODES, Stats};
+pub use common::admin::RunningAdmin;
 
 /// What the API handlers read: the server's live counters and connection table, and the configured CPE ids.
 #[derive(Debug, Clone)]
@@ -521,15 +521,6 @@ pub fn openapi() -> Value {
     })
 }
 
-/// A running admin API (see [`start`]).
-#[derive(Debug)]
-pub struct RunningAdmin {
-    /// The bound addresses.
-    pub addrs: Vec<SocketAddr>,
-    /// The server task; it ends after the shutdown future completes and requests in flight finish.
-    pub task: JoinHandle<Result<(), AdminError>>,
-}
-
 /// The whole admin app of a hag: shared routes from `common::admin` plus the hag's.
 pub fn app(
     config: &Config,
@@ -572,15 +563,7 @@ pub fn start(
         info!("no admin section in the config: admin API off");
         return Ok(None);
     };
-    let listeners = admin::bind(&a.config.listen)?;
-    let addrs = listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
     let state = Arc::new(ApiState::new(config, hag.stats(), hag.connections()));
     let router = router(config, &hag.local_addrs(), state, a.token.clone());
-    Ok(Some(RunningAdmin {
-        addrs,
-        task: tokio::spawn(admin::serve(listeners, router, shutdown)),
-    }))
+    admin::spawn(&a.config.listen, router, shutdown).map(Some)
 }

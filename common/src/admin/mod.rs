@@ -476,6 +476,34 @@ fn bind_one(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(sock.into())
 }
 
+/// A running admin API (see [`spawn`]).
+#[derive(Debug)]
+pub struct RunningAdmin {
+    /// The bound addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// The server task; it ends after the shutdown future completes and requests in flight finish.
+    pub task: tokio::task::JoinHandle<Result<(), AdminError>>,
+}
+
+/// [`bind`]s `listen` and spawns [`serve`] of `router` on it until `shutdown`. Must be called inside a tokio
+/// runtime.
+pub fn spawn(
+    listen: &[SocketAddr],
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningAdmin, AdminError> {
+    let listeners = bind(listen)?;
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    tracing::info!(addrs = ?addrs, "admin API started");
+    Ok(RunningAdmin {
+        addrs,
+        task: tokio::spawn(serve(listeners, router, shutdown)),
+    })
+}
+
 /// Serves `router` on every listener until `shutdown` completes, then lets requests in flight finish.
 pub async fn serve(
     listeners: Vec<tokio::net::TcpListener>,

@@ -22,20 +22,19 @@ pub mod reload;
 pub mod subflows;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::routing::{get, post};
 use common::admin::{self, AdminApp, AdminError, Auth, BearerToken, ProcessInfo, conn_id};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::Config;
 use crate::conn;
 use crate::uplink::UplinkControl;
 use crate::uplink::volume::VolumeHandle;
+pub use common::admin::RunningAdmin;
 pub use reload::{LogLevelSetter, Reloader};
 
 /// What the API handlers read and act on.
@@ -126,15 +125,6 @@ pub fn status_detail(config: &Config) -> Value {
     })
 }
 
-/// A running admin API (see [`start`]).
-#[derive(Debug)]
-pub struct RunningAdmin {
-    /// The bound addresses.
-    pub addrs: Vec<SocketAddr>,
-    /// The server task; it ends after the shutdown future completes and requests in flight finish.
-    pub task: JoinHandle<Result<(), AdminError>>,
-}
-
 /// The whole admin app of an hcpe: shared routes from `common::admin` plus hcpe's.
 pub fn app(state: Arc<ApiState>, token: BearerToken) -> AdminApp {
     let detail = status_detail(state.config());
@@ -168,11 +158,7 @@ pub fn start(
         info!("no admin section in the config: admin API off");
         return Ok(None);
     };
-    let listeners = admin::bind(&a.config.listen)?;
-    let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-    let router = router(state, a.token);
-    info!(addrs = ?addrs, "admin API started");
-    Ok(Some(RunningAdmin { addrs, task: tokio::spawn(admin::serve(listeners, router, shutdown)) }))
+    admin::spawn(&a.config.listen, router(state, a.token), shutdown).map(Some)
 }
 
 /// hcpe's part of the OpenAPI document (merged by [`AdminApp::openapi`]).
