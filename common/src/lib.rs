@@ -16,3 +16,5 @@ pub mod probe;
 pub mod process;
 pub mod relay;
 pub mod stream;
+#[doc(hidden)]
+pub mod testutil;

@@ -1,65 +1,13 @@
 //! Against the real kernel: every test runs in a fresh network namespace of its own (the endpoint table and the
-//! limits are per namespace, so nothing here touches the host's path manager).
-//!
-//! `in_new_netns` runs the body on a new thread that first calls `unshare(CLONE_NEWNET)`: only that thread
-//! moves into the new, anonymous namespace. The namespace is referenced by that thread and by the sockets made
-//! in it; the body's tokio runtime (and with it every socket) is dropped before the thread returns, so when
-//! the thread exits the last reference goes and the kernel destroys the namespace with its endpoints. Nothing
-//! is mounted or named, so there is nothing to clean up, also when the body panics.
+//! limits are per namespace, so nothing here touches the host's path manager); [`crate::testutil`] says how
+//! the namespace comes and goes.
 
-use std::future::Future;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-
-fn netns_inode() -> std::path::PathBuf {
-    std::fs::read_link("/proc/thread-self/ns/net").expect("read /proc/thread-self/ns/net")
-}
-
-/// Run `body` on its own thread, in a new network namespace, on a current-thread tokio runtime.
-fn in_new_netns<F, Fut>(body: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    let parent_ns = netns_inode();
-    let parent = parent_ns.clone();
-    let thread = std::thread::spawn(move || {
-        // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only the calling thread.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET) (tests need root): {}", io::Error::last_os_error());
-        assert_ne!(netns_inode(), parent, "the test thread must be in a namespace of its own");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-        rt.block_on(body());
-        drop(rt); // closes every socket of the body before the thread (the namespace's last user) exits
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-    assert_eq!(netns_inode(), parent_ns, "the test's own thread never left its namespace");
-}
-
-/// `ip link set lo up` in the current namespace (a new namespace's loopback starts down).
-fn loopback_up() {
-    // SAFETY: plain ioctls on a socket we own, with a zeroed, NUL-terminated ifreq.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-            *dst = *src as libc::c_char;
-        }
-        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr), 0, "SIOCGIFFLAGS: {}", io::Error::last_os_error());
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr), 0, "SIOCSIFFLAGS: {}", io::Error::last_os_error());
-        libc::close(fd);
-    }
-}
+use crate::testutil::{in_new_netns, loopback_up, mptcp_socket, wait_for};
 
 const LOCAL2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const LOOP6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
@@ -189,33 +137,6 @@ fn kernel_refusals_map_to_pm_error_with_errno_and_message() {
         assert_eq!(pm.endpoint(77).await.unwrap_err().errno(), Some(libc::EINVAL));
         assert_eq!(pm.set_flags(77, EndpointFlags::BACKUP).await.unwrap_err().errno(), Some(libc::EINVAL));
     });
-}
-
-fn mptcp_socket(addr: SocketAddr) -> socket2::Socket {
-    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::MPTCP))
-        .expect("MPTCP socket (kernel with MPTCP)");
-    s.set_nonblocking(true).unwrap();
-    s
-}
-
-/// Next event that `want` accepts, or a panic listing what came instead.
-async fn wait_for(events: &mut PmEvents, what: &str, mut want: impl FnMut(&PmEvent) -> bool) -> PmEvent {
-    let mut seen = Vec::new();
-    let found = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(ev) = events.next().await {
-            let ev = ev.expect("event stream error");
-            if want(&ev) {
-                return Some(ev);
-            }
-            seen.push(ev);
-        }
-        None
-    })
-    .await;
-    match found {
-        Ok(Some(ev)) => ev,
-        _ => panic!("no {what} event; saw {seen:#?}"),
-    }
 }
 
 #[test]

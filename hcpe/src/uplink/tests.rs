@@ -6,41 +6,17 @@
 //! nobody answering probes; the probe interval is long enough that no verdict comes during a test, so every
 //! uplink stays `Unknown` (= usable) and only modes drive the endpoint table.
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::pm::{PmEvent, PmEvents};
-use futures::StreamExt as _;
+use common::pm::PmEvent;
+use common::testutil::{in_new_netns, loopback_up, mptcp_socket, wait_for};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
 
 const DSL: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 const LTE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-
-fn in_new_netns<F, Fut>(body: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    let thread = std::thread::spawn(move || {
-        // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only the calling thread.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET) (tests need root): {}", std::io::Error::last_os_error());
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-        rt.block_on(body());
-        drop(rt);
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-fn loopback_up() {
-    let st = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip");
-    assert!(st.success());
-}
 
 /// A config with the two loopback uplinks; `extra` is appended (top-level YAML).
 fn config(lte_mode: &str, extra: &str) -> Config {
@@ -145,32 +121,6 @@ fn unmanaged_set_mode_only_records_and_steers_new_connections() {
         assert_eq!(mgr.selector().source_for("10.7.0.1".parse().unwrap()), Some("10.9.0.2".parse().unwrap()));
         mgr.shutdown().await;
     });
-}
-
-fn mptcp_socket(addr: SocketAddr) -> socket2::Socket {
-    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::MPTCP))
-        .expect("MPTCP socket (kernel with MPTCP)");
-    s.set_nonblocking(true).unwrap();
-    s
-}
-
-async fn wait_for(events: &mut PmEvents, what: &str, mut want: impl FnMut(&PmEvent) -> bool) -> PmEvent {
-    let mut seen = Vec::new();
-    let found = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(ev) = events.next().await {
-            let ev = ev.expect("event stream error");
-            if want(&ev) {
-                return Some(ev);
-            }
-            seen.push(ev);
-        }
-        None
-    })
-    .await;
-    match found {
-        Ok(Some(ev)) => ev,
-        _ => panic!("no {what} event; saw {seen:#?}"),
-    }
 }
 
 #[test]
