@@ -20,8 +20,6 @@ const LTE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 /// A config with the two loopback uplinks; `extra` is appended (top-level YAML).
 fn config(lte_mode: &str, extra: &str) -> Config {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
     let text = format!(
         r#"
 lan_interfaces: [lan0]
@@ -32,7 +30,14 @@ uplinks:
 probe: {{ interval: 20s }}
 {extra}"#
     );
-    Config::from_yaml(&text, &dir.path().join("hcpe.yaml")).unwrap()
+    parse_config(&text)
+}
+
+/// `text` parsed as hcpe's config, with a throwaway `cpe.key` beside it.
+fn parse_config(text: &str) -> Config {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
+    Config::from_yaml(text, &dir.path().join("hcpe.yaml")).unwrap()
 }
 
 /// The endpoint table as (address, flags).
@@ -113,11 +118,9 @@ fn unmanaged_set_mode_only_records_and_steers_new_connections() {
         // An auto address is read once.
         ip(&["link", "add", "wwan0", "type", "veth", "peer", "name", "wwan1"]);
         ip(&["addr", "add", "10.9.0.2/24", "dev", "wwan0"]);
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
         let text = "lan_interfaces: [lan0]\nhag: { addresses: [10.7.0.1], cpe_id: c, key_file: cpe.key }\n\
                     uplinks: [{ name: lte, interface: wwan0, ipv4: { address: auto } }]\nprobe: { enabled: false }\n";
-        let mgr = UplinkManager::start(&Config::from_yaml(text, &dir.path().join("h.yaml")).unwrap()).await.unwrap();
+        let mgr = UplinkManager::start(&parse_config(text)).await.unwrap();
         assert_eq!(mgr.selector().source_for("10.7.0.1".parse().unwrap()), Some("10.9.0.2".parse().unwrap()));
         mgr.shutdown().await;
     });
@@ -185,6 +188,14 @@ fn ip(args: &[&str]) {
     assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A veth pair `a`–`b`, both up, with `addr` on `a`.
+fn veth(a: &str, b: &str, addr: &str) {
+    ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+    ip(&["link", "set", b, "up"]);
+    ip(&["link", "set", a, "up"]);
+    ip(&["addr", "add", addr, "dev", a]);
+}
+
 fn ip_out(args: &[&str]) -> String {
     let out = std::process::Command::new("ip").args(args).output().expect("ip");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -205,10 +216,7 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
 fn a_learned_address_follows_renumbering_with_endpoint_rule_route_and_prober() {
     in_new_netns(|| async {
         loopback_up();
-        ip(&["link", "add", "wwan0", "type", "veth", "peer", "name", "wwan1"]);
-        ip(&["link", "set", "wwan1", "up"]);
-        ip(&["link", "set", "wwan0", "up"]);
-        ip(&["addr", "add", "10.9.0.2/24", "dev", "wwan0"]);
+        veth("wwan0", "wwan1", "10.9.0.2/24");
         let text = format!(
             r#"
 lan_interfaces: [lan0]
@@ -219,9 +227,7 @@ uplinks:
 probe: {{ interval: 20s }}
 "#
         );
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
-        let cfg = Config::from_yaml(&text, &dir.path().join("hcpe.yaml")).unwrap();
+        let cfg = parse_config(&text);
         let table = cfg.uplinks[1].table.to_string();
 
         let mgr = UplinkManager::start(&cfg).await.unwrap();
@@ -263,12 +269,8 @@ probe: {{ interval: 20s }}
 fn the_main_default_route_follows_the_uplink_new_connections_start_on() {
     in_new_netns(|| async {
         loopback_up();
-        for (a, b, addr) in [("dsl0", "dsl1", "10.8.0.2/24"), ("lte0", "lte1", "10.9.0.2/24")] {
-            ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
-            ip(&["link", "set", b, "up"]);
-            ip(&["link", "set", a, "up"]);
-            ip(&["addr", "add", addr, "dev", a]);
-        }
+        veth("dsl0", "dsl1", "10.8.0.2/24");
+        veth("lte0", "lte1", "10.9.0.2/24");
         // The system's own default route (as DHCP would add it) stays below hcpe's and comes back after it.
         ip(&["route", "add", "default", "via", "10.8.0.1", "metric", "100"]);
         let text = r#"
@@ -279,9 +281,7 @@ uplinks:
   - { name: lte, interface: lte0, ipv4: { address: auto, gateway: 10.9.0.1 } }
 probe: { interval: 20s }
 "#;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
-        let cfg = Config::from_yaml(text, &dir.path().join("hcpe.yaml")).unwrap();
+        let cfg = parse_config(text);
         let mgr = UplinkManager::start(&cfg).await.unwrap();
         let ctl = mgr.control();
         let get = || ip_out(&["route", "get", "10.7.0.99"]);
@@ -320,10 +320,7 @@ probe: { interval: 20s }
 fn no_default_route_when_turned_off() {
     in_new_netns(|| async {
         loopback_up();
-        ip(&["link", "add", "dsl0", "type", "veth", "peer", "name", "dsl1"]);
-        ip(&["link", "set", "dsl1", "up"]);
-        ip(&["link", "set", "dsl0", "up"]);
-        ip(&["addr", "add", "10.8.0.2/24", "dev", "dsl0"]);
+        veth("dsl0", "dsl1", "10.8.0.2/24");
         let text = r#"
 lan_interfaces: [lan0]
 hag: { addresses: [10.7.0.1], cpe_id: cpe-1, key_file: cpe.key }
@@ -332,9 +329,7 @@ uplinks:
 routing: { default_route: false }
 probe: { interval: 20s }
 "#;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
-        let cfg = Config::from_yaml(text, &dir.path().join("hcpe.yaml")).unwrap();
+        let cfg = parse_config(text);
         let mgr = UplinkManager::start(&cfg).await.unwrap();
         assert_eq!(ip_out(&["route", "show", "default"]), "", "the firmware keeps the default route");
         mgr.shutdown().await;
@@ -345,10 +340,7 @@ probe: { interval: 20s }
 fn an_auto_uplink_learns_its_next_hop_from_dhcp_routes_or_its_point_to_point_link() {
     in_new_netns(|| async {
         loopback_up();
-        ip(&["link", "add", "wwan0", "type", "veth", "peer", "name", "wwan1"]);
-        ip(&["link", "set", "wwan1", "up"]);
-        ip(&["link", "set", "wwan0", "up"]);
-        ip(&["addr", "add", "10.9.0.2/24", "dev", "wwan0"]);
+        veth("wwan0", "wwan1", "10.9.0.2/24");
         ip(&["tuntap", "add", "dev", "ppp0", "mode", "tun"]);
         ip(&["link", "set", "ppp0", "up"]);
         ip(&["addr", "add", "10.10.0.2/32", "dev", "ppp0"]);
@@ -360,9 +352,7 @@ uplinks:
   - { name: ppp, interface: ppp0, ipv4: { address: auto } }
 probe: { interval: 20s }
 "#;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
-        let cfg = Config::from_yaml(text, &dir.path().join("hcpe.yaml")).unwrap();
+        let cfg = parse_config(text);
         let (lte_table, ppp_table) = (cfg.uplinks[0].table.to_string(), cfg.uplinks[1].table.to_string());
         let mgr = UplinkManager::start(&cfg).await.unwrap();
         let ctl = mgr.control();
