@@ -173,13 +173,12 @@ pub fn validate_uplinks(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::PathBuf;
-
+pub(super) mod tests {
     use super::*;
     use crate::config::Config;
 
-    const BASE: &str = r#"
+    /// Two uplinks with fixed addresses and gateways, everything else on defaults (also `volume`'s tests).
+    pub(crate) const BASE: &str = r#"
 lan_interfaces: [lan0]
 hag: { addresses: [198.51.100.1], cpe_id: cpe-1, key_file: cpe.key }
 uplinks:
@@ -191,11 +190,17 @@ uplinks:
     ipv4: { address: 203.0.113.2, gateway: 203.0.113.1 }
 "#;
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
+    /// `text` parsed as `hcpe.yaml` in a scratch directory with `cpe.key`; the directory stays for paths
+    /// relative to the config file.
+    pub(crate) fn parse_in_dir(text: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
-        let path: PathBuf = dir.path().join("hcpe.yaml");
-        Config::from_yaml(text, &path)
+        let c = Config::from_yaml(text, &dir.path().join("hcpe.yaml"));
+        (dir, c)
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_in_dir(text).1
     }
 
     #[test]

@@ -681,6 +681,7 @@ async fn read_counters(handle: &rtnetlink::Handle, interface: &str) -> Option<Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uplink::settings::tests::{BASE, parse_in_dir};
     use proptest::prelude::*;
 
     fn unix(y: i32, m: u8, d: u8, h: u8, min: u8, sec: u8) -> u64 {
@@ -866,34 +867,15 @@ mod tests {
         assert!(matches!(StateFile::load(&path), Err(VolumeError::Parse { .. })));
     }
 
-    const BASE: &str = r#"
-lan_interfaces: [lan0]
-hag: { addresses: [198.51.100.1], cpe_id: cpe-1, key_file: cpe.key }
-uplinks:
-  - name: dsl
-    interface: dsl0
-    ipv4: { address: 192.0.2.2, gateway: 192.0.2.1 }
-  - name: lte
-    interface: lte0
-    ipv4: { address: 203.0.113.2, gateway: 203.0.113.1 }
-"#;
-
-    fn parse(text: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
-        let c = Config::from_yaml(text, &dir.path().join("hcpe.yaml"));
-        (dir, c)
-    }
-
     #[test]
     fn quota_and_volume_config() {
-        let (_d, c) = parse(BASE);
+        let (_d, c) = parse_in_dir(BASE);
         let c = c.unwrap();
         assert_eq!((c.uplinks[1].quota, &c.volume), (None, &VolumeFile::default()));
         let text = BASE
             .replace("interface: lte0", "interface: lte0\n    quota: { limit: 20GiB, reset_day: 15, action: off }")
             + "volume: { state_file: state/volume.json, save_interval: 30s }\n";
-        let (d, c) = parse(&text);
+        let (d, c) = parse_in_dir(&text);
         let c = c.unwrap();
         assert_eq!(
             c.uplinks[1].quota,
@@ -902,7 +884,7 @@ uplinks:
         assert_eq!(c.volume.state_file, Some(d.path().join("state/volume.json")), "relative to the config file");
         assert_eq!(c.volume.save_interval, Duration::from_secs(30));
         let text = BASE.replace("interface: lte0", "interface: lte0\n    quota: { limit: 5000000 }");
-        let q = parse(&text).1.unwrap().uplinks[1].quota.unwrap();
+        let q = parse_in_dir(&text).1.unwrap().uplinks[1].quota.unwrap();
         assert_eq!((q.limit.as_u64(), q.reset_day, q.action), (5_000_000, 1, QuotaAction::Backup));
         assert_eq!(QuotaAction::Off.mode(), Mode::Off);
     }
@@ -921,7 +903,7 @@ uplinks:
             (format!("{BASE}volume: {{ statefile: x }}\n"), "volume.statefile"),
         ];
         for (text, field) in cases {
-            let e = parse(&text).1.unwrap_err();
+            let e = parse_in_dir(&text).1.unwrap_err();
             assert_eq!(e.field(), Some(field), "{e}");
         }
     }
@@ -957,7 +939,7 @@ uplinks:
         let now = now_unix_ms() / 1000;
         let text = BASE.replace("interface: lte0", "interface: lte0\n    quota: { limit: 1MiB, action: off }")
             + "volume: { state_file: volume.json }\n";
-        let (d, c) = parse(&text);
+        let (d, c) = parse_in_dir(&text);
         let c = c.unwrap();
         let over = Totals {
             rx_bytes: 2 << 20,
