@@ -87,3 +87,41 @@ pub async fn wait_for(events: &mut PmEvents, what: &str, mut want: impl FnMut(&P
         _ => panic!("no {what} event; saw {seen:#?}"),
     }
 }
+
+/// An MPTCP connection over loopback: the listener on 127.0.0.1 (kept, since joining subflows need it), the
+/// client (bound to `client_ip` if given) and the accepted server side, after one round trip so that both
+/// sides are fully established (the client then opens its extra subflows).
+pub struct MptcpPair {
+    pub listener: tokio::net::TcpListener,
+    pub server_addr: SocketAddr,
+    pub client: tokio::net::TcpStream,
+    pub server: tokio::net::TcpStream,
+}
+
+/// Makes an [`MptcpPair`]; panics on any failure.
+pub async fn mptcp_pair(client_ip: Option<std::net::IpAddr>) -> MptcpPair {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listen_on: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let ls = mptcp_socket(listen_on);
+    ls.bind(&listen_on.into()).unwrap();
+    ls.listen(16).unwrap();
+    let listener = tokio::net::TcpListener::from_std(ls.into()).unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let cs = mptcp_socket(server_addr);
+    if let Some(ip) = client_ip {
+        cs.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+    }
+    match cs.connect(&server_addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => panic!("connect: {e}"),
+    }
+    let mut client = tokio::net::TcpStream::from_std(cs.into()).unwrap();
+    let (mut server, _) = listener.accept().await.unwrap();
+    client.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).await.unwrap();
+    server.write_all(&buf).await.unwrap();
+    client.read_exact(&mut buf).await.unwrap();
+    MptcpPair { listener, server_addr, client, server }
+}

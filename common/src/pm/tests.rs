@@ -2,12 +2,10 @@
 //! limits are per namespace, so nothing here touches the host's path manager); [`crate::testutil`] says how
 //! the namespace comes and goes.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::*;
-use crate::testutil::{in_new_netns, loopback_up, mptcp_socket, wait_for};
+use crate::testutil::{MptcpPair, in_new_netns, loopback_up, mptcp_pair, wait_for};
 
 const LOCAL2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const LOOP6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
@@ -148,27 +146,7 @@ fn events_follow_an_mptcp_connection_over_loopback() {
         let id2 = pm.add_endpoint(Endpoint::new(LOCAL2, EndpointFlags::SUBFLOW)).await.unwrap();
         let mut events = pm.subscribe().await.unwrap();
 
-        let listen_on: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let ls = mptcp_socket(listen_on);
-        ls.bind(&listen_on.into()).unwrap();
-        ls.listen(16).unwrap();
-        let listener = tokio::net::TcpListener::from_std(ls.into()).unwrap();
-        let server_addr = listener.local_addr().unwrap();
-
-        let cs = mptcp_socket(server_addr);
-        match cs.connect(&server_addr.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => panic!("connect: {e}"),
-        }
-        let mut client = tokio::net::TcpStream::from_std(cs.into()).unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
-        // One round trip so that both sides are fully established (the client then opens its extra subflow).
-        client.write_all(b"ping").await.unwrap();
-        let mut buf = [0u8; 4];
-        server.read_exact(&mut buf).await.unwrap();
-        server.write_all(&buf).await.unwrap();
-        client.read_exact(&mut buf).await.unwrap();
+        let MptcpPair { listener: _listener, server_addr, client, server } = mptcp_pair(None).await;
         let client_addr = client.local_addr().unwrap();
 
         let is_client = |c: &ConnectionEvent| !c.server_side && c.local == client_addr && c.remote == server_addr;

@@ -6,12 +6,11 @@
 //! nobody answering probes; the probe interval is long enough that no verdict comes during a test, so every
 //! uplink stays `Unknown` (= usable) and only modes drive the endpoint table.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use common::pm::PmEvent;
-use common::testutil::{in_new_netns, loopback_up, mptcp_socket, wait_for};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use common::testutil::{MptcpPair, in_new_netns, loopback_up, mptcp_pair, wait_for};
 
 use super::*;
 
@@ -137,26 +136,7 @@ fn backup_mode_reaches_the_peer_of_a_running_connection_by_mp_prio() {
 
         // "hag": an MPTCP listener on 127.0.0.1; the client starts on the dsl address, the kernel adds the
         // lte subflow from the endpoint.
-        let listen_on: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let ls = mptcp_socket(listen_on);
-        ls.bind(&listen_on.into()).unwrap();
-        ls.listen(16).unwrap();
-        let listener = tokio::net::TcpListener::from_std(ls.into()).unwrap();
-        let server_addr = listener.local_addr().unwrap();
-        let cs = mptcp_socket(server_addr);
-        cs.bind(&SocketAddr::new(DSL, 0).into()).unwrap();
-        match cs.connect(&server_addr.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => panic!("connect: {e}"),
-        }
-        let mut client = tokio::net::TcpStream::from_std(cs.into()).unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
-        client.write_all(b"ping").await.unwrap();
-        let mut buf = [0u8; 4];
-        server.read_exact(&mut buf).await.unwrap();
-        server.write_all(&buf).await.unwrap();
-        client.read_exact(&mut buf).await.unwrap();
+        let MptcpPair { listener: _listener, server_addr, client, server } = mptcp_pair(Some(DSL)).await;
 
         let sub = wait_for(&mut events, "SUB_ESTABLISHED from the lte endpoint", |e| {
             matches!(e, PmEvent::SubflowEstablished(s) if s.local.ip() == LTE && !s.backup)
