@@ -13,13 +13,17 @@ use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
 use crate::emulator::{LinkConfig, Shape};
 use crate::netns::{ChildGuard, Netns, bin_path};
 use crate::testbed::{Addrs, Testbed, TestbedConfig, addr, ifname};
+use crate::traffic::{self, Client, Transfer};
 
 /// The CPE id both generated configs use.
 pub const CPE_ID: &str = "testbed-cpe";
@@ -316,6 +320,44 @@ pub fn wait_up(hcpe: &ChildGuard, n: usize, timeout: Duration) -> anyhow::Result
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("uplinks did not come up within {timeout:?}:\n{}", hcpe.log())
+}
+
+/// A download from the LAN client to `dst` on its own thread, with the bytes read so far: what the failover
+/// tests watch while they cut and restore links.
+pub struct LanDownload {
+    progress: Arc<AtomicU64>,
+    /// When the download thread was started.
+    pub started: Instant,
+    thread: JoinHandle<Result<Transfer, traffic::Error>>,
+}
+
+impl LanDownload {
+    /// Starts downloading `size` bytes from `dst` in the lan namespace (`client_timeout`: the client's idle limit).
+    pub fn start(tb: &Testbed, dst: SocketAddr, size: u64, client_timeout: Duration) -> anyhow::Result<LanDownload> {
+        let progress = Arc::new(AtomicU64::new(0));
+        let p = progress.clone();
+        let thread = tb.lan.thread(move || Client::new(dst).timeout(client_timeout).progress(p).download(size))?;
+        Ok(LanDownload { progress, started: Instant::now(), thread })
+    }
+
+    /// Bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    /// Waits (polling every 5 ms) until `n` bytes were read; panics with `hcpe`'s log, saying `{what} does not
+    /// progress`, once `limit` has passed since the start.
+    pub fn wait_for(&self, n: u64, limit: Duration, what: &str, hcpe: &ChildGuard) {
+        while self.bytes() < n {
+            assert!(self.started.elapsed() < limit, "{what} does not progress:\n{}", hcpe.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for the end of the download.
+    pub fn join(self) -> Result<Transfer, traffic::Error> {
+        self.thread.join().expect("download thread panicked")
+    }
 }
 
 /// A response of [`http`].

@@ -6,16 +6,14 @@
 //! is valid Prometheus text and counts the admin mode change; `POST /api/v1/reload` re-reads hcpe's file.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::daemons::{self, HCPE_ADMIN_PORT, HagSpec, HcpeSpec};
+use tests::daemons::{self, HCPE_ADMIN_PORT, HagSpec, HcpeSpec, LanDownload};
 use tests::emulator::{Direction, Shape};
 use tests::netns::ChildGuard;
 use tests::testbed::{Testbed, addr};
-use tests::traffic::{Client, Server};
+use tests::traffic::Server;
 
 fn admin_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], HCPE_ADMIN_PORT))
@@ -97,17 +95,8 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
 
     const SIZE: u64 = 400 << 20;
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
-    let progress = Arc::new(AtomicU64::new(0));
-    let p2 = progress.clone();
-    let download =
-        tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(10)).progress(p2).download(SIZE)).unwrap();
-    let t0 = Instant::now();
-    let wait_progress = |n: u64| {
-        while progress.load(Ordering::Relaxed) < n {
-            assert!(t0.elapsed() < Duration::from_secs(60), "download does not progress:\n{}", hcpe.log());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
+    let download = LanDownload::start(&tb, dst, SIZE, Duration::from_secs(10)).unwrap();
+    let wait_progress = |n: u64| download.wait_for(n, Duration::from_secs(60), "download", &hcpe);
     wait_progress(1 << 20);
 
     // Two subflows: DSL (initial) and LTE, neither backup.
@@ -138,7 +127,7 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
         let (dsl, lte) = (d2 - d1, l2 - l1);
         lte as f64 / (dsl + lte).max(1) as f64
     };
-    let p = progress.load(Ordering::Relaxed);
+    let p = download.bytes();
     let active_share = share(p, p + (8 << 20));
 
     let patched = Instant::now();
@@ -155,7 +144,7 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
 
     // In flight data drains for a moment; then LTE's share of the next 16 MiB.
     std::thread::sleep(Duration::from_millis(300));
-    let p = progress.load(Ordering::Relaxed);
+    let p = download.bytes();
     let backup_share = share(p, p + (16 << 20));
 
     let text = api.call("GET", "/metrics", None).1;
@@ -171,7 +160,7 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
     // DELETE closes it: the download ends early and the connection is unlisted.
     let (status, body) = api.call("DELETE", &format!("/api/v1/connections/{id}"), None);
     assert_eq!(status, 204, "{body}");
-    let result = download.join().unwrap();
+    let result = download.join();
     assert!(result.is_err(), "the download was cut short by DELETE: {:?}", result.map(|t| t.bytes));
     let t = Instant::now();
     while api.json("GET", "/api/v1/connections", None) != serde_json::json!([]) {

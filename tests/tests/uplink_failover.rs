@@ -8,11 +8,9 @@
 //! go unanswered, so the kernel closes that subflow and reinjects its data on LTE.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tests::daemons::{self, HagSpec, HcpeSpec, verdicts};
+use tests::daemons::{self, HagSpec, HcpeSpec, LanDownload, verdicts};
 use tests::emulator::{Direction, Shape};
 use tests::netns::ChildGuard;
 use tests::testbed::{Testbed, addr};
@@ -67,21 +65,13 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
 
     // Acceptance 1: cut DSL at about 30 % of a download.
     const SIZE: u64 = 24 << 20;
-    let progress = Arc::new(AtomicU64::new(0));
-    let p2 = progress.clone();
-    let download =
-        tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(10)).progress(p2).download(SIZE)).unwrap();
-    let t0 = Instant::now();
-    while progress.load(Ordering::Relaxed) < SIZE * 3 / 10 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "download does not progress:\n{}", hcpe.log());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let download = LanDownload::start(&tb, dst, SIZE, Duration::from_secs(10)).unwrap();
+    download.wait_for(SIZE * 3 / 10, Duration::from_secs(20), "download", &hcpe);
     let lte_before = tb.lte.counters(Direction::Down).tx_bytes;
-    let cut_at = t0.elapsed();
+    let cut_at = download.started.elapsed();
     tb.dsl.cut();
     let transfer = download
         .join()
-        .unwrap()
         .unwrap_or_else(|e| panic!("download across the DSL cut failed: {e}\nhcpe log:\n{}", hcpe.log()));
     let lte_after = tb.lte.counters(Direction::Down).tx_bytes - lte_before;
     let rates: Vec<String> = transfer.timeline.mbit_per_s().iter().map(|r| format!("{r:.0}")).collect();
@@ -126,19 +116,12 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
 
     // Acceptance 3: a download that started on LTE alone gets a DSL subflow (hag's MPTCP_FULL_INFO, through its
     // admin API) within 2 s of DSL coming back, and its throughput rises.
-    let progress = Arc::new(AtomicU64::new(0));
-    let p3 = progress.clone();
-    let download =
-        tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(10)).progress(p3).download(32 << 20)).unwrap();
-    let t1 = Instant::now();
-    while progress.load(Ordering::Relaxed) < 2 << 20 {
-        assert!(t1.elapsed() < Duration::from_secs(20), "download on LTE does not progress:\n{}", hcpe.log());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let download = LanDownload::start(&tb, dst, 32 << 20, Duration::from_secs(10)).unwrap();
+    download.wait_for(2 << 20, Duration::from_secs(20), "download on LTE", &hcpe);
     let bytes_in = |d: Duration| {
-        let a = progress.load(Ordering::Relaxed);
+        let a = download.bytes();
         std::thread::sleep(d);
-        progress.load(Ordering::Relaxed) - a
+        download.bytes() - a
     };
     let lte_only = bytes_in(Duration::from_secs(1));
     let dsl_ip = std::net::IpAddr::V4(addr::CPE_DSL.v4);
@@ -154,7 +137,7 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
     };
     std::thread::sleep(Duration::from_millis(300));
     let with_dsl = bytes_in(Duration::from_secs(1));
-    let transfer = download.join().unwrap().unwrap_or_else(|e| panic!("download across the restore: {e}"));
+    let transfer = download.join().unwrap_or_else(|e| panic!("download across the restore: {e}"));
     let rates: Vec<String> = transfer.timeline.mbit_per_s().iter().map(|r| format!("{r:.0}")).collect();
     eprintln!(
         "DSL restored: the running download had a DSL subflow {regained:?} after the restore; {:.1} Mbit/s on LTE \
@@ -189,15 +172,8 @@ fn standby_lte_is_unused_until_dsl_dies() {
     assert!(!eps.contains(&addr::CPE_LTE.v4.to_string()), "standby LTE has an endpoint while DSL is up:\n{eps}");
 
     let lte0 = tb.lte.counters(Direction::Down).tx_bytes;
-    let progress = Arc::new(AtomicU64::new(0));
-    let p2 = progress.clone();
-    let download =
-        tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(10)).progress(p2).download(16 << 20)).unwrap();
-    let t0 = Instant::now();
-    while progress.load(Ordering::Relaxed) < 4 << 20 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "download does not progress:\n{}", hcpe.log());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let download = LanDownload::start(&tb, dst, 16 << 20, Duration::from_secs(10)).unwrap();
+    download.wait_for(4 << 20, Duration::from_secs(20), "download", &hcpe);
     let lte_while_dsl_up = tb.lte.counters(Direction::Down).tx_bytes - lte0;
     let lte_ip = std::net::IpAddr::V4(addr::CPE_LTE.v4);
     assert!(!hag_has_subflow_from(&tb, &dir, dst, lte_ip), "standby LTE has a subflow while DSL is up");
@@ -211,7 +187,7 @@ fn standby_lte_is_unused_until_dsl_dies() {
         assert!(cut.elapsed() < Duration::from_secs(8), "no LTE subflow after the cut:\n{}", hcpe.log());
         std::thread::sleep(Duration::from_millis(20));
     };
-    let transfer = download.join().unwrap().unwrap_or_else(|e| panic!("download across the cut: {e}\n{}", hcpe.log()));
+    let transfer = download.join().unwrap_or_else(|e| panic!("download across the cut: {e}\n{}", hcpe.log()));
     let rates: Vec<String> = transfer.timeline.mbit_per_s().iter().map(|r| format!("{r:.0}")).collect();
     eprintln!(
         "standby: LTE carried {lte_while_dsl_up} B of the first 4 MiB while DSL was up; LTE subflow established \
@@ -257,17 +233,8 @@ fn backup_lte_carries_only_while_dsl_is_down() {
 
     const SIZE: u64 = 24 << 20;
     let (dsl0, lte0) = (tb.dsl.counters(Direction::Down).tx_bytes, tb.lte.counters(Direction::Down).tx_bytes);
-    let progress = Arc::new(AtomicU64::new(0));
-    let p2 = progress.clone();
-    let download =
-        tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(10)).progress(p2).download(SIZE)).unwrap();
-    let t0 = Instant::now();
-    let wait_progress = |n: u64| {
-        while progress.load(Ordering::Relaxed) < n {
-            assert!(t0.elapsed() < Duration::from_secs(30), "download does not progress:\n{}", hcpe.log());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
+    let download = LanDownload::start(&tb, dst, SIZE, Duration::from_secs(10)).unwrap();
+    let wait_progress = |n: u64| download.wait_for(n, Duration::from_secs(30), "download", &hcpe);
     wait_progress(4 << 20);
     let dsl_up_phase = tb.dsl.counters(Direction::Down).tx_bytes - dsl0;
     let lte_up_phase = tb.lte.counters(Direction::Down).tx_bytes - lte0;
@@ -291,7 +258,7 @@ fn backup_lte_carries_only_while_dsl_is_down() {
     wait_progress(18 << 20);
     let dsl_back = tb.dsl.counters(Direction::Down).tx_bytes - dsl3;
     let lte_back = tb.lte.counters(Direction::Down).tx_bytes - lte3;
-    let transfer = download.join().unwrap().unwrap_or_else(|e| panic!("download: {e}\n{}", hcpe.log()));
+    let transfer = download.join().unwrap_or_else(|e| panic!("download: {e}\n{}", hcpe.log()));
     let lte_share = lte_up_phase as f64 / (dsl_up_phase + lte_up_phase) as f64;
     let back_share = lte_back as f64 / (dsl_back + lte_back).max(1) as f64;
     eprintln!(

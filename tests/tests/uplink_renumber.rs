@@ -5,14 +5,12 @@
 //! byte checked, SHA-256 trailer).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tests::daemons::{self, HAG_ADMIN_PORT, HagSpec, HcpeSpec};
+use tests::daemons::{self, HAG_ADMIN_PORT, HagSpec, HcpeSpec, LanDownload};
 use tests::emulator::{Direction, Shape};
 use tests::testbed::{Testbed, addr, ifname};
-use tests::traffic::{Client, Server};
+use tests::traffic::Server;
 
 /// Remote addresses of every subflow hag's admin API lists (none while the API does not answer).
 fn hag_subflow_peers(tb: &Testbed, token: &str) -> Vec<IpAddr> {
@@ -46,15 +44,8 @@ fn lte_renumbered_mid_download_gets_a_subflow_from_the_new_address_without_resta
 
     const SIZE: u64 = 20 << 20;
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
-    let progress = Arc::new(AtomicU64::new(0));
-    let p = progress.clone();
-    let download =
-        tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(15)).progress(p).download(SIZE)).unwrap();
-    let t0 = Instant::now();
-    while progress.load(Ordering::Relaxed) < SIZE / 4 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "download does not progress:\n{}", hcpe.log());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let download = LanDownload::start(&tb, dst, SIZE, Duration::from_secs(15)).unwrap();
+    download.wait_for(SIZE / 4, Duration::from_secs(20), "download", &hcpe);
     let token2 = token.clone();
     assert!(hag_subflow_peers(&tb, &token2).contains(&IpAddr::V4(old)), "LTE subflow from the old address first");
 
@@ -78,7 +69,7 @@ fn lte_renumbered_mid_download_gets_a_subflow_from_the_new_address_without_resta
         std::thread::sleep(Duration::from_millis(20));
     };
     let transfer =
-        download.join().unwrap().unwrap_or_else(|e| panic!("download across the renumbering: {e}\n{}", hcpe.log()));
+        download.join().unwrap_or_else(|e| panic!("download across the renumbering: {e}\n{}", hcpe.log()));
     let lte_after = tb.lte.counters(Direction::Down).tx_bytes - lte_before;
     eprintln!(
         "LTE renumbered {old} -> {new}: hcpe followed after {followed:?}, hag saw the new subflow after {joined:?}; \
