@@ -497,7 +497,6 @@ pub fn spawn(
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
-    tracing::info!(addrs = ?addrs, "admin API started");
     Ok(RunningAdmin {
         addrs,
         task: tokio::spawn(serve(listeners, router, shutdown)),

@@ -158,7 +158,9 @@ pub fn start(
         info!("no admin section in the config: admin API off");
         return Ok(None);
     };
-    admin::spawn(&a.config.listen, router(state, a.token), shutdown).map(Some)
+    let running = admin::spawn(&a.config.listen, router(state, a.token), shutdown)?;
+    info!(addrs = ?running.addrs, "admin API started");
+    Ok(Some(running))
 }
 
 /// hcpe's part of the OpenAPI document (merged by [`AdminApp::openapi`]).
