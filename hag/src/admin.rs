@@ -29,6 +29,7 @@ use common::admin::{
     self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, BearerToken, HasConnId, MetricType,
     Metrics, MetricsWriter, ProcessInfo, SubflowView, conn_id,
 };
+use common::admin::subflow_diag::{self, DiagMap};
 use common::mptcp;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -92,12 +93,15 @@ pub struct ConnectionView {
 }
 
 impl ConnectionView {
-    /// Reads `c`'s fields, live counters and subflows.
-    pub fn of(c: &Connection) -> Self {
-        let full = c
-            .client
-            .upgrade()
-            .and_then(|s| mptcp::full_info(&*s).ok().flatten());
+    /// Reads `c`'s fields, live counters and subflows (`full`: its `MPTCP_FULL_INFO`); backup flags from `diag`
+    /// (by local, remote address), since `MPTCP_FULL_INFO` lacks them.
+    pub fn of(c: &Connection, full: Option<mptcp::FullInfo>, diag: &DiagMap) -> Self {
+        let mut subflows = SubflowView::from_full_info(full.as_ref());
+        for s in &mut subflows {
+            if let Some(d) = s.local.zip(s.remote).and_then(|k| diag.get(&k)) {
+                s.backup = Some(d.backup());
+            }
+        }
         ConnectionView {
             id: c.conn_id().to_string(),
             token: c.token.get().copied().flatten(),
@@ -109,7 +113,7 @@ impl ConnectionView {
             age_seconds: c.accepted.elapsed().as_secs_f64(),
             bytes_up: c.counters.a_to_b.load(Relaxed),
             bytes_down: c.counters.b_to_a.load(Relaxed),
-            subflows: SubflowView::from_full_info(full.as_ref()),
+            subflows,
         }
     }
 }
@@ -168,14 +172,35 @@ fn clients_view(state: &ApiState) -> Vec<ClientView> {
     out.into_values().collect()
 }
 
-async fn list_connections(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<ConnectionView>> {
-    ApiJson(
-        s.connections
-            .snapshot()
+/// Views of `conns`: `MPTCP_FULL_INFO` per connection, then one `sock_diag` pass over hag's listening ports for
+/// the subflows' backup flags (off the runtime: both are blocking syscalls).
+async fn connection_views(conns: Vec<Arc<Connection>>) -> Vec<ConnectionView> {
+    tokio::task::spawn_blocking(move || {
+        let full: Vec<Option<mptcp::FullInfo>> = conns
             .iter()
-            .map(|c| ConnectionView::of(c))
-            .collect(),
-    )
+            .map(|c| c.client.upgrade().and_then(|s| mptcp::full_info(&*s).ok().flatten()))
+            .collect();
+        let ports: Vec<u16> = full
+            .iter()
+            .flatten()
+            .flat_map(|f| f.subflows.iter().filter_map(|s| s.local.map(|a| a.port())))
+            .collect();
+        let diag = subflow_diag::by_port(subflow_diag::Side::Local, &ports).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "sock_diag: no subflow backup flags");
+            DiagMap::new()
+        });
+        conns
+            .iter()
+            .zip(full)
+            .map(|(c, f)| ConnectionView::of(c, f, &diag))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+async fn list_connections(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<ConnectionView>> {
+    ApiJson(connection_views(s.connections.snapshot()).await)
 }
 
 async fn get_connection(
@@ -183,7 +208,10 @@ async fn get_connection(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<ConnectionView>, ApiError> {
     let c = s.connections.by_path(&id)?;
-    Ok(ApiJson(ConnectionView::of(&c)))
+    let mut v = connection_views(vec![c]).await;
+    v.pop()
+        .map(ApiJson)
+        .ok_or_else(|| ApiError::internal("connection view task failed"))
 }
 
 async fn delete_connection(

@@ -1,7 +1,7 @@
 //! Issue 6 acceptance 2 on the testbed with the real `hcpe` (uplink manager, admin API on 127.0.0.1:5126 in the
 //! cpe namespace) and `hag`: during a download, `GET /api/v1/connections` lists it with two subflows whose
 //! local addresses are the DSL and the LTE address; after `PATCH /api/v1/uplinks/lte {"mode":"backup"}` the
-//! LTE subflow reports `backup: true` and LTE's share of the download (the link emulators' byte counters)
+//! LTE subflow reports `backup: true` (in hcpe's list and, once the MP_PRIO arrived, in hag's) and LTE's share of the download (the link emulators' byte counters)
 //! falls below 1 %; `DELETE` of the connection ends the download and unlists it. `/metrics` scraped on the way
 //! is valid Prometheus text and counts the admin mode change; `POST /api/v1/reload` re-reads hcpe's file.
 
@@ -64,7 +64,7 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
     let tb = daemons::managed_testbed(Shape::mbit(40.0).delay_ms(5.0), Shape::mbit(20.0).delay_ms(10.0)).unwrap();
     let dir = daemons::config_dir("hcpe-admin").unwrap();
     let server = Server::start(&tb.inet, 0).unwrap();
-    let _hag = daemons::start_hag(&tb, dir.path(), &HagSpec { v6: false, ..HagSpec::default() }).unwrap();
+    let _hag = daemons::start_hag(&tb, dir.path(), &HagSpec { v6: false, admin: true, ..HagSpec::default() }).unwrap();
     let spec = HcpeSpec { managed: true, admin: true, v6: false, ..HcpeSpec::default() };
     let mut hcpe = daemons::start_hcpe(&tb, dir.path(), &spec).unwrap();
     assert!(hcpe.wait_for_log("admin API started", Duration::from_secs(5)), "{}", hcpe.log());
@@ -141,6 +141,30 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
     let dsl_sf = subflow_of(&c, dsl_ip).expect("DSL subflow stays");
     assert_eq!(dsl_sf["backup"], false, "{c:#}");
     assert_eq!(subflow_of(&c, lte_ip).unwrap()["backup_local"], true, "hcpe asked for backup (MP_PRIO): {c:#}");
+    // The MP_PRIO reached hag: its own list flags the subflow from the LTE address as backup, DSL's not.
+    let token = daemons::admin_token(dir.path()).unwrap();
+    let hag_subflows = || {
+        let conns = daemons::connections(&tb.hag, daemons::HAG_ADMIN_PORT, &token).unwrap();
+        let conn = conns.as_array().unwrap().iter().find(|c| c["destination"] == dst.to_string()).cloned();
+        conn.unwrap_or_else(|| panic!("hag lists the download: {conns:#}"))
+    };
+    let backup_of = |conn: &serde_json::Value, ip: std::net::IpAddr| {
+        conn["subflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| daemons::subflow_ip(s, "remote") == Some(ip))
+            .map(|s| s["backup"].clone())
+    };
+    let mut hag_conn = hag_subflows();
+    while backup_of(&hag_conn, lte_ip) != Some(serde_json::Value::Bool(true)) && patched.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+        hag_conn = hag_subflows();
+    }
+    let hag_flagged = patched.elapsed();
+    let hag_backup = |ip| backup_of(&hag_conn, ip);
+    assert_eq!(hag_backup(lte_ip), Some(serde_json::Value::Bool(true)), "hag's LTE subflow: {hag_conn:#}");
+    assert_eq!(hag_backup(dsl_ip), Some(serde_json::Value::Bool(false)), "hag's DSL subflow: {hag_conn:#}");
 
     // In flight data drains for a moment; then LTE's share of the next 16 MiB.
     std::thread::sleep(Duration::from_millis(300));
@@ -175,7 +199,7 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
 
     eprintln!(
         "hcpe admin: LTE share active {:.1} %, after PATCH to backup {:.3} %; LTE subflow flagged backup {flagged:?} \
-         after the PATCH",
+         after the PATCH (hcpe), {hag_flagged:?} (hag)",
         active_share * 100.0,
         backup_share * 100.0
     );

@@ -29,6 +29,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod subflow;
+pub mod subflow_diag;
 pub mod table;
 pub mod testing;
 

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use super::reload::ReloadOutcome;
-use super::{ApiState, subflows};
+use common::admin::subflow_diag::{self, DiagMap};
+
+use super::ApiState;
 use crate::conn::Connection;
 use crate::uplink::volume::VolumeStatus;
 use crate::uplink::{Mode, ModeReason, Role, SetModeError, UplinkStatus};
@@ -242,8 +244,6 @@ pub struct ConnectionView {
     pub subflows: Vec<SubflowView>,
 }
 
-type DiagMap = HashMap<(SocketAddr, SocketAddr), subflows::SubflowDiag>;
-
 impl ConnectionView {
     /// Reads `c`'s fields, live counters and subflows; backup flags from `diag` (by local, remote address);
     /// the initial uplink from the initial subflow's local address when `uplink_of` knows it (addresses may be
@@ -306,7 +306,7 @@ pub async fn connection_views(state: &ApiState, conns: Vec<Arc<Connection>>) -> 
             conns.iter().map(|c| c.hag.get().and_then(Weak::upgrade).and_then(|s| mptcp::full_info(&*s).ok().flatten())).collect();
         let ports: Vec<u16> =
             full.iter().flatten().flat_map(|f| f.subflows.iter().filter_map(|s| s.remote.map(|r| r.port()))).collect();
-        let diag = subflows::by_remote_port(&ports).unwrap_or_else(|e| {
+        let diag = subflow_diag::by_remote_port(&ports).unwrap_or_else(|e| {
             debug!(error = %e, "sock_diag: no subflow backup flags");
             DiagMap::new()
         });

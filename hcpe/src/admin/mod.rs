@@ -19,7 +19,6 @@ pub mod api;
 pub mod metrics;
 pub mod page;
 pub mod reload;
-pub mod subflows;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

@@ -4,13 +4,14 @@
 //! Why `sock_diag` and not the path manager's events (`SUB_ESTABLISHED` / `SUB_PRIORITY` carry the flag too):
 //! the diag answer is the kernel's state at the moment of the request, so it needs no long-lived subscriber,
 //! cannot drift when the event socket overruns, and also covers the initial subflow (no `SUB_ESTABLISHED` is
-//! sent for it) and connections opened before a subscriber started. It costs one dump per hag port and family
-//! per API request, filtered in the kernel by destination port, which is cheap next to an operator's poll rate.
+//! sent for it) and connections opened before a subscriber started. It costs one dump per service port and
+//! family per API request, filtered in the kernel by that port (hcpe: the remote port, hag's service port; hag:
+//! its local listening port), which is cheap next to an operator's poll rate.
 //!
 //! `netlink-packet-sock-diag` builds the request and parses the `inet_diag_msg`; it does not know
 //! `INET_DIAG_ULP_INFO`, whose nested MPTCP attributes ([`parse_ulp_info`]) are decoded here (sans-IO).
-//! The kernel includes ULP info only for a requester with `CAP_NET_ADMIN`, which hcpe has; without it the
-//! flags are simply absent and the API shows `backup: null`.
+//! The kernel includes ULP info only for a requester with `CAP_NET_ADMIN`, which both daemons have; without it
+//! the flags are simply absent and the APIs show `backup: null`.
 //!
 //! Flag meaning (`net/mptcp/diag.c`): `BKUP_LOC` = this side asked for backup (`request_bkup`, set by a backup
 //! endpoint or an MP_PRIO we sent), `BKUP_REM` = the peer marked the subflow backup (`backup`). The sender
@@ -109,11 +110,28 @@ fn nlas(buf: &[u8]) -> impl Iterator<Item = NlaBuffer<&[u8]>> {
     netlink_packet_core::NlasIterator::new(buf).map_while(Result::ok)
 }
 
+/// Which end of a subflow a port filter applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The local port (hag: its listening port).
+    Local,
+    /// The remote port (hcpe: hag's service port).
+    Remote,
+}
+
+/// Subflow backup flags by (local, remote) address, as [`by_port`] returns them.
+pub type DiagMap = HashMap<(SocketAddr, SocketAddr), SubflowDiag>;
+
 /// Subflow sockets (TCP sockets carrying the MPTCP ULP) whose remote port is one of `remote_ports`, by
 /// (local, remote) address. Blocking (one netlink round trip per port and family); call it off the runtime.
-pub fn by_remote_port(remote_ports: &[u16]) -> io::Result<HashMap<(SocketAddr, SocketAddr), SubflowDiag>> {
+pub fn by_remote_port(remote_ports: &[u16]) -> io::Result<DiagMap> {
+    by_port(Side::Remote, remote_ports)
+}
+
+/// Subflow sockets whose `side` port is one of `ports`, by (local, remote) address. Blocking.
+pub fn by_port(side: Side, ports: &[u16]) -> io::Result<DiagMap> {
     let mut out = HashMap::new();
-    let mut ports = remote_ports.to_vec();
+    let mut ports = ports.to_vec();
     ports.sort_unstable();
     ports.dedup();
     if ports.is_empty() {
@@ -124,21 +142,19 @@ pub fn by_remote_port(remote_ports: &[u16]) -> io::Result<HashMap<(SocketAddr, S
     socket.connect(&NlAddr::new(0, 0))?;
     for port in ports {
         for family in [AF_INET, AF_INET6] {
-            dump(&socket, family, port, &mut out)?;
+            dump(&socket, family, side, port, &mut out)?;
         }
     }
     Ok(out)
 }
 
-fn dump(
-    socket: &Socket,
-    family: u8,
-    remote_port: u16,
-    out: &mut HashMap<(SocketAddr, SocketAddr), SubflowDiag>,
-) -> io::Result<()> {
+fn dump(socket: &Socket, family: u8, side: Side, port: u16, out: &mut DiagMap) -> io::Result<()> {
     let mut socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
-    // The kernel filters a TCP dump by destination port when it is set (`inet_diag_dump_icsk`).
-    socket_id.destination_port = remote_port;
+    // The kernel filters a TCP dump by source and destination port when they are set (`inet_diag_dump_icsk`).
+    match side {
+        Side::Local => socket_id.source_port = port,
+        Side::Remote => socket_id.destination_port = port,
+    }
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let mut packet = NetlinkMessage::new(
