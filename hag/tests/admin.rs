@@ -31,8 +31,11 @@ const TOKEN: &str = "admin-token-for-tests-0123456789";
 struct Dir(PathBuf);
 
 impl Dir {
+    /// A directory of its own per call: tests run in parallel, and one test's drop must not remove another's.
     fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("hag-admin-test-{}-{tag}", std::process::id()));
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("hag-admin-test-{}-{tag}-{n}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("cpe.key"), KEY).unwrap();
         std::fs::write(d.join("admin.token"), format!("{TOKEN}\n")).unwrap();
