@@ -97,12 +97,13 @@ fn crossing_the_lte_quota_switches_lte_to_backup_and_survives_a_restart() {
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
     let lte_wire0 = tb.lte.counters(Direction::Down).tx_bytes + tb.lte.counters(Direction::Up).rx_bytes;
 
-    // Both uplinks active: LTE carries roughly 40 % of 32 MiB, about twice its quota.
+    // Both uplinks active: LTE carries its share of 32 MiB until it crosses the quota and drops to backup (the
+    // tracker reads counters every second, so it overshoots by up to a second of LTE's rate).
     let t = tb.lan.within(move || Client::new(dst).timeout(Duration::from_secs(10)).download(32 << 20)).unwrap();
     let t = t.unwrap_or_else(|e| panic!("download: {e}\n{}", hcpe.log()));
     let lte_wire = tb.lte.counters(Direction::Down).tx_bytes + tb.lte.counters(Direction::Up).rx_bytes - lte_wire0;
     eprintln!("first download {:.1} Mbit/s; LTE carried {lte_wire} B on the wire (quota {QUOTA} B)", t.mbit_per_s());
-    assert!(lte_wire > QUOTA * 3 / 2, "LTE carried too little to cross its quota: {lte_wire} B");
+    assert!(lte_wire > QUOTA, "LTE carried too little to cross its quota: {lte_wire} B");
     wait_log(&hcpe, "uplink over quota", "lte", 1, Duration::from_secs(5));
     wait_log(&hcpe, "uplink mode changed", "quota", 1, Duration::from_secs(5));
     let log = hcpe.log();
