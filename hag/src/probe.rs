@@ -1,5 +1,7 @@
-//! hag's uplink probe responder (issue 5): answers the CPEs' authenticated UDP health probes on the UDP port
-//! of every service address (beside the Convert listener on the same TCP port), keyed like the Auth TLV.
+//! hag's uplink probe responder: answers the CPEs' authenticated UDP health probes on the UDP port of every
+//! listen address (beside the Convert listener on the same TCP port), keyed like the Auth TLV. A wildcard
+//! listen address (`0.0.0.0`, `[::]`) answers on every local address, each reply from the address its probe
+//! was sent to.
 //!
 //! The codec, the MAC check, the per-source rate limit and the "reply never larger than the request" rule
 //! all live in `common::probe`; this file only binds the sockets and hands them the CPE keys.

@@ -293,3 +293,55 @@ fn prober_rejects_mismatched_families_and_bad_ids() {
         assert!(matches!(Prober::new(c).unwrap_err(), ProbeError::Config(_)));
     });
 }
+
+/// A responder on a wildcard socket (`0.0.0.0`, `[::]`, as hag's example config listens) answers from the
+/// address each probe was sent to. The routing table would pick 127.0.0.1 / ::1 as the reply's source, which
+/// the prober (connected to the service address) drops: the uplink would never come up.
+#[test]
+fn wildcard_responder_answers_from_the_probed_address() {
+    in_private_netns(|| {
+        paused_runtime().block_on(async {
+            let service6: std::net::Ipv6Addr = "fd00::5124".parse().unwrap();
+            lo_v6(libc::SIOCSIFADDR, service6);
+            let keys = HashMap::from([("cpe-1".to_owned(), KEY.to_vec())]);
+            let v4 = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)).await.unwrap();
+            let v6 = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).unwrap();
+            v6.set_only_v6(true).unwrap();
+            v6.set_nonblocking(true).unwrap();
+            v6.bind(&SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), DEFAULT_PORT).into()).unwrap();
+            let v6 = UdpSocket::from_std(v6.into()).unwrap();
+            let responders: Vec<_> = [v4, v6]
+                .into_iter()
+                .map(|socket| {
+                    let keys = keys.clone();
+                    tokio::spawn(serve_udp(socket, Responder::new(ResponderConfig::default()), move |id| {
+                        keys.get(id).cloned()
+                    }))
+                })
+                .collect();
+            let probes = [
+                (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5))),
+                (IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), IpAddr::V6(service6)),
+            ];
+            for (source, target) in probes {
+                let config = ProberConfig {
+                    source,
+                    device: None,
+                    target: SocketAddr::new(target, DEFAULT_PORT),
+                    ..prober_config(KEY)
+                };
+                let prober = Prober::new(config).unwrap();
+                let mut health = prober.subscribe();
+                let task = tokio::spawn(prober.run());
+                let took = until_state(&mut health, HealthState::Up).await;
+                assert!(took <= 450 * MS, "{target}: up after {took:?}");
+                assert_eq!(health.borrow().stats.bad_replies, 0, "{target}");
+                drop(health);
+                task.await.unwrap().unwrap();
+            }
+            for r in responders {
+                r.abort();
+            }
+        });
+    });
+}

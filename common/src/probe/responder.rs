@@ -15,12 +15,12 @@
 //!   sources can at most let other sources send their burst again, never make the table grow.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::wire::{self, MAX_REQUEST_LEN};
+use super::wire;
 
 /// The two clocks the responder needs: monotonic for rate limiting, wall clock for timestamp staleness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +246,10 @@ impl Responder {
 /// Answers probes on `socket` until a fatal socket error. Transient errors (ICMP-reported unreachable
 /// peers, a full send buffer) are logged at debug level and skipped. Run it in its own task; counters stay
 /// readable through the `Arc` from [`Responder::counters`] taken before the call.
+///
+/// Each reply leaves from the exact address the request was sent to (IP_PKTINFO / IPV6_PKTINFO through
+/// `quinn-udp`): on a wildcard socket the routing table would otherwise pick the source, and a CPE's
+/// prober, connected to the service address, would never see the reply.
 pub async fn serve_udp<K, F>(
     socket: tokio::net::UdpSocket,
     mut responder: Responder,
@@ -255,25 +259,47 @@ where
     K: AsRef<[u8]>,
     F: FnMut(&str) -> Option<K>,
 {
-    // One byte more than the longest request, so an oversize datagram shows as a length mismatch.
-    let mut buf = [0u8; MAX_REQUEST_LEN + 1];
+    use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+    use tokio::io::Interest;
+
+    let state = UdpSocketState::new((&socket).into())?;
+    // Room for a whole GRO batch; each datagram in it is `stride` bytes (the last may be shorter).
+    let mut buf = vec![0u8; state.gro_segments() * 65_536];
     loop {
-        let (len, peer) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
+        let mut meta = [RecvMeta::default()];
+        let received = socket
+            .async_io(Interest::READABLE, || {
+                state.recv((&socket).into(), &mut [std::io::IoSliceMut::new(&mut buf)], &mut meta)
+            })
+            .await;
+        match received {
+            Ok(_) => {}
             Err(e) if is_transient(&e) => {
                 tracing::debug!(error = %e, "probe responder: recv");
                 continue;
             }
             Err(e) => return Err(e),
-        };
-        let Some(reply) = responder.handle(Now::system(), peer.ip(), &buf[..len], &mut key_lookup) else {
-            continue;
-        };
-        if let Err(e) = socket.send_to(&reply, peer).await {
-            if !is_transient(&e) {
-                return Err(e);
+        }
+        let meta = meta[0];
+        let peer = SocketAddr::new(meta.addr.ip().to_canonical(), meta.addr.port());
+        for datagram in buf[..meta.len].chunks(meta.stride.max(1)) {
+            let Some(reply) = responder.handle(Now::system(), peer.ip(), datagram, &mut key_lookup) else {
+                continue;
+            };
+            let transmit = Transmit {
+                destination: meta.addr,
+                ecn: None,
+                contents: &reply,
+                segment_size: None,
+                src_ip: meta.dst_ip,
+            };
+            let sent = socket.async_io(Interest::WRITABLE, || state.try_send((&socket).into(), &transmit)).await;
+            if let Err(e) = sent {
+                if !is_transient(&e) {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, %peer, "probe responder: send");
             }
-            tracing::debug!(error = %e, %peer, "probe responder: send");
         }
     }
 }
