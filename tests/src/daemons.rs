@@ -75,7 +75,7 @@ pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 /// What the generated hag config says.
 #[derive(Debug, Clone)]
 pub struct HagSpec {
-    /// Also listen on the IPv6 service address and allow the IPv6 server prefix.
+    /// Also listen on `[::]:5124` and allow the IPv6 server prefix.
     pub v6: bool,
     /// Prefixes denied by policy (inside the allowed server prefix).
     pub deny: Vec<String>,
@@ -104,10 +104,11 @@ impl Default for HagSpec {
 
 /// hag's config text for `spec`.
 pub fn hag_yaml(spec: &HagSpec) -> String {
-    let mut listen = vec![format!("'{}'", addr::HAG_SERVICE.v4)];
+    // Wildcard listeners, as deploy/examples/hag.yaml ships: hag serves (and answers probes) on every address.
+    let mut listen = vec!["'0.0.0.0:5124'".to_owned()];
     let mut allow = vec!["198.18.4.0/24".to_owned()];
     if spec.v6 {
-        listen.push(format!("'[{}]'", addr::HAG_SERVICE.v6));
+        listen.push("'[::]:5124'".into());
         allow.push("'2001:2:0:4::/64'".into());
     }
     let mut y = format!(
@@ -231,6 +232,90 @@ pub fn hcpe_yaml(spec: &HcpeSpec) -> String {
     }
     y.push_str(&spec.extra_yaml);
     y
+}
+
+/// `deploy/examples/NAME` as shipped.
+pub fn example_config(name: &str) -> anyhow::Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples").join(name);
+    std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+}
+
+/// `text` with each `(from, to)` replaced; fails naming the first `from` the text does not hold, so an edit of an
+/// example that a test can no longer substitute shows up as that, not as a daemon that cannot start.
+fn substitute(text: &str, what: &str, pairs: &[(&str, String)]) -> anyhow::Result<String> {
+    let mut out = text.to_owned();
+    for (from, to) in pairs {
+        if !out.contains(from) {
+            bail!("{what} no longer contains `{from}`: update the substitution in tests/src/daemons.rs");
+        }
+        out = out.replace(from, to);
+    }
+    Ok(out)
+}
+
+/// `deploy/examples/hag.yaml` for the testbed: only the key and token paths change (the files [`config_dir`]
+/// made); the listeners stay the shipped wildcards, the CPE id stays `example-cpe`.
+pub fn example_hag_yaml() -> anyhow::Result<String> {
+    let text = example_config("hag.yaml")?;
+    substitute(
+        &text,
+        "deploy/examples/hag.yaml",
+        &[
+            ("key_file: hag-keys/example-cpe.key", "key_file: cpe.key".into()),
+            ("token_file: hag-keys/admin.token", "token_file: admin.token".into()),
+        ],
+    )
+}
+
+/// `deploy/examples/hcpe.yaml` for the testbed: the LAN interface, hag's service addresses, the uplinks'
+/// addresses and gateways, and the key, token and state file paths change; nothing else.
+pub fn example_hcpe_yaml() -> anyhow::Result<String> {
+    use addr::*;
+    let text = example_config("hcpe.yaml")?;
+    substitute(
+        &text,
+        "deploy/examples/hcpe.yaml",
+        &[
+            ("lan_interfaces: [br-lan]", format!("lan_interfaces: [{}]", ifname::CPE_LAN)),
+            ("addresses: [192.0.2.1, \"2001:db8::1\"]", format!("addresses: ['{}', '{}']", HAG_SERVICE.v4, HAG_SERVICE.v6)),
+            ("key_file: hag-keys/example-cpe.key", "key_file: cpe.key".into()),
+            ("interface: dsl0", format!("interface: {}", ifname::DSL)),
+            ("interface: lte0", format!("interface: {}", ifname::LTE)),
+            (
+                "{ address: 198.51.100.2, gateway: 198.51.100.1 }",
+                format!("{{ address: {}, gateway: {} }}", CPE_DSL.v4, HAG_DSL.v4),
+            ),
+            (
+                "{ address: \"2001:db8:10::2\", gateway: \"2001:db8:10::1\" }",
+                format!("{{ address: '{}', gateway: '{}' }}", CPE_DSL.v6, HAG_DSL.v6),
+            ),
+            ("{ address: auto, gateway: 203.0.113.1 }", format!("{{ address: auto, gateway: {} }}", HAG_LTE.v4)),
+            ("state_file: /var/lib/hcpe/volume.json", "state_file: volume.json".into()),
+            ("token_file: hag-keys/admin.token", "token_file: admin.token".into()),
+        ],
+    )
+}
+
+/// Starts hag and then hcpe from the shipped example configs ([`example_hag_yaml`], [`example_hcpe_yaml`]),
+/// written into `dir` (a [`config_dir`]: its `cpe.key` and `admin.token` serve both), and waits for their
+/// ready lines (hag: listeners and admin API; hcpe: ready and uplink manager).
+pub fn start_examples(tb: &Testbed, dir: &Path) -> anyhow::Result<(ChildGuard, ChildGuard)> {
+    start_configs(tb, dir, &example_hag_yaml()?, &example_hcpe_yaml()?)
+}
+
+/// [`start_examples`] with the config texts given (an example with a further edit).
+pub fn start_configs(tb: &Testbed, dir: &Path, hag_yaml: &str, hcpe_yaml: &str) -> anyhow::Result<(ChildGuard, ChildGuard)> {
+    let hag = start(&tb.hag, "hag", &write_config(dir, "hag.yaml", hag_yaml)?, &["listening", "admin API listening"])?;
+    let hcpe_cfg = write_config(dir, "hcpe.yaml", hcpe_yaml)?;
+    let hcpe = start(&tb.cpe, "hcpe", &hcpe_cfg, &["hcpe ready", "uplink manager started"])?;
+    Ok((hag, hcpe))
+}
+
+/// A plain TCP download of `size` bytes from the CPE namespace to `dst` over one uplink alone (its source
+/// address `src` picks the link through the testbed's policy rules): the single-link baseline of a run.
+pub fn single_link(tb: &Testbed, dst: SocketAddr, src: IpAddr, size: u64) -> anyhow::Result<Transfer> {
+    let bind = SocketAddr::new(src, 0);
+    Ok(tb.cpe.within(move || Client::new(dst).bind(bind).timeout(Duration::from_secs(30)).download(size))??)
 }
 
 /// Writes `yaml` as `dir/name` (0600: it names the key).

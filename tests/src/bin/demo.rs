@@ -1,4 +1,5 @@
-//! `demo`: the README's one-command tour of the product (issue 4). Run as root after
+//! `demo`: the README's one-command tour of the product, with both daemons started from `deploy/examples/`
+//! (only addresses, interface names and file paths substituted). Run as root after
 //! `cargo build --release --workspace --bins`:
 //!
 //! ```text
@@ -31,7 +32,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use tests::emulator::{Direction, LinkConfig, Shape};
-use tests::daemons::{self, HagSpec, HcpeSpec};
+use tests::daemons;
+use tests::netns::ChildGuard;
 use tests::testbed::{Testbed, TestbedConfig, addr, ifname};
 use tests::traffic::{Client, Server, Transfer};
 
@@ -83,9 +85,8 @@ fn log_level() -> String {
     std::env::var("DEMO_LOG").unwrap_or_else(|_| "info".into())
 }
 
-/// The demo testbed: shaped links, and MPTCP limits/endpoints so a connection from the DSL
-/// address gets a second subflow from the LTE address (hcpe's uplink manager will own this;
-/// for now the e2e tests set it up the same way).
+/// The demo testbed: shaped links, nothing else. hcpe's uplink manager adds the MPTCP endpoints and limits on
+/// the CPE; hag's kernel keeps its defaults (two subflows per connection are enough for two uplinks).
 fn build_testbed() -> anyhow::Result<Testbed> {
     let link = |down: f64, up: f64, rtt: f64, seed: u64| LinkConfig {
         up: Shape::mbit(up).delay_ms(rtt / 2.0),
@@ -98,7 +99,6 @@ fn build_testbed() -> anyhow::Result<Testbed> {
         ..TestbedConfig::default()
     })
     .context("build the testbed")?;
-    daemons::static_endpoints(&tb)?;
     Ok(tb)
 }
 
@@ -235,11 +235,16 @@ fn watched_download(
     })
 }
 
-/// A plain TCP download from the CPE over one uplink alone (source address picks the link).
-fn single_link(tb: &Testbed, server: &Server, src: std::net::Ipv4Addr, size: u64) -> anyhow::Result<Transfer> {
-    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
-    let bind = SocketAddr::new(src.into(), 0);
-    Ok(tb.cpe.within(move || Client::new(dst).bind(bind).timeout(Duration::from_secs(30)).download(size))??)
+/// hag and hcpe as shipped (`deploy/examples/`, wildcard listeners, hcpe's uplink manager), with the daemons'
+/// log level from [`log_level`] and, with `tfo`, hcpe's `fastopen: true`.
+fn start_daemons(tb: &Testbed, dir: &Path, tfo: bool) -> anyhow::Result<(ChildGuard, ChildGuard)> {
+    let level = format!("log_level: {}", log_level());
+    let hag = daemons::example_hag_yaml()?.replace("log_level: info", &level);
+    let mut hcpe = daemons::example_hcpe_yaml()?.replace("log_level: info", &level);
+    if tfo {
+        hcpe = hcpe.replace("fastopen: false", "fastopen: true");
+    }
+    daemons::start_configs(tb, dir, &hag, &hcpe)
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -263,14 +268,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let server = Server::start(&tb.inet, 0)?;
 
     println!("\n== Baseline: one plain TCP download from the CPE over each link alone");
-    let dsl_alone = single_link(&tb, &server, addr::CPE_DSL.v4, sizes.baseline_dsl).context("DSL baseline")?;
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let dsl_alone = daemons::single_link(&tb, dst, addr::CPE_DSL.ip(false), sizes.baseline_dsl).context("DSL baseline")?;
     println!(
         "   DSL alone: {:.1} MiB in {:.2} s = {:.1} Mbit/s",
         mib(dsl_alone.bytes),
         dsl_alone.elapsed.as_secs_f64(),
         dsl_alone.mbit_per_s()
     );
-    let lte_alone = single_link(&tb, &server, addr::CPE_LTE.v4, sizes.baseline_lte).context("LTE baseline")?;
+    let lte_alone = daemons::single_link(&tb, dst, addr::CPE_LTE.ip(false), sizes.baseline_lte).context("LTE baseline")?;
     println!(
         "   LTE alone: {:.1} MiB in {:.2} s = {:.1} Mbit/s",
         mib(lte_alone.bytes),
@@ -283,22 +289,18 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         ("LTE", lte_alone.mbit_per_s())
     };
 
-    println!("\n== Starting hag (in hag) and hcpe (in cpe)");
+    println!("\n== Starting hag (in hag) and hcpe (in cpe) from deploy/examples/ (addresses, names, paths substituted)");
     let dir = daemons::config_dir("hybrid-demo")?;
     // Declared after `tb`: dropped (SIGTERM, then SIGKILL after the grace) before the testbed.
-    let hag_spec = HagSpec { limits: "{}".into(), log_level: log_level(), ..HagSpec::default() };
-    let hag = daemons::start_hag(&tb, dir.path(), &hag_spec)?;
-    let hcpe_spec =
-        HcpeSpec { fastopen: cli.tfo, limits: "{}".into(), log_level: log_level(), ..HcpeSpec::default() };
-    let hcpe = daemons::start_hcpe(&tb, dir.path(), &hcpe_spec)?;
+    let (hag, hcpe) = start_daemons(&tb, dir.path(), cli.tfo)?;
     drop(dir); // both have read their config and key
+    daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).context("both uplinks healthy")?;
     println!(
         "   hag pid {}, hcpe pid {}; LAN TCP now goes lan -> hcpe -> MPTCP over DSL+LTE -> hag -> server",
         hag.pid(),
         hcpe.pid()
     );
 
-    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
     let result = (|| -> anyhow::Result<()> {
         println!(
             "\n== Download {:.0} MiB from the LAN client through hcpe/hag (rates per uplink: emulator counters, downlink)",
