@@ -1,12 +1,14 @@
 //! Both daemons started from `deploy/examples/*.yaml` as an operator gets them (hag on the wildcard listeners
 //! `0.0.0.0:5124` and `[::]:5124`, hcpe with its uplink manager and default probes), with only addresses,
 //! interface names and file paths substituted: uplinks healthy within 2 s, one download aggregates both links
-//! against single-link baselines measured in the same run, and a download survives a silent DSL cut.
+//! against single-link baselines measured in the same run, and a download survives a silent DSL cut; the same
+//! with UDP to hag filtered, where uplink health comes from the MPTCP subflows.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tests::daemons::{self, LanDownload};
+use tests::netns::ChildGuard;
 use tests::emulator::{Direction, LinkConfig, Shape};
 use tests::testbed::{Testbed, TestbedConfig, addr};
 use tests::traffic::Server;
@@ -27,34 +29,31 @@ fn down_bytes(tb: &Testbed) -> (u64, u64) {
     (tb.dsl.counters(Direction::Down).tx_bytes, tb.lte.counters(Direction::Down).tx_bytes)
 }
 
-#[test]
-fn example_configs_aggregate_both_uplinks_and_survive_a_dsl_cut() {
-    let tb = testbed();
-    let dir = daemons::config_dir("as-shipped").unwrap();
-    let server = Server::start(&tb.inet, 0).unwrap();
-    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+/// hcpe's admin API (as the example config serves it) inside the cpe namespace: `GET path`, the body.
+fn hcpe_api(tb: &Testbed, token: &str, path: &str) -> String {
+    let api = SocketAddr::from(([127, 0, 0, 1], daemons::HCPE_ADMIN_PORT));
+    let r = daemons::http(&tb.cpe, api, "GET", path, Some(token), None).unwrap();
+    assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+    r.body
+}
 
-    // Baselines first, with no daemon running: one plain TCP download over each link alone.
-    let dsl_alone = daemons::single_link(&tb, dst, addr::CPE_DSL.ip(false), 16 << 20).unwrap().mbit_per_s();
-    let lte_alone = daemons::single_link(&tb, dst, addr::CPE_LTE.ip(false), 10 << 20).unwrap().mbit_per_s();
-
-    let started = Instant::now();
-    let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
-    daemons::wait_up(&hcpe, 2, Duration::from_secs(2).saturating_sub(started.elapsed())).unwrap();
-    let healthy_after = started.elapsed();
-
+/// A 64 MiB download aggregates both links (each at least 20 % of the bytes, at least 0.9 x the sum of the
+/// single-link baselines), then a second download survives a silent DSL cut at a third (intact, longest stall
+/// 1.5 s). `label` names the run in the printed numbers.
+fn aggregate_then_cut(tb: &Testbed, dst: SocketAddr, baselines: (f64, f64), hcpe: &ChildGuard, label: &str) {
+    let (dsl_alone, lte_alone) = baselines;
     const SIZE: u64 = 64 << 20;
-    let links_before = down_bytes(&tb);
-    let download = LanDownload::start(&tb, dst, SIZE, Duration::from_secs(10)).unwrap();
+    let links_before = down_bytes(tb);
+    let download = LanDownload::start(tb, dst, SIZE, Duration::from_secs(10)).unwrap();
     let transfer = download.join().unwrap_or_else(|e| panic!("aggregate download: {e}\nhcpe log:\n{}", hcpe.log()));
-    let links = down_bytes(&tb);
+    let links = down_bytes(tb);
     let (dsl, lte) = (links.0 - links_before.0, links.1 - links_before.1);
     let dsl_share = dsl as f64 / (dsl + lte) as f64;
     let sum = dsl_alone + lte_alone;
     let got = transfer.mbit_per_s();
     eprintln!(
-        "as shipped: healthy {healthy_after:?} after start; DSL alone {dsl_alone:.1}, LTE alone {lte_alone:.1} Mbit/s; \
-         through hcpe/hag {got:.1} Mbit/s = {:.2} x the sum; DSL carried {:.0} %",
+        "{label}: DSL alone {dsl_alone:.1}, LTE alone {lte_alone:.1} Mbit/s; through hcpe/hag {got:.1} Mbit/s = {:.2} x \
+         the sum; DSL carried {:.0} %",
         got / sum,
         dsl_share * 100.0
     );
@@ -64,15 +63,84 @@ fn example_configs_aggregate_both_uplinks_and_survive_a_dsl_cut() {
 
     // A silent DSL cut (carrier up, every frame dropped) at a third of a second download.
     const CUT_SIZE: u64 = 32 << 20;
-    let download = LanDownload::start(&tb, dst, CUT_SIZE, Duration::from_secs(10)).unwrap();
-    download.wait_for(CUT_SIZE / 3, Duration::from_secs(20), "download", &hcpe);
+    let download = LanDownload::start(tb, dst, CUT_SIZE, Duration::from_secs(10)).unwrap();
+    download.wait_for(CUT_SIZE / 3, Duration::from_secs(20), "download", hcpe);
     tb.dsl.cut();
     let transfer = download.join().unwrap_or_else(|e| panic!("download across the DSL cut: {e}\n{}", hcpe.log()));
-    eprintln!(
-        "as shipped, DSL cut: {:.1} Mbit/s, longest stall {:?}",
-        transfer.mbit_per_s(),
-        transfer.timeline.max_stall()
-    );
+    eprintln!("{label}, DSL cut: {:.1} Mbit/s, longest stall {:?}", transfer.mbit_per_s(), transfer.timeline.max_stall());
     assert_eq!(transfer.bytes, CUT_SIZE, "intact (the client checks the SHA-256 of the stream)");
     assert!(transfer.timeline.max_stall() <= Duration::from_millis(1500), "stall {:?}", transfer.timeline.max_stall());
+}
+
+/// The single-link baselines (DSL, LTE) in Mbit/s, measured with no daemon running.
+fn baselines(tb: &Testbed, dst: SocketAddr) -> (f64, f64) {
+    let dsl = daemons::single_link(tb, dst, addr::CPE_DSL.ip(false), 16 << 20).unwrap().mbit_per_s();
+    let lte = daemons::single_link(tb, dst, addr::CPE_LTE.ip(false), 10 << 20).unwrap().mbit_per_s();
+    (dsl, lte)
+}
+
+#[test]
+fn example_configs_aggregate_both_uplinks_and_survive_a_dsl_cut() {
+    let tb = testbed();
+    let dir = daemons::config_dir("as-shipped").unwrap();
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let baselines = baselines(&tb, dst);
+
+    let started = Instant::now();
+    let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
+    daemons::wait_up(&hcpe, 2, Duration::from_secs(2).saturating_sub(started.elapsed())).unwrap();
+    eprintln!("as shipped: both uplinks healthy {:?} after start", started.elapsed());
+    aggregate_then_cut(&tb, dst, baselines, &hcpe, "as shipped");
+}
+
+/// UDP to hag dropped on both uplinks (nftables in hag's namespace): no probe is ever answered, yet both
+/// endpoints stay, aggregation holds and a silent DSL cut is still survived, on health from the subflows.
+#[test]
+fn probes_filtered_on_both_uplinks_health_comes_from_the_subflows() {
+    let tb = testbed();
+    let dir = daemons::config_dir("as-shipped-filtered").unwrap();
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let baselines = baselines(&tb, dst);
+    for rule in [
+        "add table inet probefilter",
+        "add chain inet probefilter input { type filter hook input priority 0 ; }",
+        "add rule inet probefilter input udp dport 5124 drop",
+    ] {
+        let args: Vec<&str> = rule.split(' ').collect();
+        tb.hag.exec_ok("nft", &args).unwrap_or_else(|e| panic!("nft {rule}: {e} (needs Debian's nftables)"));
+    }
+
+    let (_hag, mut hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
+    assert!(
+        hcpe.wait_for_log("health from subflows", Duration::from_secs(5)),
+        "no switch to subflow health:\n{}",
+        hcpe.log()
+    );
+    let token = daemons::admin_token(dir.path()).unwrap();
+    // Past the moment the probes would have removed the endpoints.
+    std::thread::sleep(Duration::from_secs(1));
+    let uplinks: serde_json::Value = serde_json::from_str(&hcpe_api(&tb, &token, "/api/v1/uplinks")).unwrap();
+    for u in uplinks.as_array().unwrap() {
+        assert_eq!(u["health_source"], "subflows", "{u}");
+        assert!(u["endpoint"].is_object(), "the endpoint stays: {u}");
+        assert_ne!(u["state"], "down", "{u}");
+    }
+    let metrics = hcpe_api(&tb, &token, "/metrics");
+    for line in ["hcpe_uplink_health_from_subflows{uplink=\"dsl\"} 1", "hcpe_uplink_subflow_fallbacks_total 1"] {
+        assert!(metrics.lines().any(|l| l == line), "/metrics lacks `{line}`:\n{metrics}");
+    }
+    aggregate_then_cut(&tb, dst, baselines, &hcpe, "probes filtered");
+    // The cut is seen on the subflows: DSL goes down, LTE carries new connections.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let uplinks: serde_json::Value = serde_json::from_str(&hcpe_api(&tb, &token, "/api/v1/uplinks")).unwrap();
+        let dsl = &uplinks[0];
+        if dsl["state"] == "down" && uplinks[1]["initial"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "DSL not down on its subflows after the cut: {uplinks}\n{}", hcpe.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -1,5 +1,6 @@
-//! The backup flag of each MPTCP subflow, read from the kernel with `sock_diag` (`INET_DIAG` over TCP, with the
-//! subflow's ULP info), because `MPTCP_FULL_INFO` does not carry it.
+//! The backup flag, TCP state and path counters of each MPTCP subflow, read from the kernel with `sock_diag`
+//! (`INET_DIAG` over TCP, with the subflow's ULP info and `tcp_info`), because `MPTCP_FULL_INFO` does not carry
+//! the flag and cannot be asked for every connection of a daemon at once.
 //!
 //! Why `sock_diag` and not the path manager's events (`SUB_ESTABLISHED` / `SUB_PRIORITY` carry the flag too):
 //! the diag answer is the kernel's state at the moment of the request, so it needs no long-lived subscriber,
@@ -54,6 +55,47 @@ pub struct SubflowDiag {
     pub id_remote: Option<u8>,
     /// Raw `MPTCP_SUBFLOW_FLAG_*` bits.
     pub flags: u32,
+    /// The subflow's TCP state and path counters (`INET_DIAG_INFO`), when the kernel sent them.
+    pub tcp: Option<SubflowTcp>,
+}
+
+/// The part of a subflow's `tcp_info` that tells whether its path works: what the uplink manager reads when
+/// the uplink probes go unanswered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubflowTcp {
+    /// TCP state (`TCP_ESTABLISHED` = 1, `TCP_SYN_SENT` = 2, ...).
+    pub state: u8,
+    /// Smoothed RTT, microseconds.
+    pub rtt_us: u32,
+    /// Milliseconds since data last arrived on the subflow.
+    pub last_data_recv_ms: u32,
+    /// Milliseconds since an ACK last arrived.
+    pub last_ack_recv_ms: u32,
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
+    /// Retransmissions since the last ACK (of the SYN, in `SYN_SENT`).
+    pub retransmits: u8,
+    /// Times the retransmission timer backed off since the last ACK.
+    pub backoff: u8,
+}
+
+impl SubflowTcp {
+    /// `TCP_ESTABLISHED`.
+    pub const ESTABLISHED: u8 = 1;
+    /// `TCP_SYN_SENT`.
+    pub const SYN_SENT: u8 = 2;
+
+    fn from_info(info: &netlink_packet_sock_diag::inet::nlas::TcpInfo) -> SubflowTcp {
+        SubflowTcp {
+            state: info.state,
+            rtt_us: info.rtt,
+            last_data_recv_ms: info.last_data_recv,
+            last_ack_recv_ms: info.last_ack_recv,
+            unacked: info.unacked,
+            retransmits: info.retransmits,
+            backoff: info.backoff,
+        }
+    }
 }
 
 impl SubflowDiag {
@@ -119,7 +161,7 @@ pub enum Side {
     Remote,
 }
 
-/// Subflow backup flags by (local, remote) address, as [`by_port`] returns them.
+/// Subflow diagnostics by (local, remote) address, as [`by_port`] returns them.
 pub type DiagMap = HashMap<(SocketAddr, SocketAddr), SubflowDiag>;
 
 /// Subflow sockets (TCP sockets carrying the MPTCP ULP) whose remote port is one of `remote_ports`, by
@@ -193,17 +235,23 @@ fn dump(socket: &Socket, family: u8, side: Side, port: u16, out: &mut DiagMap) -
                     let id = &r.header.socket_id;
                     let local = SocketAddr::new(id.source_address, id.source_port);
                     let remote = SocketAddr::new(id.destination_address, id.destination_port);
+                    let (mut diag, mut tcp) = (None, None);
                     for nla in &r.nlas {
-                        if let Nla::Other(attr) = nla {
-                            use netlink_packet_core::Nla as _;
-                            if attr.kind() & 0x3fff == INET_DIAG_ULP_INFO {
-                                let mut value = vec![0u8; attr.value_len()];
-                                attr.emit_value(&mut value);
-                                if let Some(d) = parse_ulp_info(&value) {
-                                    out.insert((local, remote), d);
+                        match nla {
+                            Nla::Other(attr) => {
+                                use netlink_packet_core::Nla as _;
+                                if attr.kind() & 0x3fff == INET_DIAG_ULP_INFO {
+                                    let mut value = vec![0u8; attr.value_len()];
+                                    attr.emit_value(&mut value);
+                                    diag = parse_ulp_info(&value);
                                 }
                             }
+                            Nla::TcpInfo(info) => tcp = Some(SubflowTcp::from_info(info)),
+                            _ => {}
                         }
+                    }
+                    if let Some(d) = diag {
+                        out.insert((local, remote), SubflowDiag { tcp, ..d });
                     }
                 }
                 NetlinkPayload::Done(_) => return Ok(()),

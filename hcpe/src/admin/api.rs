@@ -62,8 +62,13 @@ pub struct UplinkView {
     pub interface: String,
     pub role: &'static str,
     pub mode: &'static str,
-    /// `up`, `down` or `unknown` (not probed).
+    /// `up`, `down` or `unknown` (not probed, or no verdict yet).
     pub state: &'static str,
+    /// Where `state` comes from: `probes`, or `subflows` while no probe is answered on any uplink (UDP to hag
+    /// filtered): then the kernel's view of the uplink's MPTCP subflows decides.
+    pub health_source: &'static str,
+    /// After its subflows failed, the uplink is tried again: usable, last in line for new connections.
+    pub trial: bool,
     /// New connections start on this uplink now.
     pub initial: bool,
     pub addresses: Vec<IpAddr>,
@@ -93,6 +98,8 @@ impl UplinkView {
             role: role_str(u.role),
             mode: u.mode.as_str(),
             state: state_str(u.state),
+            health_source: u.health_source.as_str(),
+            trial: u.trial,
             initial: u.initial,
             addresses: u.addresses,
             rtt_ms: h.and_then(|h| h.srtt).map(|d| d.as_secs_f64() * 1000.0),
@@ -135,6 +142,8 @@ pub fn uplinks_view(state: &ApiState) -> Vec<UplinkView> {
                 role: u.role,
                 mode: u.mode,
                 state: HealthState::Unknown,
+                health_source: crate::uplink::HealthSource::Probes,
+                trial: false,
                 health: None,
                 endpoint: None,
                 initial: i == 0,

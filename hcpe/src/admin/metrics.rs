@@ -136,6 +136,16 @@ impl HcpeMetrics {
             }
         }
         {
+            let mut f = w.family(
+                "uplink_health_from_subflows",
+                "1 while the uplink's verdict comes from its MPTCP subflows because no probe is answered on any uplink.",
+                MetricType::Gauge,
+            );
+            for u in &ups {
+                f.sample(&[("uplink", &u.name)], u8::from(u.health_source == "subflows"));
+            }
+        }
+        {
             let mut f = w.family("uplink_initial", "1 for the uplink new connections start on now.", MetricType::Gauge);
             for u in &ups {
                 f.sample(&[("uplink", &u.name)], u8::from(u.initial));
@@ -240,6 +250,12 @@ impl HcpeMetrics {
             for (reason, n) in control.mode_changes() {
                 f.sample(&[("reason", reason.as_str())], n);
             }
+            w.family(
+                "uplink_subflow_fallbacks_total",
+                "Times every probe went unanswered and uplink health switched to the MPTCP subflows.",
+                MetricType::Counter,
+            )
+            .sample(&[], control.subflow_fallbacks());
         }
     }
 }

@@ -243,13 +243,16 @@ pub fn openapi() -> Value {
             "UplinkPatch": { "type": "object", "required": ["mode"], "additionalProperties": false,
                 "properties": { "mode": mode } },
             "Uplink": { "type": "object",
-                "required": ["name", "interface", "role", "mode", "state", "initial", "addresses", "rtt_ms", "loss",
-                             "endpoint", "volume"],
+                "required": ["name", "interface", "role", "mode", "state", "health_source", "trial", "initial",
+                             "addresses", "rtt_ms", "loss", "endpoint", "volume"],
                 "properties": {
                     "name": { "type": "string" }, "interface": { "type": "string" },
                     "role": { "type": "string", "enum": ["primary", "secondary"] },
                     "mode": mode,
                     "state": { "type": "string", "enum": ["up", "down", "unknown"] },
+                    "health_source": { "type": "string", "enum": ["probes", "subflows"], "description":
+                        "subflows: no probe is answered on any uplink (UDP to hag filtered), so the kernel's view of the uplink's MPTCP subflows decides." },
+                    "trial": { "type": "boolean", "description": "After its subflows failed, tried again: usable, last for new connections." },
                     "initial": { "type": "boolean", "description": "New connections start on this uplink now." },
                     "addresses": { "type": "array", "items": { "type": "string" } },
                     "rtt_ms": opt_num, "loss": { "type": "number", "nullable": true, "minimum": 0, "maximum": 1 },

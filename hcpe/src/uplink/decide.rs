@@ -21,6 +21,8 @@ pub struct View {
     pub role: Role,
     pub mode: Mode,
     pub health: HealthState,
+    /// On trial after a failure its subflows showed: usable, but last in line for new connections.
+    pub trial: bool,
     /// The uplink has a local address (of the family in question).
     pub has_source: bool,
 }
@@ -53,7 +55,7 @@ pub fn endpoint_plan(uplinks: &[View]) -> Vec<Option<EndpointFlags>> {
 /// The uplink whose address new connections bind to (their initial subflow), or `None` when no uplink has
 /// a source address or every one is `off`.
 ///
-/// Order: usable before down; among usable ones, `active` before `backup` before `standby` (a standby or
+/// Order: usable before down, proven before on trial; among those, `active` before `backup` before `standby` (a standby or
 /// backup uplink only starts connections when nothing better works), then the primary role, then
 /// configuration order. When every uplink is down, the best by role is still returned: a connection attempt
 /// on it is better than none, and probes may simply be blocked.
@@ -72,7 +74,7 @@ pub fn pick_initial(uplinks: &[View]) -> Option<usize> {
         .iter()
         .enumerate()
         .filter(|(_, u)| u.has_source && u.mode != Mode::Off)
-        .min_by_key(|(i, u)| (!u.usable(), mode_rank(u.mode), role_rank(u.role), *i))
+        .min_by_key(|(i, u)| (!u.usable(), u.trial, mode_rank(u.mode), role_rank(u.role), *i))
         .map(|(i, _)| i)
 }
 
@@ -85,7 +87,7 @@ mod tests {
     const BAK: Option<EndpointFlags> = Some(EndpointFlags::from_bits(EndpointFlags::SUBFLOW.bits() | EndpointFlags::BACKUP.bits()));
 
     fn v(role: Role, mode: Mode, health: HealthState) -> View {
-        View { role, mode, health, has_source: true }
+        View { role, mode, health, trial: false, has_source: true }
     }
     fn dsl(mode: Mode, h: HealthState) -> View {
         v(Role::Primary, mode, h)

@@ -31,6 +31,7 @@
 
 pub mod carrier;
 pub mod decide;
+pub mod evidence;
 pub mod links;
 pub mod quic;
 pub mod routing;
@@ -125,6 +126,10 @@ pub struct UplinkStatus {
     pub mode: Mode,
     /// Health verdict (`Unknown` when the uplink is not probed: `off`, or no address towards hag).
     pub state: HealthState,
+    /// Where the verdict comes from: the probes, or (every probe unanswered) the uplink's subflows.
+    pub health_source: HealthSource,
+    /// After a failure seen on its subflows, the uplink is tried again: usable, last for new connections.
+    pub trial: bool,
     /// Latest probe statistics (RTT, loss, counters), when probed.
     pub health: Option<UplinkHealth>,
     /// Flags of the MPTCP endpoints the manager keeps for this uplink now (`None`: no endpoint).
@@ -133,6 +138,26 @@ pub struct UplinkStatus {
     pub initial: bool,
     /// The uplink's local addresses now (configured, or learned from its interface after renumbering).
     pub addresses: Vec<IpAddr>,
+}
+
+/// Which signal an uplink's health verdict comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthSource {
+    /// The authenticated UDP probes (the normal case).
+    Probes,
+    /// The kernel's view of the uplink's MPTCP subflows, because no probe is answered on any uplink
+    /// ([`evidence::Fallback`]).
+    Subflows,
+}
+
+impl HealthSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthSource::Probes => "probes",
+            HealthSource::Subflows => "subflows",
+        }
+    }
 }
 
 /// An uplink's local addresses now, one per family at most.
@@ -165,7 +190,11 @@ impl Addrs {
 #[derive(Debug, Clone)]
 struct Live {
     mode: Mode,
+    /// The verdict in force (the probes', or the subflows' in [`HealthSource::Subflows`]).
     health: HealthState,
+    /// The probes' own verdict.
+    probe_health: HealthState,
+    trial: bool,
     endpoint: Option<EndpointFlags>,
     addrs: Addrs,
     probe: Option<watch::Receiver<UplinkHealth>>,
@@ -179,6 +208,10 @@ struct Shared {
     live: RwLock<Vec<Live>>,
     /// Mode changes per [`ModeReason`] (index as in [`ModeReason::ALL`]).
     mode_changes: [AtomicU64; 4],
+    /// Health comes from the subflows ([`HealthSource::Subflows`]) now.
+    from_subflows: std::sync::atomic::AtomicBool,
+    /// Times health switched to the subflows since start.
+    subflow_fallbacks: AtomicU64,
 }
 
 impl Shared {
@@ -189,6 +222,8 @@ impl Shared {
             .map(|u| Live {
                 mode: u.mode,
                 health: HealthState::Unknown,
+                probe_health: HealthState::Unknown,
+                trial: false,
                 endpoint: None,
                 addrs: Addrs::configured(u),
                 probe: None,
@@ -199,6 +234,8 @@ impl Shared {
             hag: cfg.hag_addresses[0],
             live: RwLock::new(live),
             mode_changes: Default::default(),
+            from_subflows: Default::default(),
+            subflow_fallbacks: AtomicU64::new(0),
         }
     }
 
@@ -224,6 +261,7 @@ fn views(uplinks: &[Uplink], live: &[Live], family_of: Option<IpAddr>) -> Vec<Vi
             role: u.role,
             mode: l.mode,
             health: l.health,
+            trial: l.trial,
             has_source: match family_of {
                 Some(peer) => l.addrs.for_peer(peer).is_some(),
                 None => l.addrs.iter().next().is_some(),
@@ -279,6 +317,8 @@ impl UplinkControl {
                 role: u.role,
                 mode: l.mode,
                 state: l.health,
+                health_source: if s.from_subflows.load(Relaxed) { HealthSource::Subflows } else { HealthSource::Probes },
+                trial: l.trial,
                 health: l.probe.as_ref().map(|rx| rx.borrow().clone()),
                 endpoint: l.endpoint,
                 initial: initial == Some(i),
@@ -321,6 +361,11 @@ impl UplinkControl {
     /// Mode changes since start per reason, in the order of [`ModeReason::ALL`].
     pub fn mode_changes(&self) -> Vec<(ModeReason, u64)> {
         ModeReason::ALL.iter().zip(&self.shared.mode_changes).map(|(r, n)| (*r, n.load(Relaxed))).collect()
+    }
+
+    /// Times the uplink health switched from the probes to the subflows since start.
+    pub fn subflow_fallbacks(&self) -> u64 {
+        self.shared.subflow_fallbacks.load(Relaxed)
     }
 
     /// The selector connection tasks use (same state as this handle).
@@ -408,6 +453,8 @@ impl UplinkManager {
             main_owned: [false, false],
             learned_gw: vec![[None, None]; cfg.uplinks.len()],
             p2p: vec![false; cfg.uplinks.len()],
+            fallback: evidence::Fallback::new(cfg.uplinks.len()),
+            answered: false,
         };
         // Subscribe before the first look at the interfaces, so no change falls between the two.
         let events = match links::subscribe() {
@@ -551,6 +598,10 @@ struct Driver {
     p2p: Vec<bool>,
     /// hcpe's main default route of the family may exist in the kernel (so it is replaced, not created).
     main_owned: [bool; 2],
+    /// Probe verdicts or subflow evidence ([`evidence`]).
+    fallback: evidence::Fallback,
+    /// Some probe was answered since start.
+    answered: bool,
 }
 
 impl Driver {
@@ -590,6 +641,9 @@ impl Driver {
         // Without the event stream, the carrier is polled (a change is seen within one probe interval).
         let mut tick = tokio::time::interval(carrier_poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The subflows are sampled on the probe grid, only while every probe goes unanswered.
+        let mut sample_tick = tokio::time::interval(carrier_poll);
+        sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let polling = events.is_none();
             let next_event = async {
@@ -630,6 +684,12 @@ impl Driver {
                     }
                 }
                 _ = tick.tick(), if polling => self.poll_carrier().await,
+                _ = sample_tick.tick(), if self.fallback.wants_samples(&self.fallback_inputs()) => {
+                    let evidence = self.sample_subflows().await;
+                    if self.evaluate(evidence) && let Err(e) = self.reconcile().await {
+                        warn!(error = %e, "updating MPTCP endpoints; retried on the next change");
+                    }
+                }
             }
         }
         self.cleanup().await;
@@ -824,11 +884,79 @@ impl Driver {
         if self.slots[i].as_ref().is_none_or(|s| s.generation != generation) {
             return false; // from a prober stopped since
         }
-        let from = std::mem::replace(&mut self.shared.live_mut()[i].health, state);
-        if from != state {
-            info!(uplink = %self.shared.uplinks[i].name, from = from.as_str(), to = state.as_str(), "uplink health changed");
+        self.shared.live_mut()[i].probe_health = state;
+        self.evaluate(None)
+    }
+
+    /// What [`evidence::Fallback`] needs of each uplink now.
+    fn fallback_inputs(&self) -> Vec<evidence::Input> {
+        let live = self.shared.live();
+        live.iter()
+            .enumerate()
+            .map(|(i, l)| evidence::Input { probed: self.slots[i].is_some(), probe: l.probe_health, carrier: self.carrier[i] })
+            .collect()
+    }
+
+    /// Applies the probe verdicts and, when given, fresh subflow evidence: records each uplink's verdict in
+    /// force; whether any changed.
+    fn evaluate(&mut self, evidence: Option<Vec<evidence::Evidence>>) -> bool {
+        let inputs = self.fallback_inputs();
+        self.answered |= self
+            .shared
+            .live()
+            .iter()
+            .any(|l| l.probe.as_ref().is_some_and(|rx| rx.borrow().stats.replies > 0));
+        let was_active = self.fallback.active();
+        let verdicts = self.fallback.update(now_std(), &inputs, self.answered, evidence);
+        let active = self.fallback.active();
+        if active != was_active {
+            self.shared.from_subflows.store(active, Relaxed);
+            if active {
+                self.shared.subflow_fallbacks.fetch_add(1, Relaxed);
+                warn!("probes unanswered on every uplink: health from subflows (UDP to hag filtered, or its probe responder down?)");
+            } else {
+                info!("a probe was answered again: health from probes");
+            }
         }
-        from != state
+        let mut changed = active != was_active;
+        let mut live = self.shared.live_mut();
+        for (i, v) in verdicts.into_iter().enumerate() {
+            let l = &mut live[i];
+            if l.health != v.state || l.trial != v.trial {
+                let source = if active { "subflows" } else { "probes" };
+                info!(
+                    uplink = %self.shared.uplinks[i].name, from = l.health.as_str(), to = v.state.as_str(),
+                    trial = v.trial, source, "uplink health changed"
+                );
+                l.health = v.state;
+                l.trial = v.trial;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// One `sock_diag` dump of the subflows towards hag's port, attributed to uplinks by local address, judged.
+    async fn sample_subflows(&self) -> Option<Vec<evidence::Evidence>> {
+        let port = self.shared.hag.port();
+        let diag = match tokio::task::spawn_blocking(move || common::admin::subflow_diag::by_remote_port(&[port])).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                warn!(error = %e, "reading the subflows (sock_diag)");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let samples: Vec<evidence::Sample> = {
+            let live = self.shared.live();
+            diag.iter()
+                .filter_map(|((local, _), d)| {
+                    let uplink = live.iter().position(|l| l.addrs.iter().any(|a| a == local.ip().to_canonical()))?;
+                    Some(evidence::Sample { uplink, conn: d.token_local.unwrap_or(0), tcp: d.tcp? })
+                })
+                .collect()
+        };
+        Some(evidence::judge(&samples, self.shared.uplinks.len(), &evidence::Thresholds::default()))
     }
 
     /// Starts, re-binds or stops each uplink's prober so that exactly the uplinks not `off` with an address
@@ -859,6 +987,8 @@ impl Driver {
                     self.slots[i] = None;
                     let mut live = self.shared.live_mut();
                     live[i].health = HealthState::Unknown;
+                    live[i].probe_health = HealthState::Unknown;
+                    live[i].trial = false;
                     live[i].probe = None;
                 }
                 (None, None) => {}
@@ -975,6 +1105,7 @@ impl Driver {
                         role: u.role,
                         mode: l.mode,
                         health: l.health,
+                        trial: l.trial,
                         has_source: self.next_hop(i, v4).is_some()
                             && self.ifindex[i].is_some()
                             && if v4 { l.addrs.v4.is_some() } else { l.addrs.v6.is_some() },
@@ -1069,4 +1200,9 @@ impl Driver {
             Err(e) => warn!(error = %e, "removing uplink rules and routes"),
         }
     }
+}
+
+/// tokio's clock as a std `Instant` (follows a paused test clock).
+fn now_std() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }

@@ -1,0 +1,399 @@
+//! The second health signal: each uplink's health from the kernel's own view of its MPTCP subflows, used
+//! when the UDP probes go unanswered on every uplink (a firewall dropping UDP to hag, hag's responder down)
+//! while MPTCP itself may work fine. Sans-IO: samples and `now` in, verdicts out.
+//!
+//! - [`judge`] turns one `sock_diag` sample of the subflows towards hag into an [`Evidence`] per uplink.
+//! - [`Fallback`] decides per uplink which signal counts and, in subflow mode, the verdict: it enters when no
+//!   probe was ever answered and the first uplink's probes give up, or when every probed uplink with carrier is
+//!   `Down` by its probes while some uplink's subflows carry data; it leaves as soon as any probe verdict is
+//!   `Up` again.
+//!
+//! Invariants:
+//! - in probe mode the verdict is the probe verdict, untouched; nothing here runs in the healthy case;
+//! - in subflow mode a lost carrier is `Down`; `Dead` evidence is `Down` for a hold time that doubles on each
+//!   failed trial (up to [`HOLD_MAX`]); after the hold the uplink is on trial ([`Verdict::trial`]): usable for
+//!   joins, last in line for new connections, until its subflows carry data (`Up`) or fail again;
+//! - no evidence (idle subflows, or none) keeps an uplink usable: without probes, only a failure is a reason
+//!   to drop a path.
+
+use std::time::{Duration, Instant};
+
+use common::admin::subflow_diag::SubflowTcp;
+use common::probe::HealthState;
+
+/// First hold time of an uplink whose subflows failed.
+pub const HOLD_MIN: Duration = Duration::from_secs(2);
+/// Longest hold time.
+pub const HOLD_MAX: Duration = Duration::from_secs(30);
+
+/// What an uplink's subflows say about its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// Data or ACKs arrived recently on one of its subflows.
+    Alive,
+    /// Its subflows fail: a SYN or data retransmitted without answer, or silence while another uplink's
+    /// subflow of the same connection keeps receiving.
+    Dead,
+    /// Nothing to tell (no subflow, or idle ones).
+    Silent,
+}
+
+/// One subflow of a connection to hag, attributed to an uplink by its local address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub uplink: usize,
+    /// The MPTCP connection's local token (subflows of one connection share it).
+    pub conn: u32,
+    pub tcp: SubflowTcp,
+}
+
+/// Thresholds of [`judge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// A subflow that received within this is alive.
+    pub fresh: Duration,
+    /// A subflow silent for this long (and at least four of its RTTs) while another subflow of its connection
+    /// received within [`Thresholds::sibling`] is dead, ...
+    pub silent: Duration,
+    pub sibling: Duration,
+    /// ... unless it has been silent for longer than this: then the scheduler has simply not used it (an
+    /// application-limited stream stays on the fastest subflow), and a cut shows well before.
+    pub idle: Duration,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            fresh: Duration::from_millis(1000),
+            silent: Duration::from_millis(800),
+            sibling: Duration::from_millis(200),
+            idle: Duration::from_millis(3000),
+        }
+    }
+}
+
+fn ms(v: u32) -> Duration {
+    Duration::from_millis(u64::from(v))
+}
+
+/// Time since anything arrived on the subflow.
+fn quiet(t: &SubflowTcp) -> Duration {
+    ms(t.last_data_recv_ms.min(t.last_ack_recv_ms))
+}
+
+/// The evidence of each of `uplinks` uplinks from one sample of the subflows.
+pub fn judge(samples: &[Sample], uplinks: usize, th: &Thresholds) -> Vec<Evidence> {
+    let live_within = |s: &Sample, d: Duration| s.tcp.state == SubflowTcp::ESTABLISHED && quiet(&s.tcp) <= d;
+    (0..uplinks)
+        .map(|i| {
+            let mine: Vec<&Sample> = samples.iter().filter(|s| s.uplink == i).collect();
+            let failing = mine.iter().any(|s| {
+                let t = &s.tcp;
+                let syn_lost = t.state == SubflowTcp::SYN_SENT && t.retransmits > 0;
+                let data_lost = t.state == SubflowTcp::ESTABLISHED && t.unacked > 0 && t.backoff > 0;
+                let limit = th.silent.max(Duration::from_micros(u64::from(t.rtt_us) * 4));
+                let silent_beside_a_live_sibling = t.state == SubflowTcp::ESTABLISHED
+                    && quiet(t) >= limit
+                    && quiet(t) <= th.idle.max(limit * 2)
+                    && samples.iter().any(|o| o.conn == s.conn && o.uplink != i && live_within(o, th.sibling));
+                syn_lost || data_lost || silent_beside_a_live_sibling
+            });
+            // Anything received since the failure began outweighs it (another connection on the same path
+            // proves the path works).
+            let recent = mine.iter().any(|s| live_within(s, th.sibling));
+            let alive = mine.iter().any(|s| live_within(s, th.fresh));
+            match (failing, recent, alive) {
+                (true, false, _) => Evidence::Dead,
+                (_, _, true) => Evidence::Alive,
+                _ => Evidence::Silent,
+            }
+        })
+        .collect()
+}
+
+/// What [`Fallback`] needs to know about one uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Input {
+    /// The uplink is probed now.
+    pub probed: bool,
+    /// Its probe verdict.
+    pub probe: HealthState,
+    /// Its carrier.
+    pub carrier: bool,
+}
+
+/// The verdict of one uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub state: HealthState,
+    /// Usable, but only after every other uplink for new connections (after a failure, until proven).
+    pub trial: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    state: HealthState,
+    trial: bool,
+    down_until: Option<Instant>,
+    hold: Duration,
+}
+
+/// Chooses between the probe verdicts and the subflow evidence (see the module docs).
+#[derive(Debug)]
+pub struct Fallback {
+    active: bool,
+    slots: Vec<Slot>,
+    evidence: Vec<Evidence>,
+}
+
+impl Fallback {
+    pub fn new(uplinks: usize) -> Fallback {
+        let slot = Slot { state: HealthState::Unknown, trial: false, down_until: None, hold: HOLD_MIN };
+        Fallback { active: false, slots: vec![slot; uplinks], evidence: vec![Evidence::Silent; uplinks] }
+    }
+
+    /// Health comes from the subflows now.
+    pub fn active(&self) -> bool {
+        self.active
+    }
+
+    /// The last evidence per uplink.
+    pub fn evidence(&self) -> &[Evidence] {
+        &self.evidence
+    }
+
+    /// Whether the subflows are worth sampling: every probed uplink with carrier is down by its probes (or the
+    /// subflow mode is on).
+    pub fn wants_samples(&self, inputs: &[Input]) -> bool {
+        self.active || all_unanswered(inputs)
+    }
+
+    /// Whether to switch to the subflows: no probe was ever answered and one uplink's probes have given up
+    /// already (the others would follow: waiting for them would drop and re-add that uplink's endpoint), or
+    /// every probe goes unanswered while some uplink's subflows carry data.
+    fn should_enter(&self, inputs: &[Input], answered: bool) -> bool {
+        let some_down = inputs.iter().any(|i| i.probed && i.carrier && i.probe == HealthState::Down);
+        let none_up = !inputs.iter().any(|i| i.probed && i.probe == HealthState::Up);
+        (!answered && some_down && none_up) || (all_unanswered(inputs) && self.evidence.contains(&Evidence::Alive))
+    }
+
+    /// Takes the probe verdicts and, when there is a fresh sample, the evidence; returns each uplink's verdict.
+    /// `answered` tells whether any probe was ever answered since start.
+    pub fn update(
+        &mut self,
+        now: Instant,
+        inputs: &[Input],
+        answered: bool,
+        evidence: Option<Vec<Evidence>>,
+    ) -> Vec<Verdict> {
+        if let Some(e) = evidence {
+            self.evidence = e;
+        }
+        if self.active && inputs.iter().any(|i| i.probed && i.probe == HealthState::Up) {
+            self.active = false;
+        } else if !self.active && self.should_enter(inputs, answered) {
+            self.active = true;
+            for s in &mut self.slots {
+                *s = Slot { state: HealthState::Unknown, trial: false, down_until: None, hold: HOLD_MIN };
+            }
+        }
+        let active = self.active;
+        inputs
+            .iter()
+            .zip(&mut self.slots)
+            .zip(&self.evidence)
+            .map(|((input, slot), evidence)| {
+                if !active {
+                    return Verdict { state: input.probe, trial: false };
+                }
+                if !input.carrier {
+                    slot.state = HealthState::Down;
+                    slot.trial = false;
+                } else {
+                    match evidence {
+                        Evidence::Dead if slot.down_until.is_none() => {
+                            // A trial that failed holds twice as long as the last hold.
+                            if slot.trial {
+                                slot.hold = (slot.hold * 2).min(HOLD_MAX);
+                            }
+                            slot.state = HealthState::Down;
+                            slot.trial = false;
+                            slot.down_until = Some(now + slot.hold);
+                        }
+                        Evidence::Alive if slot.down_until.is_none_or(|t| now >= t) => {
+                            *slot = Slot { state: HealthState::Up, trial: false, down_until: None, hold: HOLD_MIN };
+                        }
+                        _ => {
+                            if slot.down_until.is_some_and(|t| now >= t) {
+                                slot.down_until = None;
+                                slot.state = HealthState::Unknown;
+                                slot.trial = true;
+                            } else if slot.state == HealthState::Down && slot.down_until.is_none() {
+                                // Carrier back: usable again, on trial.
+                                slot.state = HealthState::Unknown;
+                                slot.trial = true;
+                            }
+                        }
+                    }
+                }
+                Verdict { state: slot.state, trial: slot.trial }
+            })
+            .collect()
+    }
+}
+
+/// Every probed uplink that has carrier is `Down` by its probes (and there is at least one).
+fn all_unanswered(inputs: &[Input]) -> bool {
+    let mut probed = inputs.iter().filter(|i| i.probed && i.carrier).peekable();
+    probed.peek().is_some() && probed.all(|i| i.probe == HealthState::Down)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use HealthState::{Down, Unknown, Up};
+
+    fn tcp(state: u8, quiet_ms: u32) -> SubflowTcp {
+        SubflowTcp { state, rtt_us: 20_000, last_data_recv_ms: quiet_ms, last_ack_recv_ms: quiet_ms, ..Default::default() }
+    }
+    fn est(uplink: usize, conn: u32, quiet_ms: u32) -> Sample {
+        Sample { uplink, conn, tcp: tcp(SubflowTcp::ESTABLISHED, quiet_ms) }
+    }
+    fn input(probe: HealthState) -> Input {
+        Input { probed: true, probe, carrier: true }
+    }
+    const TH: Thresholds = Thresholds {
+        fresh: Duration::from_millis(1000),
+        silent: Duration::from_millis(800),
+        sibling: Duration::from_millis(200),
+        idle: Duration::from_millis(3000),
+    };
+
+    #[test]
+    fn receiving_subflows_are_alive_and_idle_ones_tell_nothing() {
+        let e = judge(&[est(0, 1, 10), est(1, 2, 5000)], 3, &TH);
+        assert_eq!(e, vec![Evidence::Alive, Evidence::Silent, Evidence::Silent]);
+    }
+
+    #[test]
+    fn a_subflow_silent_beside_a_receiving_sibling_is_dead() {
+        // DSL cut mid-download: its subflow has heard nothing for 900 ms, LTE's of the same connection 5 ms ago.
+        let e = judge(&[est(0, 7, 900), est(1, 7, 5)], 2, &TH);
+        assert_eq!(e, vec![Evidence::Dead, Evidence::Alive]);
+        // Beside a sibling of another connection it is not dead (the scheduler may simply not use it), and
+        // 900 ms is still recent enough to count as alive.
+        let e = judge(&[est(0, 7, 900), est(1, 8, 5)], 2, &TH);
+        assert_eq!(e, vec![Evidence::Alive, Evidence::Alive]);
+        // Silent for longer than `idle`: a subflow the scheduler leaves unused, not a cut.
+        let e = judge(&[est(0, 7, 4000), est(1, 7, 5)], 2, &TH);
+        assert_eq!(e, vec![Evidence::Silent, Evidence::Alive]);
+        // A long-RTT subflow gets four RTTs before it counts as silent.
+        let mut slow = est(0, 7, 1100);
+        slow.tcp.rtt_us = 300_000;
+        assert_eq!(judge(&[slow, est(1, 7, 5)], 2, &TH)[0], Evidence::Silent);
+        slow.tcp.last_data_recv_ms = 1300;
+        slow.tcp.last_ack_recv_ms = 1300;
+        assert_eq!(judge(&[slow, est(1, 7, 5)], 2, &TH)[0], Evidence::Dead);
+    }
+
+    #[test]
+    fn unanswered_syns_and_data_retransmissions_are_dead_unless_something_arrived() {
+        let mut syn = est(0, 0, 0);
+        syn.tcp.state = SubflowTcp::SYN_SENT;
+        syn.tcp.retransmits = 1;
+        assert_eq!(judge(&[syn], 1, &TH), vec![Evidence::Dead]);
+        let mut upload = est(0, 3, 700);
+        upload.tcp.unacked = 10;
+        upload.tcp.backoff = 2;
+        assert_eq!(judge(&[upload], 1, &TH), vec![Evidence::Dead]);
+        // Another connection on the same uplink received 50 ms ago: the path works.
+        assert_eq!(judge(&[upload, est(0, 4, 50)], 1, &TH), vec![Evidence::Alive]);
+    }
+
+    #[test]
+    fn probes_rule_until_every_uplink_is_unanswered() {
+        let t0 = Instant::now();
+        let mut f = Fallback::new(2);
+        let v = f.update(t0, &[input(Up), input(Down)], true, Some(vec![Evidence::Alive, Evidence::Alive]));
+        assert!(!f.active());
+        assert_eq!((v[0].state, v[1].state), (Up, Down), "a probed-down uplink stays down while another answers");
+        // Both unanswered, but the probes did answer before and no subflow carries data: a real outage.
+        let v = f.update(t0, &[input(Down), input(Down)], true, Some(vec![Evidence::Silent; 2]));
+        assert!(!f.active());
+        assert_eq!((v[0].state, v[1].state), (Down, Down));
+    }
+
+    #[test]
+    fn filtered_probes_from_the_start_keep_every_uplink_usable() {
+        let t0 = Instant::now();
+        let mut f = Fallback::new(2);
+        assert!(f.wants_samples(&[input(Down), input(Down)]));
+        let v = f.update(t0, &[input(Down), input(Down)], false, None);
+        assert!(f.active());
+        assert_eq!((v[0].state, v[1].state), (Unknown, Unknown));
+        let v = f.update(t0, &[input(Down), input(Down)], false, Some(vec![Evidence::Alive, Evidence::Silent]));
+        assert_eq!((v[0].state, v[1].state), (Up, Unknown));
+        // A probe answered again: back to the probes.
+        let v = f.update(t0, &[input(Up), input(Down)], true, None);
+        assert!(!f.active());
+        assert_eq!((v[0].state, v[1].state), (Up, Down));
+    }
+
+    #[test]
+    fn the_first_unanswered_uplink_does_not_lose_its_endpoint_while_the_others_wait_for_their_verdict() {
+        let t0 = Instant::now();
+        let mut f = Fallback::new(2);
+        let v = f.update(t0, &[input(Down), input(Unknown)], false, None);
+        assert!(f.active());
+        assert_eq!((v[0].state, v[1].state), (Unknown, Unknown));
+    }
+
+    #[test]
+    fn probes_lost_later_while_subflows_carry_data_switch_to_subflows() {
+        let t0 = Instant::now();
+        let mut f = Fallback::new(2);
+        let v = f.update(t0, &[input(Down), input(Down)], true, Some(vec![Evidence::Alive, Evidence::Silent]));
+        assert!(f.active());
+        assert_eq!((v[0].state, v[1].state), (Up, Unknown));
+    }
+
+    #[test]
+    fn a_silent_cut_goes_down_holds_then_tries_again_with_a_longer_hold() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut f = Fallback::new(2);
+        let both = [input(Down), input(Down)];
+        f.update(t0, &both, false, Some(vec![Evidence::Alive, Evidence::Alive]));
+        let v = f.update(t0, &both, false, Some(vec![Evidence::Dead, Evidence::Alive]));
+        assert_eq!((v[0], v[1].state), (Verdict { state: Down, trial: false }, Up));
+        // Its subflows are gone with the endpoint: silence keeps it down for the hold.
+        let v = f.update(t0 + s(1), &both, false, Some(vec![Evidence::Silent, Evidence::Alive]));
+        assert_eq!(v[0].state, Down);
+        let v = f.update(t0 + HOLD_MIN, &both, false, Some(vec![Evidence::Silent, Evidence::Alive]));
+        assert_eq!(v[0], Verdict { state: Unknown, trial: true });
+        // The trial's joins fail: down for twice the hold.
+        let t1 = t0 + s(3);
+        let v = f.update(t1, &both, false, Some(vec![Evidence::Dead, Evidence::Alive]));
+        assert_eq!(v[0].state, Down);
+        let v = f.update(t1 + HOLD_MIN, &both, false, Some(vec![Evidence::Silent, Evidence::Alive]));
+        assert_eq!(v[0].state, Down, "hold doubled");
+        let v = f.update(t1 + HOLD_MIN * 2, &both, false, Some(vec![Evidence::Silent, Evidence::Alive]));
+        assert_eq!(v[0], Verdict { state: Unknown, trial: true });
+        // The link is back: data on its subflows makes it Up and resets the hold.
+        let v = f.update(t1 + s(5), &both, false, Some(vec![Evidence::Alive, Evidence::Alive]));
+        assert_eq!(v[0], Verdict { state: Up, trial: false });
+    }
+
+    #[test]
+    fn carrier_loss_is_down_in_subflow_mode_too() {
+        let t0 = Instant::now();
+        let mut f = Fallback::new(2);
+        f.update(t0, &[input(Down), input(Down)], false, None);
+        let no_carrier = Input { probed: true, probe: Down, carrier: false };
+        let v = f.update(t0, &[no_carrier, input(Down)], false, None);
+        assert!(f.active());
+        assert_eq!(v[0].state, Down);
+        let v = f.update(t0, &[input(Down), input(Down)], false, None);
+        assert_eq!(v[0], Verdict { state: Unknown, trial: true });
+    }
+}
