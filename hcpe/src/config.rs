@@ -51,6 +51,9 @@ pub struct FileConfig {
     pub routing: RoutingFile,
     #[serde(default)]
     pub limits: LimitsFile,
+    /// Racing a second attempt to hag over the next uplink when the first is slow to connect.
+    #[serde(default)]
+    pub race: RaceFile,
     /// Uplink health probes towards hag (uplink manager).
     #[serde(default)]
     pub probe: ProbeFile,
@@ -221,6 +224,49 @@ pub struct LimitsFile {
     pub nat_pool_addresses: u32,
 }
 
+/// The `race:` section. A new connection's first attempt to hag goes out on the best uplink; when its
+/// handshake has not completed after `rtts` probe round trips of that uplink, clamped to `floor..=cap` (`cap`
+/// while no RTT is known), a second attempt starts over the next usable uplink and the first to complete
+/// carries the connection. A silently dead uplink then costs a new connection that delay instead of the whole
+/// connect timeout, during the moments before its probes declare it down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaceFile {
+    /// Round trips to wait; 0 turns racing off.
+    #[serde(default = "default_race_rtts")]
+    pub rtts: u32,
+    #[serde(with = "cfg::duration", default = "default_race_floor")]
+    pub floor: Duration,
+    #[serde(with = "cfg::duration", default = "default_race_cap")]
+    pub cap: Duration,
+}
+
+impl Default for RaceFile {
+    fn default() -> Self {
+        RaceFile { rtts: default_race_rtts(), floor: default_race_floor(), cap: default_race_cap() }
+    }
+}
+
+impl RaceFile {
+    /// How long the first attempt runs alone, given its uplink's smoothed RTT; `None`: no race.
+    pub fn delay(&self, srtt: Option<Duration>) -> Option<Duration> {
+        if self.rtts == 0 {
+            return None;
+        }
+        Some(srtt.map_or(self.cap, |rtt| (rtt * self.rtts).clamp(self.floor, self.cap)))
+    }
+}
+
+fn default_race_rtts() -> u32 {
+    3
+}
+fn default_race_floor() -> Duration {
+    Duration::from_millis(150)
+}
+fn default_race_cap() -> Duration {
+    Duration::from_secs(1)
+}
+
 impl Default for LimitsFile {
     fn default() -> Self {
         LimitsFile {
@@ -331,6 +377,7 @@ pub struct Config {
     pub fallback: Fallback,
     pub routing: RoutingFile,
     pub limits: LimitsFile,
+    pub race: RaceFile,
     pub probe: ProbeFile,
     /// `state_file` resolved relative to the config file.
     pub volume: VolumeFile,
@@ -460,6 +507,12 @@ impl Config {
                 return Err(ConfigError::invalid(field, "must be more than 0"));
             }
         }
+        if f.race.cap.is_zero() {
+            return Err(ConfigError::invalid("race.cap", "must be more than 0"));
+        }
+        if f.race.floor > f.race.cap {
+            return Err(ConfigError::invalid("race.floor", "must not be above race.cap"));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&f.log_level) {
             return Err(ConfigError::invalid("log_level", e));
         }
@@ -476,6 +529,7 @@ impl Config {
             fallback: f.fallback,
             routing: f.routing,
             limits: f.limits,
+            race: f.race,
             probe: f.probe,
             volume,
             block_quic: f.block_quic,
@@ -542,6 +596,7 @@ fallback: reject
         assert_eq!(c.key.0.len(), 16);
         assert!(!format!("{c:?}").contains("00112233"), "Debug never shows the key");
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(600));
+        assert_eq!(c.race, RaceFile::default());
     }
 
     #[test]
@@ -573,6 +628,17 @@ fallback: reject
     }
 
     #[test]
+    fn race_delay_is_rtts_of_the_uplink_clamped_and_the_cap_without_an_rtt() {
+        let race = RaceFile::default();
+        let ms = Duration::from_millis;
+        assert_eq!(race.delay(Some(ms(20))), Some(ms(150)), "floor");
+        assert_eq!(race.delay(Some(ms(80))), Some(ms(240)));
+        assert_eq!(race.delay(Some(ms(500))), Some(ms(1000)), "cap");
+        assert_eq!(race.delay(None), Some(ms(1000)));
+        assert_eq!(RaceFile { rtts: 0, ..race }.delay(Some(ms(20))), None, "off");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (GOOD.replace("fallback: reject", "fallback: maybe"), "fallback"),
@@ -586,6 +652,9 @@ fallback: reject
             (format!("{GOOD}routing: {{ table: 0 }}\n"), "routing.table"),
             (format!("{GOOD}limits: {{ idle_timeout: forever }}\n"), "limits.idle_timeout"),
             (format!("{GOOD}tun: {{ ipv4: null, ipv6: null }}\n"), "tun"),
+            (format!("{GOOD}race: {{ floor: 2s }}\n"), "race.floor"),
+            (format!("{GOOD}race: {{ cap: 0s }}\n"), "race.cap"),
+            (format!("{GOOD}race: {{ after: 3 }}\n"), "race.after"),
         ];
         for (text, field) in cases {
             let e = err_of(&text);

@@ -14,7 +14,7 @@
 //!   cancelling [`Connection::close`] (admin `DELETE`) ends the task, which drops both sockets.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, Weak};
@@ -24,6 +24,7 @@ use common::admin::table::{self, Table};
 use common::admin::{ConnId, HasConnId};
 use common::convert::{self, Decoded};
 use common::mptcp::{ConnectOptions, connect_with_data};
+use crate::uplink::Attempt;
 use common::relay::RelayCounters;
 use common::stream::SharedStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,6 +67,10 @@ pub struct ConnCounters {
     pub exchange_failed: [AtomicU64; EXCHANGE_FAILURES.len()],
     /// Closed through the admin API (`DELETE /api/v1/connections/{id}`).
     pub closed_by_admin: AtomicU64,
+    /// Connections to hag whose first attempt was slow, so a second one started over another uplink.
+    pub races: AtomicU64,
+    /// Races the second attempt won (the first uplink was slow or dead).
+    pub races_won_second: AtomicU64,
 }
 
 /// The Convert error codes counted one by one (RFC 8803 §4.2.9); any other code counts as the last.
@@ -279,7 +284,7 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared, conn: &Connecti
     };
     first.truncate(n);
 
-    match exchange(flow, &mut first, &mut client, cfg, shared.sources.as_ref(), conn).await {
+    match exchange(flow, &mut first, &mut client, shared, conn).await {
         Ok(Reply::Converted(hag, early)) => {
             c.converted.fetch_add(1, Relaxed);
             // Listed by token, with subflows, only once it relays: a failed exchange leaves no fd behind that
@@ -326,43 +331,101 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared, conn: &Connecti
     }
 }
 
-/// The hag address to use and the local address to bind: the healthiest uplink by role (uplink manager), else
-/// the first uplink (in preference order) with an address of the hag address's family.
-fn pick_hag(cfg: &Config, sources: Option<&crate::uplink::SourceSelector>) -> Option<(SocketAddr, IpAddr)> {
+/// The hag address to use and the attempts to reach it: the healthiest uplink by role (uplink manager) and its
+/// race partner, else the first uplink (in preference order) with an address of the hag address's family.
+fn plan(cfg: &Config, sources: Option<&crate::uplink::SourceSelector>) -> Option<(SocketAddr, Vec<Attempt>)> {
     if let Some(sel) = sources {
-        return cfg.hag_addresses.iter().find_map(|h| sel.source_for(h.ip()).map(|src| (*h, src)));
+        return cfg.hag_addresses.iter().find_map(|h| Some((*h, sel.attempts_for(h.ip()))).filter(|(_, a)| !a.is_empty()));
     }
-    cfg.uplinks
-        .iter()
-        .find_map(|u| cfg.hag_addresses.iter().find_map(|h| u.source_for(h.ip()).map(|src| (*h, src))))
+    cfg.uplinks.iter().enumerate().find_map(|(uplink, u)| {
+        cfg.hag_addresses.iter().find_map(|h| Some((*h, vec![Attempt { uplink, source: u.source_for(h.ip())?, srtt: None }])))
+    })
+}
+
+/// Runs `first`; when it has not completed after `delay` (or failed before), also `second`; the first to
+/// connect wins and the other is dropped with its socket (a SYN still unanswered leaves no trace at hag: its
+/// late SYN-ACK meets a reset). Returns the outcome, which attempt it is (0 or 1), and whether the second
+/// attempt started. Both failing returns the first attempt's error.
+async fn race<T>(
+    first: impl Future<Output = io::Result<T>>,
+    second: Option<(Duration, impl Future<Output = io::Result<T>>)>,
+) -> (io::Result<T>, usize, bool) {
+    tokio::pin!(first);
+    let Some((delay, second)) = second else { return (first.await, 0, false) };
+    let first_err = tokio::select! {
+        r = &mut first => match r {
+            Ok(s) => return (Ok(s), 0, false),
+            Err(e) => Some(e),
+        },
+        () = tokio::time::sleep(delay) => None,
+    };
+    tokio::pin!(second);
+    let (r, winner) = match first_err {
+        Some(e) => match second.await {
+            Ok(s) => (Ok(s), 1),
+            Err(_) => (Err(e), 0),
+        },
+        None => tokio::select! {
+            r = &mut first => match r {
+                Ok(s) => (Ok(s), 0),
+                Err(e) => match second.await {
+                    Ok(s) => (Ok(s), 1),
+                    Err(_) => (Err(e), 0),
+                },
+            },
+            r = &mut second => match r {
+                Ok(s) => (Ok(s), 1),
+                Err(_) => (first.await, 0),
+            },
+        },
+    };
+    (r, winner, true)
 }
 
 async fn exchange(
     flow: Flow,
     first: &mut Vec<u8>,
     client: &mut TcpStream,
-    cfg: &Config,
-    sources: Option<&crate::uplink::SourceSelector>,
+    shared: &Shared,
     conn: &Connection,
 ) -> Result<Reply, ExchangeError> {
-    let (hag, source) = pick_hag(cfg, sources).ok_or(ExchangeError::NoRoute)?;
-    if let Some(u) = cfg.uplinks.iter().find(|u| u.source_for(source) == Some(source)) {
-        let _ = conn.uplink_initial.set(u.name.clone());
-    }
+    let cfg = &shared.config;
+    let (hag, attempts) = plan(cfg, shared.sources.as_ref()).ok_or(ExchangeError::NoRoute)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let nonce = convert::auth::random_nonce().map_err(|e| ExchangeError::Request(e.to_string()))?;
     let mut request = convert::auth::signed_request(&cfg.key.0, flow.dest, &cfg.cpe_id, now, nonce)
         .map_err(|e| ExchangeError::Request(e.to_string()))?;
     request.extend_from_slice(first);
     let io_err = |source| ExchangeError::Io { hag, source };
-    let opts = ConnectOptions {
-        bind: Some(SocketAddr::new(source, 0)),
+    let opts = |a: &Attempt, fastopen: bool| ConnectOptions {
+        bind: Some(SocketAddr::new(a.source, 0)),
         bind_device: None,
         mptcp: true,
-        fastopen: cfg.fastopen,
+        fastopen,
         timeout: cfg.limits.connect_timeout,
     };
-    let (mut stream, sent) = connect_with_data(hag, &request, &opts).await.map_err(io_err)?;
+    let first_opts = opts(&attempts[0], cfg.fastopen);
+    // The second attempt sends the request after its handshake, never in its SYN: should both SYNs reach hag,
+    // only the winner's request is ever read.
+    let second_opts = attempts.get(1).map(|a| opts(a, false));
+    let second = second_opts
+        .as_ref()
+        .zip(cfg.race.delay(attempts[0].srtt))
+        .map(|(o, delay)| (delay, connect_with_data(hag, &[], o)));
+    let delay = second.as_ref().map(|(d, _)| *d);
+    let (connected, winner, raced) = race(connect_with_data(hag, &request, &first_opts), second).await;
+    if raced {
+        shared.counters.races.fetch_add(1, Relaxed);
+        if winner == 1 {
+            shared.counters.races_won_second.fetch_add(1, Relaxed);
+        }
+        debug!(?delay, winner, "raced the connection to hag over a second uplink");
+    }
+    let (mut stream, sent) = connected.map_err(io_err)?;
+    let won = &attempts[winner];
+    if let Some(u) = cfg.uplinks.get(won.uplink) {
+        let _ = conn.uplink_initial.set(u.name.clone());
+    }
     let _ = stream.set_nodelay(true);
     if sent < request.len() {
         stream.write_all(&request[sent..]).await.map_err(io_err)?;
@@ -467,6 +530,38 @@ mod tests {
         assert!(t.by_conn_id(ConnId::Token(7)).is_none(), "gone with its guard");
         drop(b);
         assert!(t.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_first_attempt_is_raced_and_the_first_to_connect_wins() {
+        use tokio::time::{Instant, sleep};
+        let ms = Duration::from_millis;
+        let after = |d: Duration, r: io::Result<u8>| async move {
+            sleep(d).await;
+            r
+        };
+        let failed = || Err(io::Error::from(io::ErrorKind::TimedOut));
+        // Fast enough: no second attempt.
+        let t = Instant::now();
+        let (r, w, raced) = race(after(ms(50), Ok(1)), Some((ms(150), after(ms(10), Ok(2))))).await;
+        assert_eq!((r.unwrap(), w, raced, t.elapsed()), (1, 0, false, ms(50)));
+        // A dead first uplink: the second starts at 150 ms and wins 40 ms later.
+        let t = Instant::now();
+        let (r, w, raced) = race(after(ms(5000), failed()), Some((ms(150), after(ms(40), Ok(2))))).await;
+        assert_eq!((r.unwrap(), w, raced, t.elapsed()), (2, 1, true, ms(190)));
+        // A slow first that still beats the second.
+        let (r, w, raced) = race(after(ms(200), Ok(1)), Some((ms(150), after(ms(100), Ok(2))))).await;
+        assert_eq!((r.unwrap(), w, raced), (1, 0, true));
+        // The first fails at once (no route): the second starts without waiting.
+        let t = Instant::now();
+        let (r, w, _) = race(after(ms(1), failed()), Some((ms(150), after(ms(40), Ok(2))))).await;
+        assert_eq!((r.unwrap(), w, t.elapsed()), (2, 1, ms(41)));
+        // Both fail: the first attempt's error.
+        let (r, w, _) = race(after(ms(300), failed()), Some((ms(150), after(ms(10), Err(io::Error::other("x")))))).await;
+        assert_eq!((r.unwrap_err().kind(), w), (io::ErrorKind::TimedOut, 0));
+        // No partner: the first alone.
+        let (r, w, raced) = race(after(ms(500), Ok(1)), None::<(Duration, std::future::Ready<io::Result<u8>>)>).await;
+        assert_eq!((r.unwrap(), w, raced), (1, 0, false));
     }
 
     #[test]

@@ -144,3 +144,75 @@ fn probes_filtered_on_both_uplinks_health_comes_from_the_subflows() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A counter from hag's `/metrics` (as the example config serves it, with the config directory's token).
+fn hag_counter(tb: &Testbed, token: &str, name: &str) -> u64 {
+    let api = SocketAddr::from(([127, 0, 0, 1], daemons::HAG_ADMIN_PORT));
+    let r = daemons::http(&tb.hag, api, "GET", "/metrics", Some(token), None).unwrap();
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in hag's /metrics:\n{}", r.body))
+}
+
+/// New connections every 50 ms from 1 s before a silent DSL cut until 3 s after it: every one succeeds (the
+/// reply arrives whole, SHA-256 checked) within 1 s of its connect, and hag accepted exactly as many
+/// connections as the clients made (a raced attempt that lost leaves nothing open at hag).
+#[test]
+fn connections_opened_around_a_silent_cut_all_succeed_within_a_second() {
+    let tb = testbed();
+    let dir = daemons::config_dir("as-shipped-race").unwrap();
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
+    daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
+    let token = daemons::admin_token(dir.path()).unwrap();
+    let accepted_before = hag_counter(&tb, &token, "hag_connections_accepted_total");
+    let served_before = server.connections();
+
+    const EVERY: Duration = Duration::from_millis(50);
+    const COUNT: u32 = 80;
+    let start = Instant::now() + Duration::from_millis(100);
+    let cut_at = start + Duration::from_secs(1);
+    let clients: Vec<_> = (0..COUNT)
+        .map(|k| {
+            let at = start + EVERY * k;
+            tb.lan
+                .thread(move || {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    let r = tests::traffic::Client::new(dst).timeout(Duration::from_secs(5)).download(1000);
+                    (k, at, r)
+                })
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(cut_at.saturating_duration_since(Instant::now()));
+    tb.dsl.cut();
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+
+    let mut slowest = (Duration::ZERO, 0i64);
+    let mut failed = Vec::new();
+    for (k, at, r) in &results {
+        let offset_ms = at.duration_since(cut_at).as_millis() as i64 - cut_at.duration_since(*at).as_millis() as i64;
+        match r {
+            Ok(t) if t.first_byte > slowest.0 => slowest = (t.first_byte, offset_ms),
+            Ok(_) => {}
+            Err(e) => failed.push(format!("#{k} at {offset_ms:+} ms: {e}")),
+        }
+    }
+    let firsts: Vec<u128> = results.iter().filter_map(|(_, _, r)| r.as_ref().ok()).map(|t| t.first_byte.as_millis()).collect();
+    eprintln!(
+        "{COUNT} connections around the cut: {} failed; slowest first byte {:?} (started {:+} ms from the cut); \
+         first byte ms: {firsts:?}",
+        failed.len(),
+        slowest.0,
+        slowest.1
+    );
+    assert!(failed.is_empty(), "failed connections: {failed:#?}\nhcpe log:\n{}", hcpe.log());
+    assert!(slowest.0 <= Duration::from_secs(1), "slowest first byte {:?}\n{}", slowest.0, hcpe.log());
+    // Let any straggler at hag show up before counting.
+    std::thread::sleep(Duration::from_millis(500));
+    let accepted = hag_counter(&tb, &token, "hag_connections_accepted_total") - accepted_before;
+    assert_eq!(server.connections() - served_before, u64::from(COUNT));
+    assert_eq!(accepted, u64::from(COUNT), "hag accepted {accepted} connections for {COUNT} clients");
+}

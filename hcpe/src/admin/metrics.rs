@@ -63,6 +63,14 @@ impl Metrics for HcpeMetrics {
         .sample(&[("reason", "refused")], c.refused.load(Relaxed))
         .sample(&[("reason", "rejected")], c.rejected.load(Relaxed))
         .sample(&[("reason", "orphaned")], c.orphaned.load(Relaxed));
+        w.family(
+            "connect_races_total",
+            "Connections to hag whose first attempt was slow, so a second started over another uplink, by the \
+             attempt that won.",
+            MetricType::Counter,
+        )
+        .sample(&[("winner", "first")], c.races.load(Relaxed) - c.races_won_second.load(Relaxed))
+        .sample(&[("winner", "second")], c.races_won_second.load(Relaxed));
         {
             let mut f = w.family(
                 "hag_exchange_failures_total",

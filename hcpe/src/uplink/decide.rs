@@ -60,6 +60,12 @@ pub fn endpoint_plan(uplinks: &[View]) -> Vec<Option<EndpointFlags>> {
 /// configuration order. When every uplink is down, the best by role is still returned: a connection attempt
 /// on it is better than none, and probes may simply be blocked.
 pub fn pick_initial(uplinks: &[View]) -> Option<usize> {
+    rank(uplinks).first().copied()
+}
+
+/// Every uplink a connection may start on (a source address, not `off`), best first, in [`pick_initial`]'s
+/// order; a connection's second attempt goes to the next usable one ([`race_partner`]).
+pub fn rank(uplinks: &[View]) -> Vec<usize> {
     let mode_rank = |m: Mode| match m {
         Mode::Active => 0,
         Mode::Backup => 1,
@@ -70,12 +76,17 @@ pub fn pick_initial(uplinks: &[View]) -> Option<usize> {
         Role::Primary => 0,
         Role::Secondary => 1,
     };
-    uplinks
-        .iter()
-        .enumerate()
-        .filter(|(_, u)| u.has_source && u.mode != Mode::Off)
-        .min_by_key(|(i, u)| (!u.usable(), u.trial, mode_rank(u.mode), role_rank(u.role), *i))
-        .map(|(i, _)| i)
+    let mut order: Vec<usize> = (0..uplinks.len()).filter(|i| uplinks[*i].has_source && uplinks[*i].mode != Mode::Off).collect();
+    order.sort_by_key(|i| {
+        let u = &uplinks[*i];
+        (!u.usable(), u.trial, mode_rank(u.mode), role_rank(u.role), *i)
+    });
+    order
+}
+
+/// The uplink a slow first attempt on `first` is raced against: the best-ranked other usable uplink.
+pub fn race_partner(uplinks: &[View], first: usize) -> Option<usize> {
+    rank(uplinks).into_iter().find(|i| *i != first && uplinks[*i].usable())
 }
 
 #[cfg(test)]
@@ -141,6 +152,16 @@ mod tests {
         assert_eq!(pick_initial(&both(Down, Unknown)), Some(1));
         assert_eq!(pick_initial(&both(Up, Down)), Some(0));
         assert_eq!(pick_initial(&both(Down, Down)), Some(0), "all down: still try the primary");
+    }
+
+    #[test]
+    fn the_race_partner_is_the_next_usable_uplink() {
+        let both = |d, l| [dsl(Mode::Active, d), lte(Mode::Active, l)];
+        assert_eq!(race_partner(&both(Up, Up), 0), Some(1));
+        assert_eq!(race_partner(&both(Up, Down), 0), None, "never a down uplink");
+        assert_eq!(race_partner(&[dsl(Mode::Active, Up), lte(Mode::Standby, Up)], 0), Some(1), "standby may race");
+        assert_eq!(race_partner(&[dsl(Mode::Active, Up), lte(Mode::Off, Up)], 0), None);
+        assert_eq!(race_partner(&[dsl(Mode::Active, Up)], 0), None);
     }
 
     #[test]

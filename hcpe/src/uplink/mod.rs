@@ -284,6 +284,31 @@ impl SourceSelector {
         let i = decide::pick_initial(&views(&self.shared.uplinks, &live, Some(peer)))?;
         live[i].addrs.for_peer(peer)
     }
+
+    /// Where a new connection to `peer` starts ([`SourceSelector::source_for`]) and, when another uplink is
+    /// usable, the one a slow first attempt is raced against ([`decide::race_partner`]); each with its
+    /// uplink's smoothed probe RTT, when known.
+    pub fn attempts_for(&self, peer: IpAddr) -> Vec<Attempt> {
+        let live = self.shared.live();
+        let views = views(&self.shared.uplinks, &live, Some(peer));
+        let Some(first) = decide::pick_initial(&views) else { return Vec::new() };
+        let attempt = |i: usize| {
+            Some(Attempt {
+                uplink: i,
+                source: live[i].addrs.for_peer(peer)?,
+                srtt: live[i].probe.as_ref().and_then(|rx| rx.borrow().srtt),
+            })
+        };
+        [Some(first), decide::race_partner(&views, first)].into_iter().flatten().filter_map(attempt).collect()
+    }
+}
+
+/// One attempt of a new connection to hag: the uplink, the source address it binds, its probe RTT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub uplink: usize,
+    pub source: IpAddr,
+    pub srtt: Option<Duration>,
 }
 
 /// What [`UplinkControl`] asks of the driver task.
