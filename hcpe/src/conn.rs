@@ -423,6 +423,11 @@ async fn exchange(
     }
     let (mut stream, sent) = connected.map_err(io_err)?;
     let won = &attempts[winner];
+    if let Some(sel) = &shared.sources {
+        // MPTCP_INFO answers only for a connection that negotiated MPTCP: none means it fell back to plain TCP
+        // at the handshake (the MPTCP option stripped on the way, most likely).
+        sel.report_connect(won.uplink, common::mptcp::info(&stream).ok().flatten().is_some());
+    }
     if let Some(u) = cfg.uplinks.get(won.uplink) {
         let _ = conn.uplink_initial.set(u.name.clone());
     }

@@ -216,3 +216,117 @@ fn connections_opened_around_a_silent_cut_all_succeed_within_a_second() {
     assert_eq!(server.connections() - served_before, u64::from(COUNT));
     assert_eq!(accepted, u64::from(COUNT), "hag accepted {accepted} connections for {COUNT} clients");
 }
+
+/// nftables in hag's namespace blanking the MPTCP option of every TCP segment that crosses `dev` either way: a
+/// middlebox on that access network that strips MPTCP.
+fn strip_mptcp(tb: &Testbed, dev: &str) {
+    for rule in [
+        "add table inet strip".to_owned(),
+        "add chain inet strip pre { type filter hook prerouting priority -300 ; }".into(),
+        "add chain inet strip post { type filter hook postrouting priority -300 ; }".into(),
+        format!("add rule inet strip pre iifname {dev} reset tcp option mptcp"),
+        format!("add rule inet strip post oifname {dev} reset tcp option mptcp"),
+    ] {
+        let args: Vec<&str> = rule.split(' ').collect();
+        tb.hag.exec_ok("nft", &args).unwrap_or_else(|e| panic!("nft {rule}: {e} (needs Debian's nftables)"));
+    }
+}
+
+/// One download of `size` bytes by the LAN client (in the lan namespace), to its end.
+fn lan_download(tb: &Testbed, dst: SocketAddr, size: u64) -> Result<tests::traffic::Transfer, tests::traffic::Error> {
+    tb.lan.within(move || tests::traffic::Client::new(dst).timeout(Duration::from_secs(5)).download(size)).unwrap()
+}
+
+/// `/api/v1/uplinks` of hcpe, parsed.
+fn uplinks(tb: &Testbed, token: &str) -> serde_json::Value {
+    serde_json::from_str(&hcpe_api(tb, token, "/api/v1/uplinks")).unwrap()
+}
+
+/// The one connection hcpe lists while `download` runs (waits for it to appear).
+fn listed_connection(tb: &Testbed, token: &str, download: &LanDownload, hcpe: &ChildGuard) -> serde_json::Value {
+    download.wait_for(1 << 20, Duration::from_secs(10), "download", hcpe);
+    let list: serde_json::Value = serde_json::from_str(&hcpe_api(tb, token, "/api/v1/connections")).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    list[0].clone()
+}
+
+/// MPTCP stripped on DSL: connections that start there fall back to plain TCP and still work; hcpe counts and
+/// reports it, and new connections start on LTE with MPTCP within 2 s.
+#[test]
+fn mptcp_stripped_on_dsl_connections_fall_back_and_new_ones_move_to_lte() {
+    let tb = testbed();
+    let dir = daemons::config_dir("as-shipped-strip-dsl").unwrap();
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
+    daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
+    let token = daemons::admin_token(dir.path()).unwrap();
+
+    strip_mptcp(&tb, "dsl0");
+    let stripped = Instant::now();
+    let mut connections = 0;
+    let moved = loop {
+        let t = lan_download(&tb, dst, 256 << 10);
+        t.unwrap_or_else(|e| panic!("a connection over stripped DSL failed: {e}\n{}", hcpe.log()));
+        connections += 1;
+        if uplinks(&tb, &token)[1]["initial"] == true {
+            break stripped.elapsed();
+        }
+        assert!(stripped.elapsed() < Duration::from_secs(5), "new connections stay on DSL:\n{}", hcpe.log());
+    };
+    let ups = uplinks(&tb, &token);
+    eprintln!("MPTCP stripped on DSL: new connections start on LTE {moved:?} after, {connections} connections; dsl: {}", ups[0]["mptcp"]);
+    assert!(moved <= Duration::from_secs(2), "moved after {moved:?}");
+    assert!(ups[0]["mptcp"]["fallbacks"].as_u64() >= Some(2) && ups[0]["mptcp"]["stripped"] == true, "{ups}");
+    let metrics = hcpe_api(&tb, &token, "/metrics");
+    let line = "hcpe_uplink_mptcp_stripped{uplink=\"dsl\",what=\"initial\"} 1";
+    assert!(metrics.lines().any(|l| l == line), "/metrics lacks `{line}`");
+    assert!(hcpe.log().contains("MPTCP stripped on the uplink"), "no log line");
+
+    let download = LanDownload::start(&tb, dst, 8 << 20, Duration::from_secs(10)).unwrap();
+    let c = listed_connection(&tb, &token, &download, &hcpe);
+    assert_eq!((c["uplink_initial"].as_str(), c["fallback"].as_bool()), (Some("lte"), Some(false)), "{c}");
+    assert!(c["token"].is_u64(), "an MPTCP connection: {c}");
+    download.join().unwrap();
+}
+
+/// MPTCP stripped on LTE: connections still start on DSL with MPTCP and work, LTE carries nothing of them (no
+/// aggregation), the failing joins are counted and reported, and once reported no more joins go out over LTE.
+#[test]
+fn mptcp_stripped_on_lte_joins_fail_are_reported_and_dsl_carries_on() {
+    let tb = testbed();
+    let dir = daemons::config_dir("as-shipped-strip-lte").unwrap();
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
+    daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
+    let token = daemons::admin_token(dir.path()).unwrap();
+
+    strip_mptcp(&tb, "lte0");
+    let lte_before = tb.lte.counters(Direction::Down).tx_bytes;
+    let started = Instant::now();
+    while uplinks(&tb, &token)[1]["mptcp"]["joins_fail"] != true {
+        let t = lan_download(&tb, dst, 1 << 20);
+        t.unwrap_or_else(|e| panic!("a connection failed: {e}\n{}", hcpe.log()));
+        assert!(started.elapsed() < Duration::from_secs(10), "failing joins not reported:\n{}", hcpe.log());
+    }
+    let ups = uplinks(&tb, &token);
+    eprintln!("MPTCP stripped on LTE: reported {:?} after; lte: {}", started.elapsed(), ups[1]["mptcp"]);
+    assert!(ups[1]["endpoint"].is_null(), "LTE's endpoint is withdrawn: {ups}");
+    assert_eq!(ups[0]["initial"], true);
+    assert!(hcpe.log().contains("MPTCP joins over the uplink fail"), "no log line");
+    let failures = ups[1]["mptcp"]["join_failures"].as_u64().unwrap();
+
+    let download = LanDownload::start(&tb, dst, 16 << 20, Duration::from_secs(10)).unwrap();
+    let c = listed_connection(&tb, &token, &download, &hcpe);
+    assert_eq!((c["uplink_initial"].as_str(), c["fallback"].as_bool()), (Some("dsl"), Some(false)), "{c}");
+    download.join().unwrap();
+    for _ in 0..5 {
+        lan_download(&tb, dst, 256 << 10).unwrap();
+    }
+    let lte_carried = tb.lte.counters(Direction::Down).tx_bytes - lte_before;
+    let after = uplinks(&tb, &token)[1]["mptcp"]["join_failures"].as_u64().unwrap();
+    eprintln!("LTE carried {lte_carried} B of the downloads; join failures {failures} -> {after} over 6 more connections");
+    assert_eq!(after, failures, "joins still tried over LTE (retry storm)");
+    assert!(lte_carried < 1 << 20, "LTE carried {lte_carried} B");
+}

@@ -69,6 +69,8 @@ pub struct UplinkView {
     pub health_source: &'static str,
     /// After its subflows failed, the uplink is tried again: usable, last in line for new connections.
     pub trial: bool,
+    /// How MPTCP fares through the uplink.
+    pub mptcp: MptcpPathView,
     /// New connections start on this uplink now.
     pub initial: bool,
     pub addresses: Vec<IpAddr>,
@@ -86,6 +88,26 @@ pub struct UplinkView {
     pub volume: Option<VolumeStatus>,
 }
 
+/// How MPTCP fares through one uplink, as `GET /api/v1/uplinks` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MptcpPathView {
+    /// Connections that started on the uplink and fell back to plain TCP (MPTCP option stripped on the way?).
+    pub fallbacks: u64,
+    /// Joins over the uplink that failed.
+    pub join_failures: u64,
+    /// Connections on it fall back: new connections start on another uplink first (retried every 30 s).
+    pub stripped: bool,
+    /// Joins over it fail: its endpoint is withdrawn, no aggregation over it (retried every 30 s).
+    pub joins_fail: bool,
+}
+
+impl From<&crate::uplink::mptcp_path::PathCheck> for MptcpPathView {
+    fn from(p: &crate::uplink::mptcp_path::PathCheck) -> Self {
+        let (stripped, joins_fail) = p.reported();
+        MptcpPathView { fallbacks: p.fallbacks, join_failures: p.join_failures, stripped, joins_fail }
+    }
+}
+
 fn state_str(s: HealthState) -> &'static str {
     s.as_str()
 }
@@ -100,6 +122,7 @@ impl UplinkView {
             state: state_str(u.state),
             health_source: u.health_source.as_str(),
             trial: u.trial,
+            mptcp: MptcpPathView::from(&u.mptcp),
             initial: u.initial,
             addresses: u.addresses,
             rtt_ms: h.and_then(|h| h.srtt).map(|d| d.as_secs_f64() * 1000.0),
@@ -144,6 +167,7 @@ pub fn uplinks_view(state: &ApiState) -> Vec<UplinkView> {
                 state: HealthState::Unknown,
                 health_source: crate::uplink::HealthSource::Probes,
                 trial: false,
+                mptcp: Default::default(),
                 health: None,
                 endpoint: None,
                 initial: i == 0,

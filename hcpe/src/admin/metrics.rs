@@ -145,6 +145,34 @@ impl HcpeMetrics {
         }
         {
             let mut f = w.family(
+                "uplink_mptcp_fallbacks_total",
+                "Connections that started on the uplink and fell back to plain TCP (MPTCP option stripped on the way?).",
+                MetricType::Counter,
+            );
+            for u in &ups {
+                f.sample(&[("uplink", &u.name)], u.mptcp.fallbacks);
+            }
+        }
+        {
+            let mut f = w.family("uplink_mptcp_join_failures_total", "MPTCP joins over the uplink that failed.", MetricType::Counter);
+            for u in &ups {
+                f.sample(&[("uplink", &u.name)], u.mptcp.join_failures);
+            }
+        }
+        {
+            let mut f = w.family(
+                "uplink_mptcp_stripped",
+                "1 while MPTCP does not get through the uplink: `initial` (connections fall back, new ones start \
+                 elsewhere) or `join` (joins fail, endpoint withdrawn).",
+                MetricType::Gauge,
+            );
+            for u in &ups {
+                f.sample(&[("uplink", &u.name), ("what", "initial")], u8::from(u.mptcp.stripped));
+                f.sample(&[("uplink", &u.name), ("what", "join")], u8::from(u.mptcp.joins_fail));
+            }
+        }
+        {
+            let mut f = w.family(
                 "uplink_health_from_subflows",
                 "1 while the uplink's verdict comes from its MPTCP subflows because no probe is answered on any uplink.",
                 MetricType::Gauge,

@@ -243,7 +243,7 @@ pub fn openapi() -> Value {
             "UplinkPatch": { "type": "object", "required": ["mode"], "additionalProperties": false,
                 "properties": { "mode": mode } },
             "Uplink": { "type": "object",
-                "required": ["name", "interface", "role", "mode", "state", "health_source", "trial", "initial",
+                "required": ["name", "interface", "role", "mode", "state", "health_source", "trial", "mptcp", "initial",
                              "addresses", "rtt_ms", "loss", "endpoint", "volume"],
                 "properties": {
                     "name": { "type": "string" }, "interface": { "type": "string" },
@@ -253,6 +253,13 @@ pub fn openapi() -> Value {
                     "health_source": { "type": "string", "enum": ["probes", "subflows"], "description":
                         "subflows: no probe is answered on any uplink (UDP to hag filtered), so the kernel's view of the uplink's MPTCP subflows decides." },
                     "trial": { "type": "boolean", "description": "After its subflows failed, tried again: usable, last for new connections." },
+                    "mptcp": { "type": "object", "required": ["fallbacks", "join_failures", "stripped", "joins_fail"],
+                        "description": "How MPTCP fares through the uplink (a middlebox may strip the MPTCP option).",
+                        "properties": {
+                            "fallbacks": { "type": "integer", "description": "Connections started on it that fell back to plain TCP." },
+                            "join_failures": { "type": "integer", "description": "Joins over it that failed." },
+                            "stripped": { "type": "boolean", "description": "New connections start on another uplink first." },
+                            "joins_fail": { "type": "boolean", "description": "Its endpoint is withdrawn: no aggregation over it." } } },
                     "initial": { "type": "boolean", "description": "New connections start on this uplink now." },
                     "addresses": { "type": "array", "items": { "type": "string" } },
                     "rtt_ms": opt_num, "loss": { "type": "number", "nullable": true, "minimum": 0, "maximum": 1 },

@@ -7,8 +7,9 @@
 //!   `subflow` one (it is the only path left, so it must carry data);
 //! - `Unknown` (no verdict yet, right after start) counts as usable: at start hcpe behaves as it did without
 //!   probes, and a dead uplink is dropped after `down_after` probes;
-//! - [`pick_initial`] never picks a `Down` uplink while another usable one exists, prefers the primary role,
-//!   then configuration order.
+//! - [`pick_initial`] never picks a `Down` uplink while another usable one exists, puts uplinks on trial and
+//!   uplinks where MPTCP is stripped last, prefers the primary role, then configuration order;
+//! - an uplink whose joins fail has no endpoint (no join SYNs into a network that strips MPTCP).
 
 use common::pm::EndpointFlags;
 use common::probe::HealthState;
@@ -23,6 +24,10 @@ pub struct View {
     pub health: HealthState,
     /// On trial after a failure its subflows showed: usable, but last in line for new connections.
     pub trial: bool,
+    /// Connections starting on it fall back to plain TCP: new connections start elsewhere first.
+    pub stripped: bool,
+    /// Joins over it fail: no endpoint.
+    pub joins_blocked: bool,
     /// The uplink has a local address (of the family in question).
     pub has_source: bool,
 }
@@ -39,7 +44,7 @@ pub fn endpoint_plan(uplinks: &[View]) -> Vec<Option<EndpointFlags>> {
     uplinks
         .iter()
         .map(|u| {
-            if !u.usable() {
+            if !u.usable() || u.joins_blocked {
                 return None;
             }
             match u.mode {
@@ -79,7 +84,7 @@ pub fn rank(uplinks: &[View]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..uplinks.len()).filter(|i| uplinks[*i].has_source && uplinks[*i].mode != Mode::Off).collect();
     order.sort_by_key(|i| {
         let u = &uplinks[*i];
-        (!u.usable(), u.trial, mode_rank(u.mode), role_rank(u.role), *i)
+        (!u.usable(), u.trial, u.stripped, mode_rank(u.mode), role_rank(u.role), *i)
     });
     order
 }
@@ -98,7 +103,7 @@ mod tests {
     const BAK: Option<EndpointFlags> = Some(EndpointFlags::from_bits(EndpointFlags::SUBFLOW.bits() | EndpointFlags::BACKUP.bits()));
 
     fn v(role: Role, mode: Mode, health: HealthState) -> View {
-        View { role, mode, health, trial: false, has_source: true }
+        View { role, mode, health, trial: false, stripped: false, joins_blocked: false, has_source: true }
     }
     fn dsl(mode: Mode, h: HealthState) -> View {
         v(Role::Primary, mode, h)
@@ -152,6 +157,18 @@ mod tests {
         assert_eq!(pick_initial(&both(Down, Unknown)), Some(1));
         assert_eq!(pick_initial(&both(Up, Down)), Some(0));
         assert_eq!(pick_initial(&both(Down, Down)), Some(0), "all down: still try the primary");
+    }
+
+    #[test]
+    fn a_stripped_uplink_starts_connections_only_when_nothing_else_works_and_blocked_joins_lose_the_endpoint() {
+        let mut d = dsl(Mode::Active, Up);
+        d.stripped = true;
+        assert_eq!(pick_initial(&[d, lte(Mode::Active, Up)]), Some(1));
+        assert_eq!(pick_initial(&[d, lte(Mode::Active, Down)]), Some(0));
+        let mut l = lte(Mode::Active, Up);
+        l.joins_blocked = true;
+        assert_eq!(endpoint_plan(&[dsl(Mode::Active, Up), l]), vec![SUB, None]);
+        assert_eq!(pick_initial(&[dsl(Mode::Active, Down), l]), Some(1), "still a place to start");
     }
 
     #[test]

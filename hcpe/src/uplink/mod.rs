@@ -33,6 +33,7 @@ pub mod carrier;
 pub mod decide;
 pub mod evidence;
 pub mod links;
+pub mod mptcp_path;
 pub mod quic;
 pub mod routing;
 pub mod settings;
@@ -130,6 +131,8 @@ pub struct UplinkStatus {
     pub health_source: HealthSource,
     /// After a failure seen on its subflows, the uplink is tried again: usable, last for new connections.
     pub trial: bool,
+    /// How MPTCP fares through the uplink (fallbacks of connections started on it, failed joins over it).
+    pub mptcp: mptcp_path::PathCheck,
     /// Latest probe statistics (RTT, loss, counters), when probed.
     pub health: Option<UplinkHealth>,
     /// Flags of the MPTCP endpoints the manager keeps for this uplink now (`None`: no endpoint).
@@ -195,6 +198,7 @@ struct Live {
     /// The probes' own verdict.
     probe_health: HealthState,
     trial: bool,
+    path: mptcp_path::PathCheck,
     endpoint: Option<EndpointFlags>,
     addrs: Addrs,
     probe: Option<watch::Receiver<UplinkHealth>>,
@@ -224,6 +228,7 @@ impl Shared {
                 health: HealthState::Unknown,
                 probe_health: HealthState::Unknown,
                 trial: false,
+                path: mptcp_path::PathCheck::default(),
                 endpoint: None,
                 addrs: Addrs::configured(u),
                 probe: None,
@@ -254,6 +259,7 @@ impl Shared {
 
 /// The decision inputs of every uplink; `family_of`: only addresses of that family count as a source.
 fn views(uplinks: &[Uplink], live: &[Live], family_of: Option<IpAddr>) -> Vec<View> {
+    let now = now_std();
     uplinks
         .iter()
         .zip(live)
@@ -262,6 +268,8 @@ fn views(uplinks: &[Uplink], live: &[Live], family_of: Option<IpAddr>) -> Vec<Vi
             mode: l.mode,
             health: l.health,
             trial: l.trial,
+            stripped: l.path.stripped(now),
+            joins_blocked: l.path.joins_blocked(now),
             has_source: match family_of {
                 Some(peer) => l.addrs.for_peer(peer).is_some(),
                 None => l.addrs.iter().next().is_some(),
@@ -300,6 +308,35 @@ impl SourceSelector {
             })
         };
         [Some(first), decide::race_partner(&views, first)].into_iter().flatten().filter_map(attempt).collect()
+    }
+}
+
+impl SourceSelector {
+    /// Tells how a connection that started on `uplink` came out: MPTCP, or a fallback to plain TCP (the MPTCP
+    /// option stripped on the way?). Enough fallbacks in a row make new connections start elsewhere first.
+    pub fn report_connect(&self, uplink: usize, mptcp: bool) {
+        let change = self.shared.live_mut().get_mut(uplink).and_then(|l| l.path.on_connect(now_std(), mptcp));
+        if let Some(change) = change {
+            log_path_change(&self.shared.uplinks[uplink].name, change);
+        }
+    }
+}
+
+/// The log line of a change of an uplink's MPTCP standing (once per change).
+fn log_path_change(uplink: &str, change: mptcp_path::Change) {
+    use mptcp_path::Change;
+    let retry = mptcp_path::RETRY;
+    match change {
+        Change::Stripped => warn!(
+            uplink, ?retry,
+            "MPTCP stripped on the uplink: its connections fall back to plain TCP; new connections start on another uplink first"
+        ),
+        Change::MptcpWorks => info!(uplink, "MPTCP works on the uplink again"),
+        Change::JoinsFail => warn!(
+            uplink, ?retry,
+            "MPTCP joins over the uplink fail (MPTCP option stripped?): its endpoint is withdrawn, no aggregation over it"
+        ),
+        Change::JoinsWork => info!(uplink, "MPTCP joins over the uplink work again"),
     }
 }
 
@@ -344,6 +381,7 @@ impl UplinkControl {
                 state: l.health,
                 health_source: if s.from_subflows.load(Relaxed) { HealthSource::Subflows } else { HealthSource::Probes },
                 trial: l.trial,
+                mptcp: l.path,
                 health: l.probe.as_ref().map(|rx| rx.borrow().clone()),
                 endpoint: l.endpoint,
                 initial: initial == Some(i),
@@ -480,6 +518,7 @@ impl UplinkManager {
             p2p: vec![false; cfg.uplinks.len()],
             fallback: evidence::Fallback::new(cfg.uplinks.len()),
             answered: false,
+            joined: Default::default(),
         };
         // Subscribe before the first look at the interfaces, so no change falls between the two.
         let events = match links::subscribe() {
@@ -496,9 +535,17 @@ impl UplinkManager {
                 return Err(e);
             }
         };
+        // The path manager's events tell which joins fail (MPTCP stripped on an uplink).
+        let pm_events = match driver.pm.subscribe().await {
+            Ok(ev) => Some(ev),
+            Err(e) => {
+                warn!(error = %e, "no MPTCP path manager events: failing joins are not noticed");
+                None
+            }
+        };
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let (stop_tx, stop_rx) = oneshot::channel();
-        mgr.driver = Some(tokio::spawn(driver.run(cmd_rx, health_rx, stop_rx, events, cfg.probe.interval)));
+        mgr.driver = Some(tokio::spawn(driver.run(cmd_rx, health_rx, stop_rx, events, pm_events, cfg.probe.interval)));
         mgr.stop = Some(stop_tx);
         mgr.cmds = Some(cmd_tx);
         info!(routes = added, uplinks = cfg.uplinks.len(), hag = %shared.hag, "uplink manager started");
@@ -627,6 +674,8 @@ struct Driver {
     fallback: evidence::Fallback,
     /// Some probe was answered since start.
     answered: bool,
+    /// Joins established now, (token, local, remote), so a SUB_CLOSED without one is a join that failed.
+    joined: std::collections::HashSet<(u32, SocketAddr, SocketAddr)>,
 }
 
 impl Driver {
@@ -660,6 +709,7 @@ impl Driver {
         mut health: mpsc::Receiver<(usize, u64, HealthState)>,
         mut stop: oneshot::Receiver<()>,
         mut events: Option<links::Events>,
+        mut pm_events: Option<common::pm::PmEvents>,
         carrier_poll: Duration,
     ) {
         use futures::StreamExt as _;
@@ -669,6 +719,9 @@ impl Driver {
         // The subflows are sampled on the probe grid, only while every probe goes unanswered.
         let mut sample_tick = tokio::time::interval(carrier_poll);
         sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Withdrawn endpoints of uplinks whose joins failed come back when their retry time is up.
+        let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
+        retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let polling = events.is_none();
             let next_event = async {
@@ -709,6 +762,23 @@ impl Driver {
                     }
                 }
                 _ = tick.tick(), if polling => self.poll_carrier().await,
+                ev = async { pm_events.as_mut()?.next().await }, if pm_events.is_some() => match ev {
+                    Some(Ok(ev)) => {
+                        if self.on_pm_event(ev) && let Err(e) = self.reconcile().await {
+                            warn!(error = %e, "updating MPTCP endpoints; retried on the next change");
+                        }
+                    }
+                    Some(Err(e)) => tracing::debug!(error = %e, "MPTCP path manager event"),
+                    None => {
+                        warn!("MPTCP path manager events ended: failing joins are not noticed from now on");
+                        pm_events = None;
+                    }
+                },
+                _ = retry_tick.tick(), if self.shared.live().iter().any(|l| l.path.reported().1) => {
+                    if let Err(e) = self.reconcile().await {
+                        warn!(error = %e, "updating MPTCP endpoints; retried on the next change");
+                    }
+                }
                 _ = sample_tick.tick(), if self.fallback.wants_samples(&self.fallback_inputs()) => {
                     let evidence = self.sample_subflows().await;
                     if self.evaluate(evidence) && let Err(e) = self.reconcile().await {
@@ -911,6 +981,51 @@ impl Driver {
         }
         self.shared.live_mut()[i].probe_health = state;
         self.evaluate(None)
+    }
+
+    /// Follows the joins of hcpe's connections: a join that closed before it was established, over an uplink
+    /// that is not down, counts as failed for the uplink of its local address. Whether an uplink's standing
+    /// changed.
+    fn on_pm_event(&mut self, ev: common::pm::PmEvent) -> bool {
+        use common::pm::PmEvent;
+        let (ok, sub) = match ev {
+            PmEvent::SubflowEstablished(sub) if sub.local_id != 0 => {
+                self.joined.insert((sub.token, sub.local, sub.remote));
+                (true, sub)
+            }
+            PmEvent::SubflowClosed(sub) if sub.local_id != 0 => {
+                // Linux 6.18 reports a join refused by the peer (its SYN-ACK without MP_JOIN is reset) with no
+                // error attribute: a join that closes while its connection is still open, never established,
+                // failed.
+                if self.joined.remove(&(sub.token, sub.local, sub.remote)) {
+                    return false;
+                }
+                (false, sub)
+            }
+            PmEvent::Closed { token } => {
+                self.joined.retain(|(t, _, _)| *t != token);
+                return false;
+            }
+            _ => return false,
+        };
+        let ip = sub.local.ip().to_canonical();
+        let change = {
+            let mut live = self.shared.live_mut();
+            let Some(i) = live.iter().position(|l| l.addrs.iter().any(|a| a == ip)) else { return false };
+            // A join that died with its uplink (the endpoint is withdrawn once the uplink is down) says nothing
+            // about MPTCP on it: only joins over an uplink that is not down count.
+            if !ok && live[i].health == HealthState::Down {
+                return false;
+            }
+            live[i].path.on_join(now_std(), ok).map(|c| (i, c))
+        };
+        match change {
+            Some((i, c)) => {
+                log_path_change(&self.shared.uplinks[i].name, c);
+                true
+            }
+            None => false,
+        }
     }
 
     /// What [`evidence::Fallback`] needs of each uplink now.
@@ -1131,6 +1246,8 @@ impl Driver {
                         mode: l.mode,
                         health: l.health,
                         trial: l.trial,
+                        stripped: l.path.stripped(now_std()),
+                        joins_blocked: false,
                         has_source: self.next_hop(i, v4).is_some()
                             && self.ifindex[i].is_some()
                             && if v4 { l.addrs.v4.is_some() } else { l.addrs.v6.is_some() },
