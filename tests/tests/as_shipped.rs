@@ -24,6 +24,30 @@ fn testbed() -> Testbed {
     .unwrap()
 }
 
+/// A testbed, a config directory (key and token), and a server in `inet` with its address in the family asked.
+struct Bed {
+    tb: Testbed,
+    dir: tempfile::TempDir,
+    dst: SocketAddr,
+    server: Server,
+}
+
+fn bed(tag: &str, v6: bool) -> Bed {
+    let tb = testbed();
+    let dir = daemons::config_dir(&format!("as-shipped-{tag}")).unwrap();
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(v6), server.port());
+    Bed { tb, dir, dst, server }
+}
+
+/// Runs each `nft` command (words split on spaces) in hag's namespace.
+fn nft(tb: &Testbed, rules: &[String]) {
+    for rule in rules {
+        let args: Vec<&str> = rule.split(' ').collect();
+        tb.hag.exec_ok("nft", &args).unwrap_or_else(|e| panic!("nft {rule}: {e} (needs Debian's nftables)"));
+    }
+}
+
 /// Bytes each link delivered towards the CPE so far (DSL, LTE).
 fn down_bytes(tb: &Testbed) -> (u64, u64) {
     (tb.dsl.counters(Direction::Down).tx_bytes, tb.lte.counters(Direction::Down).tx_bytes)
@@ -82,10 +106,7 @@ fn baselines(tb: &Testbed, dst: SocketAddr) -> (f64, f64) {
 
 #[test]
 fn example_configs_aggregate_both_uplinks_and_survive_a_dsl_cut() {
-    let tb = testbed();
-    let dir = daemons::config_dir("as-shipped").unwrap();
-    let server = Server::start(&tb.inet, 0).unwrap();
-    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let Bed { tb, dir, dst, server: _server } = bed("examples", false);
     let baselines = baselines(&tb, dst);
 
     let started = Instant::now();
@@ -100,10 +121,7 @@ fn example_configs_aggregate_both_uplinks_and_survive_a_dsl_cut() {
 /// aggregates and survives the cut like IPv4.
 #[test]
 fn wildcard_hag_aggregates_ipv6_and_survives_a_dsl_cut() {
-    let tb = testbed();
-    let dir = daemons::config_dir("as-shipped-v6").unwrap();
-    let server = Server::start(&tb.inet, 0).unwrap();
-    let dst = SocketAddr::new(addr::INET_SERVER.ip(true), server.port());
+    let Bed { tb, dir, dst, server: _server } = bed("v6", true);
     let baselines = baselines(&tb, dst);
     let started = Instant::now();
     let _hag = daemons::start_hag(&tb, dir.path(), &daemons::HagSpec::default()).unwrap();
@@ -121,19 +139,16 @@ fn wildcard_hag_aggregates_ipv6_and_survives_a_dsl_cut() {
 /// endpoints stay, aggregation holds and a silent DSL cut is still survived, on health from the subflows.
 #[test]
 fn probes_filtered_on_both_uplinks_health_comes_from_the_subflows() {
-    let tb = testbed();
-    let dir = daemons::config_dir("as-shipped-filtered").unwrap();
-    let server = Server::start(&tb.inet, 0).unwrap();
-    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let Bed { tb, dir, dst, server: _server } = bed("filtered", false);
     let baselines = baselines(&tb, dst);
-    for rule in [
-        "add table inet probefilter",
-        "add chain inet probefilter input { type filter hook input priority 0 ; }",
-        "add rule inet probefilter input udp dport 5124 drop",
-    ] {
-        let args: Vec<&str> = rule.split(' ').collect();
-        tb.hag.exec_ok("nft", &args).unwrap_or_else(|e| panic!("nft {rule}: {e} (needs Debian's nftables)"));
-    }
+    nft(
+        &tb,
+        &[
+            "add table inet probefilter".into(),
+            "add chain inet probefilter input { type filter hook input priority 0 ; }".into(),
+            "add rule inet probefilter input udp dport 5124 drop".into(),
+        ],
+    );
 
     let (_hag, mut hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
     assert!(
@@ -183,10 +198,7 @@ fn hag_counter(tb: &Testbed, token: &str, name: &str) -> u64 {
 /// connections as the clients made (a raced attempt that lost leaves nothing open at hag).
 #[test]
 fn connections_opened_around_a_silent_cut_all_succeed_within_a_second() {
-    let tb = testbed();
-    let dir = daemons::config_dir("as-shipped-race").unwrap();
-    let server = Server::start(&tb.inet, 0).unwrap();
-    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let Bed { tb, dir, dst, server } = bed("race", false);
     let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
     daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
     let token = daemons::admin_token(dir.path()).unwrap();
@@ -243,16 +255,16 @@ fn connections_opened_around_a_silent_cut_all_succeed_within_a_second() {
 /// nftables in hag's namespace blanking the MPTCP option of every TCP segment that crosses `dev` either way: a
 /// middlebox on that access network that strips MPTCP.
 fn strip_mptcp(tb: &Testbed, dev: &str) {
-    for rule in [
-        "add table inet strip".to_owned(),
-        "add chain inet strip pre { type filter hook prerouting priority -300 ; }".into(),
-        "add chain inet strip post { type filter hook postrouting priority -300 ; }".into(),
-        format!("add rule inet strip pre iifname {dev} reset tcp option mptcp"),
-        format!("add rule inet strip post oifname {dev} reset tcp option mptcp"),
-    ] {
-        let args: Vec<&str> = rule.split(' ').collect();
-        tb.hag.exec_ok("nft", &args).unwrap_or_else(|e| panic!("nft {rule}: {e} (needs Debian's nftables)"));
-    }
+    nft(
+        tb,
+        &[
+            "add table inet strip".into(),
+            "add chain inet strip pre { type filter hook prerouting priority -300 ; }".into(),
+            "add chain inet strip post { type filter hook postrouting priority -300 ; }".into(),
+            format!("add rule inet strip pre iifname {dev} reset tcp option mptcp"),
+            format!("add rule inet strip post oifname {dev} reset tcp option mptcp"),
+        ],
+    );
 }
 
 /// One download of `size` bytes by the LAN client (in the lan namespace), to its end.
@@ -277,10 +289,7 @@ fn listed_connection(tb: &Testbed, token: &str, download: &LanDownload, hcpe: &C
 /// reports it, and new connections start on LTE with MPTCP within 2 s.
 #[test]
 fn mptcp_stripped_on_dsl_connections_fall_back_and_new_ones_move_to_lte() {
-    let tb = testbed();
-    let dir = daemons::config_dir("as-shipped-strip-dsl").unwrap();
-    let server = Server::start(&tb.inet, 0).unwrap();
-    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let Bed { tb, dir, dst, server: _server } = bed("strip-dsl", false);
     let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
     daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
     let token = daemons::admin_token(dir.path()).unwrap();
@@ -317,10 +326,7 @@ fn mptcp_stripped_on_dsl_connections_fall_back_and_new_ones_move_to_lte() {
 /// aggregation), the failing joins are counted and reported, and once reported no more joins go out over LTE.
 #[test]
 fn mptcp_stripped_on_lte_joins_fail_are_reported_and_dsl_carries_on() {
-    let tb = testbed();
-    let dir = daemons::config_dir("as-shipped-strip-lte").unwrap();
-    let server = Server::start(&tb.inet, 0).unwrap();
-    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let Bed { tb, dir, dst, server: _server } = bed("strip-lte", false);
     let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
     daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
     let token = daemons::admin_token(dir.path()).unwrap();
