@@ -7,8 +7,9 @@
 //!   `subflow` one (it is the only path left, so it must carry data);
 //! - `Unknown` (no verdict yet, right after start) counts as usable: at start hcpe behaves as it did without
 //!   probes, and a dead uplink is dropped after `down_after` probes;
-//! - [`pick_initial`] never picks a `Down` uplink while another usable one exists, puts uplinks on trial and
-//!   uplinks where MPTCP is stripped last, prefers the primary role, then configuration order;
+//! - [`pick_initial`] never picks a `Down` uplink while another usable one exists, puts uplinks on trial last,
+//!   then ranks by mode, puts an uplink where MPTCP is stripped after others of its mode, prefers the primary
+//!   role, then configuration order;
 //! - an uplink whose joins fail has no endpoint (no join SYNs into a network that strips MPTCP).
 
 use common::pm::EndpointFlags;
@@ -60,9 +61,9 @@ pub fn endpoint_plan(uplinks: &[View]) -> Vec<Option<EndpointFlags>> {
 /// The uplink whose address new connections bind to (their initial subflow), or `None` when no uplink has
 /// a source address or every one is `off`.
 ///
-/// Order: usable before down, proven before on trial; among those, `active` before `backup` before `standby` (a standby or
-/// backup uplink only starts connections when nothing better works), then the primary role, then
-/// configuration order. When every uplink is down, the best by role is still returned: a connection attempt
+/// Order: usable before down, proven before on trial; among those, `active` before `backup` before `standby` (a
+/// standby or backup uplink only starts connections when nothing better works), then one where MPTCP gets
+/// through before one where it is stripped, then the primary role, then configuration order. When every uplink is down, the best by role is still returned: a connection attempt
 /// on it is better than none, and probes may simply be blocked.
 pub fn pick_initial(uplinks: &[View]) -> Option<usize> {
     rank(uplinks).first().copied()
@@ -84,7 +85,7 @@ pub fn rank(uplinks: &[View]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..uplinks.len()).filter(|i| uplinks[*i].has_source && uplinks[*i].mode != Mode::Off).collect();
     order.sort_by_key(|i| {
         let u = &uplinks[*i];
-        (!u.usable(), u.trial, u.stripped, mode_rank(u.mode), role_rank(u.role), *i)
+        (!u.usable(), u.trial, mode_rank(u.mode), u.stripped, role_rank(u.role), *i)
     });
     order
 }
@@ -165,6 +166,8 @@ mod tests {
         d.stripped = true;
         assert_eq!(pick_initial(&[d, lte(Mode::Active, Up)]), Some(1));
         assert_eq!(pick_initial(&[d, lte(Mode::Active, Down)]), Some(0));
+        // A backup (metered) uplink is not worth MPTCP: plain TCP over the stripped primary comes first.
+        assert_eq!(pick_initial(&[d, lte(Mode::Backup, Up)]), Some(0));
         let mut l = lte(Mode::Active, Up);
         l.joins_blocked = true;
         assert_eq!(endpoint_plan(&[dsl(Mode::Active, Up), l]), vec![SUB, None]);
