@@ -104,7 +104,7 @@ pub struct MptcpPathView {
 impl From<&crate::uplink::mptcp_path::PathCheck> for MptcpPathView {
     fn from(p: &crate::uplink::mptcp_path::PathCheck) -> Self {
         let (stripped, joins_fail) = p.reported();
-        MptcpPathView { fallbacks: p.fallbacks, join_failures: p.join_failures, stripped, joins_fail }
+        MptcpPathView { fallbacks: p.fallbacks(), join_failures: p.join_failures(), stripped, joins_fail }
     }
 }
 

@@ -31,66 +31,78 @@ pub enum Change {
     JoinsWork,
 }
 
+/// Failures of one kind on an uplink: how many, how many in a row, and until when the uplink is marked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Streak {
+    total: u64,
+    in_row: u32,
+    marked_until: Option<Instant>,
+}
+
+impl Streak {
+    /// Records an outcome; `Some(true)` when the uplink becomes marked, `Some(false)` when a mark is cleared.
+    fn record(&mut self, now: Instant, ok: bool) -> Option<bool> {
+        if ok {
+            self.in_row = 0;
+            return self.marked_until.take().map(|_| false);
+        }
+        self.total += 1;
+        self.in_row += 1;
+        if self.in_row < IN_ROW || self.marked(now) {
+            return None;
+        }
+        let first = self.marked_until.is_none();
+        self.marked_until = Some(now + RETRY);
+        first.then_some(true)
+    }
+
+    fn marked(&self, now: Instant) -> bool {
+        self.marked_until.is_some_and(|t| now < t)
+    }
+}
+
 /// The MPTCP standing of one uplink.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PathCheck {
-    /// Connections that started on the uplink and fell back to plain TCP.
-    pub fallbacks: u64,
-    /// Joins over the uplink that failed.
-    pub join_failures: u64,
-    fallbacks_in_row: u32,
-    join_failures_in_row: u32,
-    stripped_until: Option<Instant>,
-    joins_blocked_until: Option<Instant>,
+    fallbacks: Streak,
+    joins: Streak,
 }
 
 impl PathCheck {
     /// A connection that started on the uplink got MPTCP (`true`) or fell back to plain TCP.
     pub fn on_connect(&mut self, now: Instant, mptcp: bool) -> Option<Change> {
-        if mptcp {
-            self.fallbacks_in_row = 0;
-            return self.stripped_until.take().map(|_| Change::MptcpWorks);
-        }
-        self.fallbacks += 1;
-        self.fallbacks_in_row += 1;
-        if self.fallbacks_in_row < IN_ROW || self.stripped(now) {
-            return None;
-        }
-        let first = self.stripped_until.is_none();
-        self.stripped_until = Some(now + RETRY);
-        first.then_some(Change::Stripped)
+        self.fallbacks.record(now, mptcp).map(|marked| if marked { Change::Stripped } else { Change::MptcpWorks })
     }
 
     /// A join over the uplink was established (`true`) or failed.
     pub fn on_join(&mut self, now: Instant, ok: bool) -> Option<Change> {
-        if ok {
-            self.join_failures_in_row = 0;
-            return self.joins_blocked_until.take().map(|_| Change::JoinsWork);
-        }
-        self.join_failures += 1;
-        self.join_failures_in_row += 1;
-        if self.join_failures_in_row < IN_ROW || self.joins_blocked(now) {
-            return None;
-        }
-        let first = self.joins_blocked_until.is_none();
-        self.joins_blocked_until = Some(now + RETRY);
-        first.then_some(Change::JoinsFail)
+        self.joins.record(now, ok).map(|marked| if marked { Change::JoinsFail } else { Change::JoinsWork })
+    }
+
+    /// Connections that started on the uplink and fell back to plain TCP.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.total
+    }
+
+    /// Joins over the uplink that failed.
+    pub fn join_failures(&self) -> u64 {
+        self.joins.total
     }
 
     /// New connections avoid the uplink now.
     pub fn stripped(&self, now: Instant) -> bool {
-        self.stripped_until.is_some_and(|t| now < t)
+        self.fallbacks.marked(now)
     }
 
     /// The uplink's joins are blocked now (no endpoint).
     pub fn joins_blocked(&self, now: Instant) -> bool {
-        self.joins_blocked_until.is_some_and(|t| now < t)
+        self.joins.marked(now)
     }
 
     /// The last verdict was "stripped" or "joins fail" and nothing has proven it wrong since (also while a
     /// retry is under way): what the API reports.
     pub fn reported(&self) -> (bool, bool) {
-        (self.stripped_until.is_some(), self.joins_blocked_until.is_some())
+        (self.fallbacks.marked_until.is_some(), self.joins.marked_until.is_some())
     }
 }
 
@@ -108,7 +120,7 @@ mod tests {
         assert_eq!(p.on_connect(t0, false), Some(Change::Stripped));
         assert!(p.stripped(t0));
         assert_eq!(p.on_connect(t0, false), None, "reported once");
-        assert_eq!(p.fallbacks, 4);
+        assert_eq!(p.fallbacks(), 4);
         // After the retry time one connection tries again; a fallback marks it at once, without a log line.
         let later = t0 + RETRY;
         assert!(!p.stripped(later));
@@ -132,6 +144,6 @@ mod tests {
         assert_eq!(p.on_join(t0 + RETRY, false), None);
         assert!(p.joins_blocked(t0 + RETRY));
         assert_eq!(p.on_join(t0 + RETRY * 2, true), Some(Change::JoinsWork));
-        assert_eq!((p.join_failures, p.reported()), (3, (false, false)));
+        assert_eq!((p.join_failures(), p.reported()), (3, (false, false)));
     }
 }
