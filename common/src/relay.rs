@@ -87,7 +87,12 @@ impl RelayError {
 }
 
 /// Relays between `a` and `b` until both directions closed, an error, or `idle_timeout` without traffic.
-pub async fn relay<A, B>(a: A, b: B, idle_timeout: Duration, counters: &RelayCounters) -> Result<RelayOutcome, RelayError>
+pub async fn relay<A, B>(
+    a: A,
+    b: B,
+    idle_timeout: Duration,
+    counters: &RelayCounters,
+) -> Result<RelayOutcome, RelayError>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -188,7 +193,12 @@ impl Direction {
     }
 
     /// Reads into the free tail `buf[cap..]`; EOF sets `read_eof`.
-    fn fill<R: AsyncRead + Unpin>(&mut self, cx: &mut Context<'_>, reader: &mut R, moved: &mut bool) -> Poll<Result<(), DirError>> {
+    fn fill<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        moved: &mut bool,
+    ) -> Poll<Result<(), DirError>> {
         let mut rb = ReadBuf::new(&mut self.buf[self.cap..]);
         ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb)).map_err(|e| DirError::Read(self.from, e))?;
         let n = rb.filled().len();

@@ -62,8 +62,9 @@ pub fn loopback_up() {
 
 /// A non-blocking MPTCP stream socket for `addr`'s family.
 pub fn mptcp_socket(addr: SocketAddr) -> socket2::Socket {
-    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::MPTCP))
-        .expect("MPTCP socket (kernel with MPTCP)");
+    let s =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::MPTCP))
+            .expect("MPTCP socket (kernel with MPTCP)");
     s.set_nonblocking(true).unwrap();
     s
 }

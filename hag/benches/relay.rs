@@ -29,18 +29,11 @@ const CPS_SECS: f64 = 3.0;
 const CPS_PARALLEL: usize = 8;
 
 fn runtime(threads: usize) -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap()
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// Sends BULK bytes to every connection, then closes.
@@ -131,28 +124,12 @@ fn tfo() -> bool {
 }
 
 fn mptcp_opts() -> ConnectOptions {
-    ConnectOptions {
-        bind: None,
-        bind_device: None,
-        mptcp: true,
-        fastopen: tfo(),
-        timeout: Duration::from_secs(5),
-    }
+    ConnectOptions { bind: None, bind_device: None, mptcp: true, fastopen: tfo(), timeout: Duration::from_secs(5) }
 }
 
 async fn via_hag(hag: SocketAddr, dst: SocketAddr, mptcp: bool) -> TcpStream {
-    let req =
-        auth::signed_request(KEY, dst, "bench", now(), auth::random_nonce().unwrap()).unwrap();
-    let (mut s, sent) = mptcp::connect_with_data(
-        hag,
-        &req,
-        &ConnectOptions {
-            mptcp,
-            ..mptcp_opts()
-        },
-    )
-    .await
-    .unwrap();
+    let req = auth::signed_request(KEY, dst, "bench", now(), auth::random_nonce().unwrap()).unwrap();
+    let (mut s, sent) = mptcp::connect_with_data(hag, &req, &ConnectOptions { mptcp, ..mptcp_opts() }).await.unwrap();
     s.write_all(&req[sent..]).await.unwrap();
     s
 }
@@ -221,25 +198,17 @@ fn main() {
         let proxy = copy_proxy(bulk, false).await;
         let mproxy = copy_proxy(bulk, true).await;
         let mptcp_to = |addr: SocketAddr| async move {
-            let opts = ConnectOptions {
-                fastopen: false,
-                ..mptcp_opts()
-            };
+            let opts = ConnectOptions { fastopen: false, ..mptcp_opts() };
             mptcp::connect_with_data(addr, &[], &opts).await.unwrap().0
         };
 
         // Warm up (page cache of buffers, first-connection costs), then alternate to spread noise.
         let _ = timed_download(async { TcpStream::connect(bulk).await.unwrap() }, false).await;
-        let (mut direct, mut copy, mut hag, mut hag_tcp) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut direct, mut copy, mut hag, mut hag_tcp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut mcopy = Vec::new();
         for _ in 0..3 {
-            direct.push(
-                timed_download(async { TcpStream::connect(bulk).await.unwrap() }, false).await,
-            );
-            copy.push(
-                timed_download(async { TcpStream::connect(proxy).await.unwrap() }, false).await,
-            );
+            direct.push(timed_download(async { TcpStream::connect(bulk).await.unwrap() }, false).await);
+            copy.push(timed_download(async { TcpStream::connect(proxy).await.unwrap() }, false).await);
             hag.push(timed_download(via_hag(hag_addr, bulk, true), true).await);
             hag_tcp.push(timed_download(via_hag(hag_addr, bulk, false), true).await);
             mcopy.push(timed_download(mptcp_to(mproxy), false).await);
@@ -247,10 +216,7 @@ fn main() {
         let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
         let (d, c, h, ht) = (best(&direct), best(&copy), best(&hag), best(&hag_tcp));
         let mc = best(&mcopy);
-        println!(
-            "relay goodput, one {} MiB download over loopback (best of 3):",
-            BULK >> 20
-        );
+        println!("relay goodput, one {} MiB download over loopback (best of 3):", BULK >> 20);
         println!("  direct plain TCP                 {d:7.2} Gbit/s");
         println!("  plain TCP copy proxy (baseline)  {c:7.2} Gbit/s");
         println!("  hag (MPTCP in, TCP out)          {h:7.2} Gbit/s");
@@ -281,10 +247,7 @@ fn main() {
         println!("new connections per second ({CPS_PARALLEL} in parallel, {CPS_SECS} s):");
         println!("  direct TCP connect               {direct_cps:9.0} /s");
         println!("  hag (MPTCP + Convert + Auth)     {hag_cps:9.0} /s");
-        println!(
-            "  ratio                            {:9.2}",
-            hag_cps / direct_cps
-        );
+        println!("  ratio                            {:9.2}", hag_cps / direct_cps);
     });
     let s = stats.snapshot();
     println!("hag counters: {s}");

@@ -25,11 +25,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use common::admin::{
-    self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, BearerToken, HasConnId, MetricType,
-    Metrics, MetricsWriter, ProcessInfo, SubflowView, conn_id,
-};
 use common::admin::subflow_diag::{self, DiagMap};
+use common::admin::{
+    self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, BearerToken, HasConnId, MetricType, Metrics, MetricsWriter,
+    ProcessInfo, SubflowView, conn_id,
+};
 use common::mptcp;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -57,11 +57,7 @@ impl ApiState {
     pub fn new(config: &Config, stats: Arc<Stats>, connections: Arc<Connections>) -> Self {
         let mut clients: Vec<String> = config.clients.keys().cloned().collect();
         clients.sort();
-        ApiState {
-            stats,
-            connections,
-            clients,
-        }
+        ApiState { stats, connections, clients }
     }
 }
 
@@ -176,24 +172,15 @@ fn clients_view(state: &ApiState) -> Vec<ClientView> {
 /// the subflows' backup flags (off the runtime: both are blocking syscalls).
 async fn connection_views(conns: Vec<Arc<Connection>>) -> Vec<ConnectionView> {
     tokio::task::spawn_blocking(move || {
-        let full: Vec<Option<mptcp::FullInfo>> = conns
-            .iter()
-            .map(|c| c.client.upgrade().and_then(|s| mptcp::full_info(&*s).ok().flatten()))
-            .collect();
-        let ports: Vec<u16> = full
-            .iter()
-            .flatten()
-            .flat_map(|f| f.subflows.iter().filter_map(|s| s.local.map(|a| a.port())))
-            .collect();
+        let full: Vec<Option<mptcp::FullInfo>> =
+            conns.iter().map(|c| c.client.upgrade().and_then(|s| mptcp::full_info(&*s).ok().flatten())).collect();
+        let ports: Vec<u16> =
+            full.iter().flatten().flat_map(|f| f.subflows.iter().filter_map(|s| s.local.map(|a| a.port()))).collect();
         let diag = subflow_diag::by_port(subflow_diag::Side::Local, &ports).unwrap_or_else(|e| {
             tracing::debug!(error = %e, "sock_diag: no subflow backup flags");
             DiagMap::new()
         });
-        conns
-            .iter()
-            .zip(full)
-            .map(|(c, f)| ConnectionView::of(c, f, &diag))
-            .collect()
+        conns.iter().zip(full).map(|(c, f)| ConnectionView::of(c, f, &diag)).collect()
     })
     .await
     .unwrap_or_default()
@@ -209,9 +196,7 @@ async fn get_connection(
 ) -> Result<ApiJson<ConnectionView>, ApiError> {
     let c = s.connections.by_path(&id)?;
     let mut v = connection_views(vec![c]).await;
-    v.pop()
-        .map(ApiJson)
-        .ok_or_else(|| ApiError::internal("connection view task failed"))
+    v.pop().map(ApiJson).ok_or_else(|| ApiError::internal("connection view task failed"))
 }
 
 async fn delete_connection(
@@ -235,10 +220,7 @@ async fn list_clients(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<ClientView>
 pub fn api_router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/connections", get(list_connections))
-        .route(
-            "/api/v1/connections/{id}",
-            get(get_connection).delete(delete_connection),
-        )
+        .route("/api/v1/connections/{id}", get(get_connection).delete(delete_connection))
         .route("/api/v1/clients", get(list_clients))
         .with_state(state)
 }
@@ -279,16 +261,8 @@ impl Metrics for HagMetrics {
         let s = self.state.stats.snapshot();
         let st = &self.state.stats;
         w.gauge("connections_open", "Client connections open now.", s.active);
-        w.counter(
-            "connections_accepted_total",
-            "Client connections accepted on any listener.",
-            s.accepted,
-        );
-        w.counter(
-            "connections_relayed_total",
-            "Connections answered with success and relayed.",
-            s.relayed,
-        );
+        w.counter("connections_accepted_total", "Client connections accepted on any listener.", s.accepted);
+        w.counter("connections_relayed_total", "Connections answered with success and relayed.", s.relayed);
         w.counter(
             "connections_fallback_total",
             "Accepted connections that are plain TCP (no MPTCP or fallen back).",
@@ -318,13 +292,7 @@ impl Metrics for HagMetrics {
                 MetricType::Counter,
             );
             for (i, (code, n)) in s.errors_sent.iter().enumerate() {
-                f.sample(
-                    &[
-                        ("code", &code.to_string()),
-                        ("name", code_name(ERROR_CODES[i])),
-                    ],
-                    *n,
-                );
+                f.sample(&[("code", &code.to_string()), ("name", code_name(ERROR_CODES[i]))], *n);
             }
         }
         w.counter(
@@ -355,36 +323,22 @@ impl Metrics for HagMetrics {
                 *open_per_cpe.entry(id.as_str()).or_default() += 1;
             }
         }
-        w.family(
-            "open_relay_bytes",
-            "Bytes relayed so far by the relays still open.",
-            MetricType::Gauge,
-        )
-        .sample(&[("direction", "up")], live_up)
-        .sample(&[("direction", "down")], live_down);
+        w.family("open_relay_bytes", "Bytes relayed so far by the relays still open.", MetricType::Gauge)
+            .sample(&[("direction", "up")], live_up)
+            .sample(&[("direction", "down")], live_down);
 
         let per_cpe = st.per_cpe();
         let counters = |id: &str| per_cpe.get(id).copied().unwrap_or_default();
         let ids = &self.state.clients;
         {
-            let mut f = w.family(
-                "cpe_connections_open",
-                "Connections open now, per CPE.",
-                MetricType::Gauge,
-            );
+            let mut f = w.family("cpe_connections_open", "Connections open now, per CPE.", MetricType::Gauge);
             for id in ids {
-                f.sample(
-                    &[("cpe", id)],
-                    open_per_cpe.get(id.as_str()).copied().unwrap_or(0),
-                );
+                f.sample(&[("cpe", id)], open_per_cpe.get(id.as_str()).copied().unwrap_or(0));
             }
         }
         {
-            let mut f = w.family(
-                "cpe_connections_total",
-                "Connections admitted since start, per CPE.",
-                MetricType::Counter,
-            );
+            let mut f =
+                w.family("cpe_connections_total", "Connections admitted since start, per CPE.", MetricType::Counter);
             for id in ids {
                 f.sample(&[("cpe", id)], counters(id).connections);
             }
@@ -416,34 +370,15 @@ impl Metrics for HagMetrics {
 }
 
 /// The UDP probe responders' counters, one sample per bound service address.
-fn write_probe_metrics(
-    probes: &[(SocketAddr, Arc<common::probe::ResponderCounters>)],
-    w: &mut MetricsWriter,
-) {
-    let stats: Vec<(String, common::probe::ResponderStats)> = probes
-        .iter()
-        .map(|(addr, c)| (addr.to_string(), c.snapshot()))
-        .collect();
+fn write_probe_metrics(probes: &[(SocketAddr, Arc<common::probe::ResponderCounters>)], w: &mut MetricsWriter) {
+    let stats: Vec<(String, common::probe::ResponderStats)> =
+        probes.iter().map(|(addr, c)| (addr.to_string(), c.snapshot())).collect();
     type Field = fn(&common::probe::ResponderStats) -> u64;
     let families: [(&str, &str, Field); 5] = [
-        (
-            "probe_requests_total",
-            "UDP probe datagrams received from CPEs.",
-            |s| s.received,
-        ),
-        ("probe_replies_total", "UDP probe replies sent.", |s| {
-            s.replied
-        }),
-        (
-            "probe_rate_limited_total",
-            "UDP probe datagrams dropped by the per-source rate limit.",
-            |s| s.rate_limited,
-        ),
-        (
-            "probe_malformed_total",
-            "UDP datagrams that are not a valid probe request.",
-            |s| s.malformed,
-        ),
+        ("probe_requests_total", "UDP probe datagrams received from CPEs.", |s| s.received),
+        ("probe_replies_total", "UDP probe replies sent.", |s| s.replied),
+        ("probe_rate_limited_total", "UDP probe datagrams dropped by the per-source rate limit.", |s| s.rate_limited),
+        ("probe_malformed_total", "UDP datagrams that are not a valid probe request.", |s| s.malformed),
         (
             "probe_auth_failures_total",
             "Probe requests dropped for an unknown CPE id, a bad MAC or a stale timestamp.",
@@ -550,20 +485,12 @@ pub fn openapi() -> Value {
 }
 
 /// The whole admin app of a hag: shared routes from `common::admin` plus the hag's.
-pub fn app(
-    config: &Config,
-    listening: &[SocketAddr],
-    state: Arc<ApiState>,
-    token: BearerToken,
-) -> AdminApp {
+pub fn app(config: &Config, listening: &[SocketAddr], state: Arc<ApiState>, token: BearerToken) -> AdminApp {
     let detail = status_detail(config, listening);
-    let mut app = AdminApp::new(
-        ProcessInfo::new("hag", env!("CARGO_PKG_VERSION")),
-        token,
-        Arc::new(HagMetrics::new(state)),
-    )
-    .status_detail(move || detail.clone())
-    .openapi(openapi());
+    let mut app =
+        AdminApp::new(ProcessInfo::new("hag", env!("CARGO_PKG_VERSION")), token, Arc::new(HagMetrics::new(state)))
+            .status_detail(move || detail.clone())
+            .openapi(openapi());
     if let Some(a) = &config.admin {
         app = app.limits(&a.config);
     }
@@ -571,12 +498,7 @@ pub fn app(
 }
 
 /// The complete admin router of a hag (what [`start`] serves), for tests.
-pub fn router(
-    config: &Config,
-    listening: &[SocketAddr],
-    state: Arc<ApiState>,
-    token: BearerToken,
-) -> Router {
+pub fn router(config: &Config, listening: &[SocketAddr], state: Arc<ApiState>, token: BearerToken) -> Router {
     app(config, listening, state.clone(), token).router(api_router(state))
 }
 

@@ -134,14 +134,8 @@ impl Default for Limits {
 
 fn default_listen() -> Vec<ListenAddr> {
     vec![
-        ListenAddr(SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            DEFAULT_PORT,
-        )),
-        ListenAddr(SocketAddr::new(
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            DEFAULT_PORT,
-        )),
+        ListenAddr(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT)),
+        ListenAddr(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), DEFAULT_PORT)),
     ]
 }
 fn default_log_level() -> String {
@@ -185,9 +179,7 @@ pub struct ListenAddr(pub SocketAddr);
 impl<'de> Deserialize<'de> for ListenAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        cfg::parse_addr_with_default_port(&s, DEFAULT_PORT)
-            .map(ListenAddr)
-            .map_err(serde::de::Error::custom)
+        cfg::parse_addr_with_default_port(&s, DEFAULT_PORT).map(ListenAddr).map_err(serde::de::Error::custom)
     }
 }
 
@@ -250,18 +242,12 @@ impl Config {
     /// Checks a parsed file and resolves it into a [`Config`].
     pub fn validate(file: FileConfig, config_path: &Path) -> Result<Config, ConfigError> {
         if file.listen.is_empty() {
-            return Err(ConfigError::invalid(
-                "listen",
-                "at least one listen address is needed",
-            ));
+            return Err(ConfigError::invalid("listen", "at least one listen address is needed"));
         }
         let mut seen = HashSet::new();
         for (i, a) in file.listen.iter().enumerate() {
             if !seen.insert(a.0) {
-                return Err(ConfigError::invalid(
-                    format!("listen[{i}]"),
-                    format!("{} is listed twice", a.0),
-                ));
+                return Err(ConfigError::invalid(format!("listen[{i}]"), format!("{} is listed twice", a.0)));
             }
         }
         let mut clients = HashMap::new();
@@ -270,10 +256,7 @@ impl Config {
             if id.is_empty() || id.len() > MAX_CPE_ID_LEN {
                 return Err(ConfigError::invalid(
                     field,
-                    format!(
-                        "a CPE id is 1 to {MAX_CPE_ID_LEN} bytes, this one is {}",
-                        id.len()
-                    ),
+                    format!("a CPE id is 1 to {MAX_CPE_ID_LEN} bytes, this one is {}", id.len()),
                 ));
             }
             let key_path = cfg::resolve_relative(config_path, &entry.key_file);
@@ -288,10 +271,7 @@ impl Config {
             ("backlog", l.backlog as usize),
         ] {
             if value == 0 {
-                return Err(ConfigError::invalid(
-                    format!("limits.{name}"),
-                    "must be at least 1",
-                ));
+                return Err(ConfigError::invalid(format!("limits.{name}"), "must be at least 1"));
             }
         }
         for (name, value) in [
@@ -301,21 +281,12 @@ impl Config {
             ("auth_skew", l.auth_skew),
         ] {
             if value.is_zero() {
-                return Err(ConfigError::invalid(
-                    format!("limits.{name}"),
-                    "must be longer than 0s",
-                ));
+                return Err(ConfigError::invalid(format!("limits.{name}"), "must be longer than 0s"));
             }
         }
-        let admin = file
-            .admin
-            .map(|a| a.load("admin", config_path))
-            .transpose()?;
+        let admin = file.admin.map(|a| a.load("admin", config_path)).transpose()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log_level) {
-            return Err(ConfigError::invalid(
-                "log_level",
-                format!("`{}` is not a log filter: {e}", file.log_level),
-            ));
+            return Err(ConfigError::invalid("log_level", format!("`{}` is not a log filter: {e}", file.log_level)));
         }
         Ok(Config {
             listen: file.listen.iter().map(|a| a.0).collect(),
@@ -342,14 +313,10 @@ mod tests {
     struct Dir(PathBuf);
     impl Dir {
         fn new(tag: &str) -> Self {
-            let d =
-                std::env::temp_dir().join(format!("hag-config-test-{}-{tag}", std::process::id()));
+            let d = std::env::temp_dir().join(format!("hag-config-test-{}-{tag}", std::process::id()));
             std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(
-                d.join("cpe1.key"),
-                "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n",
-            )
-            .unwrap();
+            std::fs::write(d.join("cpe1.key"), "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n")
+                .unwrap();
             Dir(d)
         }
         fn config_path(&self) -> PathBuf {
@@ -370,20 +337,11 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let d = Dir::new("min");
         let c = load(&d, "clients:\n  cpe-1: {key_file: cpe1.key}\n").unwrap();
-        assert_eq!(
-            c.listen,
-            vec![
-                "0.0.0.0:5124".parse().unwrap(),
-                "[::]:5124".parse().unwrap()
-            ]
-        );
+        assert_eq!(c.listen, vec!["0.0.0.0:5124".parse().unwrap(), "[::]:5124".parse().unwrap()]);
         assert_eq!(c.clients["cpe-1"].expose().len(), 32);
         assert_eq!(c.limits.auth_skew, Duration::from_secs(30));
         assert_eq!(c.log_level, "info");
-        assert!(
-            !format!("{c:?}").contains("0a0b"),
-            "key must not appear in Debug"
-        );
+        assert!(!format!("{c:?}").contains("0a0b"), "key must not appear in Debug");
     }
 
     #[test]
@@ -395,10 +353,7 @@ mod tests {
         let a = c.admin.unwrap();
         assert_eq!(a.config.listen, vec!["127.0.0.1:5125".parse().unwrap()]);
         assert_eq!(a.config.token_file, d.0.join("cpe1.key"));
-        assert!(
-            !format!("{a:?}").contains("0a0b"),
-            "token must not appear in Debug"
-        );
+        assert!(!format!("{a:?}").contains("0a0b"), "token must not appear in Debug");
     }
 
     #[test]
@@ -415,22 +370,13 @@ mod tests {
              log_level: hag=debug\n",
         )
         .unwrap();
-        assert_eq!(
-            c.listen,
-            vec![
-                "192.0.2.1:5124".parse().unwrap(),
-                "[2001:db8::1]:6000".parse().unwrap()
-            ]
-        );
+        assert_eq!(c.listen, vec!["192.0.2.1:5124".parse().unwrap(), "[2001:db8::1]:6000".parse().unwrap()]);
         assert!(c.is_trusted("198.51.100.7".parse().unwrap()));
         assert!(c.is_trusted("::ffff:198.51.100.7".parse().unwrap()));
         assert!(!c.is_trusted("198.51.101.7".parse().unwrap()));
         assert_eq!(c.limits.drain_deadline, Duration::from_millis(500));
         assert_eq!(c.limits.max_connections_per_cpe, 2);
-        assert_eq!(
-            c.destinations.allow,
-            vec!["10.9.0.0/16".parse::<IpNet>().unwrap()]
-        );
+        assert_eq!(c.destinations.allow, vec!["10.9.0.0/16".parse::<IpNet>().unwrap()]);
     }
 
     #[test]
@@ -441,40 +387,19 @@ mod tests {
             ("listen: ['192.0.2.1', 'nonsense']\n", "listen[1]"),
             ("listen: ['192.0.2.1', '192.0.2.1:5124']\n", "listen[1]"),
             ("listen: []\n", "listen"),
-            (
-                "clients: {cpe-1: {key_file: missing.key}}\n",
-                "clients.cpe-1.key_file",
-            ),
-            (
-                "clients: {cpe-1: {keyfile: cpe1.key}}\n",
-                "clients.cpe-1.keyfile",
-            ),
+            ("clients: {cpe-1: {key_file: missing.key}}\n", "clients.cpe-1.key_file"),
+            ("clients: {cpe-1: {keyfile: cpe1.key}}\n", "clients.cpe-1.keyfile"),
             ("trusted_sources: [300.1.1.0/24]\n", "trusted_sources[0]"),
-            (
-                "destinations: {allow: [10.0.0.0/33]}\n",
-                "destinations.allow[0]",
-            ),
+            ("destinations: {allow: [10.0.0.0/33]}\n", "destinations.allow[0]"),
             ("limits: {idle_timeout: soon}\n", "limits.idle_timeout"),
             ("limits: {max_connections: 0}\n", "limits.max_connections"),
             ("log_level: 'hag=[[['\n", "log_level"),
             ("admin: {}\n", "admin.token_file"),
             ("admin: {token_file: missing.token}\n", "admin.token_file"),
-            (
-                "admin: {token_file: cpe1.key, listen: ['127.0.0.1', x]}\n",
-                "admin.listen[1]",
-            ),
-            (
-                "admin: {token_file: cpe1.key, listen: ['127.0.0.1:0']}\n",
-                "admin.listen[0]",
-            ),
-            (
-                "admin: {token_file: cpe1.key, request_timeout: 0s}\n",
-                "admin.request_timeout",
-            ),
-            (
-                "admin: {token_file: cpe1.key, tokenfile: x}\n",
-                "admin.tokenfile",
-            ),
+            ("admin: {token_file: cpe1.key, listen: ['127.0.0.1', x]}\n", "admin.listen[1]"),
+            ("admin: {token_file: cpe1.key, listen: ['127.0.0.1:0']}\n", "admin.listen[0]"),
+            ("admin: {token_file: cpe1.key, request_timeout: 0s}\n", "admin.request_timeout"),
+            ("admin: {token_file: cpe1.key, tokenfile: x}\n", "admin.tokenfile"),
         ];
         for (yaml, field) in cases {
             let e = load(&d, yaml).expect_err(yaml);
@@ -482,19 +407,14 @@ mod tests {
             assert!(e.to_string().starts_with(field), "{e}");
         }
         let long_id = "x".repeat(65);
-        let e = load(
-            &d,
-            &format!("clients: {{{long_id}: {{key_file: cpe1.key}}}}\n"),
-        )
-        .unwrap_err();
+        let e = load(&d, &format!("clients: {{{long_id}: {{key_file: cpe1.key}}}}\n")).unwrap_err();
         assert_eq!(e.field(), Some(format!("clients.{long_id}").as_str()));
     }
 
     #[test]
     fn shipped_example_is_valid() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/hag.yaml");
-        let c =
-            Config::from_file(&example).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+        let c = Config::from_file(&example).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
         assert!(!c.clients.is_empty());
         assert!(c.admin.is_some(), "the example shows the admin section");
     }

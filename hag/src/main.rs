@@ -35,8 +35,7 @@ fn main() -> ExitCode {
         println!("hag: config {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -54,10 +53,7 @@ fn main() -> ExitCode {
         Ok(l) => tracing::debug!(before = l.before, now = l.now, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -74,14 +70,13 @@ fn main() -> ExitCode {
         };
         let stop = tokio_util::sync::CancellationToken::new();
         let admin_stop = stop.clone();
-        let admin =
-            match hag::admin::start(&config, &hag, async move { admin_stop.cancelled().await }) {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+        let admin = match hag::admin::start(&config, &hag, async move { admin_stop.cancelled().await }) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
         tracing::info!(addrs = ?hag.local_addrs(), admin = ?admin.as_ref().map(|a| &a.addrs), "ready");
         let signals = async {
             if let Err(e) = hag::shutdown_signal().await {

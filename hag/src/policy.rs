@@ -64,10 +64,7 @@ const SPECIAL: &[(&str, &str)] = &[
 /// The built-in special range `ip` falls in, if any (mapped IPv4 judged as IPv4).
 pub fn special_range(ip: IpAddr) -> Option<&'static str> {
     let ip = ip.to_canonical();
-    SPECIAL
-        .iter()
-        .find(|(p, _)| p.parse::<IpNet>().expect("built-in prefix").contains(&ip))
-        .map(|(_, n)| *n)
+    SPECIAL.iter().find(|(p, _)| p.parse::<IpNet>().expect("built-in prefix").contains(&ip)).map(|(_, n)| *n)
 }
 
 /// Prefix lists over built-in ranges over own addresses: the hag's policy.
@@ -82,10 +79,7 @@ pub struct PrefixPolicy {
 impl PrefixPolicy {
     /// A policy with the operator's lists and the hag's own addresses (see [`local_addresses`]).
     pub fn new(allow: Vec<IpNet>, deny: Vec<IpNet>, own: impl IntoIterator<Item = IpAddr>) -> Self {
-        let special = SPECIAL
-            .iter()
-            .map(|(p, n)| (p.parse().expect("built-in prefix"), *n))
-            .collect();
+        let special = SPECIAL.iter().map(|(p, n)| (p.parse().expect("built-in prefix"), *n)).collect();
         let canon = |n: IpNet| match n {
             // A mapped IPv6 prefix written by the operator means the IPv4 prefix it maps.
             IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
@@ -104,9 +98,7 @@ impl PrefixPolicy {
 }
 
 fn longest<'a>(list: &'a [IpNet], ip: &IpAddr) -> Option<&'a IpNet> {
-    list.iter()
-        .filter(|p| p.contains(ip))
-        .max_by_key(|p| p.prefix_len())
+    list.iter().filter(|p| p.contains(ip)).max_by_key(|p| p.prefix_len())
 }
 
 impl DestinationPolicy for PrefixPolicy {
@@ -203,24 +195,14 @@ mod tests {
             "::ffff:0.0.0.0",
             "::ffff:255.255.255.255",
         ] {
-            assert!(
-                matches!(p.check(ip(dst)), Err(Denied::Special(_))),
-                "{dst} must be denied"
-            );
+            assert!(matches!(p.check(ip(dst)), Err(Denied::Special(_))), "{dst} must be denied");
         }
     }
 
     #[test]
     fn public_addresses_are_allowed_by_default() {
         let p = PrefixPolicy::new(vec![], vec![], []);
-        for dst in [
-            "8.8.8.8",
-            "1.1.1.1",
-            "172.32.0.1",
-            "100.128.0.1",
-            "2001:4860::8888",
-            "::ffff:8.8.8.8",
-        ] {
+        for dst in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2001:4860::8888", "::ffff:8.8.8.8"] {
             assert_eq!(p.check(ip(dst)), Ok(()), "{dst} must be allowed");
         }
     }
@@ -236,30 +218,16 @@ mod tests {
 
     #[test]
     fn allow_list_overrides_builtins_and_deny_list_adds() {
-        let p = PrefixPolicy::new(
-            nets(&["10.9.0.0/16", "::1/128"]),
-            nets(&["8.8.8.0/24", "10.9.9.0/24"]),
-            [],
-        );
+        let p = PrefixPolicy::new(nets(&["10.9.0.0/16", "::1/128"]), nets(&["8.8.8.0/24", "10.9.9.0/24"]), []);
         assert_eq!(p.check(ip("10.9.1.1")), Ok(()));
         assert_eq!(p.check(ip("::ffff:10.9.1.1")), Ok(()));
         assert_eq!(p.check(ip("::1")), Ok(()));
         assert!(matches!(p.check(ip("10.8.1.1")), Err(Denied::Special(_))));
-        assert_eq!(
-            p.check(ip("8.8.8.8")),
-            Err(Denied::DenyList("8.8.8.0/24".parse().unwrap()))
-        );
-        assert_eq!(
-            p.check(ip("::ffff:8.8.8.8")),
-            Err(Denied::DenyList("8.8.8.0/24".parse().unwrap()))
-        );
+        assert_eq!(p.check(ip("8.8.8.8")), Err(Denied::DenyList("8.8.8.0/24".parse().unwrap())));
+        assert_eq!(p.check(ip("::ffff:8.8.8.8")), Err(Denied::DenyList("8.8.8.0/24".parse().unwrap())));
         // Longer deny inside an allow denies; longer allow inside a deny allows; a tie denies.
         assert!(matches!(p.check(ip("10.9.9.9")), Err(Denied::DenyList(_))));
-        let p = PrefixPolicy::new(
-            nets(&["8.8.8.8/32", "1.0.0.0/8"]),
-            nets(&["8.8.0.0/16", "1.0.0.0/8"]),
-            [],
-        );
+        let p = PrefixPolicy::new(nets(&["8.8.8.8/32", "1.0.0.0/8"]), nets(&["8.8.0.0/16", "1.0.0.0/8"]), []);
         assert_eq!(p.check(ip("8.8.8.8")), Ok(()));
         assert!(p.check(ip("8.8.8.9")).is_err());
         assert!(p.check(ip("1.2.3.4")).is_err());

@@ -40,16 +40,9 @@ impl Drop for ProbeResponders {
 /// Binds UDP on each of `addrs` and answers probes there. An address that cannot be bound is logged and
 /// skipped: the Convert service works without probes, only the CPEs' health verdicts suffer.
 pub async fn start(addrs: &[SocketAddr], clients: &HashMap<String, SecretKey>) -> ProbeResponders {
-    let keys: Arc<HashMap<String, Vec<u8>>> = Arc::new(
-        clients
-            .iter()
-            .map(|(id, k)| (id.clone(), k.expose().to_vec()))
-            .collect(),
-    );
-    let mut out = ProbeResponders {
-        tasks: Vec::new(),
-        counters: Vec::new(),
-    };
+    let keys: Arc<HashMap<String, Vec<u8>>> =
+        Arc::new(clients.iter().map(|(id, k)| (id.clone(), k.expose().to_vec())).collect());
+    let mut out = ProbeResponders { tasks: Vec::new(), counters: Vec::new() };
     for addr in addrs {
         let socket = match bind(*addr) {
             Ok(s) => s,
@@ -63,9 +56,7 @@ pub async fn start(addrs: &[SocketAddr], clients: &HashMap<String, SecretKey>) -
         let keys = keys.clone();
         let addr = *addr;
         out.tasks.push(tokio::spawn(async move {
-            if let Err(e) =
-                serve_udp(socket, responder, move |id: &str| keys.get(id).cloned()).await
-            {
+            if let Err(e) = serve_udp(socket, responder, move |id: &str| keys.get(id).cloned()).await {
                 warn!(%addr, error = %e, "probe responder stopped");
             }
         }));
@@ -95,20 +86,14 @@ mod tests {
     #[tokio::test]
     async fn answers_known_cpe_only() {
         let mut clients = HashMap::new();
-        clients.insert(
-            "cpe-1".to_owned(),
-            SecretKey::new(b"0123456789abcdef0123".to_vec()),
-        );
+        clients.insert("cpe-1".to_owned(), SecretKey::new(b"0123456789abcdef0123".to_vec()));
         // Port 0 for the test: find the bound port from a first bind, then reuse it.
         let probe_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = probe_sock.local_addr().unwrap();
         drop(probe_sock);
         let responders = start(&[addr], &clients).await;
         assert_eq!(responders.counters.len(), 1);
-        let health = HealthConfig {
-            interval: std::time::Duration::from_millis(20),
-            ..HealthConfig::default()
-        };
+        let health = HealthConfig { interval: std::time::Duration::from_millis(20), ..HealthConfig::default() };
         let mk = |key: &[u8]| {
             Prober::new(ProberConfig {
                 cpe_id: "cpe-1".into(),
@@ -126,25 +111,18 @@ mod tests {
         let (mut good_rx, mut bad_rx) = (good.subscribe(), bad.subscribe());
         tokio::spawn(good.run());
         tokio::spawn(bad.run());
-        let up = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            good_rx.wait_for(|h| h.state == HealthState::Up),
-        )
-        .await
-        // Drop the `Ref` at once: it holds the channel's read lock, and the prober's next publish would
-        // block this single-threaded runtime.
-        .is_ok_and(|r| r.is_ok());
+        let up =
+            tokio::time::timeout(std::time::Duration::from_secs(5), good_rx.wait_for(|h| h.state == HealthState::Up))
+                .await
+                // Drop the `Ref` at once: it holds the channel's read lock, and the prober's next publish would
+                // block this single-threaded runtime.
+                .is_ok_and(|r| r.is_ok());
         assert!(up, "prober with the right key never came up");
-        let down = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            bad_rx.wait_for(|h| h.state == HealthState::Down),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
-        assert!(
-            down,
-            "prober with a wrong key was not declared down"
-        );
+        let down =
+            tokio::time::timeout(std::time::Duration::from_secs(5), bad_rx.wait_for(|h| h.state == HealthState::Down))
+                .await
+                .is_ok_and(|r| r.is_ok());
+        assert!(down, "prober with a wrong key was not declared down");
         assert!(responders.counters[0].1.snapshot().bad_mac > 0);
     }
 }

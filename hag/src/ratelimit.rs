@@ -18,13 +18,7 @@ pub struct LogLimiter {
 impl LogLimiter {
     /// At most `burst` lines per `interval`.
     pub fn new(burst: u32, interval: Duration) -> Self {
-        LogLimiter {
-            burst,
-            interval,
-            window_start: None,
-            used: 0,
-            suppressed: 0,
-        }
+        LogLimiter { burst, interval, window_start: None, used: 0, suppressed: 0 }
     }
 
     /// `Some(n)` when a line may be logged now, `n` being the lines suppressed since the last allowed one;

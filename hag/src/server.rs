@@ -97,31 +97,14 @@ impl Hag {
             listeners.push(l);
         }
         let mut own = local_addresses().map_err(StartError::LocalAddresses)?;
-        own.extend(
-            config
-                .listen
-                .iter()
-                .map(|a| a.ip())
-                .filter(|ip| !ip.is_unspecified()),
-        );
+        own.extend(config.listen.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()));
         debug!(?own, "own addresses, denied as destinations unless allowed");
-        let policy = PrefixPolicy::new(
-            config.destinations.allow.clone(),
-            config.destinations.deny.clone(),
-            own,
-        );
+        let policy = PrefixPolicy::new(config.destinations.allow.clone(), config.destinations.deny.clone(), own);
         Ok(Hag::with_policy(config, Box::new(policy), listeners))
     }
 
-    fn with_policy(
-        config: Config,
-        policy: Box<dyn DestinationPolicy>,
-        listeners: Vec<TcpListener>,
-    ) -> Hag {
-        let replay = ReplayWindow::new(
-            config.limits.auth_skew.as_secs().max(1),
-            config.limits.replay_entries,
-        );
+    fn with_policy(config: Config, policy: Box<dyn DestinationPolicy>, listeners: Vec<TcpListener>) -> Hag {
+        let replay = ReplayWindow::new(config.limits.auth_skew.as_secs().max(1), config.limits.replay_entries);
         Hag {
             shared: Arc::new(Shared {
                 config,
@@ -138,10 +121,7 @@ impl Hag {
 
     /// The bound addresses (useful when a listen port was 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
     /// The live counters.
@@ -159,20 +139,13 @@ impl Hag {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         // Uplink health probes from the CPEs arrive on the UDP side of each service address (issue 5).
         let _probes = crate::probe::start(&self.local_addrs(), &self.shared.config.clients).await;
-        *self
-            .shared
-            .stats
-            .probes
-            .lock()
-            .expect("probe list poisoned") = _probes.counters.clone();
+        *self.shared.stats.probes.lock().expect("probe list poisoned") = _probes.counters.clone();
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut accept_loops = Vec::new();
         for listener in self.listeners {
             let (shared, cancel, tracker2) = (self.shared.clone(), cancel.clone(), tracker.clone());
-            accept_loops.push(tokio::spawn(accept_loop(
-                listener, shared, cancel, tracker2,
-            )));
+            accept_loops.push(tokio::spawn(accept_loop(listener, shared, cancel, tracker2)));
         }
         shutdown.await;
         cancel.cancel();
@@ -182,11 +155,7 @@ impl Hag {
         tracker.close();
         let open = self.shared.stats.active.load(Relaxed);
         let drain = self.shared.config.limits.drain_deadline;
-        info!(
-            open,
-            ?drain,
-            "shutting down: listeners closed, draining open connections"
-        );
+        info!(open, ?drain, "shutting down: listeners closed, draining open connections");
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             warn!(
                 open = self.shared.stats.active.load(Relaxed),
@@ -209,12 +178,7 @@ pub async fn shutdown_signal() -> io::Result<()> {
     Ok(())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
-) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken, tracker: TaskTracker) {
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -292,10 +256,7 @@ impl CpeGuard {
             return None;
         }
         *n += 1;
-        Some(CpeGuard {
-            shared: shared.clone(),
-            cpe: cpe.to_owned(),
-        })
+        Some(CpeGuard { shared: shared.clone(), cpe: cpe.to_owned() })
     }
 }
 
@@ -327,10 +288,7 @@ enum Refusal {
     #[error("no Auth TLV from an untrusted source")]
     MissingAuth,
     #[error("destination {dst} denied: {why}")]
-    Policy {
-        dst: IpAddr,
-        why: crate::policy::Denied,
-    },
+    Policy { dst: IpAddr, why: crate::policy::Denied },
     #[error("too many connections in total ({0})")]
     TotalLimit(usize),
     #[error("too many connections for this CPE ({0})")]
@@ -349,9 +307,7 @@ impl Refusal {
             Refusal::NoConnect => ErrorCode::UnsupportedMessage,
             Refusal::Truncated(_) => ErrorCode::MalformedMessage,
             Refusal::Auth(e) => e.code(),
-            Refusal::UnknownCpe | Refusal::MissingAuth | Refusal::Policy { .. } => {
-                ErrorCode::NotAuthorized
-            }
+            Refusal::UnknownCpe | Refusal::MissingAuth | Refusal::Policy { .. } => ErrorCode::NotAuthorized,
             Refusal::TotalLimit(_) | Refusal::CpeLimit(_) => ErrorCode::ResourceExceeded,
             Refusal::Connect(e) => connect_error_code(e),
             Refusal::ConnectTimeout(_) => ErrorCode::NetworkFailure,
@@ -367,35 +323,21 @@ impl Refusal {
 /// RFC 8803 §4.2 error codes for a failed connect to the destination.
 pub fn connect_error_code(e: &io::Error) -> ErrorCode {
     match e.kind() {
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => {
-            ErrorCode::ConnectionReset
-        }
-        io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
-            ErrorCode::DestinationUnreachable
-        }
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => ErrorCode::ConnectionReset,
+        io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => ErrorCode::DestinationUnreachable,
         _ => match e.raw_os_error() {
-            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EADDRNOTAVAIL) => {
-                ErrorCode::DestinationUnreachable
-            }
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EADDRNOTAVAIL) => ErrorCode::DestinationUnreachable,
             _ => ErrorCode::NetworkFailure,
         },
     }
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The whole life of one accepted connection.
-async fn serve(
-    shared: Arc<Shared>,
-    mut client: SharedStream,
-    peer: SocketAddr,
-    active: ActiveGuard,
-    entry: Entry,
-) {
+async fn serve(shared: Arc<Shared>, mut client: SharedStream, peer: SocketAddr, active: ActiveGuard, entry: Entry) {
     let span = tracing::Span::current();
     let started = Instant::now();
     let conn = entry.conn();
@@ -416,19 +358,10 @@ async fn serve(
     }
     let _ = client.set_nodelay(true);
     if active.open > shared.config.limits.max_connections as u64 {
-        return reject(
-            &shared,
-            client,
-            Refusal::TotalLimit(shared.config.limits.max_connections),
-        )
-        .await;
+        return reject(&shared, client, Refusal::TotalLimit(shared.config.limits.max_connections)).await;
     }
 
-    let header = tokio::time::timeout(
-        shared.config.limits.header_deadline,
-        read_convert(&mut client),
-    )
-    .await;
+    let header = tokio::time::timeout(shared.config.limits.header_deadline, read_convert(&mut client)).await;
     let (message, buf, consumed) = match header {
         Err(_) => {
             shared.stats.header_timeouts.fetch_add(1, Relaxed);
@@ -488,15 +421,8 @@ async fn serve(
         return;
     }
     shared.stats.relayed.fetch_add(1, Relaxed);
-    shared
-        .stats
-        .bytes_up
-        .fetch_add(leftover.len() as u64, Relaxed);
-    debug!(
-        early_bytes = leftover.len(),
-        connect_ms = started.elapsed().as_millis() as u64,
-        "relaying"
-    );
+    shared.stats.bytes_up.fetch_add(leftover.len() as u64, Relaxed);
+    debug!(early_bytes = leftover.len(), connect_ms = started.elapsed().as_millis() as u64, "relaying");
 
     let counters = &conn.counters;
     let result = tokio::select! {
@@ -507,9 +433,7 @@ async fn serve(
     shared.stats.bytes_up.fetch_add(up, Relaxed);
     shared.stats.bytes_down.fetch_add(down, Relaxed);
     if let Some(cpe) = conn.cpe.get() {
-        shared
-            .stats
-            .cpe_relayed(cpe, up + leftover.len() as u64, down);
+        shared.stats.cpe_relayed(cpe, up + leftover.len() as u64, down);
     }
     let secs = started.elapsed().as_secs_f64();
     match result {
@@ -528,32 +452,14 @@ async fn serve(
 }
 
 /// Authentication and per-CPE admission. Returns the per-CPE slot for authenticated clients.
-fn admit(
-    shared: &Arc<Shared>,
-    peer: SocketAddr,
-    message: &Message,
-    raw: &[u8],
-) -> Result<Option<CpeGuard>, Refusal> {
+fn admit(shared: &Arc<Shared>, peer: SocketAddr, message: &Message, raw: &[u8]) -> Result<Option<CpeGuard>, Refusal> {
     let Some(auth) = message.auth() else {
-        return if shared.config.is_trusted(peer.ip()) {
-            Ok(None)
-        } else {
-            Err(Refusal::MissingAuth)
-        };
+        return if shared.config.is_trusted(peer.ip()) { Ok(None) } else { Err(Refusal::MissingAuth) };
     };
     tracing::Span::current().record("cpe", auth.cpe_id.as_str());
-    let key = shared
-        .config
-        .clients
-        .get(&auth.cpe_id)
-        .ok_or(Refusal::UnknownCpe)?;
-    let verified = convert::auth::verify_mac(key.expose(), raw).and_then(|()| {
-        shared
-            .replay
-            .lock()
-            .expect("replay window poisoned")
-            .check(now_unix(), auth)
-    });
+    let key = shared.config.clients.get(&auth.cpe_id).ok_or(Refusal::UnknownCpe)?;
+    let verified = convert::auth::verify_mac(key.expose(), raw)
+        .and_then(|()| shared.replay.lock().expect("replay window poisoned").check(now_unix(), auth));
     if let Err(e) = verified {
         if e.code() == ErrorCode::NotAuthorized {
             shared.stats.cpe_auth_failed(&auth.cpe_id);
@@ -562,9 +468,7 @@ fn admit(
     }
     match CpeGuard::acquire(shared, &auth.cpe_id) {
         Some(g) => Ok(Some(g)),
-        None => Err(Refusal::CpeLimit(
-            shared.config.limits.max_connections_per_cpe,
-        )),
+        None => Err(Refusal::CpeLimit(shared.config.limits.max_connections_per_cpe)),
     }
 }
 
@@ -605,9 +509,7 @@ async fn read_convert(client: &mut SharedStream) -> Result<(Message, Vec<u8>, us
             // A wrong first byte is only an unsupported *version* if the rest is a Convert header; text or
             // noise is malformed (RFC 8803 error 1), so wait for the magic before choosing the code.
             Err(convert::DecodeError::UnsupportedVersion(_)) if filled < convert::HEADER_LEN => {}
-            Err(convert::DecodeError::UnsupportedVersion(_))
-                if buf[2..4] != convert::MAGIC.to_be_bytes() =>
-            {
+            Err(convert::DecodeError::UnsupportedVersion(_)) if buf[2..4] != convert::MAGIC.to_be_bytes() => {
                 return Err(ReadError::Invalid(convert::DecodeError::BadMagic));
             }
             Err(e) => return Err(ReadError::Invalid(e)),
@@ -625,20 +527,14 @@ async fn reject(shared: &Shared, mut client: SharedStream, why: Refusal) {
     }
     if why.is_auth_failure() {
         shared.stats.auth_failures.fetch_add(1, Relaxed);
-        let allowed = shared
-            .auth_log
-            .lock()
-            .expect("log limiter poisoned")
-            .allow(Instant::now());
+        let allowed = shared.auth_log.lock().expect("log limiter poisoned").allow(Instant::now());
         if let Some(suppressed) = allowed {
             warn!(code = code.code(), suppressed, "refused: {why}");
         }
     } else {
         info!(code = code.code(), "refused: {why}");
     }
-    let reply = Message::error_reply(code)
-        .to_bytes()
-        .expect("error reply encodes");
+    let reply = Message::error_reply(code).to_bytes().expect("error reply encodes");
     let linger = async {
         common::mptcp::await_tfo_handshake(&client, shared.config.limits.connect_timeout).await?;
         client.write_all(&reply).await?;

@@ -92,10 +92,7 @@ impl Stats {
 
     /// Error replies sent with `code` so far.
     pub fn errors_with(&self, code: ErrorCode) -> u64 {
-        ERROR_CODES
-            .iter()
-            .position(|c| *c == code)
-            .map_or(0, |i| self.errors_sent[i].load(Relaxed))
+        ERROR_CODES.iter().position(|c| *c == code).map_or(0, |i| self.errors_sent[i].load(Relaxed))
     }
 
     fn with_cpe(&self, cpe: &str, f: impl FnOnce(&mut CpeCounters)) {
@@ -138,9 +135,7 @@ impl Stats {
             fallback: self.fallback.load(Relaxed),
             active: self.active.load(Relaxed),
             relayed: self.relayed.load(Relaxed),
-            errors_sent: std::array::from_fn(|i| {
-                (ERROR_CODES[i].code(), self.errors_sent[i].load(Relaxed))
-            }),
+            errors_sent: std::array::from_fn(|i| (ERROR_CODES[i].code(), self.errors_sent[i].load(Relaxed))),
             auth_failures: self.auth_failures.load(Relaxed),
             policy_denied: self.policy_denied.load(Relaxed),
             header_timeouts: self.header_timeouts.load(Relaxed),
@@ -226,10 +221,7 @@ mod tests {
         s.cpe_relayed("a", 10, 20);
         s.cpe_auth_failed("b");
         let m = s.per_cpe();
-        assert_eq!(
-            (m["a"].connections, m["a"].bytes_up, m["a"].bytes_down),
-            (2, 10, 20)
-        );
+        assert_eq!((m["a"].connections, m["a"].bytes_up, m["a"].bytes_down), (2, 10, 20));
         assert_eq!((m["b"].connections, m["b"].auth_failures), (0, 1));
         assert!(m["a"].last_seen.is_some());
     }

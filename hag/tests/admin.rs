@@ -80,10 +80,7 @@ fn router_fixture() -> RouterFixture {
     let a = connections.insert("192.0.2.10:40000".parse().unwrap(), std::sync::Weak::new());
     a.conn().token.set(Some(0x1a2b_3c4d)).unwrap();
     a.conn().cpe.set("cpe-1".into()).unwrap();
-    a.conn()
-        .dst
-        .set("203.0.113.5:443".parse().unwrap())
-        .unwrap();
+    a.conn().dst.set("203.0.113.5:443".parse().unwrap()).unwrap();
     a.conn().counters.a_to_b.store(1000, Relaxed);
     a.conn().counters.b_to_a.store(50_000, Relaxed);
     let b = connections.insert("192.0.2.11:40001".parse().unwrap(), std::sync::Weak::new());
@@ -100,25 +97,11 @@ fn router_fixture() -> RouterFixture {
     stats.cpe_relayed("cpe-1", 11, 22);
     stats.cpe_auth_failed("cpe-2");
     let state = Arc::new(ApiState::new(&config, stats, connections));
-    let router = hadmin::router(
-        &config,
-        &["127.0.0.1:5124".parse().unwrap()],
-        state.clone(),
-        token(),
-    );
-    RouterFixture {
-        router,
-        state,
-        _entries: vec![a, b],
-    }
+    let router = hadmin::router(&config, &["127.0.0.1:5124".parse().unwrap()], state.clone(), token());
+    RouterFixture { router, state, _entries: vec![a, b] }
 }
 
-async fn call(
-    router: &Router,
-    method: Method,
-    uri: &str,
-    auth: Option<&str>,
-) -> (StatusCode, Vec<u8>) {
+async fn call(router: &Router, method: Method, uri: &str, auth: Option<&str>) -> (StatusCode, Vec<u8>) {
     testing::call(router, method, uri, auth, None).await
 }
 
@@ -141,23 +124,11 @@ async fn every_route_needs_the_token() {
             assert_eq!(json(&body)["error"], "unauthorized");
         }
         let (status, body) = call(&f.router, m.clone(), uri, Some(TOKEN)).await;
-        let want = if *m == Method::DELETE {
-            StatusCode::NO_CONTENT
-        } else {
-            StatusCode::OK
-        };
-        assert_eq!(
-            status,
-            want,
-            "{m} {uri}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        let want = if *m == Method::DELETE { StatusCode::NO_CONTENT } else { StatusCode::OK };
+        assert_eq!(status, want, "{m} {uri}: {}", String::from_utf8_lossy(&body));
     }
     let (status, body) = call(&f.router, Method::GET, "/healthz", None).await;
-    assert_eq!(
-        (status, body.as_slice()),
-        (StatusCode::OK, b"ok".as_slice())
-    );
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, b"ok".as_slice()));
 }
 
 #[tokio::test]
@@ -175,15 +146,8 @@ async fn connections_are_listed_and_looked_up_by_token_or_seq() {
     assert_eq!(a["peer"], "192.0.2.10:40000");
     assert_eq!(a["destination"], "203.0.113.5:443");
     assert_eq!(a["fallback"], false);
-    assert_eq!(
-        (a["bytes_up"].as_u64(), a["bytes_down"].as_u64()),
-        (Some(1000), Some(50_000))
-    );
-    assert_eq!(
-        a["subflows"],
-        serde_json::json!([]),
-        "no socket behind the fixture"
-    );
+    assert_eq!((a["bytes_up"].as_u64(), a["bytes_down"].as_u64()), (Some(1000), Some(50_000)));
+    assert_eq!(a["subflows"], serde_json::json!([]), "no socket behind the fixture");
     let b = &list[1];
     assert_eq!(b["fallback"], true);
     assert_eq!(b["token"], Value::Null);
@@ -191,53 +155,26 @@ async fn connections_are_listed_and_looked_up_by_token_or_seq() {
     assert!(b_id.starts_with("tcp-"), "{b_id}");
 
     for id in ["1a2b3c4d", "0x1A2B3C4D"] {
-        let (status, body) = call(
-            &f.router,
-            Method::GET,
-            &format!("/api/v1/connections/{id}"),
-            Some(TOKEN),
-        )
-        .await;
+        let (status, body) = call(&f.router, Method::GET, &format!("/api/v1/connections/{id}"), Some(TOKEN)).await;
         assert_eq!(status, StatusCode::OK, "{id}");
         assert_eq!(json(&body)["cpe"], "cpe-1");
     }
-    let (status, body) = call(
-        &f.router,
-        Method::GET,
-        &format!("/api/v1/connections/{b_id}"),
-        Some(TOKEN),
-    )
-    .await;
+    let (status, body) = call(&f.router, Method::GET, &format!("/api/v1/connections/{b_id}"), Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["cpe"], "cpe-2");
 
     for unknown in ["deadbeef", "tcp-999"] {
         for m in [Method::GET, Method::DELETE] {
-            let (status, body) = call(
-                &f.router,
-                m.clone(),
-                &format!("/api/v1/connections/{unknown}"),
-                Some(TOKEN),
-            )
-            .await;
+            let (status, body) =
+                call(&f.router, m.clone(), &format!("/api/v1/connections/{unknown}"), Some(TOKEN)).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{m} {unknown}");
-            assert!(
-                json(&body)["error"]
-                    .as_str()
-                    .unwrap()
-                    .contains("no connection")
-            );
+            assert!(json(&body)["error"].as_str().unwrap().contains("no connection"));
         }
     }
     for malformed in ["xyz", "123456789", "tcp-x", "1a2b%203c"] {
         for m in [Method::GET, Method::DELETE] {
-            let (status, body) = call(
-                &f.router,
-                m.clone(),
-                &format!("/api/v1/connections/{malformed}"),
-                Some(TOKEN),
-            )
-            .await;
+            let (status, body) =
+                call(&f.router, m.clone(), &format!("/api/v1/connections/{malformed}"), Some(TOKEN)).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{m} {malformed}");
             assert!(json(&body)["error"].is_string());
         }
@@ -249,29 +186,14 @@ async fn delete_cancels_the_connection_and_counts_it() {
     let f = router_fixture();
     let conns = f.state.connections.snapshot();
     assert!(!conns[0].close.is_cancelled());
-    let (status, body) = call(
-        &f.router,
-        Method::DELETE,
-        "/api/v1/connections/1a2b3c4d",
-        Some(TOKEN),
-    )
-    .await;
+    let (status, body) = call(&f.router, Method::DELETE, "/api/v1/connections/1a2b3c4d", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(body.is_empty());
-    assert!(
-        conns[0].close.is_cancelled(),
-        "the task's close token is cancelled"
-    );
+    assert!(conns[0].close.is_cancelled(), "the task's close token is cancelled");
     assert!(!conns[1].close.is_cancelled(), "only that one");
     assert_eq!(f.state.stats.closed_by_admin.load(Relaxed), 1);
     // A second DELETE while the task winds down is still fine and not counted twice.
-    let (status, _) = call(
-        &f.router,
-        Method::DELETE,
-        "/api/v1/connections/1a2b3c4d",
-        Some(TOKEN),
-    )
-    .await;
+    let (status, _) = call(&f.router, Method::DELETE, "/api/v1/connections/1a2b3c4d", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(f.state.stats.closed_by_admin.load(Relaxed), 1);
 }
@@ -282,12 +204,7 @@ async fn clients_show_per_cpe_counts() {
     let (status, body) = call(&f.router, Method::GET, "/api/v1/clients", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
     let v = json(&body);
-    let ids: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = v.as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["cpe-1", "cpe-2"]);
     let c1 = &v[0];
     assert_eq!(c1["open_connections"], 1);
@@ -295,10 +212,7 @@ async fn clients_show_per_cpe_counts() {
     assert_eq!(c1["bytes_up"], 11 + 1000, "finished + open relay");
     assert_eq!(c1["bytes_down"], 22 + 50_000);
     assert_eq!(c1["auth_failures"], 0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     assert!(c1["last_seen_unix"].as_u64().unwrap().abs_diff(now) < 60);
     assert_eq!(v[1]["auth_failures"], 1);
     assert_eq!(v[1]["open_connections"], 1);
@@ -318,13 +232,7 @@ async fn status_summarises_the_config_without_secrets() {
     assert_eq!(v["limits"]["max_connections"], 20_000);
     assert_eq!(v["admin_listen"], serde_json::json!(["127.0.0.1:15125"]));
     let text = String::from_utf8(body).unwrap();
-    for secret in [
-        TOKEN,
-        KEY_HEX_FRAGMENT,
-        "test key",
-        "cpe.key",
-        "admin.token",
-    ] {
+    for secret in [TOKEN, KEY_HEX_FRAGMENT, "test key", "cpe.key", "admin.token"] {
         assert!(!text.contains(secret), "status shows {secret:?}: {text}");
     }
 }
@@ -336,49 +244,20 @@ async fn metrics_are_valid_prometheus_text_with_the_hag_families() {
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(body).unwrap();
     let families = metrics::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let fam = |name: &str| {
-        families
-            .iter()
-            .find(|f| f.name == name)
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-    };
+    let fam = |name: &str| families.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
     assert_eq!(fam("hag_connections_open").value(&[]), Some(2.0));
     assert_eq!(fam("hag_connections_accepted_total").value(&[]), Some(7.0));
     assert_eq!(fam("hag_connections_fallback_total").value(&[]), Some(1.0));
-    assert_eq!(
-        fam("hag_connections_failed_total").value(&[("reason", "refused")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        fam("hag_convert_errors_sent_total").value(&[("code", "32"), ("name", "not_authorized")]),
-        Some(1.0)
-    );
+    assert_eq!(fam("hag_connections_failed_total").value(&[("reason", "refused")]), Some(1.0));
+    assert_eq!(fam("hag_convert_errors_sent_total").value(&[("code", "32"), ("name", "not_authorized")]), Some(1.0));
     assert_eq!(fam("hag_convert_errors_sent_total").samples.len(), 10);
     assert_eq!(fam("hag_auth_failures_total").value(&[]), Some(1.0));
-    assert_eq!(
-        fam("hag_bytes_total").value(&[("direction", "down")]),
-        Some(22.0)
-    );
-    assert_eq!(
-        fam("hag_open_relay_bytes").value(&[("direction", "down")]),
-        Some(50_000.0)
-    );
-    assert_eq!(
-        fam("hag_cpe_connections_open").value(&[("cpe", "cpe-1")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        fam("hag_cpe_connections_total").value(&[("cpe", "cpe-1")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        fam("hag_cpe_bytes_total").value(&[("cpe", "cpe-1"), ("direction", "up")]),
-        Some(11.0)
-    );
-    assert_eq!(
-        fam("hag_cpe_auth_failures_total").value(&[("cpe", "cpe-2")]),
-        Some(1.0)
-    );
+    assert_eq!(fam("hag_bytes_total").value(&[("direction", "down")]), Some(22.0));
+    assert_eq!(fam("hag_open_relay_bytes").value(&[("direction", "down")]), Some(50_000.0));
+    assert_eq!(fam("hag_cpe_connections_open").value(&[("cpe", "cpe-1")]), Some(1.0));
+    assert_eq!(fam("hag_cpe_connections_total").value(&[("cpe", "cpe-1")]), Some(1.0));
+    assert_eq!(fam("hag_cpe_bytes_total").value(&[("cpe", "cpe-1"), ("direction", "up")]), Some(11.0));
+    assert_eq!(fam("hag_cpe_auth_failures_total").value(&[("cpe", "cpe-2")]), Some(1.0));
     assert_eq!(fam("hag_build_info").kind, "gauge");
     assert_eq!(fam("hag_connections_open").kind, "gauge");
     assert_eq!(fam("hag_bytes_total").kind, "counter");
@@ -390,10 +269,7 @@ async fn openapi_document_is_true() {
     let (status, body) = call(&f.router, Method::GET, openapi::PATH, Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
     let doc = json(&body);
-    let ops: Vec<String> = openapi::operations(&doc)
-        .into_iter()
-        .map(|(m, p)| format!("{m} {p}"))
-        .collect();
+    let ops: Vec<String> = openapi::operations(&doc).into_iter().map(|(m, p)| format!("{m} {p}")).collect();
     for op in [
         "GET /api/v1/connections",
         "GET /api/v1/connections/{id}",
@@ -436,21 +312,12 @@ async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .expect("admin API answers")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await.expect("admin API answers").unwrap();
     let text = String::from_utf8(raw).unwrap();
     let status = text[9..12].parse().unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
     (status, body)
 }
 
@@ -469,19 +336,12 @@ fn dechunk(mut s: &str) -> String {
 
 /// A port that was free a moment ago (the admin config cannot ask for port 0).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test]
 async fn live_mptcp_relay_is_listed_with_its_subflow_and_delete_closes_it() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("hag=debug")
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("hag=debug").try_init();
     let dir = Dir::new("live");
     let config = dir.config(&format!("127.0.0.1:{}", free_port()));
     let hag = Hag::bind(config.clone()).unwrap();
@@ -503,15 +363,9 @@ async fn live_mptcp_relay_is_listed_with_its_subflow_and_delete_closes_it() {
 
     // An MPTCP client (no TFO) relayed to the echo server.
     let dst = echo_server().await;
-    let request =
-        auth::signed_request(KEY, dst, "cpe-1", now(), auth::random_nonce().unwrap()).unwrap();
-    let opts = mptcp::ConnectOptions {
-        fastopen: false,
-        ..Default::default()
-    };
-    let (mut client, sent) = mptcp::connect_with_data(hag_addr, &request, &opts)
-        .await
-        .unwrap();
+    let request = auth::signed_request(KEY, dst, "cpe-1", now(), auth::random_nonce().unwrap()).unwrap();
+    let opts = mptcp::ConnectOptions { fastopen: false, ..Default::default() };
+    let (mut client, sent) = mptcp::connect_with_data(hag_addr, &request, &opts).await.unwrap();
     client.write_all(&request[sent..]).await.unwrap();
     assert!(mptcp::is_mptcp_socket(&client));
     let mut buf = Vec::new();
@@ -521,9 +375,7 @@ async fn live_mptcp_relay_is_listed_with_its_subflow_and_delete_closes_it() {
         assert!(n > 0, "hag closed before its reply");
         buf.extend_from_slice(&chunk[..n]);
     }
-    let Decoded::Done { message, consumed } = convert::decode(&buf) else {
-        unreachable!()
-    };
+    let Decoded::Done { message, consumed } = convert::decode(&buf) else { unreachable!() };
     assert_eq!(message, Message::success());
     assert_eq!(consumed, buf.len());
     client.write_all(b"ping").await.unwrap();
@@ -542,11 +394,7 @@ async fn live_mptcp_relay_is_listed_with_its_subflow_and_delete_closes_it() {
     assert_eq!(c["cpe"], "cpe-1");
     assert_eq!(c["destination"], dst.to_string());
     assert_eq!(c["peer"], client_local.to_string());
-    assert_eq!(
-        (c["bytes_up"].as_u64(), c["bytes_down"].as_u64()),
-        (Some(4), Some(4)),
-        "{body}"
-    );
+    assert_eq!((c["bytes_up"].as_u64(), c["bytes_down"].as_u64()), (Some(4), Some(4)), "{body}");
     let id = c["id"].as_str().unwrap().to_owned();
     assert_eq!(id.len(), 8, "token as 8 hex digits: {id}");
     assert_eq!(format!("{:08x}", c["token"].as_u64().unwrap()), id);
@@ -555,10 +403,7 @@ async fn live_mptcp_relay_is_listed_with_its_subflow_and_delete_closes_it() {
     let sf = &subflows[0];
     assert_eq!(sf["local"], hag_addr.to_string());
     assert_eq!(sf["remote"], client_local.to_string());
-    assert!(
-        sf["bytes_received"].as_u64().unwrap() >= request.len() as u64 + 4,
-        "{sf}"
-    );
+    assert!(sf["bytes_received"].as_u64().unwrap() >= request.len() as u64 + 4, "{sf}");
     // Acknowledged bytes: at least the Convert reply (the echo's ACK may still be delayed).
     assert!(sf["bytes_sent"].as_u64().unwrap() >= 4, "{sf}");
     assert!(sf["rtt_us"].as_u64().unwrap() > 0, "{sf}");
@@ -585,39 +430,20 @@ async fn live_mptcp_relay_is_listed_with_its_subflow_and_delete_closes_it() {
         if body == "[]" {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still listed: {body}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "still listed: {body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (status, _) = http(admin, "GET", &format!("/api/v1/connections/{id}")).await;
     assert_eq!(status, 404);
     assert_eq!(stats.closed_by_admin.load(Relaxed), 1);
-    assert_eq!(
-        stats.bytes_up.load(Relaxed),
-        4,
-        "relay bytes counted when closed by the API"
-    );
+    assert_eq!(stats.bytes_up.load(Relaxed), 4, "relay bytes counted when closed by the API");
     let (_, body) = http(admin, "GET", "/metrics").await;
     let families = metrics::parse(&body).unwrap();
-    let ended = families
-        .iter()
-        .find(|f| f.name == "hag_relays_ended_total")
-        .unwrap();
+    let ended = families.iter().find(|f| f.name == "hag_relays_ended_total").unwrap();
     assert_eq!(ended.value(&[("reason", "admin")]), Some(1.0));
-    let cpe_bytes = families
-        .iter()
-        .find(|f| f.name == "hag_cpe_bytes_total")
-        .unwrap();
-    assert_eq!(
-        cpe_bytes.value(&[("cpe", "cpe-1"), ("direction", "down")]),
-        Some(4.0)
-    );
-    let probes = families
-        .iter()
-        .find(|f| f.name == "hag_probe_requests_total")
-        .unwrap();
+    let cpe_bytes = families.iter().find(|f| f.name == "hag_cpe_bytes_total").unwrap();
+    assert_eq!(cpe_bytes.value(&[("cpe", "cpe-1"), ("direction", "down")]), Some(4.0));
+    let probes = families.iter().find(|f| f.name == "hag_probe_requests_total").unwrap();
     assert_eq!(
         probes.value(&[("listen", &hag_addr.to_string())]),
         Some(0.0),
@@ -632,15 +458,9 @@ async fn live_mptcp_relay_is_listed_with_its_subflow_and_delete_closes_it() {
         .unwrap()
         .unwrap();
     hag_task.await.unwrap();
-    assert!(
-        TcpStream::connect(admin).await.is_err(),
-        "nothing listens after shutdown"
-    );
+    assert!(TcpStream::connect(admin).await.is_err(), "nothing listens after shutdown");
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }

@@ -24,16 +24,10 @@ struct Fixture {
 
 impl Fixture {
     async fn start(extra_limits: &str, trusted: &str) -> Fixture {
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter("hag=debug")
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("hag=debug").try_init();
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hag-server-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Relaxed)
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("hag-server-test-{}-{}", std::process::id(), N.fetch_add(1, Relaxed)));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("cpe.key"), KEY).unwrap();
         let yaml = format!(
@@ -55,13 +49,7 @@ impl Fixture {
         let done = tokio::spawn(hag.run(async move {
             let _ = rx.await;
         }));
-        Fixture {
-            addr,
-            stats,
-            connections,
-            stop: Some(tx),
-            done,
-        }
+        Fixture { addr, stats, connections, stop: Some(tx), done }
     }
 
     async fn stop(mut self) {
@@ -71,10 +59,7 @@ impl Fixture {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 fn request(dst: SocketAddr, cpe: &str, ts: u64) -> Vec<u8> {
@@ -91,10 +76,7 @@ async fn exchange(hag: SocketAddr, bytes: &[u8]) -> (Option<Message>, Vec<u8>, T
             return (Some(message), buf[consumed..].to_vec(), s);
         }
         let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("reply in time")
-        {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.expect("reply in time") {
             Ok(0) | Err(_) => return (None, buf, s),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
@@ -134,10 +116,7 @@ async fn assert_good_client(hag: SocketAddr, dst: SocketAddr) {
         assert!(n > 0, "closed early, got {rest:?}");
         rest.extend_from_slice(&chunk[..n]);
     }
-    assert_eq!(
-        &rest, b"helloearly",
-        "server greeting then the client's early bytes echoed"
-    );
+    assert_eq!(&rest, b"helloearly", "server greeting then the client's early bytes echoed");
     s.write_all(b" more").await.unwrap();
     s.shutdown().await.unwrap();
     let mut tail = Vec::new();
@@ -178,16 +157,8 @@ async fn open_relays_are_listed_with_cpe_destination_and_live_counters() {
     let c = &open[0];
     assert_eq!(c.cpe.get().map(String::as_str), Some("cpe-1"));
     assert_eq!(c.dst.get(), Some(&dst));
-    assert_eq!(
-        c.token.get(),
-        Some(&None),
-        "plain TCP client: no MPTCP token"
-    );
-    assert_eq!(
-        c.counters.b_to_a.load(Relaxed),
-        10 + 5,
-        "hello + early + 12345 echoed, live"
-    );
+    assert_eq!(c.token.get(), Some(&None), "plain TCP client: no MPTCP token");
+    assert_eq!(c.counters.b_to_a.load(Relaxed), 10 + 5, "hello + early + 12345 echoed, live");
     assert!(c.client.upgrade().is_some(), "the table can reach the open client socket");
     drop(open);
     drop(s);
@@ -211,16 +182,8 @@ async fn every_bad_input_gets_its_error_code() {
     assert_eq!(error_of(f.addr, &magic).await, Some(1), "bad magic");
     let mut lying = good.clone();
     lying[1] = 2; // total length says 8 bytes, but the Connect TLV inside is 20
-    assert_eq!(
-        error_of(f.addr, &lying).await,
-        Some(1),
-        "length field lying"
-    );
-    assert_eq!(
-        error_of(f.addr, b"GET / HTTP/1.1\r\n\r\n").await,
-        Some(1),
-        "text garbage"
-    );
+    assert_eq!(error_of(f.addr, &lying).await, Some(1), "length field lying");
+    assert_eq!(error_of(f.addr, b"GET / HTTP/1.1\r\n\r\n").await, Some(1), "text garbage");
     let mut s = TcpStream::connect(f.addr).await.unwrap();
     s.write_all(&good[..good.len() - 7]).await.unwrap();
     s.shutdown().await.unwrap();
@@ -228,65 +191,29 @@ async fn every_bad_input_gets_its_error_code() {
     s.read_to_end(&mut reply).await.unwrap();
     assert_eq!(
         convert::decode(&reply),
-        Decoded::Done {
-            message: Message::error_reply(ErrorCode::MalformedMessage),
-            consumed: reply.len()
-        },
+        Decoded::Done { message: Message::error_reply(ErrorCode::MalformedMessage), consumed: reply.len() },
         "truncated"
     );
-    assert_eq!(
-        error_of(f.addr, &[1, 3, 0x22, 0x63, 0, 0, 0, 0, 0, 0, 0, 0]).await,
-        Some(1),
-        "garbage TLV"
-    );
+    assert_eq!(error_of(f.addr, &[1, 3, 0x22, 0x63, 0, 0, 0, 0, 0, 0, 0, 0]).await, Some(1), "garbage TLV");
 
     let no_auth = Message::connect_request(dst).to_bytes().unwrap();
-    assert_eq!(
-        error_of(f.addr, &no_auth).await,
-        Some(32),
-        "no Auth TLV, untrusted"
-    );
+    assert_eq!(error_of(f.addr, &no_auth).await, Some(32), "no Auth TLV, untrusted");
     let mut bad_mac = good.clone();
     let last = bad_mac.len() - 40;
     bad_mac[last] ^= 1;
     assert_eq!(error_of(f.addr, &bad_mac).await, Some(32), "wrong MAC");
-    assert_eq!(
-        error_of(f.addr, &request(dst, "cpe-1", now() - 300)).await,
-        Some(32),
-        "old timestamp"
-    );
-    assert_eq!(
-        error_of(f.addr, &request(dst, "cpe-1", now() + 300)).await,
-        Some(32),
-        "future timestamp"
-    );
-    assert_eq!(
-        error_of(f.addr, &request(dst, "cpe-9", now())).await,
-        Some(32),
-        "unknown CPE"
-    );
+    assert_eq!(error_of(f.addr, &request(dst, "cpe-1", now() - 300)).await, Some(32), "old timestamp");
+    assert_eq!(error_of(f.addr, &request(dst, "cpe-1", now() + 300)).await, Some(32), "future timestamp");
+    assert_eq!(error_of(f.addr, &request(dst, "cpe-9", now())).await, Some(32), "unknown CPE");
     let (reply, _, _) = exchange(f.addr, &good).await;
     assert_eq!(reply, Some(Message::success()));
     assert_eq!(error_of(f.addr, &good).await, Some(32), "replayed nonce");
 
-    for denied in [
-        "127.0.0.1:80",
-        "10.0.0.1:80",
-        "[::1]:80",
-        &f.addr.to_string(),
-    ] {
+    for denied in ["127.0.0.1:80", "10.0.0.1:80", "[::1]:80", &f.addr.to_string()] {
         let d: SocketAddr = denied.parse().unwrap();
-        assert_eq!(
-            error_of(f.addr, &request(d, "cpe-1", now())).await,
-            Some(32),
-            "policy {denied}"
-        );
+        assert_eq!(error_of(f.addr, &request(d, "cpe-1", now())).await, Some(32), "policy {denied}");
     }
-    assert_eq!(
-        error_of(f.addr, &request(closed, "cpe-1", now())).await,
-        Some(96),
-        "closed port"
-    );
+    assert_eq!(error_of(f.addr, &request(closed, "cpe-1", now())).await, Some(96), "closed port");
 
     let s = f.stats.snapshot();
     assert_eq!(s.auth_failures, 6, "{s}");
@@ -301,16 +228,9 @@ async fn silent_client_is_closed_at_the_header_deadline() {
     let mut s = TcpStream::connect(f.addr).await.unwrap();
     let mut buf = [0u8; 16];
     let t = std::time::Instant::now();
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0);
     assert_eq!(n, 0, "closed without a reply");
-    assert!(
-        t.elapsed() >= Duration::from_millis(400),
-        "closed after {:?}, deadline is 500ms",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(400), "closed after {:?}, deadline is 500ms", t.elapsed());
     assert_eq!(f.stats.header_timeouts.load(Relaxed), 1);
     f.stop().await;
 }
@@ -325,23 +245,11 @@ async fn per_cpe_and_total_limits_answer_64() {
         assert_eq!(reply, Some(Message::success()));
         held.push(s);
     }
-    assert_eq!(
-        error_of(f.addr, &request(dst, "cpe-1", now())).await,
-        Some(64),
-        "third of cpe-1"
-    );
+    assert_eq!(error_of(f.addr, &request(dst, "cpe-1", now())).await, Some(64), "third of cpe-1");
     let (reply, _, s) = exchange(f.addr, &request(dst, "cpe-2", now())).await;
-    assert_eq!(
-        reply,
-        Some(Message::success()),
-        "another CPE is not limited by cpe-1"
-    );
+    assert_eq!(reply, Some(Message::success()), "another CPE is not limited by cpe-1");
     held.push(s);
-    assert_eq!(
-        error_of(f.addr, &request(dst, "cpe-2", now())).await,
-        Some(64),
-        "fourth in total"
-    );
+    assert_eq!(error_of(f.addr, &request(dst, "cpe-2", now())).await, Some(64), "fourth in total");
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_good_client(f.addr, dst).await;
@@ -352,15 +260,11 @@ async fn per_cpe_and_total_limits_answer_64() {
 async fn trusted_source_may_omit_auth() {
     let dst = echo_server().await;
     let f = Fixture::start("", "127.0.0.0/8").await;
-    let (reply, rest, _s) =
-        exchange(f.addr, &Message::connect_request(dst).to_bytes().unwrap()).await;
+    let (reply, rest, _s) = exchange(f.addr, &Message::connect_request(dst).to_bytes().unwrap()).await;
     assert_eq!(reply, Some(Message::success()));
     assert!(b"hello".starts_with(&rest));
     // A trusted source that sends a bad Auth TLV is still refused.
-    assert_eq!(
-        error_of(f.addr, &request(dst, "cpe-9", now())).await,
-        Some(32)
-    );
+    assert_eq!(error_of(f.addr, &request(dst, "cpe-9", now())).await, Some(32));
     f.stop().await;
 }
 
@@ -374,10 +278,7 @@ async fn shutdown_drains_open_relays_until_the_deadline() {
     let t = std::time::Instant::now();
     f.stop().await;
     let waited = t.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
-        "drained for {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3), "drained for {waited:?}");
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
     drop(s);
 }

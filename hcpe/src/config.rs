@@ -16,8 +16,8 @@ use common::config::{self as cfg, ConfigError};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
-use crate::uplink::volume::{self, QuotaFile, VolumeFile};
 use crate::uplink::settings::UplinkAddress;
+use crate::uplink::volume::{self, QuotaFile, VolumeFile};
 use crate::uplink::{self, Mode, ProbeFile, Role};
 
 /// Default HAG service port (DESIGN §3).

@@ -20,11 +20,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::uplink::Attempt;
 use common::admin::table::{self, Table};
 use common::admin::{ConnId, HasConnId};
 use common::convert::{self, Decoded};
 use common::mptcp::{ConnectOptions, connect_with_data};
-use crate::uplink::Attempt;
 use common::relay::RelayCounters;
 use common::stream::SharedStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -335,10 +335,15 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared, conn: &Connecti
 /// race partner, else the first uplink (in preference order) with an address of the hag address's family.
 fn plan(cfg: &Config, sources: Option<&crate::uplink::SourceSelector>) -> Option<(SocketAddr, Vec<Attempt>)> {
     if let Some(sel) = sources {
-        return cfg.hag_addresses.iter().find_map(|h| Some((*h, sel.attempts_for(h.ip()))).filter(|(_, a)| !a.is_empty()));
+        return cfg
+            .hag_addresses
+            .iter()
+            .find_map(|h| Some((*h, sel.attempts_for(h.ip()))).filter(|(_, a)| !a.is_empty()));
     }
     cfg.uplinks.iter().enumerate().find_map(|(uplink, u)| {
-        cfg.hag_addresses.iter().find_map(|h| Some((*h, vec![Attempt { uplink, source: u.source_for(h.ip())?, srtt: None }])))
+        cfg.hag_addresses
+            .iter()
+            .find_map(|h| Some((*h, vec![Attempt { uplink, source: u.source_for(h.ip())?, srtt: None }])))
     })
 }
 
@@ -562,7 +567,8 @@ mod tests {
         let (r, w, _) = race(after(ms(1), failed()), Some((ms(150), after(ms(40), Ok(2))))).await;
         assert_eq!((r.unwrap(), w, t.elapsed()), (2, 1, ms(41)));
         // Both fail: the first attempt's error.
-        let (r, w, _) = race(after(ms(300), failed()), Some((ms(150), after(ms(10), Err(io::Error::other("x")))))).await;
+        let (r, w, _) =
+            race(after(ms(300), failed()), Some((ms(150), after(ms(10), Err(io::Error::other("x")))))).await;
         assert_eq!((r.unwrap_err().kind(), w), (io::ErrorKind::TimedOut, 0));
         // No partner: the first alone.
         let (r, w, raced) = race(after(ms(500), Ok(1)), None::<(Duration, std::future::Ready<io::Result<u8>>)>).await;

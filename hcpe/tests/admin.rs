@@ -181,7 +181,8 @@ async fn uplinks_show_mode_state_addresses_and_patch_changes_the_mode() {
         assert!(json_of(&body)["error"].as_str().unwrap().contains("wifi"));
     }
     // Every uplink off: refused.
-    let (status, _) = call(&f.router, Method::PATCH, "/api/v1/uplinks/lte", Some(TOKEN), Some(r#"{"mode":"off"}"#)).await;
+    let (status, _) =
+        call(&f.router, Method::PATCH, "/api/v1/uplinks/lte", Some(TOKEN), Some(r#"{"mode":"off"}"#)).await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) =
         call(&f.router, Method::PATCH, "/api/v1/uplinks/dsl", Some(TOKEN), Some(r#"{"mode":"off"}"#)).await;
@@ -211,7 +212,8 @@ async fn connections_are_listed_looked_up_and_closed() {
     assert_eq!(b["uplink_initial"], Value::Null);
 
     for id in ["1a2b3c4d", "0x1A2B3C4D"] {
-        let (status, body) = call(&f.router, Method::GET, &format!("/api/v1/connections/{id}"), Some(TOKEN), None).await;
+        let (status, body) =
+            call(&f.router, Method::GET, &format!("/api/v1/connections/{id}"), Some(TOKEN), None).await;
         assert_eq!(status, StatusCode::OK, "{id}");
         assert_eq!(json_of(&body)["client"], "192.168.1.10:40000");
     }

@@ -53,9 +53,7 @@ pub fn admin_token(dir: &Path) -> anyhow::Result<String> {
 
 fn random_hex(len: usize) -> anyhow::Result<String> {
     let mut buf = vec![0u8; len];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .context("read /dev/urandom")?;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).context("read /dev/urandom")?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -218,8 +216,17 @@ pub fn hcpe_yaml(spec: &HcpeSpec) -> String {
         tun = tun.join(", "),
         hag4 = addr::HAG_SERVICE.v4,
         tfo = spec.fastopen,
-        dsl = uplink("dsl", ifname::DSL, "primary", &spec.dsl_mode, addr::CPE_DSL, addr::HAG_DSL, &spec.uplink_extra[0]),
-        lte = uplink("lte", ifname::LTE, "secondary", &spec.lte_mode, addr::CPE_LTE, addr::HAG_LTE, &spec.uplink_extra[1]),
+        dsl =
+            uplink("dsl", ifname::DSL, "primary", &spec.dsl_mode, addr::CPE_DSL, addr::HAG_DSL, &spec.uplink_extra[0]),
+        lte = uplink(
+            "lte",
+            ifname::LTE,
+            "secondary",
+            &spec.lte_mode,
+            addr::CPE_LTE,
+            addr::HAG_LTE,
+            &spec.uplink_extra[1]
+        ),
         fallback = spec.fallback,
         limits = spec.limits,
         lvl = spec.log_level,
@@ -277,7 +284,10 @@ pub fn example_hcpe_yaml() -> anyhow::Result<String> {
         "deploy/examples/hcpe.yaml",
         &[
             ("lan_interfaces: [br-lan]", format!("lan_interfaces: [{}]", ifname::CPE_LAN)),
-            ("addresses: [192.0.2.1, \"2001:db8::1\"]", format!("addresses: ['{}', '{}']", HAG_SERVICE.v4, HAG_SERVICE.v6)),
+            (
+                "addresses: [192.0.2.1, \"2001:db8::1\"]",
+                format!("addresses: ['{}', '{}']", HAG_SERVICE.v4, HAG_SERVICE.v6),
+            ),
             ("key_file: hag-keys/example-cpe.key", "key_file: cpe.key".into()),
             ("interface: dsl0", format!("interface: {}", ifname::DSL)),
             ("interface: lte0", format!("interface: {}", ifname::LTE)),
@@ -304,7 +314,12 @@ pub fn start_examples(tb: &Testbed, dir: &Path) -> anyhow::Result<(ChildGuard, C
 }
 
 /// [`start_examples`] with the config texts given (an example with a further edit).
-pub fn start_configs(tb: &Testbed, dir: &Path, hag_yaml: &str, hcpe_yaml: &str) -> anyhow::Result<(ChildGuard, ChildGuard)> {
+pub fn start_configs(
+    tb: &Testbed,
+    dir: &Path,
+    hag_yaml: &str,
+    hcpe_yaml: &str,
+) -> anyhow::Result<(ChildGuard, ChildGuard)> {
     let hag = start(&tb.hag, "hag", &write_config(dir, "hag.yaml", hag_yaml)?, &["listening", "admin API listening"])?;
     let hcpe_cfg = write_config(dir, "hcpe.yaml", hcpe_yaml)?;
     let hcpe = start(&tb.cpe, "hcpe", &hcpe_cfg, &["hcpe ready", "uplink manager started"])?;
@@ -488,11 +503,8 @@ pub fn http(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("bad status line: {head}"))?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(rest)?
-    } else {
-        rest.to_owned()
-    };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest)? } else { rest.to_owned() };
     Ok(HttpResponse { status, headers: head.to_owned(), body })
 }
 
@@ -531,7 +543,9 @@ mod tests {
     #[test]
     fn configs_name_every_section_the_daemons_need() {
         let y = hcpe_yaml(&HcpeSpec { managed: true, admin: true, lte_mode: "backup".into(), ..HcpeSpec::default() });
-        for needle in ["role: secondary", "mode: backup", "gateway: 198.18.3.1", "probe: {", "admin: {", "fastopen: false"] {
+        for needle in
+            ["role: secondary", "mode: backup", "gateway: 198.18.3.1", "probe: {", "admin: {", "fastopen: false"]
+        {
             assert!(y.contains(needle), "{needle} missing in\n{y}");
         }
         let y = hcpe_yaml(&HcpeSpec::default());

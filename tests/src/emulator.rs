@@ -404,9 +404,8 @@ const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
 
 fn setsockopt_int(fd: RawFd, level: i32, name: i32, v: i32) -> std::io::Result<()> {
     // SAFETY: passing a valid int pointer and its size.
-    let r = unsafe {
-        libc::setsockopt(fd, level, name, (&v as *const i32).cast(), size_of::<i32>() as libc::socklen_t)
-    };
+    let r =
+        unsafe { libc::setsockopt(fd, level, name, (&v as *const i32).cast(), size_of::<i32>() as libc::socklen_t) };
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
@@ -438,9 +437,8 @@ fn open_packet_socket(ifname: &str) -> Result<OwnedFd, Error> {
     sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
     sll.sll_ifindex = ifindex as i32;
     // SAFETY: binding with a correctly sized sockaddr_ll.
-    let r = unsafe {
-        libc::bind(raw, (&sll as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32)
-    };
+    let r =
+        unsafe { libc::bind(raw, (&sll as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32) };
     if r != 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
@@ -822,7 +820,11 @@ mod tests {
         use etherparse::PacketBuilder;
         let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
         let b = if v6 {
-            b.ipv6([0x20, 1, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2], [0x20, 1, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1], 64)
+            b.ipv6(
+                [0x20, 1, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2],
+                [0x20, 1, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1],
+                64,
+            )
         } else {
             b.ipv4([198, 18, 2, 2], [198, 18, 2, 1], 64)
         };

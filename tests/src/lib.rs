@@ -50,6 +50,6 @@ pub mod testbed;
 pub mod traffic;
 
 pub use emulator::{Direction, LinkConfig, LinkEmulator, Shape};
-pub use netns::{bin_path, ChildGuard, Netns};
-pub use testbed::{addr, Testbed, TestbedConfig};
-pub use traffic::{one_way_probes, Client, Server};
+pub use netns::{ChildGuard, Netns, bin_path};
+pub use testbed::{Testbed, TestbedConfig, addr};
+pub use traffic::{Client, Server, one_way_probes};

@@ -466,8 +466,11 @@ impl Netns {
     /// Reads a sysctl inside this namespace.
     pub fn sysctl_get(&self, key: &str) -> Result<String> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        self.within(|| std::fs::read_to_string(&path))?.map(|s| s.trim().to_string()).map_err(|source| {
-            Error::Sysctl { ns: self.name.clone(), key: key.into(), value: String::new(), source }
+        self.within(|| std::fs::read_to_string(&path))?.map(|s| s.trim().to_string()).map_err(|source| Error::Sysctl {
+            ns: self.name.clone(),
+            key: key.into(),
+            value: String::new(),
+            source,
         })
     }
 
@@ -543,7 +546,12 @@ impl ChildGuard {
 
     /// Prints the log so far to stderr (shown in the test output if the test fails).
     pub fn print_log(&self) {
-        eprintln!("----- log of {} ({}) -----\n{}\n----- end of log -----", self.desc, self.log_path.display(), self.log());
+        eprintln!(
+            "----- log of {} ({}) -----\n{}\n----- end of log -----",
+            self.desc,
+            self.log_path.display(),
+            self.log()
+        );
     }
 
     /// Waits until the log contains `needle` (e.g. "listening"); false on timeout or exit.

@@ -235,10 +235,9 @@ impl Testbed {
         inet.route(&["default", "via", &s(&HAG_INET.v6)])?;
 
         // cpe: one table per uplink, chosen by source address.
-        for (dev, me, gw, table) in [
-            (ifname::DSL, CPE_DSL, HAG_DSL, CPE_DSL_TABLE),
-            (ifname::LTE, CPE_LTE, HAG_LTE, CPE_LTE_TABLE),
-        ] {
+        for (dev, me, gw, table) in
+            [(ifname::DSL, CPE_DSL, HAG_DSL, CPE_DSL_TABLE), (ifname::LTE, CPE_LTE, HAG_LTE, CPE_LTE_TABLE)]
+        {
             let t = table.to_string();
             cpe.route(&[&format!("{}/24", net24(me.v4)), "dev", dev, "src", &s(&me.v4), "table", &t])?;
             cpe.route(&["default", "via", &s(&gw.v4), "dev", dev, "src", &s(&me.v4), "table", &t])?;

@@ -605,7 +605,8 @@ fn accept_loop(l: TcpListener, sh: Arc<ServerShared>) {
                 open.push((clone, t));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&l), events: libc::POLLIN, revents: 0 };
+                let mut pfd =
+                    libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&l), events: libc::POLLIN, revents: 0 };
                 // SAFETY: one valid pollfd.
                 unsafe { libc::poll(&mut pfd, 1, 50) };
             }
@@ -739,8 +740,11 @@ pub fn one_way_probes(
 ) -> Result<Probes, Error> {
     let rx = to.within(|| std::net::UdpSocket::bind(dst))?.map_err(io("bind probe receiver"))?;
     let dst = SocketAddr::new(dst.ip(), rx.local_addr().map_err(io("local addr"))?.port());
-    let any: SocketAddr =
-        if dst.is_ipv4() { (std::net::Ipv4Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let any: SocketAddr = if dst.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
     let tx = from.within(|| std::net::UdpSocket::bind(src.unwrap_or(any)))?.map_err(io("bind probe sender"))?;
     rx.set_read_timeout(Some(Duration::from_millis(20))).map_err(io("set timeout"))?;
     let done = Arc::new(AtomicBool::new(false));

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tests::daemons::{self, LanDownload};
-use tests::netns::ChildGuard;
 use tests::emulator::{Direction, LinkConfig, Shape};
+use tests::netns::ChildGuard;
 use tests::testbed::{Testbed, TestbedConfig, addr};
 use tests::traffic::Server;
 
@@ -91,7 +91,11 @@ fn aggregate_then_cut(tb: &Testbed, dst: SocketAddr, baselines: (f64, f64), hcpe
     download.wait_for(CUT_SIZE / 3, Duration::from_secs(20), "download", hcpe);
     tb.dsl.cut();
     let transfer = download.join().unwrap_or_else(|e| panic!("download across the DSL cut: {e}\n{}", hcpe.log()));
-    eprintln!("{label}, DSL cut: {:.1} Mbit/s, longest stall {:?}", transfer.mbit_per_s(), transfer.timeline.max_stall());
+    eprintln!(
+        "{label}, DSL cut: {:.1} Mbit/s, longest stall {:?}",
+        transfer.mbit_per_s(),
+        transfer.timeline.max_stall()
+    );
     assert_eq!(transfer.bytes, CUT_SIZE, "intact (the client checks the SHA-256 of the stream)");
     assert!(transfer.timeline.max_stall() <= Duration::from_millis(1500), "stall {:?}", transfer.timeline.max_stall());
 }
@@ -128,7 +132,8 @@ fn wildcard_hag_aggregates_ipv6_and_survives_a_dsl_cut() {
     // hag over IPv6 first: the MPTCP connections, their subflows and the probes all run over IPv6.
     let spec = daemons::HcpeSpec { managed: true, log_level: "info".into(), ..daemons::HcpeSpec::default() };
     let hag4 = format!("addresses: ['{}']", addr::HAG_SERVICE.v4);
-    let yaml = daemons::hcpe_yaml(&spec).replace(&hag4, &format!("addresses: ['{}', '{}']", addr::HAG_SERVICE.v6, addr::HAG_SERVICE.v4));
+    let yaml = daemons::hcpe_yaml(&spec)
+        .replace(&hag4, &format!("addresses: ['{}', '{}']", addr::HAG_SERVICE.v6, addr::HAG_SERVICE.v4));
     let cfg = daemons::write_config(dir.path(), "hcpe.yaml", &yaml).unwrap();
     let hcpe = daemons::start(&tb.cpe, "hcpe", &cfg, &["hcpe ready", "uplink manager started"]).unwrap();
     daemons::wait_up(&hcpe, 2, Duration::from_secs(2).saturating_sub(started.elapsed())).unwrap();
@@ -235,7 +240,8 @@ fn connections_opened_around_a_silent_cut_all_succeed_within_a_second() {
             Err(e) => failed.push(format!("#{k} at {offset_ms:+} ms: {e}")),
         }
     }
-    let firsts: Vec<u128> = results.iter().filter_map(|(_, _, r)| r.as_ref().ok()).map(|t| t.first_byte.as_millis()).collect();
+    let firsts: Vec<u128> =
+        results.iter().filter_map(|(_, _, r)| r.as_ref().ok()).map(|t| t.first_byte.as_millis()).collect();
     eprintln!(
         "{COUNT} connections around the cut: {} failed; slowest first byte {:?} (started {:+} ms from the cut); \
          first byte ms: {firsts:?}",
@@ -307,7 +313,10 @@ fn mptcp_stripped_on_dsl_connections_fall_back_and_new_ones_move_to_lte() {
         assert!(stripped.elapsed() < Duration::from_secs(5), "new connections stay on DSL:\n{}", hcpe.log());
     };
     let ups = uplinks(&tb, &token);
-    eprintln!("MPTCP stripped on DSL: new connections start on LTE {moved:?} after, {connections} connections; dsl: {}", ups[0]["mptcp"]);
+    eprintln!(
+        "MPTCP stripped on DSL: new connections start on LTE {moved:?} after, {connections} connections; dsl: {}",
+        ups[0]["mptcp"]
+    );
     assert!(moved <= Duration::from_secs(2), "moved after {moved:?}");
     assert!(ups[0]["mptcp"]["fallbacks"].as_u64() >= Some(2) && ups[0]["mptcp"]["stripped"] == true, "{ups}");
     let metrics = hcpe_api(&tb, &token, "/metrics");
@@ -355,7 +364,9 @@ fn mptcp_stripped_on_lte_joins_fail_are_reported_and_dsl_carries_on() {
     }
     let lte_carried = tb.lte.counters(Direction::Down).tx_bytes - lte_before;
     let after = uplinks(&tb, &token)[1]["mptcp"]["join_failures"].as_u64().unwrap();
-    eprintln!("LTE carried {lte_carried} B of the downloads; join failures {failures} -> {after} over 6 more connections");
+    eprintln!(
+        "LTE carried {lte_carried} B of the downloads; join failures {failures} -> {after} over 6 more connections"
+    );
     assert_eq!(after, failures, "joins still tried over LTE (retry storm)");
     assert!(lte_carried < 1 << 20, "LTE carried {lte_carried} B");
 }

@@ -47,10 +47,7 @@ fn hag_addr() -> SocketAddr {
     sock(HAG4, 5124)
 }
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), so both ends can hash the same stream.
@@ -106,10 +103,7 @@ const CPE_IDS: &[&str] = &["good", "bulk", "limit", "replay", "drain"];
 
 fn hag_config(dir: &Path) -> PathBuf {
     std::fs::write(dir.join("cpe.key"), KEY).unwrap();
-    let clients: Vec<String> = CPE_IDS
-        .iter()
-        .map(|id| format!("  {id}: {{key_file: cpe.key}}\n"))
-        .collect();
+    let clients: Vec<String> = CPE_IDS.iter().map(|id| format!("  {id}: {{key_file: cpe.key}}\n")).collect();
     let yaml = format!(
         "listen: ['{HAG4}', '[{HAG6}]']\n\
          clients:\n{}\
@@ -165,26 +159,15 @@ impl Bed {
         hag_ns.route(&["198.51.100.0/24", "via", INET4]).unwrap();
         // TFO without cookies: client bits in cli, server bits in hag (DESIGN §3).
         cli.sysctl("net.ipv4.tcp_fastopen", "5").unwrap();
-        hag_ns
-            .sysctl("net.ipv4.tcp_fastopen", &hag_tfo.to_string())
-            .unwrap();
+        hag_ns.sysctl("net.ipv4.tcp_fastopen", &hag_tfo.to_string()).unwrap();
         for ns in [&cli, &hag_ns, &inet] {
             ns.sysctl("net.mptcp.enabled", "1").unwrap();
         }
 
         let dir = TempDir::new("bed");
         let config = hag_config(&dir.0);
-        let mut hag = hag_ns
-            .spawn(
-                bin_path("hag").to_str().unwrap(),
-                &["--config", config.to_str().unwrap()],
-            )
-            .unwrap();
-        assert!(
-            hag.wait_for_log("ready", Duration::from_secs(10)),
-            "hag did not start:\n{}",
-            hag.log()
-        );
+        let mut hag = hag_ns.spawn(bin_path("hag").to_str().unwrap(), &["--config", config.to_str().unwrap()]).unwrap();
+        assert!(hag.wait_for_log("ready", Duration::from_secs(10)), "hag did not start:\n{}", hag.log());
 
         let server_rt = runtime_in(&inet);
         let (tx, bulk_reports) = mpsc::channel();
@@ -199,23 +182,12 @@ impl Bed {
         });
         server_rt.block_on(bind).unwrap();
         let client_rt = runtime_in(&cli);
-        Bed {
-            client_rt,
-            _server_rt: server_rt,
-            hag,
-            bulk_reports,
-            _dir: dir,
-            cli,
-            hag_ns,
-            _inet: inet,
-        }
+        Bed { client_rt, _server_rt: server_rt, hag, bulk_reports, _dir: dir, cli, hag_ns, _inet: inet }
     }
 
     /// Runs `f` on the client runtime, i.e. with sockets made in the `cli` namespace.
     fn client<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
-        self.client_rt
-            .block_on(self.client_rt.spawn(f))
-            .expect("client task panicked")
+        self.client_rt.block_on(self.client_rt.spawn(f)).expect("client task panicked")
     }
 
     /// A new authenticated MPTCP+TFO client is relayed to the echo server, and `session` still echoes.
@@ -243,31 +215,19 @@ impl Bed {
     /// panics when the hag closed without any reply.
     fn error_for(&self, bytes: Vec<u8>) -> Option<u8> {
         let reply = self.client(async move {
-            let (mut s, _) = connect(&bytes, mptcp_opts(None))
-                .await
-                .expect("connect to hag");
+            let (mut s, _) = connect(&bytes, mptcp_opts(None)).await.expect("connect to hag");
             read_reply(&mut s).await
         });
         match reply {
             Reply::Message(m, _) => m.error().map(ErrorCode::code),
-            Reply::Closed(bytes) => panic!(
-                "hag closed without a reply (got {bytes:?})\n{}",
-                self.hag_log()
-            ),
+            Reply::Closed(bytes) => panic!("hag closed without a reply (got {bytes:?})\n{}", self.hag_log()),
         }
     }
 }
 
 fn runtime_in(ns: &Netns) -> Runtime {
     // Worker threads are started by `build` from the thread inside `ns`, so they (and their sockets) are in it.
-    ns.within(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-    .unwrap()
+    ns.within(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()).unwrap()
 }
 
 async fn echo_server(l: TcpListener) {
@@ -364,9 +324,7 @@ async fn read_reply(s: &mut TcpStream) -> Reply {
             return Reply::Message(message, buf[consumed..].to_vec());
         }
         let mut chunk = [0u8; 4096];
-        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("reply in 10s");
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await.expect("reply in 10s");
         match read {
             Ok(0) | Err(_) => return Reply::Closed(buf),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -381,10 +339,7 @@ impl EchoSession {
     async fn ping(&mut self, msg: &[u8]) {
         self.0.write_all(msg).await.unwrap();
         let mut back = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_secs(5), self.0.read_exact(&mut back))
-            .await
-            .expect("echo in 5s")
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.0.read_exact(&mut back)).await.expect("echo in 5s").unwrap();
         assert_eq!(back, msg);
     }
 }
@@ -394,9 +349,7 @@ async fn fresh_echo(cpe: &'static str) -> EchoSession {
     let mut first = signed(cpe, sock(INET4, ECHO_PORT));
     first.extend_from_slice(b"early");
     let (mut s, _) = connect(&first, mptcp_opts(Some(CLI4))).await.unwrap();
-    let Reply::Message(m, got) = read_reply(&mut s).await else {
-        panic!("hag refused a good client ({cpe})")
-    };
+    let Reply::Message(m, got) = read_reply(&mut s).await else { panic!("hag refused a good client ({cpe})") };
     assert_eq!(m, Message::success());
     expect_rest(&mut s, got, b"early").await;
     let mut e = EchoSession(s);
@@ -408,10 +361,7 @@ async fn fresh_echo(cpe: &'static str) -> EchoSession {
 async fn expect_rest(s: &mut TcpStream, mut got: Vec<u8>, want: &[u8]) {
     assert!(want.starts_with(&got), "{got:?}");
     let mut rest = vec![0u8; want.len() - got.len()];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut rest))
-        .await
-        .expect("echo in 5s")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut rest)).await.expect("echo in 5s").unwrap();
     got.extend(rest);
     assert_eq!(got, want);
 }
@@ -436,9 +386,7 @@ fn mptcp_tfo_client_moves_64_mib_each_way_intact() {
         let (mut s, in_syn) = connect(&first, mptcp_opts(Some(CLI4))).await.unwrap();
         let syn_acked = mptcp::syn_data_acked(&s).unwrap();
         let client_mptcp = mptcp::info(&s).unwrap().is_some();
-        let Reply::Message(reply, rest) = read_reply(&mut s).await else {
-            panic!("no reply")
-        };
+        let Reply::Message(reply, rest) = read_reply(&mut s).await else { panic!("no reply") };
         assert_eq!(reply, Message::success());
         let (mut r, mut w) = s.into_split();
         let writer = tokio::spawn(async move {
@@ -468,56 +416,24 @@ fn mptcp_tfo_client_moves_64_mib_each_way_intact() {
         let down: [u8; 32] = h.finalize().into();
         (in_syn, first.len(), client_mptcp, syn_acked, (total, down))
     });
-    assert_eq!(
-        in_syn, first_len,
-        "the whole Convert message + data rode in the SYN"
-    );
-    assert!(
-        syn_acked,
-        "the hag acknowledged the SYN data (TFO without cookie)"
-    );
+    assert_eq!(in_syn, first_len, "the whole Convert message + data rode in the SYN");
+    assert!(syn_acked, "the hag acknowledged the SYN data (TFO without cookie)");
     assert!(client_mptcp, "the client socket is MPTCP, not fallback");
     assert_eq!(down.0, LEN, "bytes from the server");
-    assert_eq!(
-        down.1,
-        pattern_sha(down_seed, LEN),
-        "server -> client stream intact"
-    );
-    let (up_len, up_sha) = bed
-        .bulk_reports
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server report");
+    assert_eq!(down.1, pattern_sha(down_seed, LEN), "server -> client stream intact");
+    let (up_len, up_sha) = bed.bulk_reports.recv_timeout(Duration::from_secs(30)).expect("server report");
     assert_eq!(up_len, LEN as u64, "bytes at the server");
-    assert_eq!(
-        up_sha,
-        pattern_sha(up_seed, LEN),
-        "client -> server stream intact"
-    );
+    assert_eq!(up_sha, pattern_sha(up_seed, LEN), "client -> server stream intact");
 
     let status = bed.hag.kill().expect("hag exit status");
     let log = bed.hag_log();
     assert!(status.success(), "hag exit {status:?}\n{log}");
-    let relay_line = log
-        .lines()
-        .find(|l| l.contains("relay done"))
-        .unwrap_or_else(|| panic!("no relay line:\n{log}"));
-    assert!(
-        relay_line.contains("tfo=true"),
-        "hag saw the data in the SYN: {relay_line}"
-    );
-    assert!(
-        !relay_line.contains("fallback"),
-        "the accepted socket is MPTCP: {relay_line}"
-    );
+    let relay_line = log.lines().find(|l| l.contains("relay done")).unwrap_or_else(|| panic!("no relay line:\n{log}"));
+    assert!(relay_line.contains("tfo=true"), "hag saw the data in the SYN: {relay_line}");
+    assert!(!relay_line.contains("fallback"), "the accepted socket is MPTCP: {relay_line}");
     assert!(relay_line.contains("token="), "{relay_line}");
-    let stopped = log
-        .lines()
-        .find(|l| l.contains("stopped"))
-        .unwrap_or_else(|| panic!("no stats line:\n{log}"));
-    assert!(
-        stopped.contains(" fallback=0 ") && stopped.contains(" relayed=1 "),
-        "{stopped}"
-    );
+    let stopped = log.lines().find(|l| l.contains("stopped")).unwrap_or_else(|| panic!("no stats line:\n{log}"));
+    assert!(stopped.contains(" fallback=0 ") && stopped.contains(" relayed=1 "), "{stopped}");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -567,9 +483,7 @@ fn length_field_lying_gets_1() {
 
 #[test]
 fn garbage_gets_1() {
-    bad_input(ErrorCode::MalformedMessage, || {
-        b"SSH-2.0-OpenSSH_9.9\r\n".to_vec()
-    });
+    bad_input(ErrorCode::MalformedMessage, || b"SSH-2.0-OpenSSH_9.9\r\n".to_vec());
 }
 
 #[test]
@@ -591,39 +505,25 @@ fn truncated_message_gets_1() {
 
 #[test]
 fn missing_auth_from_untrusted_source_gets_32() {
-    bad_input(ErrorCode::NotAuthorized, || {
-        Message::connect_request(sock(INET4, ECHO_PORT))
-            .to_bytes()
-            .unwrap()
-    });
+    bad_input(ErrorCode::NotAuthorized, || Message::connect_request(sock(INET4, ECHO_PORT)).to_bytes().unwrap());
 }
 
 #[test]
 fn wrong_mac_gets_32() {
     bad_input(ErrorCode::NotAuthorized, || {
-        auth::signed_request(
-            b"not the key of cpe good, 32 byte",
-            sock(INET4, ECHO_PORT),
-            "good",
-            now(),
-            [7; 16],
-        )
-        .unwrap()
+        auth::signed_request(b"not the key of cpe good, 32 byte", sock(INET4, ECHO_PORT), "good", now(), [7; 16])
+            .unwrap()
     });
 }
 
 #[test]
 fn timestamp_outside_skew_gets_32() {
-    bad_input(ErrorCode::NotAuthorized, || {
-        signed_at("good", sock(INET4, ECHO_PORT), now() - 120)
-    });
+    bad_input(ErrorCode::NotAuthorized, || signed_at("good", sock(INET4, ECHO_PORT), now() - 120));
 }
 
 #[test]
 fn unknown_cpe_id_gets_32() {
-    bad_input(ErrorCode::NotAuthorized, || {
-        signed("stranger", sock(INET4, ECHO_PORT))
-    });
+    bad_input(ErrorCode::NotAuthorized, || signed("stranger", sock(INET4, ECHO_PORT)));
 }
 
 #[test]
@@ -631,32 +531,19 @@ fn replayed_nonce_gets_32() {
     let bed = Bed::new();
     let mut session = Some(bed.client(fresh_echo("good")));
     let request = signed("replay", sock(INET4, ECHO_PORT));
-    assert_eq!(
-        bed.error_for(request.clone()),
-        None,
-        "first use of the nonce is accepted"
-    );
-    assert_eq!(
-        bed.error_for(request),
-        Some(32),
-        "replay refused\n{}",
-        bed.hag_log()
-    );
+    assert_eq!(bed.error_for(request.clone()), None, "first use of the nonce is accepted");
+    assert_eq!(bed.error_for(request), Some(32), "replay refused\n{}", bed.hag_log());
     bed.assert_still_serving(&mut session);
 }
 
 #[test]
 fn destination_loopback_v4_gets_32() {
-    bad_input(ErrorCode::NotAuthorized, || {
-        signed("good", sock("127.0.0.1", 22))
-    });
+    bad_input(ErrorCode::NotAuthorized, || signed("good", sock("127.0.0.1", 22)));
 }
 
 #[test]
 fn destination_private_gets_32() {
-    bad_input(ErrorCode::NotAuthorized, || {
-        signed("good", sock("10.0.0.1", 80))
-    });
+    bad_input(ErrorCode::NotAuthorized, || signed("good", sock("10.0.0.1", 80)));
 }
 
 #[test]
@@ -666,33 +553,23 @@ fn destination_loopback_v6_gets_32() {
 
 #[test]
 fn destination_hag_own_address_gets_32() {
-    bad_input(ErrorCode::NotAuthorized, || {
-        signed("good", sock(HAG_OUT4, 22))
-    });
-    bad_input(ErrorCode::NotAuthorized, || {
-        signed("good", sock(HAG4, 5124))
-    });
+    bad_input(ErrorCode::NotAuthorized, || signed("good", sock(HAG_OUT4, 22)));
+    bad_input(ErrorCode::NotAuthorized, || signed("good", sock(HAG4, 5124)));
 }
 
 #[test]
 fn closed_port_gets_96() {
-    bad_input(ErrorCode::ConnectionReset, || {
-        signed("good", sock(INET4, 9))
-    });
+    bad_input(ErrorCode::ConnectionReset, || signed("good", sock(INET4, 9)));
 }
 
 #[test]
 fn unroutable_destination_gets_97() {
-    bad_input(ErrorCode::DestinationUnreachable, || {
-        signed("good", sock("203.0.113.9", 80))
-    });
+    bad_input(ErrorCode::DestinationUnreachable, || signed("good", sock("203.0.113.9", 80)));
 }
 
 #[test]
 fn blackholed_destination_gets_65_after_connect_timeout() {
-    bad_input(ErrorCode::NetworkFailure, || {
-        signed("good", sock("198.51.100.9", 80))
-    });
+    bad_input(ErrorCode::NetworkFailure, || signed("good", sock("198.51.100.9", 80)));
 }
 
 #[test]
@@ -700,18 +577,10 @@ fn ipv6_client_and_destination_are_relayed() {
     let bed = Bed::new();
     bed.client(async {
         let first = signed("good", sock(INET6, ECHO_PORT));
-        let (mut s, sent) = mptcp::connect_with_data(sock(HAG6, 5124), &first, &mptcp_opts(None))
-            .await
-            .unwrap();
-        assert_eq!(
-            sent,
-            first.len(),
-            "Convert message in the SYN over IPv6 too"
-        );
+        let (mut s, sent) = mptcp::connect_with_data(sock(HAG6, 5124), &first, &mptcp_opts(None)).await.unwrap();
+        assert_eq!(sent, first.len(), "Convert message in the SYN over IPv6 too");
         assert!(mptcp::info(&s).unwrap().is_some(), "MPTCP over IPv6");
-        let Reply::Message(m, _) = read_reply(&mut s).await else {
-            panic!("closed")
-        };
+        let Reply::Message(m, _) = read_reply(&mut s).await else { panic!("closed") };
         assert_eq!(m, Message::success());
         EchoSession(s).ping(b"over v6").await;
     });
@@ -726,10 +595,7 @@ fn hag_without_server_tfo_bits_warns_and_still_serves_tfo_clients() {
     });
     bed.hag.kill();
     let log = bed.hag_log();
-    assert!(
-        log.contains("TCP Fast Open is not fully enabled"),
-        "startup warning:\n{log}"
-    );
+    assert!(log.contains("TCP Fast Open is not fully enabled"), "startup warning:\n{log}");
     // Kernel behaviour, reported rather than asserted: SYN data the server does not take made Linux 6.18
     // fall back to plain TCP in our runs.
     eprintln!("MPTCP kept without server TFO: {mptcp_kept}");
@@ -744,15 +610,12 @@ fn silent_client_is_closed_at_the_header_deadline() {
         let t = Instant::now();
         let mut s = s;
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .expect("closed in 10s");
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("closed in 10s");
         (t.elapsed(), n.unwrap_or(0))
     });
     assert_eq!(got, 0, "closed without a reply");
     assert!(
-        closed_after >= HEADER_DEADLINE - Duration::from_millis(100)
-            && closed_after < HEADER_DEADLINE * 3,
+        closed_after >= HEADER_DEADLINE - Duration::from_millis(100) && closed_after < HEADER_DEADLINE * 3,
         "closed after {closed_after:?}, deadline {HEADER_DEADLINE:?}"
     );
     bed.assert_still_serving(&mut session);
@@ -767,18 +630,11 @@ fn connections_over_the_per_cpe_limit_get_64() {
         for _ in 0..PER_CPE_LIMIT {
             held.push(fresh_echo("limit").await);
         }
-        let (mut s, _) = connect(&signed("limit", sock(INET4, ECHO_PORT)), mptcp_opts(None))
-            .await
-            .unwrap();
+        let (mut s, _) = connect(&signed("limit", sock(INET4, ECHO_PORT)), mptcp_opts(None)).await.unwrap();
         (held, read_reply(&mut s).await)
     });
     match over {
-        Reply::Message(m, _) => assert_eq!(
-            m.error(),
-            Some(ErrorCode::ResourceExceeded),
-            "{}",
-            bed.hag_log()
-        ),
+        Reply::Message(m, _) => assert_eq!(m.error(), Some(ErrorCode::ResourceExceeded), "{}", bed.hag_log()),
         Reply::Closed(b) => panic!("closed without reply {b:?}"),
     }
     bed.assert_still_serving(&mut session);
@@ -800,42 +656,24 @@ fn connections_over_the_per_cpe_limit_get_64() {
 fn trusted_plain_tcp_client_without_auth_is_relayed() {
     let mut bed = Bed::new();
     bed.client(async {
-        let opts = ConnectOptions {
-            mptcp: false,
-            fastopen: false,
-            ..mptcp_opts(Some(CLI4_TRUSTED))
-        };
-        let mut first = Message::connect_request(sock(INET4, ECHO_PORT))
-            .to_bytes()
-            .unwrap();
+        let opts = ConnectOptions { mptcp: false, fastopen: false, ..mptcp_opts(Some(CLI4_TRUSTED)) };
+        let mut first = Message::connect_request(sock(INET4, ECHO_PORT)).to_bytes().unwrap();
         first.extend_from_slice(b"hi");
         let (mut s, _) = connect(&first, opts).await.unwrap();
         assert!(mptcp::info(&s).unwrap().is_none(), "plain TCP");
-        let Reply::Message(m, rest) = read_reply(&mut s).await else {
-            panic!("closed")
-        };
+        let Reply::Message(m, rest) = read_reply(&mut s).await else { panic!("closed") };
         assert_eq!(m, Message::success());
         expect_rest(&mut s, rest, b"hi").await;
         let mut e = EchoSession(s);
         e.ping(b"trusted and plain").await;
     });
     // The same request from the untrusted address is refused.
-    let untrusted = bed.error_for(
-        Message::connect_request(sock(INET4, ECHO_PORT))
-            .to_bytes()
-            .unwrap(),
-    );
+    let untrusted = bed.error_for(Message::connect_request(sock(INET4, ECHO_PORT)).to_bytes().unwrap());
     assert_eq!(untrusted, Some(32));
     bed.hag.kill();
     let log = bed.hag_log();
-    let stopped = log
-        .lines()
-        .find(|l| l.contains("stopped"))
-        .unwrap_or_else(|| panic!("no stats:\n{log}"));
-    assert!(
-        stopped.contains(" fallback=1 "),
-        "the plain TCP client was counted as fallback: {stopped}"
-    );
+    let stopped = log.lines().find(|l| l.contains("stopped")).unwrap_or_else(|| panic!("no stats:\n{log}"));
+    assert!(stopped.contains(" fallback=1 "), "the plain TCP client was counted as fallback: {stopped}");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -843,14 +681,8 @@ fn trusted_plain_tcp_client_without_auth_is_relayed() {
 // ---------------------------------------------------------------------------------------------------------
 
 fn run_hag(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(bin_path("hag"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = std::process::Command::new(bin_path("hag")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -858,26 +690,10 @@ fn bad_configs_exit_64_naming_the_field() {
     let dir = TempDir::new("cfg");
     std::fs::write(dir.0.join("k"), KEY).unwrap();
     let cases = [
-        (
-            "unknown key",
-            "listen: ['127.0.0.1']\nlimits: {idle_timout: 5s}\n",
-            "limits.idle_timout",
-        ),
-        (
-            "bad address",
-            "listen: ['127.0.0.1', '300.1.2.3']\n",
-            "listen[1]",
-        ),
-        (
-            "missing key file",
-            "clients: {cpe-x: {key_file: nowhere.key}}\n",
-            "clients.cpe-x.key_file",
-        ),
-        (
-            "bad prefix",
-            "trusted_sources: [10.0.0.0/40]\n",
-            "trusted_sources[0]",
-        ),
+        ("unknown key", "listen: ['127.0.0.1']\nlimits: {idle_timout: 5s}\n", "limits.idle_timout"),
+        ("bad address", "listen: ['127.0.0.1', '300.1.2.3']\n", "listen[1]"),
+        ("missing key file", "clients: {cpe-x: {key_file: nowhere.key}}\n", "clients.cpe-x.key_file"),
+        ("bad prefix", "trusted_sources: [10.0.0.0/40]\n", "trusted_sources[0]"),
     ];
     for (what, yaml, field) in cases {
         let path = dir.0.join("hag.yaml");
@@ -889,17 +705,10 @@ fn bad_configs_exit_64_naming_the_field() {
             }
             let (code, stderr) = run_hag(&args);
             assert_eq!(code, 64, "{what} (check={check}): {stderr}");
-            assert!(
-                stderr.contains(&format!("{field}: ")),
-                "{what}: stderr must name `{field}`: {stderr}"
-            );
+            assert!(stderr.contains(&format!("{field}: ")), "{what}: stderr must name `{field}`: {stderr}");
         }
     }
-    let (code, stderr) = run_hag(&[
-        "--config",
-        dir.0.join("absent.yaml").to_str().unwrap(),
-        "--check-config",
-    ]);
+    let (code, stderr) = run_hag(&["--config", dir.0.join("absent.yaml").to_str().unwrap(), "--check-config"]);
     assert_eq!(code, 64, "{stderr}");
 }
 
@@ -926,25 +735,11 @@ fn sigterm_with_open_relays_exits_0_within_the_drain_deadline() {
     });
     let t = Instant::now();
     bed.hag.signal(libc::SIGTERM);
-    let status = bed
-        .hag
-        .wait_timeout(DRAIN_DEADLINE + Duration::from_secs(3));
+    let status = bed.hag.wait_timeout(DRAIN_DEADLINE + Duration::from_secs(3));
     let took = t.elapsed();
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "hag still running {took:?} after SIGTERM\n{}",
-            bed.hag_log()
-        )
-    });
-    assert!(
-        status.success(),
-        "exit status {status:?}\n{}",
-        bed.hag_log()
-    );
-    assert!(
-        took < DRAIN_DEADLINE + Duration::from_secs(1),
-        "took {took:?}, drain deadline {DRAIN_DEADLINE:?}"
-    );
+    let status = status.unwrap_or_else(|| panic!("hag still running {took:?} after SIGTERM\n{}", bed.hag_log()));
+    assert!(status.success(), "exit status {status:?}\n{}", bed.hag_log());
+    assert!(took < DRAIN_DEADLINE + Duration::from_secs(1), "took {took:?}, drain deadline {DRAIN_DEADLINE:?}");
     // New connections are refused once it stopped accepting.
     let refused = bed.client(async { TcpStream::connect(hag_addr()).await.is_err() });
     assert!(refused, "the hag still accepts after SIGTERM");

@@ -66,8 +66,8 @@ async fn open(i: usize, hag: SocketAddr, dst: SocketAddr, key: &[u8]) -> std::io
     let mut nonce = [0u8; 16];
     nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
     nonce[8..].copy_from_slice(&(std::process::id() as u64 ^ now).to_be_bytes());
-    let req = common::convert::auth::signed_request(key, dst, daemons::CPE_ID, now, nonce)
-        .map_err(std::io::Error::other)?;
+    let req =
+        common::convert::auth::signed_request(key, dst, daemons::CPE_ID, now, nonce).map_err(std::io::Error::other)?;
     let opts = ConnectOptions {
         bind: Some(SocketAddr::new(addr::CPE_DSL.v4.into(), 0)),
         bind_device: None,
@@ -200,7 +200,12 @@ fn hag_holds_ten_thousand_concurrent_relays() {
     );
     assert!(errors.is_empty(), "{} of {n} failed to open, first: {:?}\n{}", errors.len(), errors.first(), hag.log());
     assert_eq!(open_now, n as f64, "hag's open connections while all were up");
-    assert!(second_errors.is_empty(), "{} failed the second round, first: {:?}", second_errors.len(), second_errors.first());
+    assert!(
+        second_errors.is_empty(),
+        "{} failed the second round, first: {:?}",
+        second_errors.len(),
+        second_errors.first()
+    );
 
     // Closed by the client: hag's count returns to zero.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -38,7 +38,13 @@ impl Api<'_> {
     }
 
     /// The one open connection to `dst`, once `pred` holds for it (polled every 50 ms up to `limit`).
-    fn wait_connection(&self, dst: SocketAddr, limit: Duration, hcpe: &ChildGuard, pred: impl Fn(&Value) -> bool) -> Value {
+    fn wait_connection(
+        &self,
+        dst: SocketAddr,
+        limit: Duration,
+        hcpe: &ChildGuard,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let t0 = Instant::now();
         let mut last = Value::Null;
         while t0.elapsed() < limit {
@@ -112,7 +118,11 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
     assert_eq!(c["fallback"], false);
     assert_eq!(c["client"].as_str().unwrap().parse::<SocketAddr>().unwrap().ip(), addr::LAN_CLIENT.ip(false));
     for s in subflows {
-        assert_eq!(s["remote"].as_str().unwrap().parse::<SocketAddr>().unwrap().ip(), addr::HAG_SERVICE.ip(false), "{s}");
+        assert_eq!(
+            s["remote"].as_str().unwrap().parse::<SocketAddr>().unwrap().ip(),
+            addr::HAG_SERVICE.ip(false),
+            "{s}"
+        );
         assert_eq!(s["backup"], false, "{c:#}");
     }
     let by_id = api.json("GET", &format!("/api/v1/connections/{id}"), None);
@@ -157,7 +167,9 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
             .map(|s| s["backup"].clone())
     };
     let mut hag_conn = hag_subflows();
-    while backup_of(&hag_conn, lte_ip) != Some(serde_json::Value::Bool(true)) && patched.elapsed() < Duration::from_secs(3) {
+    while backup_of(&hag_conn, lte_ip) != Some(serde_json::Value::Bool(true))
+        && patched.elapsed() < Duration::from_secs(3)
+    {
         std::thread::sleep(Duration::from_millis(20));
         hag_conn = hag_subflows();
     }

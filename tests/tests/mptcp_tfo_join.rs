@@ -418,7 +418,6 @@ async fn do_not_read(tfo: bool) {
     tokio::time::sleep(Duration::from_millis(800)).await;
 }
 
-
 /// The bug in its plainest, deterministic form: one subflow, no link delay, a client that stops reading.
 /// Without SYN data the server stops at the client's window (no drops). With SYN data it keeps sending into
 /// the closed window (TcpExtBeyondWindow / TcpExtTCPZeroWindowDrop on the client, retransmission timeouts on
@@ -438,7 +437,10 @@ fn tfo_accepted_mptcp_socket_honours_the_client_window() {
     };
     std::thread::sleep(Duration::from_millis(300));
     let drops = |c: &BTreeMap<String, u64>| -> u64 {
-        ["TcpExtBeyondWindow", "TcpExtTCPZeroWindowDrop", "MPTcpExtNoDSSInWindow"].iter().filter_map(|k| c.get(*k)).sum()
+        ["TcpExtBeyondWindow", "TcpExtTCPZeroWindowDrop", "MPTcpExtNoDSSInWindow"]
+            .iter()
+            .filter_map(|k| c.get(*k))
+            .sum()
     };
     let mut seen = Vec::new();
     for tfo in [false, true] {

@@ -105,7 +105,8 @@ fn run_child(mode: &str, signal: Option<i32>) {
         // Nothing runs in a SIGKILLed process: children die by PDEATHSIG, and the next
         // testbed user removes the namespaces of dead test processes.
         let t = Instant::now();
-        while std::path::Path::new(&format!("/proc/{sleeper}/cmdline")).exists() && t.elapsed() < Duration::from_secs(5) {
+        while std::path::Path::new(&format!("/proc/{sleeper}/cmdline")).exists() && t.elapsed() < Duration::from_secs(5)
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         let removed = tests::netns::remove_stale_namespaces();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tests::testbed::{addr, ifname};
-use tests::{one_way_probes, Client, Direction, LinkConfig, Server, Shape, Testbed, TestbedConfig};
+use tests::{Client, Direction, LinkConfig, Server, Shape, Testbed, TestbedConfig, one_way_probes};
 
 fn link_flags(tb: &Testbed) -> String {
     tb.cpe.ip(&["link", "show", "dev", ifname::DSL]).unwrap()
@@ -15,12 +15,17 @@ fn link_flags(tb: &Testbed) -> String {
 fn probes_via_dsl(tb: &Testbed, count: u32) -> tests::traffic::Probes {
     let hag = SocketAddr::new(addr::HAG_DSL.ip(false), 0);
     let cpe = SocketAddr::new(addr::CPE_DSL.ip(false), 0);
-    one_way_probes(&tb.cpe, Some(cpe), &tb.hag, hag, count, Duration::from_millis(2), Duration::from_millis(100)).unwrap()
+    one_way_probes(&tb.cpe, Some(cpe), &tb.hag, hag, count, Duration::from_millis(2), Duration::from_millis(100))
+        .unwrap()
 }
 
 #[test]
 fn cut_drops_everything_with_carrier_up_and_restore_resumes() {
-    let tb = Testbed::new(TestbedConfig { dsl: LinkConfig::symmetric(Shape::mbit(100.0).delay_ms(5.0)), ..TestbedConfig::default() }).unwrap();
+    let tb = Testbed::new(TestbedConfig {
+        dsl: LinkConfig::symmetric(Shape::mbit(100.0).delay_ms(5.0)),
+        ..TestbedConfig::default()
+    })
+    .unwrap();
     let srv = Server::start(&tb.hag, 0).unwrap();
     let dst = SocketAddr::new(addr::HAG_SERVICE.ip(false), srv.port());
     let src = SocketAddr::new(addr::CPE_DSL.ip(false), 0);

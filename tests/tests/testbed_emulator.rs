@@ -3,11 +3,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tests::testbed::addr;
-use tests::{one_way_probes, Client, Direction, LinkConfig, Server, Shape, Testbed, TestbedConfig};
+use tests::{Client, Direction, LinkConfig, Server, Shape, Testbed, TestbedConfig, one_way_probes};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -59,8 +59,26 @@ fn delay_20ms_at_100_mbit_is_held_within_1ms() {
     let srv = Server::start(&tb.hag, 0).unwrap();
     let (dst, src) = dsl_target(srv.port());
     // One-way delay both ways, 200 probes each, measured with one monotonic clock.
-    let up = one_way_probes(&tb.cpe, Some(src), &tb.hag, SocketAddr::new(dst.ip(), 0), 200, Duration::from_millis(3), Duration::from_millis(200)).unwrap();
-    let down = one_way_probes(&tb.hag, None, &tb.cpe, SocketAddr::new(src.ip(), 0), 200, Duration::from_millis(3), Duration::from_millis(200)).unwrap();
+    let up = one_way_probes(
+        &tb.cpe,
+        Some(src),
+        &tb.hag,
+        SocketAddr::new(dst.ip(), 0),
+        200,
+        Duration::from_millis(3),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    let down = one_way_probes(
+        &tb.hag,
+        None,
+        &tb.cpe,
+        SocketAddr::new(src.ip(), 0),
+        200,
+        Duration::from_millis(3),
+        Duration::from_millis(200),
+    )
+    .unwrap();
     for (name, p) in [("up", &up), ("down", &down)] {
         println!(
             "100 Mbit/s + 20 ms, {name}: one-way median {:.3} ms, p5 {:.3} ms, p95 {:.3} ms, loss {:.1} %",
@@ -107,9 +125,13 @@ fn loss_and_jitter_are_applied_per_direction() {
     .unwrap();
     let hag = SocketAddr::new(addr::HAG_DSL.ip(false), 0);
     let cpe = SocketAddr::new(addr::CPE_DSL.ip(false), 0);
-    let up = one_way_probes(&tb.cpe, Some(cpe), &tb.hag, hag, 1000, Duration::from_millis(1), Duration::from_millis(100)).unwrap();
-    let down = one_way_probes(&tb.hag, None, &tb.cpe, cpe, 300, Duration::from_millis(5), Duration::from_millis(200)).unwrap();
-    let (p5, p50, p95) = (ms(down.quantile(0.05).unwrap()), ms(down.median().unwrap()), ms(down.quantile(0.95).unwrap()));
+    let up =
+        one_way_probes(&tb.cpe, Some(cpe), &tb.hag, hag, 1000, Duration::from_millis(1), Duration::from_millis(100))
+            .unwrap();
+    let down =
+        one_way_probes(&tb.hag, None, &tb.cpe, cpe, 300, Duration::from_millis(5), Duration::from_millis(200)).unwrap();
+    let (p5, p50, p95) =
+        (ms(down.quantile(0.05).unwrap()), ms(down.median().unwrap()), ms(down.quantile(0.95).unwrap()));
     println!(
         "loss 20 % configured: {:.1} % of 1000 probes lost; delay 10 ms ± 4 ms jitter: p5 {p5:.2} ms, \
          median {p50:.2} ms, p95 {p95:.2} ms, loss {:.1} %",
@@ -130,7 +152,8 @@ fn loss_and_jitter_are_applied_per_direction() {
 #[test]
 fn rate_changes_apply_while_traffic_flows() {
     let _g = serial();
-    let tb = Testbed::new(TestbedConfig { dsl: LinkConfig::symmetric(Shape::mbit(100.0)), ..TestbedConfig::default() }).unwrap();
+    let tb = Testbed::new(TestbedConfig { dsl: LinkConfig::symmetric(Shape::mbit(100.0)), ..TestbedConfig::default() })
+        .unwrap();
     let srv = Server::start(&tb.hag, 0).unwrap();
     let (dst, src) = dsl_target(srv.port());
     let progress = Arc::new(AtomicU64::new(0));
@@ -148,7 +171,10 @@ fn rate_changes_apply_while_traffic_flows() {
     let slow = rate_over(Duration::from_millis(1000));
     tb.dsl.set_both(Shape::default());
     let t = dl.join().unwrap().unwrap();
-    println!("live change: {fast:.1} Mbit/s at 100 Mbit/s, {slow:.1} Mbit/s after switching to 20 Mbit/s; total {:.1} s", t.elapsed.as_secs_f64());
+    println!(
+        "live change: {fast:.1} Mbit/s at 100 Mbit/s, {slow:.1} Mbit/s after switching to 20 Mbit/s; total {:.1} s",
+        t.elapsed.as_secs_f64()
+    );
     assert!(fast >= 70.0, "before the change {fast:.1} Mbit/s");
     assert!((12.0..=21.0).contains(&slow), "after the change {slow:.1} Mbit/s");
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 use tests::testbed::addr;
-use tests::{one_way_probes, Client, Direction, Server, Testbed, TestbedConfig};
+use tests::{Client, Direction, Server, Testbed, TestbedConfig, one_way_probes};
 
 #[test]
 fn two_testbeds_run_side_by_side() {
@@ -45,7 +45,8 @@ fn two_testbeds_run_side_by_side() {
     let probe = |tb: &Testbed| {
         let hag = SocketAddr::new(addr::HAG_DSL.ip(false), 0);
         let cpe = SocketAddr::new(addr::CPE_DSL.ip(false), 0);
-        one_way_probes(&tb.cpe, Some(cpe), &tb.hag, hag, 50, Duration::from_millis(2), Duration::from_millis(100)).unwrap()
+        one_way_probes(&tb.cpe, Some(cpe), &tb.hag, hag, 50, Duration::from_millis(2), Duration::from_millis(100))
+            .unwrap()
     };
     let (pa, pb) = (probe(&a), probe(&b));
     println!("A cut: A lost {:.0} %, B lost {:.0} %", pa.loss() * 100.0, pb.loss() * 100.0);

@@ -31,9 +31,11 @@ fn hag_has_subflow_from(tb: &Testbed, dir: &TempDir, dst: SocketAddr, cpe_ip: st
     let token = daemons::admin_token(dir.path()).unwrap();
     let conns = daemons::connections(&tb.hag, daemons::HAG_ADMIN_PORT, &token).unwrap();
     conns.as_array().unwrap().iter().filter(|c| c["destination"] == dst.to_string()).any(|c| {
-        c["subflows"].as_array().unwrap().iter().any(|f| {
-            f["tcp_state"] == 1 && daemons::subflow_ip(f, "remote") == Some(cpe_ip)
-        })
+        c["subflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["tcp_state"] == 1 && daemons::subflow_ip(f, "remote") == Some(cpe_ip))
     })
 }
 

@@ -25,7 +25,15 @@ fn start(tb: &Testbed, tag: &str, extra_yaml: &str) -> (tempfile::TempDir, Child
 fn lan_route_dev(tb: &Testbed) -> String {
     let out = tb
         .cpe
-        .ip(&["route", "get", &addr::INET_SERVER.v4.to_string(), "from", &addr::LAN_CLIENT.v4.to_string(), "iif", "lan0"])
+        .ip(&[
+            "route",
+            "get",
+            &addr::INET_SERVER.v4.to_string(),
+            "from",
+            &addr::LAN_CLIENT.v4.to_string(),
+            "iif",
+            "lan0",
+        ])
         .unwrap();
     out.split_whitespace().skip_while(|w| *w != "dev").nth(1).unwrap_or("").to_owned()
 }
@@ -45,7 +53,10 @@ fn wait_dev(tb: &Testbed, dev: &str, limit: Duration) -> Duration {
 fn the_default_route_for_non_tcp_follows_the_healthy_uplink() {
     let tb = Testbed::new(TestbedConfig::default()).unwrap();
     let (_dir, _hag, mut hcpe) = start(&tb, "route", "");
-    assert!(tb.cpe.ip(&["route", "show", "default"]).unwrap().contains("proto 73"), "hcpe's route is in the main table");
+    assert!(
+        tb.cpe.ip(&["route", "show", "default"]).unwrap().contains("proto 73"),
+        "hcpe's route is in the main table"
+    );
     assert_eq!(lan_route_dev(&tb), "dsl0");
 
     tb.dsl.cut();

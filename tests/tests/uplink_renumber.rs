@@ -68,8 +68,7 @@ fn lte_renumbered_mid_download_gets_a_subflow_from_the_new_address_without_resta
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let transfer =
-        download.join().unwrap_or_else(|e| panic!("download across the renumbering: {e}\n{}", hcpe.log()));
+    let transfer = download.join().unwrap_or_else(|e| panic!("download across the renumbering: {e}\n{}", hcpe.log()));
     let lte_after = tb.lte.counters(Direction::Down).tx_bytes - lte_before;
     eprintln!(
         "LTE renumbered {old} -> {new}: hcpe followed after {followed:?}, hag saw the new subflow after {joined:?}; \

@@ -49,9 +49,7 @@ impl BearerToken {
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("token must be visible ASCII without spaces, as it is sent in an HTTP header");
         }
-        Ok(BearerToken {
-            digest: Sha256::digest(token.as_bytes()).into(),
-        })
+        Ok(BearerToken { digest: Sha256::digest(token.as_bytes()).into() })
     }
 
     /// Reads the token from the file at `path` (config field `field`, for errors): the file's text with
@@ -59,11 +57,7 @@ impl BearerToken {
     /// token, is accepted with a warning, so a test setup or a read-only image does not stop the daemon.
     pub fn from_file(field: &str, path: &Path) -> Result<Self, ConfigError> {
         use std::io::Read as _;
-        let key_file = |source| ConfigError::KeyFile {
-            field: field.to_owned(),
-            path: path.to_owned(),
-            source,
-        };
+        let key_file = |source| ConfigError::KeyFile { field: field.to_owned(), path: path.to_owned(), source };
         let format = |reason: &str| ConfigError::KeyFormat {
             field: field.to_owned(),
             path: path.to_owned(),
@@ -72,15 +66,11 @@ impl BearerToken {
         let file = std::fs::File::open(path).map_err(key_file)?;
         warn_if_others_can_read(field, path, &file);
         let mut raw = Vec::new();
-        file.take(MAX_KEY_FILE_LEN + 1)
-            .read_to_end(&mut raw)
-            .map_err(key_file)?;
+        file.take(MAX_KEY_FILE_LEN + 1).read_to_end(&mut raw).map_err(key_file)?;
         if raw.len() as u64 > MAX_KEY_FILE_LEN {
             return Err(format("longer than 4096 bytes; is this really a token file?"));
         }
-        let text = std::str::from_utf8(&raw)
-            .map_err(|_| format("token is not text"))?
-            .trim();
+        let text = std::str::from_utf8(&raw).map_err(|_| format("token is not text"))?.trim();
         let token = Self::new(text).map_err(format)?;
         if text.len() < RECOMMENDED_TOKEN_LEN {
             tracing::warn!(
@@ -139,10 +129,7 @@ pub struct Auth {
 impl Auth {
     /// Requires `token`.
     pub fn new(token: BearerToken) -> Self {
-        Auth {
-            token: RwLock::new(token),
-            failures: AtomicU64::new(0),
-        }
+        Auth { token: RwLock::new(token), failures: AtomicU64::new(0) }
     }
 
     /// Replaces the token; requests from then on need the new one.
@@ -171,10 +158,7 @@ pub struct AuthGate {
 impl AuthGate {
     /// Requires `auth`'s token on every path but those in `public` (exact paths, e.g. `/healthz`).
     pub fn new(auth: Arc<Auth>, public: impl IntoIterator<Item = String>) -> Self {
-        AuthGate {
-            auth,
-            public: Arc::new(public.into_iter().collect()),
-        }
+        AuthGate { auth, public: Arc::new(public.into_iter().collect()) }
     }
 }
 
@@ -187,10 +171,7 @@ pub async fn require_bearer(State(gate): State<AuthGate>, req: Request, next: Ne
     }
     gate.auth.failures.fetch_add(1, Ordering::Relaxed);
     // Peer, method and path only: the header (a wrong token may be a real one of another system) is never logged.
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string());
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string());
     tracing::info!(
         peer = peer.as_deref().unwrap_or("-"),
         method = %req.method(),
@@ -245,10 +226,7 @@ mod tests {
         let t = BearerToken::new("visible-secret-value").unwrap();
         let dbg = format!("{t:?} {:?}", AuthGate::new(Arc::new(Auth::new(t.clone())), []));
         assert!(!dbg.contains("visible-secret-value"), "{dbg}");
-        assert!(
-            !dbg.contains(&hex::encode(Sha256::digest(b"visible-secret-value"))),
-            "{dbg}"
-        );
+        assert!(!dbg.contains(&hex::encode(Sha256::digest(b"visible-secret-value"))), "{dbg}");
     }
 
     #[test]
@@ -267,10 +245,7 @@ mod tests {
         std::fs::write(&p, "two words\n").unwrap();
         let e = BearerToken::from_file("admin.token_file", &p).unwrap_err();
         assert!(e.to_string().contains("visible ASCII"), "{e}");
-        assert!(
-            !e.to_string().contains("two words"),
-            "the token must not be echoed: {e}"
-        );
+        assert!(!e.to_string().contains("two words"), "the token must not be echoed: {e}");
 
         let e = BearerToken::from_file("admin.token_file", &dir.path().join("missing")).unwrap_err();
         assert!(matches!(e, ConfigError::KeyFile { .. }), "{e}");

@@ -45,10 +45,7 @@ impl ConnId {
                 .then(|| n.parse().ok().map(ConnId::Seq))
                 .flatten();
         }
-        let hex = s
-            .strip_prefix("0x")
-            .or_else(|| s.strip_prefix("0X"))
-            .unwrap_or(s);
+        let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
         if hex.is_empty() || hex.len() > 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
@@ -105,8 +102,7 @@ impl<T: HasConnId> Table<T> {
     /// The open item named by the path segment `raw`: 400 when it is no id, 404 when nothing open has it.
     pub fn by_path(&self, raw: &str) -> Result<Arc<T>, ApiError> {
         let id = ConnId::parse_path(raw)?;
-        self.by_conn_id(id)
-            .ok_or_else(|| ApiError::not_found(format!("no connection {id}")))
+        self.by_conn_id(id).ok_or_else(|| ApiError::not_found(format!("no connection {id}")))
     }
 }
 
@@ -126,31 +122,15 @@ mod tests {
     #[test]
     fn connection_ids_parse_and_print() {
         assert_eq!(ConnId::parse("1a2b3c4d"), Some(ConnId::Token(0x1a2b_3c4d)));
-        assert_eq!(
-            ConnId::parse("0x1A2B3C4D"),
-            Some(ConnId::Token(0x1a2b_3c4d))
-        );
+        assert_eq!(ConnId::parse("0x1A2B3C4D"), Some(ConnId::Token(0x1a2b_3c4d)));
         assert_eq!(ConnId::parse("ff"), Some(ConnId::Token(0xff)));
         assert_eq!(ConnId::parse("tcp-17"), Some(ConnId::Seq(17)));
-        for bad in [
-            "",
-            "0x",
-            "123456789",
-            "xyz",
-            "tcp-",
-            "tcp--1",
-            "tcp-1a",
-            "-1",
-            "1a2b 3c",
-        ] {
+        for bad in ["", "0x", "123456789", "xyz", "tcp-", "tcp--1", "tcp-1a", "-1", "1a2b 3c"] {
             assert_eq!(ConnId::parse(bad), None, "{bad:?}");
             assert!(ConnId::parse_path(bad).is_err());
         }
         assert_eq!(ConnId::Token(0xff).to_string(), "000000ff");
-        assert_eq!(
-            ConnId::parse(&ConnId::Token(7).to_string()),
-            Some(ConnId::Token(7))
-        );
+        assert_eq!(ConnId::parse(&ConnId::Token(7).to_string()), Some(ConnId::Token(7)));
         assert_eq!(ConnId::Seq(3).to_string(), "tcp-3");
     }
 
@@ -176,11 +156,7 @@ mod tests {
         assert_eq!(t.by_path("00001a2b").map(|c| c.1).ok(), Some(0));
         assert_eq!(t.by_path("tcp-1").map(|c| c.1).ok(), Some(1));
         let status = |r: Result<Arc<Conn>, ApiError>| r.err().map(|e| e.status.as_u16());
-        assert_eq!(
-            status(t.by_path("tcp-0")),
-            Some(404),
-            "named by its token, not its number"
-        );
+        assert_eq!(status(t.by_path("tcp-0")), Some(404), "named by its token, not its number");
         assert_eq!(status(t.by_path("tcp-9")), Some(404));
         assert_eq!(status(t.by_path("nope")), Some(400));
     }

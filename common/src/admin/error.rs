@@ -31,10 +31,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with any status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-        }
+        ApiError { status, message: message.into() }
     }
 
     /// 400: the request is wrong (bad JSON, a field that fails validation: name the field in `message`).
@@ -68,8 +65,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            res.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            res.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         res
     }
@@ -93,11 +89,7 @@ impl From<JsonRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     /// A path parameter of the wrong form (e.g. a connection id that is not a number): 400.
     fn from(r: PathRejection) -> Self {
-        let status = if r.status().is_client_error() {
-            StatusCode::BAD_REQUEST
-        } else {
-            r.status()
-        };
+        let status = if r.status().is_client_error() { StatusCode::BAD_REQUEST } else { r.status() };
         ApiError::new(status, r.body_text())
     }
 }
@@ -196,8 +188,5 @@ pub async fn json_errors(State(ctx): State<ErrorContext>, res: Response) -> Resp
 }
 
 fn canonical(status: StatusCode) -> String {
-    status
-        .canonical_reason()
-        .map(str::to_lowercase)
-        .unwrap_or_else(|| status.as_str().to_owned())
+    status.canonical_reason().map(str::to_lowercase).unwrap_or_else(|| status.as_str().to_owned())
 }

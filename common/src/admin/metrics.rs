@@ -148,14 +148,8 @@ impl MetricsWriter {
 
     /// An empty writer that prepends `prefix` (e.g. `hag_`) to every metric name.
     pub fn with_prefix(prefix: &str) -> Self {
-        debug_assert!(
-            prefix.is_empty() || valid_metric_name(prefix),
-            "invalid metric prefix {prefix:?}"
-        );
-        MetricsWriter {
-            prefix: prefix.to_owned(),
-            ..Self::default()
-        }
+        debug_assert!(prefix.is_empty() || valid_metric_name(prefix), "invalid metric prefix {prefix:?}");
+        MetricsWriter { prefix: prefix.to_owned(), ..Self::default() }
     }
 
     /// Writes a family with one unlabelled counter sample.
@@ -175,17 +169,10 @@ impl MetricsWriter {
     pub fn family(&mut self, name: &str, help: &str, kind: MetricType) -> Family<'_> {
         let full = format!("{}{name}", self.prefix);
         let ok = valid_metric_name(&full) && self.families.insert(full.clone());
-        assert!(
-            ok || !self.strict,
-            "metric family {full:?} has an invalid name or is written twice"
-        );
+        assert!(ok || !self.strict, "metric family {full:?} has an invalid name or is written twice");
         if !ok {
             tracing::error!(family = %full, "metric family dropped: invalid name or written twice");
-            return Family {
-                w: self,
-                name: full,
-                ok: false,
-            };
+            return Family { w: self, name: full, ok: false };
         }
         let out = &mut self.out;
         // Trimmed: Prometheus' lexer drops whitespace after the name, and an empty HELP text is not accepted
@@ -203,11 +190,7 @@ impl MetricsWriter {
         out.push(' ');
         out.push_str(kind.as_str());
         out.push('\n');
-        Family {
-            w: self,
-            name: full,
-            ok: true,
-        }
+        Family { w: self, name: full, ok: true }
     }
 
     /// The text written so far.
@@ -241,11 +224,7 @@ impl Family<'_> {
             .iter()
             .enumerate()
             .all(|(i, (name, _))| valid_label_name(name) && !labels[..i].iter().any(|(other, _)| other == name));
-        assert!(
-            labels_ok || !self.w.strict,
-            "metric {}: invalid or duplicate label name in {labels:?}",
-            self.name
-        );
+        assert!(labels_ok || !self.w.strict, "metric {}: invalid or duplicate label name in {labels:?}", self.name);
         if !labels_ok {
             tracing::error!(family = %self.name, "metric sample dropped: invalid or duplicate label name");
             return self;
@@ -420,12 +399,7 @@ pub fn parse(text: &str) -> Result<Vec<ParsedFamily>, String> {
         if !series.insert((name.clone(), labels.clone())) {
             return Err(err("repeated series (same name and labels)".into()));
         }
-        families
-            .last_mut()
-            .expect("entered above")
-            .inner
-            .samples
-            .push(ParsedSample { name, labels, value });
+        families.last_mut().expect("entered above").inner.samples.push(ParsedSample { name, labels, value });
     }
     Ok(families.into_iter().map(|f| f.inner).collect())
 }
@@ -462,12 +436,7 @@ fn enter_family<'a>(
             return Err(format!("family {name:?} appears again after another family"));
         }
         families.push(Building {
-            inner: ParsedFamily {
-                name: name.to_owned(),
-                help: None,
-                kind: "untyped".into(),
-                samples: Vec::new(),
-            },
+            inner: ParsedFamily { name: name.to_owned(), help: None, kind: "untyped".into(), samples: Vec::new() },
             typed: false,
         });
         *has_samples = false;
@@ -560,10 +529,7 @@ fn unescape(s: &str, label_value: bool) -> Result<String, String> {
             Some('n') => out.push('\n'),
             Some('"') if label_value => out.push('"'),
             other => {
-                return Err(format!(
-                    "invalid escape \\{}",
-                    other.map(String::from).unwrap_or_default()
-                ));
+                return Err(format!("invalid escape \\{}", other.map(String::from).unwrap_or_default()));
             }
         }
     }
@@ -589,19 +555,11 @@ mod tests {
         let mut w = MetricsWriter::with_prefix("hcpe_");
         w.counter("connections_total", "LAN connections accepted since start.", 42u64);
         w.gauge("connections_open", "LAN connections open now.", 3u32);
-        let mut f = w.family(
-            "uplink_rtt_seconds",
-            "Smoothed RTT per uplink.\nFrom probes.",
-            MetricType::Gauge,
-        );
+        let mut f = w.family("uplink_rtt_seconds", "Smoothed RTT per uplink.\nFrom probes.", MetricType::Gauge);
         f.sample(&[("uplink", "dsl")], 0.0123)
             .sample(&[("uplink", "lte")], f64::INFINITY)
             .sample(&[("uplink", "sat")], f64::NAN);
-        let mut f = w.family(
-            "weird_labels_total",
-            "Label values with \\ and \"quotes\".",
-            MetricType::Counter,
-        );
+        let mut f = w.family("weird_labels_total", "Label values with \\ and \"quotes\".", MetricType::Counter);
         f.sample(&[("v", "a\"b"), ("w", "c\\d")], 1u64)
             .sample(&[("v", "line1\nline2"), ("w", "} , = {")], 2u64)
             .sample(&[("v", "ünïcødé ✓"), ("w", "")], 3u64);
@@ -673,16 +631,11 @@ mod tests {
 
     #[test]
     fn release_builds_drop_invalid_names_and_repeated_families_whole() {
-        let mut w = MetricsWriter {
-            strict: false,
-            ..MetricsWriter::new()
-        };
+        let mut w = MetricsWriter { strict: false, ..MetricsWriter::new() };
         w.counter("bad-name", "x", 1u64);
         w.counter("ok_total", "x", 1u64);
         w.counter("ok_total", "again", 2u64);
-        w.family("lab", "x", MetricType::Gauge)
-            .sample(&[("bad-label", "v")], 1u64)
-            .sample(&[("l", "v")], 2u64);
+        w.family("lab", "x", MetricType::Gauge).sample(&[("bad-label", "v")], 1u64).sample(&[("l", "v")], 2u64);
         let text = w.finish();
         let fams = parse(&text).unwrap();
         assert_eq!(fams.len(), 2, "{text}");
@@ -693,10 +646,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "written twice")]
     fn repeated_family_is_a_bug_in_debug_builds() {
-        let mut w = MetricsWriter {
-            strict: true,
-            ..MetricsWriter::new()
-        };
+        let mut w = MetricsWriter { strict: true, ..MetricsWriter::new() };
         w.counter("ok_total", "x", 1u64);
         w.counter("ok_total", "again", 2u64);
     }

@@ -96,10 +96,7 @@ pub enum AdminError {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig<const DEFAULT_PORT: u16> {
     /// Addresses to serve on; a bare address gets `DEFAULT_PORT`. Default: `127.0.0.1:DEFAULT_PORT`.
-    #[serde(
-        default = "default_listen::<DEFAULT_PORT>",
-        deserialize_with = "de_listen::<DEFAULT_PORT, _>"
-    )]
+    #[serde(default = "default_listen::<DEFAULT_PORT>", deserialize_with = "de_listen::<DEFAULT_PORT, _>")]
     pub listen: Vec<SocketAddr>,
     /// File holding the bearer token (see [`BearerToken::from_file`]).
     pub token_file: PathBuf,
@@ -125,9 +122,7 @@ struct ListenAddr<const P: u16>(SocketAddr);
 impl<'de, const P: u16> Deserialize<'de> for ListenAddr<P> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        cfg::parse_addr_with_default_port(&s, P)
-            .map(ListenAddr)
-            .map_err(serde::de::Error::custom)
+        cfg::parse_addr_with_default_port(&s, P).map(ListenAddr).map_err(serde::de::Error::custom)
     }
 }
 
@@ -153,36 +148,21 @@ impl<const DEFAULT_PORT: u16> AdminConfig<DEFAULT_PORT> {
     /// Checks values serde cannot; `section` is the section's field path (e.g. `admin`) for the error.
     pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
-            return Err(ConfigError::invalid(
-                format!("{section}.listen"),
-                "needs at least one address",
-            ));
+            return Err(ConfigError::invalid(format!("{section}.listen"), "needs at least one address"));
         }
         for (i, a) in self.listen.iter().enumerate() {
             if a.port() == 0 {
-                return Err(ConfigError::invalid(
-                    format!("{section}.listen[{i}]"),
-                    "port 0 is not a service port",
-                ));
+                return Err(ConfigError::invalid(format!("{section}.listen[{i}]"), "port 0 is not a service port"));
             }
             if self.listen[..i].contains(a) {
-                return Err(ConfigError::invalid(
-                    format!("{section}.listen[{i}]"),
-                    format!("{a} is listed twice"),
-                ));
+                return Err(ConfigError::invalid(format!("{section}.listen[{i}]"), format!("{a} is listed twice")));
             }
         }
         if self.request_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                format!("{section}.request_timeout"),
-                "must be more than 0",
-            ));
+            return Err(ConfigError::invalid(format!("{section}.request_timeout"), "must be more than 0"));
         }
         if self.max_body_bytes == 0 {
-            return Err(ConfigError::invalid(
-                format!("{section}.max_body_bytes"),
-                "must be more than 0",
-            ));
+            return Err(ConfigError::invalid(format!("{section}.max_body_bytes"), "must be more than 0"));
         }
         Ok(())
     }
@@ -199,18 +179,11 @@ impl<const DEFAULT_PORT: u16> AdminConfig<DEFAULT_PORT> {
 
     /// The whole check of a parsed section at field path `section` of the config file at `config_path`:
     /// [`validate`](Self::validate), [`resolve_paths`](Self::resolve_paths), then the token file read.
-    pub fn load(
-        mut self,
-        section: &str,
-        config_path: &Path,
-    ) -> Result<AdminSection<DEFAULT_PORT>, ConfigError> {
+    pub fn load(mut self, section: &str, config_path: &Path) -> Result<AdminSection<DEFAULT_PORT>, ConfigError> {
         self.validate(section)?;
         self.resolve_paths(config_path);
         let token = self.load_token(&format!("{section}.token_file"))?;
-        Ok(AdminSection {
-            config: self,
-            token,
-        })
+        Ok(AdminSection { config: self, token })
     }
 }
 
@@ -237,20 +210,10 @@ pub struct ProcessInfo {
 impl ProcessInfo {
     /// Records now as the start time.
     pub fn new(daemon: &'static str, version: &'static str) -> Self {
-        debug_assert!(
-            metrics::valid_metric_name(daemon),
-            "daemon name {daemon:?} is not a metric prefix"
-        );
-        let started_unix = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        ProcessInfo {
-            daemon,
-            version,
-            started: Instant::now(),
-            started_unix,
-        }
+        debug_assert!(metrics::valid_metric_name(daemon), "daemon name {daemon:?} is not a metric prefix");
+        let started_unix =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        ProcessInfo { daemon, version, started: Instant::now(), started_unix }
     }
 
     /// Time since start (monotonic clock).
@@ -379,29 +342,20 @@ impl AdminApp {
             auth: auth.clone(),
             status_detail: self.status_detail,
         });
-        let ctx = error::ErrorContext {
-            max_body: self.max_body,
-            timeout: self.timeout,
-        };
+        let ctx = error::ErrorContext { max_body: self.max_body, timeout: self.timeout };
         let doc = axum::body::Bytes::from(serde_json::to_vec_pretty(&self.openapi).expect("a Value serializes"));
         let base = Router::new()
             .route(HEALTHZ, get(|| async { "ok" }))
             .route("/metrics", get(metrics_handler))
             .route("/api/v1/status", get(status_handler))
             .with_state(shared)
-            .route(
-                openapi::PATH,
-                get(move || std::future::ready(([(CONTENT_TYPE, "application/json")], doc.clone()))),
-            );
+            .route(openapi::PATH, get(move || std::future::ready(([(CONTENT_TYPE, "application/json")], doc.clone()))));
         // Layers run outermost last-added: JSON errors, timeout, auth, body limit, routes.
         base.merge(api)
             .fallback(error::not_found)
             .layer(RequestBodyLimitLayer::new(self.max_body))
             .layer(axum::middleware::from_fn_with_state(gate, auth::require_bearer))
-            .layer(TimeoutLayer::with_status_code(
-                axum::http::StatusCode::REQUEST_TIMEOUT,
-                self.timeout,
-            ))
+            .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, self.timeout))
             .layer(axum::middleware::map_response_with_state(ctx, error::json_errors))
     }
 }
@@ -415,17 +369,9 @@ struct Shared {
 
 async fn metrics_handler(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     let mut w = MetricsWriter::with_prefix(&format!("{}_", s.process.daemon));
-    w.family(
-        "build_info",
-        "Version of the running daemon (value is always 1).",
-        MetricType::Gauge,
-    )
-    .sample(&[("version", s.process.version)], 1u8);
-    w.gauge(
-        "uptime_seconds",
-        "Seconds since the daemon started.",
-        s.process.uptime().as_secs_f64(),
-    );
+    w.family("build_info", "Version of the running daemon (value is always 1).", MetricType::Gauge)
+        .sample(&[("version", s.process.version)], 1u8);
+    w.gauge("uptime_seconds", "Seconds since the daemon started.", s.process.uptime().as_secs_f64());
     w.counter(
         "admin_auth_failures_total",
         "Admin API requests refused for a missing or wrong bearer token.",
@@ -437,11 +383,7 @@ async fn metrics_handler(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn status_handler(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     let detail = (s.status_detail)();
-    let detail = if detail.is_object() {
-        detail
-    } else {
-        serde_json::json!({ "detail": detail })
-    };
+    let detail = if detail.is_object() { detail } else { serde_json::json!({ "detail": detail }) };
     axum::Json(s.process.status(detail))
 }
 
@@ -494,14 +436,8 @@ pub fn spawn(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningAdmin, AdminError> {
     let listeners = bind(listen)?;
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
-    Ok(RunningAdmin {
-        addrs,
-        task: tokio::spawn(serve(listeners, router, shutdown)),
-    })
+    let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    Ok(RunningAdmin { addrs, task: tokio::spawn(serve(listeners, router, shutdown)) })
 }
 
 /// Serves `router` on every listener until `shutdown` completes, then lets requests in flight finish.

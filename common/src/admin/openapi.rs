@@ -182,13 +182,7 @@ mod tests {
         let ops: Vec<_> = operations(&doc).into_iter().map(|(m, p)| format!("{m} {p}")).collect();
         assert_eq!(
             ops,
-            [
-                "GET /api/v1/clients",
-                "GET /api/v1/openapi.json",
-                "GET /api/v1/status",
-                "GET /healthz",
-                "GET /metrics"
-            ]
+            ["GET /api/v1/clients", "GET /api/v1/openapi.json", "GET /api/v1/status", "GET /healthz", "GET /metrics"]
         );
         assert!(doc["components"]["schemas"]["Error"].is_object());
         assert!(doc["components"]["schemas"]["Client"].is_object());

@@ -47,8 +47,7 @@ impl SubflowView {
 
     /// The views of all subflows of `full` (empty without it: not MPTCP).
     pub fn from_full_info(full: Option<&FullInfo>) -> Vec<Self> {
-        full.map(|f| f.subflows.iter().map(SubflowView::of).collect())
-            .unwrap_or_default()
+        full.map(|f| f.subflows.iter().map(SubflowView::of).collect()).unwrap_or_default()
     }
 }
 

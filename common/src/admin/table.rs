@@ -21,10 +21,7 @@ pub struct Table<T> {
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
-        Table {
-            next_seq: AtomicU64::new(0),
-            open: Arc::default(),
-        }
+        Table { next_seq: AtomicU64::new(0), open: Arc::default() }
     }
 }
 
@@ -45,11 +42,7 @@ impl<T> Table<T> {
         let seq = self.next_seq.fetch_add(1, Relaxed);
         let item = Arc::new(make(seq));
         lock(&self.open).insert(seq, item.clone());
-        Entry {
-            open: self.open.clone(),
-            seq,
-            item,
-        }
+        Entry { open: self.open.clone(), seq, item }
     }
 
     /// The items open now, oldest first.
@@ -87,10 +80,7 @@ pub struct Entry<T> {
 
 impl<T: fmt::Debug> fmt::Debug for Entry<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Entry")
-            .field("seq", &self.seq)
-            .field("item", &self.item)
-            .finish()
+        f.debug_struct("Entry").field("seq", &self.seq).field("item", &self.item).finish()
     }
 }
 
@@ -119,29 +109,18 @@ mod tests {
     #[test]
     fn items_are_listed_oldest_first_while_their_guard_lives() {
         let t = Table::default();
-        let entries: Vec<Entry<String>> =
-            (0..12).map(|_| t.insert(|seq| format!("c{seq}"))).collect();
+        let entries: Vec<Entry<String>> = (0..12).map(|_| t.insert(|seq| format!("c{seq}"))).collect();
         let names: Vec<String> = t.snapshot().iter().map(|s| s.to_string()).collect();
         let want: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
         assert_eq!(names, want, "by sequence number, not by string order");
-        assert_eq!(
-            t.get(entries[3].seq()).as_deref().map(String::as_str),
-            Some("c3")
-        );
-        assert_eq!(
-            t.find(|s| s.ends_with('5')).as_deref().map(String::as_str),
-            Some("c5")
-        );
+        assert_eq!(t.get(entries[3].seq()).as_deref().map(String::as_str), Some("c3"));
+        assert_eq!(t.find(|s| s.ends_with('5')).as_deref().map(String::as_str), Some("c5"));
         let mut entries = entries.into_iter();
         drop(entries.next());
         assert_eq!(t.len(), 11);
         assert!(t.get(0).is_none(), "gone with its guard");
         drop(entries);
         assert!(t.is_empty());
-        assert_eq!(
-            t.insert(|seq| seq.to_string()).conn().as_str(),
-            "12",
-            "numbers are not reused"
-        );
+        assert_eq!(t.insert(|seq| seq.to_string()).conn().as_str(), "12", "numbers are not reused");
     }
 }

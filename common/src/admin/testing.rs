@@ -24,19 +24,14 @@ pub async fn call(
     if body.is_some() {
         req = req.header(header::CONTENT_TYPE, "application/json");
     }
-    let req = req
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
-        .expect("request");
+    let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned()))).expect("request");
     let res = router.clone().oneshot(req).await.expect("router");
     let status = res.status();
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .expect("body");
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.expect("body");
     (status, body.to_vec())
 }
 
 /// `body` as JSON; panics naming the body when it is not.
 pub fn json_of(body: &[u8]) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
 }

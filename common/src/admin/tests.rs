@@ -29,40 +29,27 @@ fn api() -> Router {
     Router::new()
         .route(
             "/api/v1/uplinks/{name}",
-            axum::routing::patch(
-                |ApiPath(name): ApiPath<String>, ApiJson(req): ApiJson<PatchReq>| async move {
-                    if name != "dsl" {
-                        return Err(ApiError::not_found(format!("no uplink {name:?}")));
-                    }
-                    Ok(ApiJson(serde_json::json!({ "name": name, "mode": req.mode })))
-                },
-            ),
+            axum::routing::patch(|ApiPath(name): ApiPath<String>, ApiJson(req): ApiJson<PatchReq>| async move {
+                if name != "dsl" {
+                    return Err(ApiError::not_found(format!("no uplink {name:?}")));
+                }
+                Ok(ApiJson(serde_json::json!({ "name": name, "mode": req.mode })))
+            }),
         )
         .route(
             "/api/v1/connections/{id}",
             get(|ApiPath(id): ApiPath<u64>| async move {
-                if id == 7 {
-                    Ok("seven")
-                } else {
-                    Err(ApiError::not_found(format!("no connection {id}")))
-                }
+                if id == 7 { Ok("seven") } else { Err(ApiError::not_found(format!("no connection {id}"))) }
             }),
         )
         .route("/api/v1/echo", post(|body: String| async move { body }))
-        .route(
-            "/api/v1/slow",
-            get(|| async { tokio::time::sleep(Duration::from_secs(3600)).await }),
-        )
+        .route("/api/v1/slow", get(|| async { tokio::time::sleep(Duration::from_secs(3600)).await }))
 }
 
 fn app() -> Router {
-    AdminApp::new(
-        ProcessInfo::new("hcpe", "1.2.3"),
-        BearerToken::new(TOKEN).unwrap(),
-        Arc::new(TestMetrics),
-    )
-    .status_detail(|| serde_json::json!({ "uplinks": 2 }))
-    .router(api())
+    AdminApp::new(ProcessInfo::new("hcpe", "1.2.3"), BearerToken::new(TOKEN).unwrap(), Arc::new(TestMetrics))
+        .status_detail(|| serde_json::json!({ "uplinks": 2 }))
+        .router(api())
 }
 
 fn req(method: Method, uri: &str, token: Option<&str>, body: Body) -> Request<Body> {
@@ -75,8 +62,7 @@ fn req(method: Method, uri: &str, token: Option<&str>, body: Body) -> Request<Bo
 
 fn json_req(method: Method, uri: &str, body: &str) -> Request<Body> {
     let mut r = req(method, uri, Some(TOKEN), Body::from(body.to_owned()));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    r.headers_mut().insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
     r
 }
 
@@ -89,17 +75,8 @@ struct Answer {
 impl Answer {
     /// The `error` member of a JSON error body (asserting the body is exactly `{"error": "..."}`).
     fn error(&self) -> String {
-        let ct = self
-            .headers
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!(
-            ct.as_deref(),
-            Some("application/json"),
-            "status {} body {}",
-            self.status,
-            self.body
-        );
+        let ct = self.headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(ct.as_deref(), Some("application/json"), "status {} body {}", self.status, self.body);
         let v: serde_json::Value = serde_json::from_str(&self.body).unwrap();
         let obj = v.as_object().unwrap();
         assert_eq!(obj.len(), 1, "{}", self.body);
@@ -112,11 +89,7 @@ async fn send_to(app: Router, r: Request<Body>) -> Answer {
     let status = res.status();
     let headers = res.headers().clone();
     let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8(body.to_vec()).unwrap(),
-    }
+    Answer { status, headers, body: String::from_utf8(body.to_vec()).unwrap() }
 }
 
 async fn send(r: Request<Body>) -> Answer {
@@ -140,12 +113,7 @@ async fn every_other_route_needs_the_right_token() {
         (Method::GET, "/"),
     ];
     for (m, uri) in routes {
-        for token in [
-            None,
-            Some("wrong"),
-            Some(&TOKEN[1..]),
-            Some("0123456789abcdef0123456789abcdeF"),
-        ] {
+        for token in [None, Some("wrong"), Some(&TOKEN[1..]), Some("0123456789abcdef0123456789abcdeF")] {
             let a = send(req(m.clone(), uri, token, Body::empty())).await;
             assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{m} {uri} {token:?}");
             assert_eq!(a.error(), "unauthorized");
@@ -153,11 +121,8 @@ async fn every_other_route_needs_the_right_token() {
             assert!(!a.body.contains(TOKEN) && !a.body.contains("wrong"), "{}", a.body);
         }
     }
-    for (m, uri) in [
-        (Method::GET, "/metrics"),
-        (Method::GET, "/api/v1/status"),
-        (Method::GET, "/api/v1/connections/7"),
-    ] {
+    for (m, uri) in [(Method::GET, "/metrics"), (Method::GET, "/api/v1/status"), (Method::GET, "/api/v1/connections/7")]
+    {
         let a = send(req(m.clone(), uri, Some(TOKEN), Body::empty())).await;
         assert_eq!(a.status, StatusCode::OK, "{m} {uri}: {}", a.body);
     }
@@ -176,34 +141,19 @@ async fn status_has_identity_uptime_and_detail() {
 
 #[tokio::test]
 async fn malformed_or_mistyped_json_is_400_json() {
-    for body in [
-        "{\"mode\": ",
-        "not json",
-        "{\"mode\": 5}",
-        "{\"mode\": \"backup\", \"extra\": 1}",
-        "",
-    ] {
+    for body in ["{\"mode\": ", "not json", "{\"mode\": 5}", "{\"mode\": \"backup\", \"extra\": 1}", ""] {
         let a = send(json_req(Method::PATCH, "/api/v1/uplinks/dsl", body)).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body:?}: {}", a.body);
         assert!(!a.error().is_empty());
     }
     // Right JSON, wrong content type.
-    let a = send(req(
-        Method::PATCH,
-        "/api/v1/uplinks/dsl",
-        Some(TOKEN),
-        Body::from("{\"mode\":\"backup\"}"),
-    ))
-    .await;
+    let a = send(req(Method::PATCH, "/api/v1/uplinks/dsl", Some(TOKEN), Body::from("{\"mode\":\"backup\"}"))).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.error().contains("Content-Type"), "{}", a.body);
     // And the well-formed request works.
     let a = send(json_req(Method::PATCH, "/api/v1/uplinks/dsl", "{\"mode\":\"backup\"}")).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&a.body).unwrap()["mode"],
-        "backup"
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&a.body).unwrap()["mode"], "backup");
 }
 
 #[tokio::test]
@@ -240,27 +190,14 @@ async fn oversize_body_is_413_json_with_or_without_content_length() {
     assert_eq!(a.error(), format!("request body larger than {DEFAULT_MAX_BODY} bytes"));
 
     // Streamed (chunked) body: the limit hits while the handler reads it.
-    let chunks = big
-        .into_bytes()
-        .chunks(1000)
-        .map(|c| Ok::<_, io::Error>(c.to_vec()))
-        .collect::<Vec<_>>();
-    let r = req(
-        Method::POST,
-        "/api/v1/echo",
-        Some(TOKEN),
-        Body::from_stream(futures::stream::iter(chunks)),
-    );
+    let chunks = big.into_bytes().chunks(1000).map(|c| Ok::<_, io::Error>(c.to_vec())).collect::<Vec<_>>();
+    let r = req(Method::POST, "/api/v1/echo", Some(TOKEN), Body::from_stream(futures::stream::iter(chunks)));
     let a = send(r).await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", a.body);
     a.error();
 
     // Also through the JSON extractor.
-    let mut r = json_req(
-        Method::PATCH,
-        "/api/v1/uplinks/dsl",
-        &format!("{{\"mode\":\"{}\"}}", "b".repeat(70_000)),
-    );
+    let mut r = json_req(Method::PATCH, "/api/v1/uplinks/dsl", &format!("{{\"mode\":\"{}\"}}", "b".repeat(70_000)));
     r.headers_mut().remove(header::CONTENT_LENGTH);
     let a = send(r).await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", a.body);
@@ -282,18 +219,10 @@ async fn slow_request_is_408_json() {
 async fn limits_come_from_config() {
     let mut cfg = AdminConfig::<9124>::with_token_file("t");
     cfg.max_body_bytes = 10;
-    let app = AdminApp::new(
-        ProcessInfo::new("hag", "0"),
-        BearerToken::new(TOKEN).unwrap(),
-        Arc::new(()),
-    )
-    .limits(&cfg)
-    .router(api());
-    let a = send_to(
-        app,
-        req(Method::POST, "/api/v1/echo", Some(TOKEN), Body::from("01234567890")),
-    )
-    .await;
+    let app = AdminApp::new(ProcessInfo::new("hag", "0"), BearerToken::new(TOKEN).unwrap(), Arc::new(()))
+        .limits(&cfg)
+        .router(api());
+    let a = send_to(app, req(Method::POST, "/api/v1/echo", Some(TOKEN), Body::from("01234567890"))).await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(a.error(), "request body larger than 10 bytes");
 }
@@ -310,11 +239,7 @@ async fn metrics_are_valid_prometheus_text_with_process_and_daemon_families() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.headers.get(header::CONTENT_TYPE).unwrap(), metrics::CONTENT_TYPE);
     let fams = metrics::parse(&a.body).unwrap_or_else(|e| panic!("{e}\n{}", a.body));
-    let fam = |name: &str| {
-        fams.iter()
-            .find(|f| f.name == name)
-            .unwrap_or_else(|| panic!("{name} in {}", a.body))
-    };
+    let fam = |name: &str| fams.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("{name} in {}", a.body));
     assert_eq!(fam("hcpe_build_info").value(&[("version", "1.2.3")]), Some(1.0));
     assert_eq!(fam("hcpe_uptime_seconds").kind, "gauge");
     assert_eq!(fam("hcpe_admin_auth_failures_total").value(&[]), Some(2.0));
@@ -338,10 +263,7 @@ fn config_defaults_bare_addresses_and_unknown_fields() {
         "listen: ['::1', '10.0.0.1:8080']\ntoken_file: /etc/hag/t\nrequest_timeout: 2s\nmax_body_bytes: 1024\n",
     )
     .unwrap();
-    assert_eq!(
-        c.listen,
-        vec!["[::1]:9124".parse().unwrap(), "10.0.0.1:8080".parse().unwrap()]
-    );
+    assert_eq!(c.listen, vec!["[::1]:9124".parse().unwrap(), "10.0.0.1:8080".parse().unwrap()]);
     assert_eq!((c.request_timeout, c.max_body_bytes), (Duration::from_secs(2), 1024));
 
     let e = cfg::from_yaml_str::<Cfg>("token_file: t\ntoken: abc\n").unwrap_err();
@@ -351,10 +273,7 @@ fn config_defaults_bare_addresses_and_unknown_fields() {
     let e = cfg::from_yaml_str::<Cfg>("listen: ['nope']\ntoken_file: t\n").unwrap_err();
     assert_eq!(e.field(), Some("listen[0]"), "{e}");
 
-    let e = cfg::from_yaml_str::<Cfg>("listen: []\ntoken_file: t\n")
-        .unwrap()
-        .validate("admin")
-        .unwrap_err();
+    let e = cfg::from_yaml_str::<Cfg>("listen: []\ntoken_file: t\n").unwrap().validate("admin").unwrap_err();
     assert_eq!(e.field(), Some("admin.listen"), "{e}");
     let e = cfg::from_yaml_str::<Cfg>("listen: ['::1', '[::1]:9124']\ntoken_file: t\n")
         .unwrap()
@@ -378,9 +297,7 @@ async fn serve_answers_on_loopback_and_stops_on_shutdown() {
     }));
     for addr in &addrs {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -394,10 +311,7 @@ async fn serve_answers_on_loopback_and_stops_on_shutdown() {
 
 #[test]
 fn binding_a_taken_port_names_the_address() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _g = rt.enter();
     let first = bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
     let addr = first[0].local_addr().unwrap();
@@ -409,45 +323,24 @@ fn binding_a_taken_port_names_the_address() {
 
 #[tokio::test]
 async fn a_token_replaced_on_reload_applies_at_once() {
-    let app = AdminApp::new(
-        ProcessInfo::new("hcpe", "1"),
-        BearerToken::new(TOKEN).unwrap(),
-        Arc::new(()),
-    );
+    let app = AdminApp::new(ProcessInfo::new("hcpe", "1"), BearerToken::new(TOKEN).unwrap(), Arc::new(()));
     let auth = app.auth();
     let router = app.router(api());
-    let a = send_to(
-        router.clone(),
-        req(Method::GET, "/api/v1/status", Some(TOKEN), Body::empty()),
-    )
-    .await;
+    let a = send_to(router.clone(), req(Method::GET, "/api/v1/status", Some(TOKEN), Body::empty())).await;
     assert_eq!(a.status, StatusCode::OK);
     auth.set_token(BearerToken::new("another-token-0123456789").unwrap());
-    let a = send_to(
-        router.clone(),
-        req(Method::GET, "/api/v1/status", Some(TOKEN), Body::empty()),
-    )
-    .await;
+    let a = send_to(router.clone(), req(Method::GET, "/api/v1/status", Some(TOKEN), Body::empty())).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    let r = req(
-        Method::GET,
-        "/api/v1/status",
-        Some("another-token-0123456789"),
-        Body::empty(),
-    );
+    let r = req(Method::GET, "/api/v1/status", Some("another-token-0123456789"), Body::empty());
     assert_eq!(send_to(router, r).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn extra_public_paths_are_served_without_token_and_only_they() {
     let api = api().route("/", get(|| async { "status page" }));
-    let router = AdminApp::new(
-        ProcessInfo::new("hcpe", "1"),
-        BearerToken::new(TOKEN).unwrap(),
-        Arc::new(()),
-    )
-    .public_path("/")
-    .router(api);
+    let router = AdminApp::new(ProcessInfo::new("hcpe", "1"), BearerToken::new(TOKEN).unwrap(), Arc::new(()))
+        .public_path("/")
+        .router(api);
     let a = send_to(router.clone(), req(Method::GET, "/", None, Body::empty())).await;
     assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "status page"));
     for uri in ["/api/v1/status", "/index.html", "/metrics"] {
@@ -466,40 +359,26 @@ fn several_metric_sources_write_in_order() {
     }
     let mut w = MetricsWriter::new();
     vec![One("a"), One("b")].write_metrics(&mut w);
-    let names: Vec<_> = metrics::parse(w.as_str())
-        .unwrap()
-        .into_iter()
-        .map(|f| f.name)
-        .collect();
+    let names: Vec<_> = metrics::parse(w.as_str()).unwrap().into_iter().map(|f| f.name).collect();
     assert_eq!(names, ["a", "b"]);
 }
 
 #[tokio::test]
 async fn openapi_document_is_served_and_every_operation_in_it_is_routed() {
-    let app = AdminApp::new(
-        ProcessInfo::new("hcpe", "1.2.3"),
-        BearerToken::new(TOKEN).unwrap(),
-        Arc::new(()),
-    )
-    .openapi(serde_json::json!({ "paths": {
+    let app = AdminApp::new(ProcessInfo::new("hcpe", "1.2.3"), BearerToken::new(TOKEN).unwrap(), Arc::new(())).openapi(
+        serde_json::json!({ "paths": {
             "/api/v1/uplinks/{name}": { "patch": { "responses": {} } },
             "/api/v1/connections/{id}": { "get": { "responses": {} } },
             "/api/v1/echo": { "post": { "responses": {} } }
-        } }));
+        } }),
+    );
     let doc = app.openapi_document().clone();
     let router = app.router(api());
-    let a = send_to(
-        router.clone(),
-        req(Method::GET, openapi::PATH, Some(TOKEN), Body::empty()),
-    )
-    .await;
+    let a = send_to(router.clone(), req(Method::GET, openapi::PATH, Some(TOKEN), Body::empty())).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&a.body).unwrap(), doc);
     assert_eq!(openapi::operations(&doc).len(), 7);
-    assert_eq!(
-        openapi::missing_operations(&router, &doc, TOKEN, "0").await,
-        Vec::<String>::new()
-    );
+    assert_eq!(openapi::missing_operations(&router, &doc, TOKEN, "0").await, Vec::<String>::new());
 
     // A documented operation that is not routed, or a wrong method, is reported.
     let mut wrong = doc.clone();

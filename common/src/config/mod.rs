@@ -72,10 +72,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// A validation failure of `field` (dotted path) with a human reason.
     pub fn invalid(field: impl Into<String>, reason: impl Display) -> Self {
-        ConfigError::Field {
-            field: field.into(),
-            reason: reason.to_string(),
-        }
+        ConfigError::Field { field: field.into(), reason: reason.to_string() }
     }
 
     /// The field path this error is about, when it is about one.
@@ -106,19 +103,13 @@ pub fn from_yaml_str<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> 
         {
             reason = rest.to_owned();
         }
-        ConfigError::Field {
-            field: field_of(&path, &reason),
-            reason,
-        }
+        ConfigError::Field { field: field_of(&path, &reason), reason }
     })
 }
 
 /// Reads and parses the YAML config file at `path` (see [`from_yaml_str`]).
 pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     from_yaml_str(&text)
 }
 
@@ -128,11 +119,7 @@ fn field_of(path: &str, reason: &str) -> String {
     if let Some(rest) = reason.strip_prefix("missing field `")
         && let Some(name) = rest.split('`').next()
     {
-        return if path == "." {
-            name.to_owned()
-        } else {
-            format!("{path}.{name}")
-        };
+        return if path == "." { name.to_owned() } else { format!("{path}.{name}") };
     }
     path.to_owned()
 }
@@ -157,32 +144,17 @@ pub fn resolve_relative(config_path: &Path, p: &Path) -> PathBuf {
 /// The key must be at least [`MIN_KEY_LEN`] bytes.
 pub fn read_secret_key(field: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     use std::io::Read as _;
-    let key_file = |source| ConfigError::KeyFile {
-        field: field.to_owned(),
-        path: path.to_owned(),
-        source,
-    };
+    let key_file = |source| ConfigError::KeyFile { field: field.to_owned(), path: path.to_owned(), source };
     let file = std::fs::File::open(path).map_err(key_file)?;
     let mut raw = Vec::new();
-    file.take(MAX_KEY_FILE_LEN + 1)
-        .read_to_end(&mut raw)
-        .map_err(key_file)?;
-    let format = |reason: String| ConfigError::KeyFormat {
-        field: field.to_owned(),
-        path: path.to_owned(),
-        reason,
-    };
+    file.take(MAX_KEY_FILE_LEN + 1).read_to_end(&mut raw).map_err(key_file)?;
+    let format = |reason: String| ConfigError::KeyFormat { field: field.to_owned(), path: path.to_owned(), reason };
     if raw.len() as u64 > MAX_KEY_FILE_LEN {
-        return Err(format(format!(
-            "longer than {MAX_KEY_FILE_LEN} bytes; is this really a key file?"
-        )));
+        return Err(format(format!("longer than {MAX_KEY_FILE_LEN} bytes; is this really a key file?")));
     }
     let key = decode_key(raw);
     if key.len() < MIN_KEY_LEN {
-        return Err(format(format!(
-            "key is {} bytes, at least {MIN_KEY_LEN} are needed",
-            key.len()
-        )));
+        return Err(format(format!("key is {} bytes, at least {MIN_KEY_LEN} are needed", key.len())));
     }
     Ok(key)
 }
@@ -210,10 +182,7 @@ pub fn parse_addr_with_default_port(s: &str, default_port: u16) -> Result<Socket
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let bare = s
-        .strip_prefix('[')
-        .and_then(|r| r.strip_suffix(']'))
-        .unwrap_or(s);
+    let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
     match bare.parse::<IpAddr>() {
         Ok(ip) => Ok(SocketAddr::new(ip, default_port)),
         Err(_) => Err(format!(
@@ -232,9 +201,8 @@ pub mod duration {
 
     /// Deserializes a humantime duration string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a duration string like `30s` or `500ms`")
-        })?;
+        let s = String::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a duration string like `30s` or `500ms`"))?;
         super::parse_duration(&s).map_err(serde::de::Error::custom)
     }
 
@@ -279,16 +247,9 @@ mod tests {
 
     #[test]
     fn valid_document_parses() {
-        let doc: Doc =
-            from_yaml_str("listen: ['192.0.2.1:5124']\nlimits:\n  max: 3\n  idle: 90s\n").unwrap();
+        let doc: Doc = from_yaml_str("listen: ['192.0.2.1:5124']\nlimits:\n  max: 3\n  idle: 90s\n").unwrap();
         assert_eq!(doc.listen, vec!["192.0.2.1:5124".parse().unwrap()]);
-        assert_eq!(
-            doc.limits,
-            Limits {
-                max: 3,
-                idle: Duration::from_secs(90)
-            }
-        );
+        assert_eq!(doc.limits, Limits { max: 3, idle: Duration::from_secs(90) });
     }
 
     #[test]
@@ -326,22 +287,10 @@ mod tests {
 
     #[test]
     fn default_port_applies_to_bare_addresses() {
-        assert_eq!(
-            parse_addr_with_default_port("192.0.2.1", 5124).unwrap(),
-            "192.0.2.1:5124".parse().unwrap()
-        );
-        assert_eq!(
-            parse_addr_with_default_port("::", 5124).unwrap(),
-            "[::]:5124".parse().unwrap()
-        );
-        assert_eq!(
-            parse_addr_with_default_port("[2001:db8::1]", 5124).unwrap(),
-            "[2001:db8::1]:5124".parse().unwrap()
-        );
-        assert_eq!(
-            parse_addr_with_default_port("[::1]:99", 5124).unwrap(),
-            "[::1]:99".parse().unwrap()
-        );
+        assert_eq!(parse_addr_with_default_port("192.0.2.1", 5124).unwrap(), "192.0.2.1:5124".parse().unwrap());
+        assert_eq!(parse_addr_with_default_port("::", 5124).unwrap(), "[::]:5124".parse().unwrap());
+        assert_eq!(parse_addr_with_default_port("[2001:db8::1]", 5124).unwrap(), "[2001:db8::1]:5124".parse().unwrap());
+        assert_eq!(parse_addr_with_default_port("[::1]:99", 5124).unwrap(), "[::1]:99".parse().unwrap());
         assert!(parse_addr_with_default_port("example", 5124).is_err());
         assert!(parse_addr_with_default_port("192.0.2.1:99999", 5124).is_err());
     }
@@ -349,8 +298,7 @@ mod tests {
     struct TempFile(PathBuf);
     impl TempFile {
         fn new(name: &str, content: &[u8]) -> Self {
-            let p = std::env::temp_dir()
-                .join(format!("common-config-test-{}-{name}", std::process::id()));
+            let p = std::env::temp_dir().join(format!("common-config-test-{}-{name}", std::process::id()));
             std::fs::write(&p, content).unwrap();
             TempFile(p)
         }
@@ -363,10 +311,7 @@ mod tests {
 
     #[test]
     fn key_file_hex_is_decoded_and_trimmed() {
-        let f = TempFile::new(
-            "hex",
-            b"  00112233445566778899AABBCCDDEEFF00112233445566778899aabbccddeeff\n",
-        );
+        let f = TempFile::new("hex", b"  00112233445566778899AABBCCDDEEFF00112233445566778899aabbccddeeff\n");
         let key = read_secret_key("clients.a.key_file", &f.0).unwrap();
         assert_eq!(key.len(), 32);
         assert_eq!(key[..4], [0x00, 0x11, 0x22, 0x33]);
@@ -375,10 +320,7 @@ mod tests {
     #[test]
     fn key_file_text_is_trimmed_and_binary_is_kept() {
         let f = TempFile::new("text", b"correct horse battery staple\n");
-        assert_eq!(
-            read_secret_key("k", &f.0).unwrap(),
-            b"correct horse battery staple"
-        );
+        assert_eq!(read_secret_key("k", &f.0).unwrap(), b"correct horse battery staple");
         let mut bin = vec![0xffu8; 31];
         bin.push(b'\n');
         let f = TempFile::new("bin", &bin);
@@ -401,10 +343,7 @@ mod tests {
     #[test]
     fn relative_paths_follow_the_config_file() {
         let cfg = Path::new("/etc/hag/hag.yaml");
-        assert_eq!(
-            resolve_relative(cfg, Path::new("keys/a.key")),
-            Path::new("/etc/hag/keys/a.key")
-        );
+        assert_eq!(resolve_relative(cfg, Path::new("keys/a.key")), Path::new("/etc/hag/keys/a.key"));
         assert_eq!(resolve_relative(cfg, Path::new("/k")), Path::new("/k"));
     }
 }

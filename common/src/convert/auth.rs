@@ -99,9 +99,7 @@ pub fn sign(key: &[u8], message: &mut [u8]) -> Result<(), AuthError> {
 /// Checks the MAC of `raw_message`, which must be exactly the bytes [`super::decode`] consumed.
 pub fn verify_mac(key: &[u8], raw_message: &[u8]) -> Result<(), AuthError> {
     let at = mac_offset(raw_message)?;
-    mac_state(key, raw_message, at)
-        .verify_slice(&raw_message[at..at + al::MAC_LEN])
-        .map_err(|_| AuthError::BadMac)
+    mac_state(key, raw_message, at).verify_slice(&raw_message[at..at + al::MAC_LEN]).map_err(|_| AuthError::BadMac)
 }
 
 /// 16 random bytes from the OS, for [`signed_request`].

@@ -15,9 +15,7 @@
 pub mod auth;
 mod wire;
 
-pub use wire::{
-    Auth, Connect, DecodeError, Decoded, EncodeError, ErrorCode, Message, Tlv, decode, parse,
-};
+pub use wire::{Auth, Connect, DecodeError, Decoded, EncodeError, ErrorCode, Message, Tlv, decode, parse};
 
 /// The only protocol version defined by RFC 8803.
 pub const VERSION: u8 = 1;

@@ -44,10 +44,7 @@ fn golden_info() {
 #[test]
 fn golden_connect_ipv4_is_v4_mapped_on_the_wire() {
     let remote = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 443));
-    golden(
-        &h("01062263 0a0501bb 00000000 00000000 0000ffff c0000201"),
-        &Message::connect_request(remote),
-    );
+    golden(&h("01062263 0a0501bb 00000000 00000000 0000ffff c0000201"), &Message::connect_request(remote));
 }
 
 #[test]
@@ -138,7 +135,12 @@ fn golden_signed_connect_auth_request() {
 
     let value = msg(vec![
         Tlv::Connect(Connect { remote, options: vec![] }),
-        Tlv::Auth(Auth { timestamp: TS, nonce: NONCE, mac: mac.clone().try_into().unwrap(), cpe_id: "cpe-0001".into() }),
+        Tlv::Auth(Auth {
+            timestamp: TS,
+            nonce: NONCE,
+            mac: mac.clone().try_into().unwrap(),
+            cpe_id: "cpe-0001".into(),
+        }),
     ]);
     golden(&signed, &value);
     assert_eq!(value.auth().unwrap().cpe_id, "cpe-0001");
@@ -233,8 +235,9 @@ fn malformed_header_and_tlv_framing() {
 #[test]
 fn malformed_auth_tlv() {
     use ErrorCode::MalformedMessage as M;
-    let signed = auth::signed_request(KEY, SocketAddr::from((Ipv4Addr::new(192, 0, 2, 10), 443)), "cpe-0001", TS, NONCE)
-        .unwrap();
+    let signed =
+        auth::signed_request(KEY, SocketAddr::from((Ipv4Addr::new(192, 0, 2, 10), 443)), "cpe-0001", TS, NONCE)
+            .unwrap();
     let auth_at = 24;
     let id_len_at = auth_at + 60;
     for bad_len in [0u8, 12, 65, 255] {

@@ -312,9 +312,7 @@ fn parse_tlv(kind: u8, bytes: &[u8], offset: usize) -> Result<Tlv, DecodeError> 
                 Some(v4) => IpAddr::V4(v4),
                 None => IpAddr::V6(ip6),
             };
-            let options = tcp_options_without_padding(after(20))
-                .ok_or(DecodeError::BadTcpOptions { offset })?
-                .to_vec();
+            let options = tcp_options_without_padding(after(20)).ok_or(DecodeError::BadTcpOptions { offset })?.to_vec();
             Tlv::Connect(Connect { remote: SocketAddr::new(ip, port), options })
         }
         tlv_type::EXTENDED_TCP_HEADER => Tlv::ExtendedTcpHeader { options: after(4).to_vec() },
@@ -337,7 +335,9 @@ fn parse_tlv(kind: u8, bytes: &[u8], offset: usize) -> Result<Tlv, DecodeError> 
 
 fn parse_auth(bytes: &[u8], offset: usize) -> Result<Auth, DecodeError> {
     let bad_len = DecodeError::BadCpeIdLength { offset };
-    let Some(&id_len) = bytes.get(al::ID_LEN) else { return Err(DecodeError::BadTlvLength { kind: tlv_type::AUTH, offset }) };
+    let Some(&id_len) = bytes.get(al::ID_LEN) else {
+        return Err(DecodeError::BadTlvLength { kind: tlv_type::AUTH, offset });
+    };
     let id_len = usize::from(id_len);
     if !(1..=al::MAX_ID_LEN).contains(&id_len) || bytes.len() != pad4(al::ID + id_len) {
         return Err(bad_len);

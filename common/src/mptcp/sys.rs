@@ -126,7 +126,12 @@ unsafe impl Pod for libc::tcp_info {}
 unsafe impl Pod for libc::c_int {}
 
 /// `getsockopt(fd, level, name, value)`; returns how many bytes the kernel wrote.
-pub fn getsockopt_into<T: Pod>(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: &mut T) -> io::Result<usize> {
+pub fn getsockopt_into<T: Pod>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &mut T,
+) -> io::Result<usize> {
     let mut len = std::mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` is a valid, writable `T` of `len` bytes; `T: Pod` so any bytes the kernel writes
     // form a valid `T`; the kernel writes at most `len` bytes and reports the count in `len`.

@@ -28,7 +28,12 @@ fn loopback_up() {
         }
         assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0, "SIOCGIFFLAGS");
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req), 0, "SIOCSIFFLAGS: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req),
+            0,
+            "SIOCSIFFLAGS: {}",
+            std::io::Error::last_os_error()
+        );
         libc::close(fd);
     }
 }
@@ -186,8 +191,8 @@ fn plain_tcp_peers_read_as_not_mptcp() {
         assert_eq!(info(&client).unwrap(), None);
 
         // MPTCP client -> plain TCP listener: the socket stays MPTCP but the connection fell back.
-        let tcp = listen_with("127.0.0.1:0".parse().unwrap(), &ListenOptions { mptcp: false, ..Default::default() })
-            .unwrap();
+        let tcp =
+            listen_with("127.0.0.1:0".parse().unwrap(), &ListenOptions { mptcp: false, ..Default::default() }).unwrap();
         let (client, _, _server) = pair(&tcp, b"", &plain()).await;
         assert!(is_mptcp_socket(&client));
         assert_eq!(info(&client).unwrap(), None);

@@ -16,8 +16,7 @@ use futures::Stream;
 use futures::channel::mpsc::UnboundedReceiver;
 use genetlink::message::RawGenlMessage;
 use netlink_packet_core::{
-    DecodeError, NetlinkMessage, NetlinkPayload, NlasIterator, parse_i32, parse_u8, parse_u16, parse_u16_be,
-    parse_u32,
+    DecodeError, NetlinkMessage, NetlinkPayload, NlasIterator, parse_i32, parse_u8, parse_u16, parse_u16_be, parse_u32,
 };
 use netlink_sys::SocketAddr as NlSocketAddr;
 

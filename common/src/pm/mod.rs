@@ -26,9 +26,7 @@ use std::ops::{BitOr, BitOrAssign};
 
 use futures::StreamExt;
 use genetlink::{GenetlinkError, GenetlinkHandle};
-use netlink_packet_core::{
-    DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{DecodeError, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_generic::GenlMessage;
 use netlink_sys::AsyncSocket;
 

@@ -150,17 +150,22 @@ fn events_follow_an_mptcp_connection_over_loopback() {
         let client_addr = client.local_addr().unwrap();
 
         let is_client = |c: &ConnectionEvent| !c.server_side && c.local == client_addr && c.remote == server_addr;
-        let created = wait_for(&mut events, "client CREATED", |e| matches!(e, PmEvent::Created(c) if is_client(c))).await;
+        let created =
+            wait_for(&mut events, "client CREATED", |e| matches!(e, PmEvent::Created(c) if is_client(c))).await;
         let PmEvent::Created(created) = created else { unreachable!() };
         let token = created.token;
         assert_ne!(token, 0);
-        wait_for(&mut events, "client ESTABLISHED", |e| {
-            matches!(e, PmEvent::Established(c) if c.token == token && is_client(c))
-        })
+        wait_for(
+            &mut events,
+            "client ESTABLISHED",
+            |e| matches!(e, PmEvent::Established(c) if c.token == token && is_client(c)),
+        )
         .await;
-        let sub = wait_for(&mut events, "SUB_ESTABLISHED from endpoint 127.0.0.2", |e| {
-            matches!(e, PmEvent::SubflowEstablished(s) if s.token == token)
-        })
+        let sub = wait_for(
+            &mut events,
+            "SUB_ESTABLISHED from endpoint 127.0.0.2",
+            |e| matches!(e, PmEvent::SubflowEstablished(s) if s.token == token),
+        )
         .await;
         let PmEvent::SubflowEstablished(sub) = sub else { unreachable!() };
         assert_eq!((sub.local.ip(), sub.local_id, sub.remote), (LOCAL2, id2, server_addr));

@@ -15,9 +15,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, Emitable, ErrorContext, ErrorMessage, NLA_F_NESTED, NLM_F_ACK_TLVS, NLM_F_CAPPED,
-    Nla, NlaBuffer, NlasIterator, Parseable, ParseableParametrized, emit_i32, emit_u16, emit_u32, parse_i32,
-    parse_string, parse_u8, parse_u16, parse_u32,
+    DecodeError, DefaultNla, Emitable, ErrorContext, ErrorMessage, NLA_F_NESTED, NLM_F_ACK_TLVS, NLM_F_CAPPED, Nla,
+    NlaBuffer, NlasIterator, Parseable, ParseableParametrized, emit_i32, emit_u16, emit_u32, parse_i32, parse_string,
+    parse_u8, parse_u16, parse_u32,
 };
 use netlink_packet_generic::{GenlFamily, GenlHeader};
 
@@ -245,9 +245,7 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for PmAttr {
             PM_ATTR_SUBFLOWS => PmAttr::Subflows(parse_u32(v).context("MPTCP_PM_ATTR_SUBFLOWS")?),
             PM_ATTR_TOKEN => PmAttr::Token(parse_u32(v).context("MPTCP_PM_ATTR_TOKEN")?),
             PM_ATTR_LOC_ID => PmAttr::LocId(parse_u8(v).context("MPTCP_PM_ATTR_LOC_ID")?),
-            PM_ATTR_ADDR_REMOTE => {
-                PmAttr::AddrRemote(parse_addr_attrs(v).context("MPTCP_PM_ATTR_ADDR_REMOTE")?)
-            }
+            PM_ATTR_ADDR_REMOTE => PmAttr::AddrRemote(parse_addr_attrs(v).context("MPTCP_PM_ATTR_ADDR_REMOTE")?),
             _ => PmAttr::Other(DefaultNla::parse(buf)?),
         })
     }
@@ -489,8 +487,9 @@ mod tests {
     #[test]
     fn truncated_or_garbage_attributes_are_errors_not_panics() {
         // Nested ADDR claiming 44 bytes with only 8 present.
-        assert!(PmMessage::parse_with_param(&[0x2c, 0, 1, 0x80, 6, 0, 1, 0], GenlHeader { cmd: 1, version: 1 })
-            .is_err());
+        assert!(
+            PmMessage::parse_with_param(&[0x2c, 0, 1, 0x80, 6, 0, 1, 0], GenlHeader { cmd: 1, version: 1 }).is_err()
+        );
         // ADDR4 of 3 bytes.
         let bad = [0x0c, 0, 1, 0x80, 0x07, 0, 3, 0, 1, 2, 3, 0];
         assert!(PmMessage::parse_with_param(&bad, GenlHeader { cmd: 1, version: 1 }).is_err());

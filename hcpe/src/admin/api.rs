@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Weak};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
 use std::time::UNIX_EPOCH;
 
 use axum::extract::State;
@@ -150,8 +150,14 @@ impl UplinkView {
 
 /// Every uplink now: the uplink manager's state (or, without one, the config's), joined with the volume.
 pub fn uplinks_view(state: &ApiState) -> Vec<UplinkView> {
-    let mut volumes: HashMap<String, VolumeStatus> =
-        state.volume.as_ref().map(|v| v.snapshot()).unwrap_or_default().into_iter().map(|v| (v.name.clone(), v)).collect();
+    let mut volumes: HashMap<String, VolumeStatus> = state
+        .volume
+        .as_ref()
+        .map(|v| v.snapshot())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| (v.name.clone(), v))
+        .collect();
     let statuses = match &state.uplinks {
         Some(c) => c.snapshot(),
         None => state
@@ -335,8 +341,10 @@ pub async fn connection_views(state: &ApiState, conns: Vec<Arc<Connection>>) -> 
         .flat_map(|u| u.addresses.into_iter().map(move |a| (a, u.name.clone())))
         .collect();
     tokio::task::spawn_blocking(move || {
-        let full: Vec<Option<mptcp::FullInfo>> =
-            conns.iter().map(|c| c.hag.get().and_then(Weak::upgrade).and_then(|s| mptcp::full_info(&*s).ok().flatten())).collect();
+        let full: Vec<Option<mptcp::FullInfo>> = conns
+            .iter()
+            .map(|c| c.hag.get().and_then(Weak::upgrade).and_then(|s| mptcp::full_info(&*s).ok().flatten()))
+            .collect();
         let ports: Vec<u16> =
             full.iter().flatten().flat_map(|f| f.subflows.iter().filter_map(|s| s.remote.map(|r| r.port()))).collect();
         let diag = subflow_diag::by_remote_port(&ports).unwrap_or_else(|e| {

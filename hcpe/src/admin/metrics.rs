@@ -50,7 +50,11 @@ impl Metrics for HcpeMetrics {
         let c = &self.state.conns.counters;
         let open = self.state.conns.connections.snapshot();
         w.gauge("connections_open", "LAN connections open now.", open.len() as u64);
-        w.counter("connections_accepted_total", "LAN connections accepted on the TUN listeners.", c.accepted.load(Relaxed));
+        w.counter(
+            "connections_accepted_total",
+            "LAN connections accepted on the TUN listeners.",
+            c.accepted.load(Relaxed),
+        );
         w.family("connections_total", "LAN connections by how they were carried.", MetricType::Counter)
             .sample(&[("via", "hag")], c.converted.load(Relaxed))
             .sample(&[("via", "direct")], c.fallback_direct.load(Relaxed));
@@ -100,12 +104,16 @@ impl Metrics for HcpeMetrics {
             "Connections closed through the admin API.",
             c.closed_by_admin.load(Relaxed),
         );
-        w.family("bytes_total", "Bytes relayed by finished connections (up = LAN to destination).", MetricType::Counter)
-            .sample(&[("direction", "up")], c.bytes_up.load(Relaxed))
-            .sample(&[("direction", "down")], c.bytes_down.load(Relaxed));
-        let (up, down) = open.iter().fold((0u64, 0u64), |(u, d), c| {
-            (u + c.counters.a_to_b.load(Relaxed), d + c.counters.b_to_a.load(Relaxed))
-        });
+        w.family(
+            "bytes_total",
+            "Bytes relayed by finished connections (up = LAN to destination).",
+            MetricType::Counter,
+        )
+        .sample(&[("direction", "up")], c.bytes_up.load(Relaxed))
+        .sample(&[("direction", "down")], c.bytes_down.load(Relaxed));
+        let (up, down) = open
+            .iter()
+            .fold((0u64, 0u64), |(u, d), c| (u + c.counters.a_to_b.load(Relaxed), d + c.counters.b_to_a.load(Relaxed)));
         w.family("open_connection_bytes", "Bytes relayed so far by the connections still open.", MetricType::Gauge)
             .sample(&[("direction", "up")], up)
             .sample(&[("direction", "down")], down);
@@ -154,7 +162,11 @@ impl HcpeMetrics {
             }
         }
         {
-            let mut f = w.family("uplink_mptcp_join_failures_total", "MPTCP joins over the uplink that failed.", MetricType::Counter);
+            let mut f = w.family(
+                "uplink_mptcp_join_failures_total",
+                "MPTCP joins over the uplink that failed.",
+                MetricType::Counter,
+            );
             for u in &ups {
                 f.sample(&[("uplink", &u.name)], u.mptcp.join_failures);
             }
@@ -196,7 +208,8 @@ impl HcpeMetrics {
             }
         }
         {
-            let mut f = w.family("uplink_loss_ratio", "Missed fraction of the recent probes (0..1).", MetricType::Gauge);
+            let mut f =
+                w.family("uplink_loss_ratio", "Missed fraction of the recent probes (0..1).", MetricType::Gauge);
             for u in &ups {
                 if let Some(l) = u.loss {
                     f.sample(&[("uplink", &u.name)], l);
@@ -253,7 +266,11 @@ impl HcpeMetrics {
             }
         }
         {
-            let mut f = w.family("uplink_quota_bytes", "The uplink's quota per period (only uplinks with one).", MetricType::Gauge);
+            let mut f = w.family(
+                "uplink_quota_bytes",
+                "The uplink's quota per period (only uplinks with one).",
+                MetricType::Gauge,
+            );
             for u in &ups {
                 if let Some(q) = u.volume.as_ref().and_then(|v| v.quota_bytes) {
                     f.sample(&[("uplink", &u.name)], q);
@@ -281,8 +298,11 @@ impl HcpeMetrics {
             }
         }
         if let Some(control) = &self.state.uplinks {
-            let mut f =
-                w.family("uplink_mode_changes_total", "Uplink mode changes since start, by reason.", MetricType::Counter);
+            let mut f = w.family(
+                "uplink_mode_changes_total",
+                "Uplink mode changes since start, by reason.",
+                MetricType::Counter,
+            );
             for (reason, n) in control.mode_changes() {
                 f.sample(&[("reason", reason.as_str())], n);
             }

@@ -159,8 +159,8 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     cmp("hag.cpe_id", old.cpe_id.clone(), new.cpe_id.clone());
     cmp("hag.key_file", hex(&old.key.0), hex(&new.key.0));
     cmp("hag.fastopen", d(&old.fastopen), d(&new.fastopen));
-    let same_names = old.uplinks.len() == new.uplinks.len()
-        && old.uplinks.iter().zip(&new.uplinks).all(|(a, b)| a.name == b.name);
+    let same_names =
+        old.uplinks.len() == new.uplinks.len() && old.uplinks.iter().zip(&new.uplinks).all(|(a, b)| a.name == b.name);
     if same_names {
         for (i, (a, b)) in old.uplinks.iter().zip(&new.uplinks).enumerate() {
             cmp(&format!("uplinks[{i}].mode"), d(&a.mode), d(&b.mode));

@@ -82,7 +82,8 @@ pub fn rank(uplinks: &[View]) -> Vec<usize> {
         Role::Primary => 0,
         Role::Secondary => 1,
     };
-    let mut order: Vec<usize> = (0..uplinks.len()).filter(|i| uplinks[*i].has_source && uplinks[*i].mode != Mode::Off).collect();
+    let mut order: Vec<usize> =
+        (0..uplinks.len()).filter(|i| uplinks[*i].has_source && uplinks[*i].mode != Mode::Off).collect();
     order.sort_by_key(|i| {
         let u = &uplinks[*i];
         (!u.usable(), u.trial, mode_rank(u.mode), u.stripped, role_rank(u.role), *i)
@@ -101,7 +102,8 @@ mod tests {
     use HealthState::{Down, Unknown, Up};
 
     const SUB: Option<EndpointFlags> = Some(EndpointFlags::SUBFLOW);
-    const BAK: Option<EndpointFlags> = Some(EndpointFlags::from_bits(EndpointFlags::SUBFLOW.bits() | EndpointFlags::BACKUP.bits()));
+    const BAK: Option<EndpointFlags> =
+        Some(EndpointFlags::from_bits(EndpointFlags::SUBFLOW.bits() | EndpointFlags::BACKUP.bits()));
 
     fn v(role: Role, mode: Mode, health: HealthState) -> View {
         View { role, mode, health, trial: false, stripped: false, joins_blocked: false, has_source: true }

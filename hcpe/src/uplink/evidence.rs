@@ -254,7 +254,13 @@ mod tests {
     use HealthState::{Down, Unknown, Up};
 
     fn tcp(state: u8, quiet_ms: u32) -> SubflowTcp {
-        SubflowTcp { state, rtt_us: 20_000, last_data_recv_ms: quiet_ms, last_ack_recv_ms: quiet_ms, ..Default::default() }
+        SubflowTcp {
+            state,
+            rtt_us: 20_000,
+            last_data_recv_ms: quiet_ms,
+            last_ack_recv_ms: quiet_ms,
+            ..Default::default()
+        }
     }
     fn est(uplink: usize, conn: u32, quiet_ms: u32) -> Sample {
         Sample { uplink, conn, tcp: tcp(SubflowTcp::ESTABLISHED, quiet_ms) }

@@ -76,7 +76,13 @@ fn link_event(l: &LinkMessage, exists: bool) -> LinkEvent {
         _ => None,
     });
     let carrier = exists && carrier::has_carrier(l.header.flags);
-    LinkEvent::Link { ifindex: l.header.index, name, carrier, gone: !exists, point_to_point: point_to_point(l.header.flags) }
+    LinkEvent::Link {
+        ifindex: l.header.index,
+        name,
+        carrier,
+        gone: !exists,
+        point_to_point: point_to_point(l.header.flags),
+    }
 }
 
 /// Whether an interface with these flags has no link-layer neighbours (a route out of it needs no gateway).
@@ -113,7 +119,8 @@ pub fn pick_gateway(routes: &[RouteMessage], ifindex: u32) -> Option<IpAddr> {
         .iter()
         .filter_map(|r| {
             let (oif, gw) = foreign_main_default(r)?;
-            let metric = r.attributes.iter().find_map(|a| if let RouteAttribute::Priority(p) = a { Some(*p) } else { None });
+            let metric =
+                r.attributes.iter().find_map(|a| if let RouteAttribute::Priority(p) = a { Some(*p) } else { None });
             (oif == ifindex).then_some((metric.unwrap_or(0), gw?))
         })
         .min_by_key(|(metric, _)| *metric)
@@ -153,7 +160,10 @@ pub fn usable_address(m: &AddressMessage) -> Option<IpAddr> {
 }
 
 /// The usable addresses of interface `ifindex`, in the kernel's order (primary first).
-pub async fn addresses(handle: &rtnetlink::Handle, ifindex: u32) -> Result<(Vec<Ipv4Addr>, Vec<Ipv6Addr>), rtnetlink::Error> {
+pub async fn addresses(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+) -> Result<(Vec<Ipv4Addr>, Vec<Ipv6Addr>), rtnetlink::Error> {
     let msgs: Vec<AddressMessage> =
         handle.address().get().set_link_index_filter(ifindex).execute().try_collect().await?;
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
@@ -227,9 +237,27 @@ mod tests {
         link.header.flags = LinkFlags::Up | LinkFlags::LowerUp | LinkFlags::Running;
         link.attributes.push(LinkAttribute::IfName("lte0".into()));
         let msg = NetlinkMessage::from(RouteNetlinkMessage::NewLink(link.clone()));
-        assert_eq!(classify(&msg), Some(LinkEvent::Link { ifindex: 4, name: Some("lte0".into()), carrier: true, gone: false, point_to_point: false }));
+        assert_eq!(
+            classify(&msg),
+            Some(LinkEvent::Link {
+                ifindex: 4,
+                name: Some("lte0".into()),
+                carrier: true,
+                gone: false,
+                point_to_point: false
+            })
+        );
         let msg = NetlinkMessage::from(RouteNetlinkMessage::DelLink(link.clone()));
-        assert_eq!(classify(&msg), Some(LinkEvent::Link { ifindex: 4, name: Some("lte0".into()), carrier: false, gone: true, point_to_point: false }));
+        assert_eq!(
+            classify(&msg),
+            Some(LinkEvent::Link {
+                ifindex: 4,
+                name: Some("lte0".into()),
+                carrier: false,
+                gone: true,
+                point_to_point: false
+            })
+        );
         link.header.flags = LinkFlags::Up;
         let msg = NetlinkMessage::from(RouteNetlinkMessage::NewLink(link));
         assert!(matches!(classify(&msg), Some(LinkEvent::Link { carrier: false, gone: false, .. })), "no carrier");

@@ -328,12 +328,14 @@ fn log_path_change(uplink: &str, change: mptcp_path::Change) {
     let retry = mptcp_path::RETRY;
     match change {
         Change::Stripped => warn!(
-            uplink, ?retry,
+            uplink,
+            ?retry,
             "MPTCP stripped on the uplink: its connections fall back to plain TCP; new connections start on another uplink first"
         ),
         Change::MptcpWorks => info!(uplink, "MPTCP works on the uplink again"),
         Change::JoinsFail => warn!(
-            uplink, ?retry,
+            uplink,
+            ?retry,
             "MPTCP joins over the uplink fail (MPTCP option stripped?): its endpoint is withdrawn, no aggregation over it"
         ),
         Change::JoinsWork => info!(uplink, "MPTCP joins over the uplink work again"),
@@ -379,7 +381,11 @@ impl UplinkControl {
                 role: u.role,
                 mode: l.mode,
                 state: l.health,
-                health_source: if s.from_subflows.load(Relaxed) { HealthSource::Subflows } else { HealthSource::Probes },
+                health_source: if s.from_subflows.load(Relaxed) {
+                    HealthSource::Subflows
+                } else {
+                    HealthSource::Probes
+                },
                 trial: l.trial,
                 mptcp: l.path,
                 health: l.probe.as_ref().map(|rx| rx.borrow().clone()),
@@ -405,7 +411,13 @@ impl UplinkControl {
         let i = self.shared.index(name).ok_or_else(|| SetModeError::UnknownUplink(name.to_owned()))?;
         let previous = std::mem::replace(&mut self.shared.live_mut()[i].mode, mode);
         if previous != mode {
-            info!(uplink = name, from = previous.as_str(), to = mode.as_str(), reason = reason.as_str(), "uplink mode changed");
+            info!(
+                uplink = name,
+                from = previous.as_str(),
+                to = mode.as_str(),
+                reason = reason.as_str(),
+                "uplink mode changed"
+            );
             let k = ModeReason::ALL.iter().position(|r| *r == reason).expect("listed");
             self.shared.mode_changes[k].fetch_add(1, Relaxed);
         }
@@ -1033,7 +1045,11 @@ impl Driver {
         let live = self.shared.live();
         live.iter()
             .enumerate()
-            .map(|(i, l)| evidence::Input { probed: self.slots[i].is_some(), probe: l.probe_health, carrier: self.carrier[i] })
+            .map(|(i, l)| evidence::Input {
+                probed: self.slots[i].is_some(),
+                probe: l.probe_health,
+                carrier: self.carrier[i],
+            })
             .collect()
     }
 
@@ -1041,11 +1057,8 @@ impl Driver {
     /// force; whether any changed.
     fn evaluate(&mut self, evidence: Option<Vec<evidence::Evidence>>) -> bool {
         let inputs = self.fallback_inputs();
-        self.answered |= self
-            .shared
-            .live()
-            .iter()
-            .any(|l| l.probe.as_ref().is_some_and(|rx| rx.borrow().stats.replies > 0));
+        self.answered |=
+            self.shared.live().iter().any(|l| l.probe.as_ref().is_some_and(|rx| rx.borrow().stats.replies > 0));
         let was_active = self.fallback.active();
         let verdicts = self.fallback.update(now_std(), &inputs, self.answered, evidence);
         let active = self.fallback.active();
@@ -1053,7 +1066,9 @@ impl Driver {
             self.shared.from_subflows.store(active, Relaxed);
             if active {
                 self.shared.subflow_fallbacks.fetch_add(1, Relaxed);
-                warn!("probes unanswered on every uplink: health from subflows (UDP to hag filtered, or its probe responder down?)");
+                warn!(
+                    "probes unanswered on every uplink: health from subflows (UDP to hag filtered, or its probe responder down?)"
+                );
             } else {
                 info!("a probe was answered again: health from probes");
             }
@@ -1079,7 +1094,8 @@ impl Driver {
     /// One `sock_diag` dump of the subflows towards hag's port, attributed to uplinks by local address, judged.
     async fn sample_subflows(&self) -> Option<Vec<evidence::Evidence>> {
         let port = self.shared.hag.port();
-        let diag = match tokio::task::spawn_blocking(move || common::admin::subflow_diag::by_remote_port(&[port])).await {
+        let diag = match tokio::task::spawn_blocking(move || common::admin::subflow_diag::by_remote_port(&[port])).await
+        {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {
                 warn!(error = %e, "reading the subflows (sock_diag)");
@@ -1120,7 +1136,10 @@ impl Driver {
                 (Some(src), None) => match self.start_prober(i, src) {
                     Ok(slot) => self.slots[i] = Some(slot),
                     Err(e) => {
-                        first_err.get_or_insert(UplinkError::Probe { uplink: self.shared.uplinks[i].name.clone(), source: e });
+                        first_err.get_or_insert(UplinkError::Probe {
+                            uplink: self.shared.uplinks[i].name.clone(),
+                            source: e,
+                        });
                     }
                 },
                 (None, Some(_)) => {
@@ -1270,7 +1289,9 @@ impl Driver {
                     self.main_default[k] = want;
                     self.main_owned[k] = want.is_some();
                 }
-                Err(e) => warn!(family, error = %e, "main default route (routing.default_route: false if the system manages it)"),
+                Err(e) => {
+                    warn!(family, error = %e, "main default route (routing.default_route: false if the system manages it)")
+                }
             }
         }
     }

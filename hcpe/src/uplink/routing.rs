@@ -100,7 +100,8 @@ pub async fn set_main_default(
     ifindex: u32,
     replace: bool,
 ) -> Result<(), NetError> {
-    let family_of: IpAddr = if v4 { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    let family_of: IpAddr =
+        if v4 { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
     let r = UplinkRoute { source: family_of, gateway, ifindex, table: MAIN_TABLE, priority: 0 };
     let msg = default_route_message(&r);
     let what = format!("setting the main default route via {gateway:?} dev {ifindex}");

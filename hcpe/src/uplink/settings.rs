@@ -215,11 +215,15 @@ uplinks:
 
     #[test]
     fn explicit_role_mode_table_and_probe_timers() {
-        let text = BASE.replace("interface: lte0", "interface: lte0\n    role: primary\n    mode: backup\n    table: 200")
+        let text = BASE
+            .replace("interface: lte0", "interface: lte0\n    role: primary\n    mode: backup\n    table: 200")
             + "probe: { interval: 100ms, down_after: 2, up_after: 5 }\n";
         let c = parse(&text).unwrap();
         assert_eq!((c.uplinks[1].role, c.uplinks[1].mode, c.uplinks[1].table), (Role::Primary, Mode::Backup, 200));
-        assert_eq!(c.probe, ProbeFile { enabled: true, interval: Duration::from_millis(100), down_after: 2, up_after: 5 });
+        assert_eq!(
+            c.probe,
+            ProbeFile { enabled: true, interval: Duration::from_millis(100), down_after: 2, up_after: 5 }
+        );
         for mode in ["active", "backup", "standby", "off"] {
             let t = BASE.replace("interface: lte0", &format!("interface: lte0\n    mode: {mode}"));
             assert_eq!(parse(&t).unwrap().uplinks[1].mode.as_str(), mode);

@@ -70,7 +70,11 @@ fn set_mode_changes_the_endpoint_table_live_and_shutdown_empties_it() {
 
         assert_eq!(ctl.set_mode("lte", Mode::Off, ModeReason::Admin).await.unwrap(), Mode::Standby);
         let snap = ctl.snapshot();
-        assert_eq!((snap[1].mode, snap[1].endpoint, snap[1].health.is_none()), (Mode::Off, None, true), "off: not probed");
+        assert_eq!(
+            (snap[1].mode, snap[1].endpoint, snap[1].health.is_none()),
+            (Mode::Off, None, true),
+            "off: not probed"
+        );
         assert_eq!(snap[1].addresses, vec![LTE]);
 
         // The primary off: the lte uplink (active again) starts new connections and has the only endpoint.
@@ -138,25 +142,31 @@ fn backup_mode_reaches_the_peer_of_a_running_connection_by_mp_prio() {
         // lte subflow from the endpoint.
         let MptcpPair { listener: _listener, server_addr, client, server } = mptcp_pair(Some(DSL)).await;
 
-        let sub = wait_for(&mut events, "SUB_ESTABLISHED from the lte endpoint", |e| {
-            matches!(e, PmEvent::SubflowEstablished(s) if s.local.ip() == LTE && !s.backup)
-        })
+        let sub = wait_for(
+            &mut events,
+            "SUB_ESTABLISHED from the lte endpoint",
+            |e| matches!(e, PmEvent::SubflowEstablished(s) if s.local.ip() == LTE && !s.backup),
+        )
         .await;
         let PmEvent::SubflowEstablished(sub) = sub else { unreachable!() };
 
         ctl.set_mode("lte", Mode::Backup, ModeReason::Admin).await.unwrap();
         // The server side (hag's role) learns the new priority from MP_PRIO on its subflow.
-        let prio = wait_for(&mut events, "server-side SUB_PRIORITY backup", |e| {
-            matches!(e, PmEvent::SubflowPriority(s) if s.backup && s.remote == sub.local)
-        })
+        let prio = wait_for(
+            &mut events,
+            "server-side SUB_PRIORITY backup",
+            |e| matches!(e, PmEvent::SubflowPriority(s) if s.backup && s.remote == sub.local),
+        )
         .await;
         let PmEvent::SubflowPriority(prio) = prio else { unreachable!() };
         assert_eq!(prio.local, server_addr, "{prio:?}");
 
         ctl.set_mode("lte", Mode::Active, ModeReason::Admin).await.unwrap();
-        wait_for(&mut events, "server-side SUB_PRIORITY active", |e| {
-            matches!(e, PmEvent::SubflowPriority(s) if !s.backup && s.remote == sub.local)
-        })
+        wait_for(
+            &mut events,
+            "server-side SUB_PRIORITY active",
+            |e| matches!(e, PmEvent::SubflowPriority(s) if !s.backup && s.remote == sub.local),
+        )
         .await;
         drop((client, server));
         mgr.shutdown().await;
@@ -233,9 +243,16 @@ probe: {{ interval: 20s }}
         eventually("the new address is learned", async || ctl.snapshot()[1].addresses == vec![new]).await;
         eventually("the endpoint moves", async || self::table(&pm).await == vec![(new, SUB), (DSL, SUB)]).await;
         let rules = ip_out(&["rule"]);
-        assert!(rules.contains(&format!("from {new} lookup {table}")) && !rules.contains(&format!("from {old} ")), "{rules}");
+        assert!(
+            rules.contains(&format!("from {new} lookup {table}")) && !rules.contains(&format!("from {old} ")),
+            "{rules}"
+        );
         assert!(ip_out(&["route", "show", "table", &table]).contains("default via 10.9.0.1 dev wwan0"));
-        assert_eq!(ctl.snapshot()[1].health.as_ref().map(|h| h.source), Some(new), "the prober sends from the new address");
+        assert_eq!(
+            ctl.snapshot()[1].health.as_ref().map(|h| h.source),
+            Some(new),
+            "the prober sends from the new address"
+        );
         ctl.set_mode("dsl", Mode::Off, ModeReason::Admin).await.unwrap();
         assert_eq!(mgr.selector().source_for("127.0.0.1".parse().unwrap()), Some(new));
 

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use tests::emulator::{Direction, LinkConfig, Shape};
 use tests::daemons;
+use tests::emulator::{Direction, LinkConfig, Shape};
 use tests::netns::ChildGuard;
 use tests::testbed::{Testbed, TestbedConfig, addr, ifname};
 use tests::traffic::{Client, Server, Transfer};
@@ -269,14 +269,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
     println!("\n== Baseline: one plain TCP download from the CPE over each link alone");
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
-    let dsl_alone = daemons::single_link(&tb, dst, addr::CPE_DSL.ip(false), sizes.baseline_dsl).context("DSL baseline")?;
+    let dsl_alone =
+        daemons::single_link(&tb, dst, addr::CPE_DSL.ip(false), sizes.baseline_dsl).context("DSL baseline")?;
     println!(
         "   DSL alone: {:.1} MiB in {:.2} s = {:.1} Mbit/s",
         mib(dsl_alone.bytes),
         dsl_alone.elapsed.as_secs_f64(),
         dsl_alone.mbit_per_s()
     );
-    let lte_alone = daemons::single_link(&tb, dst, addr::CPE_LTE.ip(false), sizes.baseline_lte).context("LTE baseline")?;
+    let lte_alone =
+        daemons::single_link(&tb, dst, addr::CPE_LTE.ip(false), sizes.baseline_lte).context("LTE baseline")?;
     println!(
         "   LTE alone: {:.1} MiB in {:.2} s = {:.1} Mbit/s",
         mib(lte_alone.bytes),
@@ -289,7 +291,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         ("LTE", lte_alone.mbit_per_s())
     };
 
-    println!("\n== Starting hag (in hag) and hcpe (in cpe) from deploy/examples/ (addresses, names, paths substituted)");
+    println!(
+        "\n== Starting hag (in hag) and hcpe (in cpe) from deploy/examples/ (addresses, names, paths substituted)"
+    );
     let dir = daemons::config_dir("hybrid-demo")?;
     // Declared after `tb`: dropped (SIGTERM, then SIGKILL after the grace) before the testbed.
     let (hag, hcpe) = start_daemons(&tb, dir.path(), cli.tfo)?;

@@ -41,7 +41,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let tb = Testbed::new(TestbedConfig {
         dsl: LinkConfig::symmetric(shape(cli.dsl_mbit, cli.dsl_delay_ms)),
-        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(shape(cli.lte_mbit, cli.lte_delay_ms).jitter_ms(cli.lte_jitter_ms)) },
+        lte: LinkConfig {
+            seed: 2,
+            ..LinkConfig::symmetric(shape(cli.lte_mbit, cli.lte_delay_ms).jitter_ms(cli.lte_jitter_ms))
+        },
         cpe_default_routes: !cli.no_cpe_default_routes,
         ..TestbedConfig::default()
     })?;

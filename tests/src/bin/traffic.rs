@@ -130,7 +130,9 @@ fn main() -> anyhow::Result<()> {
             println!("listening {}", s.addr());
             s.wait();
         }
-        Cmd::Download { conn, bytes, timeline } => print_transfer("download", &client(&conn).download(bytes)?, timeline),
+        Cmd::Download { conn, bytes, timeline } => {
+            print_transfer("download", &client(&conn).download(bytes)?, timeline)
+        }
         Cmd::Upload { conn, bytes, timeline } => print_transfer("upload", &client(&conn).upload(bytes)?, timeline),
         Cmd::Rr { conn, count, req, resp } => print_rr("rr", &client(&conn).request_response(count, req, resp)?),
         Cmd::Conns { conn, count, req, resp } => print_rr("conns", &client(&conn).short_connections(count, req, resp)?),
