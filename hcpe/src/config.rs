@@ -551,6 +551,10 @@ fn check_ifname(field: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn default_fastopen() -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,8 +665,4 @@ fallback: reject
             assert_eq!(e.field(), Some(field), "{e}");
         }
     }
-}
-
-fn default_fastopen() -> bool {
-    false
 }
