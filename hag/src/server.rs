@@ -137,7 +137,7 @@ impl Hag {
     /// Serves until `shutdown` completes, then stops accepting and drains open connections for up to the
     /// configured drain deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        // Uplink health probes from the CPEs arrive on the UDP side of each service address (issue 5).
+        // Uplink health probes from the CPEs arrive on the UDP side of each service address.
         let _probes = crate::probe::start(&self.local_addrs(), &self.shared.config.clients).await;
         *self.shared.stats.probes.lock().expect("probe list poisoned") = _probes.counters.clone();
         let cancel = CancellationToken::new();

@@ -1,4 +1,4 @@
-//! The README's demo command works (issue 4, acceptance 5): `demo --quick` (the same steps as the
+//! The README's demo command works: `demo --quick` (the same steps as the
 //! full demo with small transfers, including the DSL cut) exits 0, prints the aggregation line and
 //! the SHA-256 verification of the download that crossed the cut, and leaves no namespace behind.
 

@@ -1,4 +1,4 @@
-//! End-to-end tests of the real `hag` binary (issue 2, acceptance 1-5) in network namespaces this test makes:
+//! End-to-end tests of the real `hag` binary in network namespaces this test makes:
 //!
 //! ```text
 //!  cli (198.18.1.2, .3 trusted; 2001:db8:1::2) --- hag (198.18.1.1 | 198.18.2.1) --- inet (198.18.2.2)

@@ -1,4 +1,4 @@
-//! Issue 6 acceptance 2 on the testbed with the real `hcpe` (uplink manager, admin API on 127.0.0.1:5126 in the
+//! hcpe's admin API on the testbed with the real `hcpe` (uplink manager, admin API on 127.0.0.1:5126 in the
 //! cpe namespace) and `hag`: during a download, `GET /api/v1/connections` lists it with two subflows whose
 //! local addresses are the DSL and the LTE address; after `PATCH /api/v1/uplinks/lte {"mode":"backup"}` the
 //! LTE subflow reports `backup: true` (in hcpe's list and, once the MP_PRIO arrived, in hag's) and LTE's share of the download (the link emulators' byte counters)

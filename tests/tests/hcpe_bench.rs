@@ -1,4 +1,4 @@
-//! Benches of hcpe's data path (issue 4, acceptance 6), ignored in the normal suite; run them in release with
+//! Benches of hcpe's data path, ignored in the normal suite; run them in release with
 //! `cargo test --release -p tests --test hcpe_bench -- --ignored --nocapture --test-threads 1`.
 //!
 //! Every bench prints ratios against a baseline measured in the same run on the same testbed (the machine is

@@ -1,4 +1,4 @@
-//! End-to-end tests of the real `hcpe` and `hag` binaries on the testbed (issue 4, acceptance 1-4):
+//! End-to-end tests of the real `hcpe` and `hag` binaries on the testbed:
 //! `lan` client -> `cpe` (hcpe: TUN interception, MPTCP to hag) -> `dsl`/`lte` emulators -> `hag` -> `inet` server.
 //!
 //! Every test builds its own testbed (unique namespaces), runs the daemons as children of guards declared after

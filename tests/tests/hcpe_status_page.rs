@@ -1,4 +1,4 @@
-//! Issue 6 acceptance 4: Debian's headless Chromium loads hcpe's status page (served by the real hcpe on the
+//! hcpe's status page in a browser: Debian's headless Chromium loads hcpe's status page (served by the real hcpe on the
 //! testbed, admin API on 127.0.0.1:5126 inside the cpe namespace) during a download through hcpe and hag; the
 //! graph updates, and a screenshot lands in `target/screenshots/hcpe-status.png`.
 //!

@@ -1,4 +1,4 @@
-//! Kernel-only reproducer for issue 4's "TFO connections start degraded", without hcpe or hag: an MPTCP
+//! Kernel-only reproducer for "TFO connections start degraded", without hcpe or hag: an MPTCP
 //! client that puts its request into the SYN (TCP Fast Open, [`common::mptcp::connect_with_data`]) and an MPTCP
 //! listener with a TFO queue, over the demo's shaped links (DSL 50/10 Mbit/s 20 ms, LTE 30/10 Mbit/s 45 ms)
 //! with a `subflow` endpoint on the client's LTE address. Per connection the client sends a 120-byte request

@@ -1,4 +1,4 @@
-//! Issue 5 acceptance 8 (bench, ignored): per-100 ms goodput of one download through the real `hcpe` and `hag`
+//! Uplink bench (ignored): per-100 ms goodput of one download through the real `hcpe` and `hag`
 //! around a DSL cut (blackhole, carrier up) and the DSL's restore, on the demo's links (DSL 50 Mbit/s 20 ms,
 //! LTE 30 Mbit/s 45 ms, both `active`).
 //!

@@ -1,4 +1,4 @@
-//! Issue 5 acceptance 1 and 2 on the testbed with the real `hcpe` (uplink manager) and `hag` (probe responder):
+//! Uplink failover on the testbed with the real `hcpe` (uplink manager) and `hag` (probe responder):
 //! DSL blackholed (carrier up) during a download: no reset, SHA-256 intact, no stall over 1 s in the 100 ms
 //! progress timeline, LTE carries on; new connections tried every 100 ms from the cut succeed within 1 s;
 //! DSL restored: a running download regains a DSL subflow within 2 s and speeds up (acceptance 3, subflows from

@@ -1,4 +1,4 @@
-//! Issue 5 acceptance 7 on the testbed with the real `hcpe` and `hag`: LTE has a monthly quota of a few MiB with
+//! Uplink volume quota on the testbed with the real `hcpe` and `hag`: LTE has a monthly quota of a few MiB with
 //! `action: backup`; a download over both uplinks pushes LTE over it. hcpe logs `uplink over quota` and the mode
 //! change (reason quota), LTE's endpoint gets the backup flag so the next download stays on DSL, and the volume
 //! is in the state file after SIGTERM; a restart continues from the file (still over quota, still backup).

@@ -1,4 +1,4 @@
-//! Issue 5 acceptance 6 on the testbed with the real `hcpe` and `hag`: the LTE uplink's address is learned
+//! Uplink renumbering on the testbed with the real `hcpe` and `hag`: the LTE uplink's address is learned
 //! (`address: auto`); the LTE modem "renumbers" (198.18.3.2 goes, 198.18.3.3 comes) while a download runs.
 //! hcpe follows without a restart: hag sees a new subflow from the new address on the running connection
 //! (hag's admin API lists its subflows), LTE carries data again, and the download finishes intact (every

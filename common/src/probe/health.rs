@@ -1,7 +1,7 @@
 //! Per-uplink health state machine, sans-IO: the caller passes `now` into every call and performs the
 //! [`Action`]s it gets back (send a probe with this sequence number; report a state change).
 //!
-//! Rules (defaults from issue 5):
+//! Rules (defaults):
 //! - A probe is due every `interval` (200 ms) while the carrier is up. If the caller falls behind (a long
 //!   pause), probing resumes one interval after `now`; missed slots are not sent in a burst.
 //! - A probe not answered within its timeout is a miss. The timeout adapts like a TCP RTO

@@ -1,4 +1,4 @@
-//! Uplink health probing (issue 5): the CPE sends authenticated UDP probes through each uplink to the HAG's
+//! Uplink health probing: the CPE sends authenticated UDP probes through each uplink to the HAG's
 //! service port (UDP 5124, beside the Convert listener on TCP 5124); the HAG answers; the CPE turns answers
 //! and their absence into a per-uplink up/down verdict with RTT and loss.
 //!

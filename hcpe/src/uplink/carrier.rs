@@ -1,5 +1,5 @@
 //! Carrier of each uplink's interface, fed to its prober so a lost carrier makes the uplink Down at once
-//! (issue 5: "carrier loss acts at once") instead of after `down_after` missed probes.
+//! (carrier loss acts at once) instead of after `down_after` missed probes.
 //!
 //! The driver learns carrier changes from the rtnetlink link events ([`super::links`]) and polls the link
 //! flags once per probe interval only when the event socket could not be opened.

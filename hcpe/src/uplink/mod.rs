@@ -1,4 +1,4 @@
-//! The uplink manager (issue 5): health of every uplink towards hag, source-based policy routing per uplink,
+//! The uplink manager: health of every uplink towards hag, source-based policy routing per uplink,
 //! the kernel's MPTCP endpoints per uplink, the live mode of each uplink, and the choice of the uplink new
 //! connections start on.
 //!

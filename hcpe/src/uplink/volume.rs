@@ -1,4 +1,4 @@
-//! Volume per uplink (issue 5): bytes counted from each uplink interface's kernel counters (rtnetlink
+//! Volume per uplink: bytes counted from each uplink interface's kernel counters (rtnetlink
 //! `IFLA_STATS64`, polled every second), kept in a state file across restarts, a 1 s rate history, and an
 //! optional monthly quota. Over quota the uplink drops to the quota's `action` mode through the uplink manager
 //! ([`ModeSwitch`], [`super::UplinkControl`] in the daemon) and goes back to its configured mode when the next period
