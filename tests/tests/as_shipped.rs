@@ -171,7 +171,9 @@ fn probes_filtered_on_both_uplinks_health_comes_from_the_subflows() {
         assert_ne!(u["state"], "down", "{u}");
     }
     let metrics = hcpe_api(&tb, &token, "/metrics");
-    for line in ["hcpe_uplink_health_from_subflows{uplink=\"dsl\"} 1", "hcpe_uplink_subflow_fallbacks_total 1"] {
+    for line in
+        ["hcpe_uplink_health_from_subflows{uplink=\"dsl\"} 1", "hcpe_uplink_subflow_fallbacks_total{uplink=\"dsl\"} 1"]
+    {
         assert!(metrics.lines().any(|l| l == line), "/metrics lacks `{line}`:\n{metrics}");
     }
     aggregate_then_cut(&tb, dst, baselines, &hcpe, "probes filtered");

@@ -254,6 +254,32 @@ fn status_page_graph_updates_live_during_a_download() {
     assert!(len > 10_000, "screenshot {} is {len} bytes", png.display());
     eprintln!("screenshot: {} ({len} bytes)", png.display());
 
+    // UDP to hag dropped while the download runs: health comes from the subflows, and each uplink card says so.
+    for rule in [
+        "add table inet probefilter",
+        "add chain inet probefilter input { type filter hook input priority 0 ; }",
+        "add rule inet probefilter input udp dport 5124 drop",
+    ] {
+        let args: Vec<&str> = rule.split(' ').collect();
+        tb.hag.exec_ok("nft", &args).unwrap_or_else(|e| panic!("nft {rule}: {e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !hcpe.log().contains("health from subflows") {
+        assert!(Instant::now() < deadline, "no switch to subflow health:\n{}", hcpe.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, dom) = dump(2000);
+    let badge = "<span class=\"badge source\">probes unanswered: health from subflows</span>";
+    assert_eq!(dom.matches(badge).count(), names.len(), "a visible badge per uplink:\n{dom}");
+    let png = shots.join("hcpe-status-subflows.png");
+    let _ = std::fs::remove_file(&png);
+    chromium(
+        &tb.cpe,
+        &url,
+        &[&format!("--screenshot={}", png.display()), "--window-size=1280,900", "--virtual-time-budget=3000"],
+    );
+    eprintln!("screenshot with health from subflows: {}", png.display());
+
     // The token travelled in the URL fragment and the Authorization header only: hcpe never logs it.
     assert!(!hcpe.log().contains(&token), "hcpe logged the admin token");
 

@@ -69,6 +69,8 @@ pub struct UplinkView {
     pub health_source: &'static str,
     /// After its subflows failed, the uplink is tried again: usable, last in line for new connections.
     pub trial: bool,
+    /// Times its health switched from the probes to its subflows since start.
+    pub subflow_fallbacks: u64,
     /// How MPTCP fares through the uplink.
     pub mptcp: MptcpPathView,
     /// New connections start on this uplink now.
@@ -122,6 +124,7 @@ impl UplinkView {
             state: state_str(u.state),
             health_source: u.health_source.as_str(),
             trial: u.trial,
+            subflow_fallbacks: u.subflow_fallbacks,
             mptcp: MptcpPathView::from(&u.mptcp),
             initial: u.initial,
             addresses: u.addresses,
@@ -173,6 +176,7 @@ pub fn uplinks_view(state: &ApiState) -> Vec<UplinkView> {
                 state: HealthState::Unknown,
                 health_source: crate::uplink::HealthSource::Probes,
                 trial: false,
+                subflow_fallbacks: 0,
                 mptcp: Default::default(),
                 health: None,
                 endpoint: None,

@@ -185,6 +185,16 @@ impl HcpeMetrics {
         }
         {
             let mut f = w.family(
+                "uplink_subflow_fallbacks_total",
+                "Times the uplink's probes went unanswered and its health switched to its MPTCP subflows.",
+                MetricType::Counter,
+            );
+            for u in &ups {
+                f.sample(&[("uplink", &u.name)], u.subflow_fallbacks);
+            }
+        }
+        {
+            let mut f = w.family(
                 "uplink_health_from_subflows",
                 "1 while the uplink's verdict comes from its MPTCP subflows because no probe is answered on any uplink.",
                 MetricType::Gauge,
@@ -306,12 +316,6 @@ impl HcpeMetrics {
             for (reason, n) in control.mode_changes() {
                 f.sample(&[("reason", reason.as_str())], n);
             }
-            w.family(
-                "uplink_subflow_fallbacks_total",
-                "Times every probe went unanswered and uplink health switched to the MPTCP subflows.",
-                MetricType::Counter,
-            )
-            .sample(&[], control.subflow_fallbacks());
         }
     }
 }

@@ -243,7 +243,8 @@ pub fn openapi() -> Value {
             "UplinkPatch": { "type": "object", "required": ["mode"], "additionalProperties": false,
                 "properties": { "mode": mode } },
             "Uplink": { "type": "object",
-                "required": ["name", "interface", "role", "mode", "state", "health_source", "trial", "mptcp", "initial",
+                "required": ["name", "interface", "role", "mode", "state", "health_source", "trial",
+                             "subflow_fallbacks", "mptcp", "initial",
                              "addresses", "rtt_ms", "loss", "endpoint", "volume"],
                 "properties": {
                     "name": { "type": "string" }, "interface": { "type": "string" },
@@ -253,6 +254,7 @@ pub fn openapi() -> Value {
                     "health_source": { "type": "string", "enum": ["probes", "subflows"], "description":
                         "subflows: no probe is answered on any uplink (UDP to hag filtered), so the kernel's view of the uplink's MPTCP subflows decides." },
                     "trial": { "type": "boolean", "description": "After its subflows failed, tried again: usable, last for new connections." },
+                    "subflow_fallbacks": { "type": "integer", "description": "Times its health switched from the probes to its subflows." },
                     "mptcp": { "type": "object", "required": ["fallbacks", "join_failures", "stripped", "joins_fail"],
                         "description": "How MPTCP fares through the uplink (a middlebox may strip the MPTCP option).",
                         "properties": {

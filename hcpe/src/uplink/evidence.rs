@@ -3,10 +3,11 @@
 //! while MPTCP itself may work fine. Sans-IO: samples and `now` in, verdicts out.
 //!
 //! - [`judge`] turns one `sock_diag` sample of the subflows towards hag into an [`Evidence`] per uplink.
-//! - [`Fallback`] decides per uplink which signal counts and, in subflow mode, the verdict: it enters when no
-//!   probe was ever answered and the first uplink's probes give up, or when every probed uplink with carrier is
-//!   `Down` by its probes while some uplink's subflows carry data; it leaves as soon as any probe verdict is
-//!   `Up` again.
+//! - [`Fallback`] decides per uplink which signal counts and, in subflow mode, the verdict. Every uplink switches
+//!   to its subflows when no probe was ever answered and the first uplink's probes give up, or when every
+//!   probed uplink with carrier is `Down` by its probes while some uplink's subflows carry data; one uplink
+//!   switches alone when its probes give up while its own subflows are still receiving (a real cut silences
+//!   them as long as the probes). An uplink switches back as soon as its own probe verdict is `Up` again.
 //!
 //! Invariants:
 //! - in probe mode the verdict is the probe verdict, untouched; nothing here runs in the healthy case;
@@ -29,7 +30,9 @@ pub const HOLD_MAX: Duration = Duration::from_secs(30);
 /// What an uplink's subflows say about its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Evidence {
-    /// Data or ACKs arrived recently on one of its subflows.
+    /// Data or ACKs arrived within [`Thresholds::sibling`] on one of its subflows: the path works right now.
+    Receiving,
+    /// Data or ACKs arrived within [`Thresholds::fresh`] on one of its subflows.
     Alive,
     /// Its subflows fail: a SYN or data retransmitted without answer, or silence while another uplink's
     /// subflow of the same connection keeps receiving.
@@ -104,6 +107,7 @@ pub fn judge(samples: &[Sample], uplinks: usize, th: &Thresholds) -> Vec<Evidenc
             let alive = mine.iter().any(|s| live_within(s, th.fresh));
             match (failing, recent, alive) {
                 (true, false, _) => Evidence::Dead,
+                (_, true, _) => Evidence::Receiving,
                 (_, _, true) => Evidence::Alive,
                 _ => Evidence::Silent,
             }
@@ -126,12 +130,16 @@ pub struct Input {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
     pub state: HealthState,
+    /// The verdict comes from the subflows, not the probes.
+    pub from_subflows: bool,
     /// Usable, but only after every other uplink for new connections (after a failure, until proven).
     pub trial: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
+    /// Health comes from the subflows for this uplink.
+    via: bool,
     state: HealthState,
     trial: bool,
     down_until: Option<Instant>,
@@ -141,20 +149,18 @@ struct Slot {
 /// Chooses between the probe verdicts and the subflow evidence (see the module docs).
 #[derive(Debug)]
 pub struct Fallback {
-    active: bool,
     slots: Vec<Slot>,
     evidence: Vec<Evidence>,
 }
 
 impl Fallback {
     pub fn new(uplinks: usize) -> Fallback {
-        let slot = Slot { state: HealthState::Unknown, trial: false, down_until: None, hold: HOLD_MIN };
-        Fallback { active: false, slots: vec![slot; uplinks], evidence: vec![Evidence::Silent; uplinks] }
+        Fallback { slots: vec![Slot::fresh(false); uplinks], evidence: vec![Evidence::Silent; uplinks] }
     }
 
-    /// Health comes from the subflows now.
+    /// Health comes from the subflows for some uplink now.
     pub fn active(&self) -> bool {
-        self.active
+        self.slots.iter().any(|s| s.via)
     }
 
     /// The last evidence per uplink.
@@ -162,10 +168,10 @@ impl Fallback {
         &self.evidence
     }
 
-    /// Whether the subflows are worth sampling: every probed uplink with carrier is down by its probes (or the
-    /// subflow mode is on).
+    /// Whether the subflows are worth sampling: some probed uplink with carrier is down by its probes, or some
+    /// uplink's health comes from its subflows. Never while every probe is answered.
     pub fn wants_samples(&self, inputs: &[Input]) -> bool {
-        self.active || all_unanswered(inputs)
+        self.active() || inputs.iter().any(|i| i.probed && i.carrier && i.probe == HealthState::Down)
     }
 
     /// Whether to switch to the subflows: no probe was ever answered and one uplink's probes have given up
@@ -174,7 +180,8 @@ impl Fallback {
     fn should_enter(&self, inputs: &[Input], answered: bool) -> bool {
         let some_down = inputs.iter().any(|i| i.probed && i.carrier && i.probe == HealthState::Down);
         let none_up = !inputs.iter().any(|i| i.probed && i.probe == HealthState::Up);
-        (!answered && some_down && none_up) || (all_unanswered(inputs) && self.evidence.contains(&Evidence::Alive))
+        let carrying = self.evidence.iter().any(|e| matches!(e, Evidence::Alive | Evidence::Receiving));
+        (!answered && some_down && none_up) || (all_unanswered(inputs) && carrying)
     }
 
     /// Takes the probe verdicts and, when there is a fresh sample, the evidence; returns each uplink's verdict.
@@ -189,56 +196,77 @@ impl Fallback {
         if let Some(e) = evidence {
             self.evidence = e;
         }
-        if self.active && inputs.iter().any(|i| i.probed && i.probe == HealthState::Up) {
-            self.active = false;
-        } else if !self.active && self.should_enter(inputs, answered) {
-            self.active = true;
+        if self.should_enter(inputs, answered) && !self.slots.iter().all(|s| s.via) {
             for s in &mut self.slots {
-                *s = Slot { state: HealthState::Unknown, trial: false, down_until: None, hold: HOLD_MIN };
+                if !s.via {
+                    *s = Slot::fresh(true);
+                }
             }
         }
-        let active = self.active;
-        inputs
-            .iter()
-            .zip(&mut self.slots)
+        self.slots
+            .iter_mut()
+            .zip(inputs)
             .zip(&self.evidence)
-            .map(|((input, slot), evidence)| {
-                if !active {
-                    return Verdict { state: input.probe, trial: false };
+            .map(|((slot, input), evidence)| {
+                if input.probed && input.probe == HealthState::Up {
+                    // An answered probe: the probes are trusted again for this uplink.
+                    slot.via = false;
+                } else if !slot.via
+                    && input.probed
+                    && input.carrier
+                    && input.probe == HealthState::Down
+                    && *evidence == Evidence::Receiving
+                {
+                    // Its probes died while its subflows still receive: UDP is filtered, the path works.
+                    *slot = Slot::fresh(true);
                 }
-                if !input.carrier {
-                    slot.state = HealthState::Down;
-                    slot.trial = false;
-                } else {
-                    match evidence {
-                        Evidence::Dead if slot.down_until.is_none() => {
-                            // A trial that failed holds twice as long as the last hold.
-                            if slot.trial {
-                                slot.hold = (slot.hold * 2).min(HOLD_MAX);
-                            }
-                            slot.state = HealthState::Down;
-                            slot.trial = false;
-                            slot.down_until = Some(now + slot.hold);
-                        }
-                        Evidence::Alive if slot.down_until.is_none_or(|t| now >= t) => {
-                            *slot = Slot { state: HealthState::Up, trial: false, down_until: None, hold: HOLD_MIN };
-                        }
-                        _ => {
-                            if slot.down_until.is_some_and(|t| now >= t) {
-                                slot.down_until = None;
-                                slot.state = HealthState::Unknown;
-                                slot.trial = true;
-                            } else if slot.state == HealthState::Down && slot.down_until.is_none() {
-                                // Carrier back: usable again, on trial.
-                                slot.state = HealthState::Unknown;
-                                slot.trial = true;
-                            }
-                        }
-                    }
+                if !slot.via {
+                    return Verdict { state: input.probe, from_subflows: false, trial: false };
                 }
-                Verdict { state: slot.state, trial: slot.trial }
+                slot.judge(now, input.carrier, *evidence);
+                Verdict { state: slot.state, from_subflows: true, trial: slot.trial }
             })
             .collect()
+    }
+}
+
+impl Slot {
+    fn fresh(via: bool) -> Slot {
+        Slot { via, state: HealthState::Unknown, trial: false, down_until: None, hold: HOLD_MIN }
+    }
+
+    /// The subflow-mode verdict of one uplink (see the module docs).
+    fn judge(&mut self, now: Instant, carrier: bool, evidence: Evidence) {
+        if !carrier {
+            self.state = HealthState::Down;
+            self.trial = false;
+            return;
+        }
+        match evidence {
+            Evidence::Dead if self.down_until.is_none() => {
+                // A trial that failed holds twice as long as the last hold.
+                if self.trial {
+                    self.hold = (self.hold * 2).min(HOLD_MAX);
+                }
+                self.state = HealthState::Down;
+                self.trial = false;
+                self.down_until = Some(now + self.hold);
+            }
+            Evidence::Alive | Evidence::Receiving if self.down_until.is_none_or(|t| now >= t) => {
+                *self = Slot { state: HealthState::Up, ..Slot::fresh(true) };
+            }
+            _ => {
+                if self.down_until.is_some_and(|t| now >= t) {
+                    self.down_until = None;
+                    self.state = HealthState::Unknown;
+                    self.trial = true;
+                } else if self.state == HealthState::Down && self.down_until.is_none() {
+                    // Carrier back: usable again, on trial.
+                    self.state = HealthState::Unknown;
+                    self.trial = true;
+                }
+            }
+        }
     }
 }
 
@@ -277,22 +305,22 @@ mod tests {
 
     #[test]
     fn receiving_subflows_are_alive_and_idle_ones_tell_nothing() {
-        let e = judge(&[est(0, 1, 10), est(1, 2, 5000)], 3, &TH);
-        assert_eq!(e, vec![Evidence::Alive, Evidence::Silent, Evidence::Silent]);
+        let e = judge(&[est(0, 1, 10), est(1, 2, 5000), est(2, 3, 600)], 4, &TH);
+        assert_eq!(e, vec![Evidence::Receiving, Evidence::Silent, Evidence::Alive, Evidence::Silent]);
     }
 
     #[test]
     fn a_subflow_silent_beside_a_receiving_sibling_is_dead() {
         // DSL cut mid-download: its subflow has heard nothing for 900 ms, LTE's of the same connection 5 ms ago.
         let e = judge(&[est(0, 7, 900), est(1, 7, 5)], 2, &TH);
-        assert_eq!(e, vec![Evidence::Dead, Evidence::Alive]);
+        assert_eq!(e, vec![Evidence::Dead, Evidence::Receiving]);
         // Beside a sibling of another connection it is not dead (the scheduler may simply not use it), and
         // 900 ms is still recent enough to count as alive.
         let e = judge(&[est(0, 7, 900), est(1, 8, 5)], 2, &TH);
-        assert_eq!(e, vec![Evidence::Alive, Evidence::Alive]);
+        assert_eq!(e, vec![Evidence::Alive, Evidence::Receiving]);
         // Silent for longer than `idle`: a subflow the scheduler leaves unused, not a cut.
         let e = judge(&[est(0, 7, 4000), est(1, 7, 5)], 2, &TH);
-        assert_eq!(e, vec![Evidence::Silent, Evidence::Alive]);
+        assert_eq!(e, vec![Evidence::Silent, Evidence::Receiving]);
         // A long-RTT subflow gets four RTTs before it counts as silent.
         let mut slow = est(0, 7, 1100);
         slow.tcp.rtt_us = 300_000;
@@ -313,7 +341,7 @@ mod tests {
         upload.tcp.backoff = 2;
         assert_eq!(judge(&[upload], 1, &TH), vec![Evidence::Dead]);
         // Another connection on the same uplink received 50 ms ago: the path works.
-        assert_eq!(judge(&[upload, est(0, 4, 50)], 1, &TH), vec![Evidence::Alive]);
+        assert_eq!(judge(&[upload, est(0, 4, 50)], 1, &TH), vec![Evidence::Receiving]);
     }
 
     #[test]
@@ -339,10 +367,31 @@ mod tests {
         assert_eq!((v[0].state, v[1].state), (Unknown, Unknown));
         let v = f.update(t0, &[input(Down), input(Down)], false, Some(vec![Evidence::Alive, Evidence::Silent]));
         assert_eq!((v[0].state, v[1].state), (Up, Unknown));
-        // A probe answered again: back to the probes.
+        // A probe answered again: that uplink is back on its probes; the other stays on its subflows until one
+        // of its own probes is answered (no drop of its endpoint in between).
         let v = f.update(t0, &[input(Up), input(Down)], true, None);
+        assert_eq!((v[0].from_subflows, v[1].from_subflows), (false, true));
+        assert_eq!((v[0].state, v[1].state), (Up, Unknown));
+        let v = f.update(t0, &[input(Up), input(Up)], true, None);
         assert!(!f.active());
-        assert_eq!((v[0].state, v[1].state), (Up, Down));
+        assert_eq!((v[0].state, v[1].state), (Up, Up));
+    }
+
+    #[test]
+    fn probes_that_die_while_the_subflows_still_receive_hand_over_to_the_subflows() {
+        let t0 = Instant::now();
+        let mut f = Fallback::new(2);
+        f.update(t0, &[input(Up), input(Up)], true, None);
+        assert!(!f.wants_samples(&[input(Up), input(Up)]), "nothing to sample while every probe is answered");
+        // UDP filtered in the middle of a download: DSL's probes give up while its subflow received 5 ms ago.
+        assert!(f.wants_samples(&[input(Down), input(Up)]));
+        let v = f.update(t0, &[input(Down), input(Up)], true, Some(vec![Evidence::Receiving, Evidence::Receiving]));
+        assert_eq!(v[0], Verdict { state: Up, from_subflows: true, trial: false });
+        assert_eq!(v[1], Verdict { state: Up, from_subflows: false, trial: false });
+        // A real cut: the subflow went quiet with the probes (600 ms and more): the probes' Down stands.
+        let mut f = Fallback::new(2);
+        let v = f.update(t0, &[input(Down), input(Up)], true, Some(vec![Evidence::Alive, Evidence::Receiving]));
+        assert_eq!(v[0], Verdict { state: Down, from_subflows: false, trial: false });
     }
 
     #[test]
@@ -371,12 +420,12 @@ mod tests {
         let both = [input(Down), input(Down)];
         f.update(t0, &both, false, Some(vec![Evidence::Alive, Evidence::Alive]));
         let v = f.update(t0, &both, false, Some(vec![Evidence::Dead, Evidence::Alive]));
-        assert_eq!((v[0], v[1].state), (Verdict { state: Down, trial: false }, Up));
+        assert_eq!((v[0], v[1].state), (Verdict { state: Down, from_subflows: true, trial: false }, Up));
         // Its subflows are gone with the endpoint: silence keeps it down for the hold.
         let v = f.update(t0 + s(1), &both, false, Some(vec![Evidence::Silent, Evidence::Alive]));
         assert_eq!(v[0].state, Down);
         let v = f.update(t0 + HOLD_MIN, &both, false, Some(vec![Evidence::Silent, Evidence::Alive]));
-        assert_eq!(v[0], Verdict { state: Unknown, trial: true });
+        assert_eq!(v[0], Verdict { state: Unknown, from_subflows: true, trial: true });
         // The trial's joins fail: down for twice the hold.
         let t1 = t0 + s(3);
         let v = f.update(t1, &both, false, Some(vec![Evidence::Dead, Evidence::Alive]));
@@ -384,10 +433,10 @@ mod tests {
         let v = f.update(t1 + HOLD_MIN, &both, false, Some(vec![Evidence::Silent, Evidence::Alive]));
         assert_eq!(v[0].state, Down, "hold doubled");
         let v = f.update(t1 + HOLD_MIN * 2, &both, false, Some(vec![Evidence::Silent, Evidence::Alive]));
-        assert_eq!(v[0], Verdict { state: Unknown, trial: true });
+        assert_eq!(v[0], Verdict { state: Unknown, from_subflows: true, trial: true });
         // The link is back: data on its subflows makes it Up and resets the hold.
         let v = f.update(t1 + s(5), &both, false, Some(vec![Evidence::Alive, Evidence::Alive]));
-        assert_eq!(v[0], Verdict { state: Up, trial: false });
+        assert_eq!(v[0], Verdict { state: Up, from_subflows: true, trial: false });
     }
 
     #[test]
@@ -400,6 +449,6 @@ mod tests {
         assert!(f.active());
         assert_eq!(v[0].state, Down);
         let v = f.update(t0, &[input(Down), input(Down)], false, None);
-        assert_eq!(v[0], Verdict { state: Unknown, trial: true });
+        assert_eq!(v[0], Verdict { state: Unknown, from_subflows: true, trial: true });
     }
 }

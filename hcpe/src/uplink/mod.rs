@@ -131,6 +131,8 @@ pub struct UplinkStatus {
     pub health_source: HealthSource,
     /// After a failure seen on its subflows, the uplink is tried again: usable, last for new connections.
     pub trial: bool,
+    /// Times its health switched from the probes to its subflows since start.
+    pub subflow_fallbacks: u64,
     /// How MPTCP fares through the uplink (fallbacks of connections started on it, failed joins over it).
     pub mptcp: mptcp_path::PathCheck,
     /// Latest probe statistics (RTT, loss, counters), when probed.
@@ -198,6 +200,10 @@ struct Live {
     /// The probes' own verdict.
     probe_health: HealthState,
     trial: bool,
+    /// The verdict comes from the subflows ([`HealthSource::Subflows`]).
+    from_subflows: bool,
+    /// Times the uplink's health switched to its subflows since start.
+    subflow_fallbacks: u64,
     path: mptcp_path::PathCheck,
     endpoint: Option<EndpointFlags>,
     addrs: Addrs,
@@ -212,10 +218,6 @@ struct Shared {
     live: RwLock<Vec<Live>>,
     /// Mode changes per [`ModeReason`] (index as in [`ModeReason::ALL`]).
     mode_changes: [AtomicU64; 4],
-    /// Health comes from the subflows ([`HealthSource::Subflows`]) now.
-    from_subflows: std::sync::atomic::AtomicBool,
-    /// Times health switched to the subflows since start.
-    subflow_fallbacks: AtomicU64,
 }
 
 impl Shared {
@@ -228,6 +230,8 @@ impl Shared {
                 health: HealthState::Unknown,
                 probe_health: HealthState::Unknown,
                 trial: false,
+                from_subflows: false,
+                subflow_fallbacks: 0,
                 path: mptcp_path::PathCheck::default(),
                 endpoint: None,
                 addrs: Addrs::configured(u),
@@ -239,8 +243,6 @@ impl Shared {
             hag: cfg.hag_addresses[0],
             live: RwLock::new(live),
             mode_changes: Default::default(),
-            from_subflows: Default::default(),
-            subflow_fallbacks: AtomicU64::new(0),
         }
     }
 
@@ -381,12 +383,9 @@ impl UplinkControl {
                 role: u.role,
                 mode: l.mode,
                 state: l.health,
-                health_source: if s.from_subflows.load(Relaxed) {
-                    HealthSource::Subflows
-                } else {
-                    HealthSource::Probes
-                },
+                health_source: if l.from_subflows { HealthSource::Subflows } else { HealthSource::Probes },
                 trial: l.trial,
+                subflow_fallbacks: l.subflow_fallbacks,
                 mptcp: l.path,
                 health: l.probe.as_ref().map(|rx| rx.borrow().clone()),
                 endpoint: l.endpoint,
@@ -436,11 +435,6 @@ impl UplinkControl {
     /// Mode changes since start per reason, in the order of [`ModeReason::ALL`].
     pub fn mode_changes(&self) -> Vec<(ModeReason, u64)> {
         ModeReason::ALL.iter().zip(&self.shared.mode_changes).map(|(r, n)| (*r, n.load(Relaxed))).collect()
-    }
-
-    /// Times the uplink health switched from the probes to the subflows since start.
-    pub fn subflow_fallbacks(&self) -> u64 {
-        self.shared.subflow_fallbacks.load(Relaxed)
     }
 
     /// The selector connection tasks use (same state as this handle).
@@ -764,12 +758,19 @@ impl Driver {
                     }
                 },
                 Some(ev) = health.recv() => {
-                    let mut changed = self.on_health(ev);
+                    self.on_health(ev);
                     // Take every verdict already queued before touching netlink.
                     while let Ok(ev) = health.try_recv() {
-                        changed |= self.on_health(ev);
+                        self.on_health(ev);
                     }
-                    if changed && let Err(e) = self.reconcile().await {
+                    // A probe that gave up is checked against the subflows before its endpoint goes: they tell a
+                    // filtered probe (still receiving) from a dead path.
+                    let evidence = if self.fallback.wants_samples(&self.fallback_inputs()) {
+                        self.sample_subflows().await
+                    } else {
+                        None
+                    };
+                    if self.evaluate(evidence) && let Err(e) = self.reconcile().await {
                         warn!(error = %e, "updating MPTCP endpoints; retried on the next change");
                     }
                 }
@@ -986,13 +987,11 @@ impl Driver {
         }
     }
 
-    /// Records a verdict; whether it changed anything.
-    fn on_health(&mut self, (i, generation, state): (usize, u64, HealthState)) -> bool {
-        if self.slots[i].as_ref().is_none_or(|s| s.generation != generation) {
-            return false; // from a prober stopped since
+    /// Records a probe verdict (one from a prober stopped since is ignored).
+    fn on_health(&mut self, (i, generation, state): (usize, u64, HealthState)) {
+        if self.slots[i].as_ref().is_some_and(|s| s.generation == generation) {
+            self.shared.live_mut()[i].probe_health = state;
         }
-        self.shared.live_mut()[i].probe_health = state;
-        self.evaluate(None)
     }
 
     /// Follows the joins of hcpe's connections: a join that closed before it was established, over an uplink
@@ -1059,30 +1058,25 @@ impl Driver {
         let inputs = self.fallback_inputs();
         self.answered |=
             self.shared.live().iter().any(|l| l.probe.as_ref().is_some_and(|rx| rx.borrow().stats.replies > 0));
-        let was_active = self.fallback.active();
         let verdicts = self.fallback.update(now_std(), &inputs, self.answered, evidence);
-        let active = self.fallback.active();
-        if active != was_active {
-            self.shared.from_subflows.store(active, Relaxed);
-            if active {
-                self.shared.subflow_fallbacks.fetch_add(1, Relaxed);
-                warn!(
-                    "probes unanswered on every uplink: health from subflows (UDP to hag filtered, or its probe responder down?)"
-                );
-            } else {
-                info!("a probe was answered again: health from probes");
-            }
-        }
-        let mut changed = active != was_active;
+        let mut changed = false;
         let mut live = self.shared.live_mut();
         for (i, v) in verdicts.into_iter().enumerate() {
             let l = &mut live[i];
+            let uplink = &self.shared.uplinks[i].name;
+            if l.from_subflows != v.from_subflows {
+                l.from_subflows = v.from_subflows;
+                changed = true;
+                if v.from_subflows {
+                    l.subflow_fallbacks += 1;
+                    warn!(%uplink, "probes unanswered: health from subflows (UDP to hag filtered, or its probe responder down?)");
+                } else {
+                    info!(%uplink, "a probe was answered again: health from probes");
+                }
+            }
             if l.health != v.state || l.trial != v.trial {
-                let source = if active { "subflows" } else { "probes" };
-                info!(
-                    uplink = %self.shared.uplinks[i].name, from = l.health.as_str(), to = v.state.as_str(),
-                    trial = v.trial, source, "uplink health changed"
-                );
+                let source = if v.from_subflows { "subflows" } else { "probes" };
+                info!(%uplink, from = l.health.as_str(), to = v.state.as_str(), trial = v.trial, source, "uplink health changed");
                 l.health = v.state;
                 l.trial = v.trial;
                 changed = true;
