@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use common::admin::metrics::MetricValue;
 use common::admin::{MetricType, Metrics, MetricsWriter};
 use common::convert::ErrorCode;
 
 use super::ApiState;
-use super::api::uplinks_view;
+use super::api::{UplinkView, uplinks_view};
 use crate::conn::{ERROR_CODES, EXCHANGE_FAILURES};
 
 /// The metrics source the admin app scrapes.
@@ -122,19 +123,34 @@ impl Metrics for HcpeMetrics {
     }
 }
 
+/// A family with one sample per uplink (label `uplink`), `None` for none.
+fn per_uplink<V: MetricValue>(
+    w: &mut MetricsWriter,
+    ups: &[UplinkView],
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    value: impl Fn(&UplinkView) -> Option<V>,
+) {
+    let mut f = w.family(name, help, kind);
+    for u in ups {
+        if let Some(v) = value(u) {
+            f.sample(&[("uplink", &u.name)], v);
+        }
+    }
+}
+
 impl HcpeMetrics {
     fn write_uplinks(&self, w: &mut MetricsWriter) {
         let ups = uplinks_view(&self.state);
-        {
-            let mut f = w.family(
-                "uplink_up",
-                "Uplink health verdict: 1 up, 0 down or not known yet (see hcpe_uplink_state).",
-                MetricType::Gauge,
-            );
-            for u in &ups {
-                f.sample(&[("uplink", &u.name)], u8::from(u.state == "up"));
-            }
-        }
+        per_uplink(
+            w,
+            &ups,
+            "uplink_up",
+            "Uplink health verdict: 1 up, 0 down or not known yet (see hcpe_uplink_state).",
+            MetricType::Gauge,
+            |u| Some(u8::from(u.state == "up")),
+        );
         {
             let mut f = w.family("uplink_state", "Uplink health verdict (1 for the current state).", MetricType::Gauge);
             for u in &ups {
@@ -151,26 +167,22 @@ impl HcpeMetrics {
                 }
             }
         }
-        {
-            let mut f = w.family(
-                "uplink_mptcp_fallbacks_total",
-                "Connections that started on the uplink and fell back to plain TCP (MPTCP option stripped on the way?).",
-                MetricType::Counter,
-            );
-            for u in &ups {
-                f.sample(&[("uplink", &u.name)], u.mptcp.fallbacks);
-            }
-        }
-        {
-            let mut f = w.family(
-                "uplink_mptcp_join_failures_total",
-                "MPTCP joins over the uplink that failed.",
-                MetricType::Counter,
-            );
-            for u in &ups {
-                f.sample(&[("uplink", &u.name)], u.mptcp.join_failures);
-            }
-        }
+        per_uplink(
+            w,
+            &ups,
+            "uplink_mptcp_fallbacks_total",
+            "Connections that started on the uplink and fell back to plain TCP (MPTCP option stripped on the way?).",
+            MetricType::Counter,
+            |u| Some(u.mptcp.fallbacks),
+        );
+        per_uplink(
+            w,
+            &ups,
+            "uplink_mptcp_join_failures_total",
+            "MPTCP joins over the uplink that failed.",
+            MetricType::Counter,
+            |u| Some(u.mptcp.join_failures),
+        );
         {
             let mut f = w.family(
                 "uplink_mptcp_stripped",
@@ -183,49 +195,41 @@ impl HcpeMetrics {
                 f.sample(&[("uplink", &u.name), ("what", "join")], u8::from(u.mptcp.joins_fail));
             }
         }
-        {
-            let mut f = w.family(
-                "uplink_subflow_fallbacks_total",
-                "Times the uplink's probes went unanswered and its health switched to its MPTCP subflows.",
-                MetricType::Counter,
-            );
-            for u in &ups {
-                f.sample(&[("uplink", &u.name)], u.subflow_fallbacks);
-            }
-        }
-        {
-            let mut f = w.family(
-                "uplink_health_from_subflows",
-                "1 while the uplink's verdict comes from its MPTCP subflows because no probe is answered on any uplink.",
-                MetricType::Gauge,
-            );
-            for u in &ups {
-                f.sample(&[("uplink", &u.name)], u8::from(u.health_source == "subflows"));
-            }
-        }
-        {
-            let mut f = w.family("uplink_initial", "1 for the uplink new connections start on now.", MetricType::Gauge);
-            for u in &ups {
-                f.sample(&[("uplink", &u.name)], u8::from(u.initial));
-            }
-        }
-        {
-            let mut f = w.family("uplink_rtt_seconds", "Smoothed probe RTT towards hag.", MetricType::Gauge);
-            for u in &ups {
-                if let Some(ms) = u.rtt_ms {
-                    f.sample(&[("uplink", &u.name)], ms / 1000.0);
-                }
-            }
-        }
-        {
-            let mut f =
-                w.family("uplink_loss_ratio", "Missed fraction of the recent probes (0..1).", MetricType::Gauge);
-            for u in &ups {
-                if let Some(l) = u.loss {
-                    f.sample(&[("uplink", &u.name)], l);
-                }
-            }
-        }
+        per_uplink(
+            w,
+            &ups,
+            "uplink_subflow_fallbacks_total",
+            "Times the uplink's probes went unanswered and its health switched to its MPTCP subflows.",
+            MetricType::Counter,
+            |u| Some(u.subflow_fallbacks),
+        );
+        per_uplink(
+            w,
+            &ups,
+            "uplink_health_from_subflows",
+            "1 while the uplink's verdict comes from its MPTCP subflows because its probes go unanswered.",
+            MetricType::Gauge,
+            |u| Some(u8::from(u.health_source == "subflows")),
+        );
+        per_uplink(
+            w,
+            &ups,
+            "uplink_initial",
+            "1 for the uplink new connections start on now.",
+            MetricType::Gauge,
+            |u| Some(u8::from(u.initial)),
+        );
+        per_uplink(w, &ups, "uplink_rtt_seconds", "Smoothed probe RTT towards hag.", MetricType::Gauge, |u| {
+            u.rtt_ms.map(|ms| ms / 1000.0)
+        });
+        per_uplink(
+            w,
+            &ups,
+            "uplink_loss_ratio",
+            "Missed fraction of the recent probes (0..1).",
+            MetricType::Gauge,
+            |u| u.loss,
+        );
         for (key, name, help) in [
             ("sent", "uplink_probes_sent_total", "Health probes sent towards hag."),
             ("replies", "uplink_probe_replies_total", "Authentic probe replies received in time."),
