@@ -206,9 +206,7 @@ fn hag_counter(tb: &Testbed, token: &str, name: &str) -> u64 {
 #[test]
 fn connections_opened_around_a_silent_cut_all_succeed_within_a_second() {
     let Bed { tb, dir, dst, server } = bed("race", false);
-    let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
-    daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
-    let token = daemons::admin_token(dir.path()).unwrap();
+    let (_hag, hcpe, token) = start_healthy(&tb, &dir);
     let accepted_before = hag_counter(&tb, &token, "hag_connections_accepted_total");
     let served_before = server.connections();
 
@@ -260,6 +258,13 @@ fn connections_opened_around_a_silent_cut_all_succeed_within_a_second() {
     assert_eq!(accepted, u64::from(COUNT), "hag accepted {accepted} connections for {COUNT} clients");
 }
 
+/// Both daemons from the examples with both uplinks up; the admin token.
+fn start_healthy(tb: &Testbed, dir: &tempfile::TempDir) -> (ChildGuard, ChildGuard, String) {
+    let (hag, hcpe) = daemons::start_examples(tb, dir.path()).unwrap();
+    daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
+    (hag, hcpe, daemons::admin_token(dir.path()).unwrap())
+}
+
 /// nftables in hag's namespace blanking the MPTCP option of every TCP segment that crosses `dev` either way: a
 /// middlebox on that access network that strips MPTCP.
 fn strip_mptcp(tb: &Testbed, dev: &str) {
@@ -298,9 +303,7 @@ fn listed_connection(tb: &Testbed, token: &str, download: &LanDownload, hcpe: &C
 #[test]
 fn mptcp_stripped_on_dsl_connections_fall_back_and_new_ones_move_to_lte() {
     let Bed { tb, dir, dst, server: _server } = bed("strip-dsl", false);
-    let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
-    daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
-    let token = daemons::admin_token(dir.path()).unwrap();
+    let (_hag, hcpe, token) = start_healthy(&tb, &dir);
 
     strip_mptcp(&tb, "dsl0");
     let stripped = Instant::now();
@@ -338,9 +341,7 @@ fn mptcp_stripped_on_dsl_connections_fall_back_and_new_ones_move_to_lte() {
 #[test]
 fn mptcp_stripped_on_lte_joins_fail_are_reported_and_dsl_carries_on() {
     let Bed { tb, dir, dst, server: _server } = bed("strip-lte", false);
-    let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
-    daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
-    let token = daemons::admin_token(dir.path()).unwrap();
+    let (_hag, hcpe, token) = start_healthy(&tb, &dir);
 
     strip_mptcp(&tb, "lte0");
     let lte_before = tb.lte.counters(Direction::Down).tx_bytes;

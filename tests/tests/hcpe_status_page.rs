@@ -243,16 +243,19 @@ fn status_page_graph_updates_live_during_a_download() {
 
     let shots = screenshot_dir();
     std::fs::create_dir_all(&shots).unwrap();
-    let png = shots.join("hcpe-status.png");
-    let _ = std::fs::remove_file(&png);
-    chromium(
-        &tb.cpe,
-        &url,
-        &[&format!("--screenshot={}", png.display()), "--window-size=1280,900", "--virtual-time-budget=3000"],
-    );
-    let len = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
-    assert!(len > 10_000, "screenshot {} is {len} bytes", png.display());
-    eprintln!("screenshot: {} ({len} bytes)", png.display());
+    let screenshot = |name: &str| {
+        let png = shots.join(name);
+        let _ = std::fs::remove_file(&png);
+        chromium(
+            &tb.cpe,
+            &url,
+            &[&format!("--screenshot={}", png.display()), "--window-size=1280,900", "--virtual-time-budget=3000"],
+        );
+        let len = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 10_000, "screenshot {} is {len} bytes", png.display());
+        eprintln!("screenshot: {} ({len} bytes)", png.display());
+    };
+    screenshot("hcpe-status.png");
 
     // UDP to hag dropped while the download runs: health comes from the subflows, and each uplink card says so.
     for rule in [
@@ -271,14 +274,7 @@ fn status_page_graph_updates_live_during_a_download() {
     let (_, dom) = dump(2000);
     let badge = "<span class=\"badge source\">probes unanswered: health from subflows</span>";
     assert_eq!(dom.matches(badge).count(), names.len(), "a visible badge per uplink:\n{dom}");
-    let png = shots.join("hcpe-status-subflows.png");
-    let _ = std::fs::remove_file(&png);
-    chromium(
-        &tb.cpe,
-        &url,
-        &[&format!("--screenshot={}", png.display()), "--window-size=1280,900", "--virtual-time-budget=3000"],
-    );
-    eprintln!("screenshot with health from subflows: {}", png.display());
+    screenshot("hcpe-status-subflows.png");
 
     // The token travelled in the URL fragment and the Authorization header only: hcpe never logs it.
     assert!(!hcpe.log().contains(&token), "hcpe logged the admin token");
