@@ -11,7 +11,7 @@
 //! - Nothing here shows a secret: CPE keys and the admin token never reach a response (the status summary
 //!   lists CPE ids only).
 //! - Every route of [`api_router`] is in [`openapi`] and the other way round (tested with
-//!   `common::admin::openapi::missing_operations`).
+//!   `testkit::admin::missing_operations`).
 //! - Per-CPE metric labels come only from configured CPE ids, so label cardinality is bounded by the config.
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,12 +25,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use common::admin::subflow_diag::{self, DiagMap};
 use common::admin::{
     self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, BearerToken, HasConnId, MetricType, Metrics, MetricsWriter,
     ProcessInfo, SubflowView, conn_id,
 };
 use common::mptcp;
+use common::mptcp::subflow_diag::{self, DiagMap};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::info;

@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::http::{Method, StatusCode};
-use common::admin::testing::{self, json_of as json};
-use common::admin::{BearerToken, metrics, openapi};
+use common::admin::{BearerToken, openapi};
 use common::convert::{self, Decoded, Message, auth};
 use common::mptcp;
 use hag::admin::{self as hadmin, ApiState};
@@ -20,6 +19,7 @@ use hag::connections::Connections;
 use hag::stats::Stats;
 use hag::{Config, Hag};
 use serde_json::Value;
+use testkit::admin::{self, json_of as json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -102,7 +102,7 @@ fn router_fixture() -> RouterFixture {
 }
 
 async fn call(router: &Router, method: Method, uri: &str, auth: Option<&str>) -> (StatusCode, Vec<u8>) {
-    testing::call(router, method, uri, auth, None).await
+    admin::call(router, method, uri, auth, None).await
 }
 
 #[tokio::test]
@@ -243,7 +243,7 @@ async fn metrics_are_valid_prometheus_text_with_the_hag_families() {
     let (status, body) = call(&f.router, Method::GET, "/metrics", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(body).unwrap();
-    let families = metrics::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let families = testkit::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let fam = |name: &str| families.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
     assert_eq!(fam("hag_connections_open").value(&[]), Some(2.0));
     assert_eq!(fam("hag_connections_accepted_total").value(&[]), Some(7.0));
@@ -269,7 +269,7 @@ async fn openapi_document_is_true() {
     let (status, body) = call(&f.router, Method::GET, openapi::PATH, Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK);
     let doc = json(&body);
-    let ops: Vec<String> = openapi::operations(&doc).into_iter().map(|(m, p)| format!("{m} {p}")).collect();
+    let ops: Vec<String> = testkit::admin::operations(&doc).into_iter().map(|(m, p)| format!("{m} {p}")).collect();
     for op in [
         "GET /api/v1/connections",
         "GET /api/v1/connections/{id}",
@@ -280,7 +280,7 @@ async fn openapi_document_is_true() {
         assert!(ops.iter().any(|o| o == op), "{op} not documented: {ops:?}");
     }
     // A valid id that names nothing: every documented operation must be routed (404 from the handler counts).
-    let missing = openapi::missing_operations(&f.router, &doc, TOKEN, "00000000").await;
+    let missing = testkit::admin::missing_operations(&f.router, &doc, TOKEN, "00000000").await;
     assert!(missing.is_empty(), "documented but not routed: {missing:?}");
     for schema in ["Connection", "Subflow", "Client", "Error"] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
@@ -438,7 +438,7 @@ async fn live_mptcp_relay_is_listed_with_its_subflow_and_delete_closes_it() {
     assert_eq!(stats.closed_by_admin.load(Relaxed), 1);
     assert_eq!(stats.bytes_up.load(Relaxed), 4, "relay bytes counted when closed by the API");
     let (_, body) = http(admin, "GET", "/metrics").await;
-    let families = metrics::parse(&body).unwrap();
+    let families = testkit::prometheus::parse(&body).unwrap();
     let ended = families.iter().find(|f| f.name == "hag_relays_ended_total").unwrap();
     assert_eq!(ended.value(&[("reason", "admin")]), Some(1.0));
     let cpe_bytes = families.iter().find(|f| f.name == "hag_cpe_bytes_total").unwrap();

@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::http::{Method, StatusCode};
-use common::admin::testing::{call, json_of};
-use common::admin::{BearerToken, metrics, openapi};
+use common::admin::{BearerToken, openapi};
 use common::convert::ErrorCode;
 use hcpe::admin::{self, ApiState, LogLevelSetter, Reloader};
 use hcpe::config::Config;
 use hcpe::conn::{ConnCounters, Connections, Entry, Shared};
 use hcpe::uplink::UplinkManager;
 use serde_json::{Value, json};
+use testkit::admin::{call, json_of};
 
 const KEY_HEX: &str = "00112233445566778899aabbccddeeff";
 const TOKEN: &str = "hcpe-admin-token-for-tests-0123456789";
@@ -130,7 +130,7 @@ async fn every_route_needs_the_token() {
     assert!(!page.contains("198.18.4.2") && !page.contains("cpe-admin-test"), "the page embeds no data");
     // Refused requests are counted.
     let (_, body) = call(&f.router, Method::GET, "/metrics", Some(TOKEN), None).await;
-    let fams = metrics::parse(&String::from_utf8(body).unwrap()).unwrap();
+    let fams = testkit::prometheus::parse(&String::from_utf8(body).unwrap()).unwrap();
     let refused = fams.iter().find(|f| f.name == "hcpe_admin_auth_failures_total").unwrap();
     assert_eq!(refused.value(&[]), Some((routes.len() * 3) as f64));
 }
@@ -323,7 +323,7 @@ async fn metrics_are_valid_prometheus_text_with_the_hcpe_families() {
     let (status, body) = call(&f.router, Method::GET, "/metrics", Some(TOKEN), None).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(body).unwrap();
-    let families = metrics::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let families = testkit::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let fam = |name: &str| families.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
     assert_eq!(fam("hcpe_connections_open").value(&[]), Some(2.0));
     assert_eq!(fam("hcpe_connections_accepted_total").value(&[]), Some(9.0));
@@ -351,7 +351,7 @@ async fn openapi_document_is_true() {
     let (status, body) = call(&f.router, Method::GET, openapi::PATH, Some(TOKEN), None).await;
     assert_eq!(status, StatusCode::OK);
     let doc = json_of(&body);
-    let ops: Vec<String> = openapi::operations(&doc).into_iter().map(|(m, p)| format!("{m} {p}")).collect();
+    let ops: Vec<String> = testkit::admin::operations(&doc).into_iter().map(|(m, p)| format!("{m} {p}")).collect();
     for op in [
         "GET /",
         "GET /api/v1/uplinks",
@@ -366,7 +366,7 @@ async fn openapi_document_is_true() {
         assert!(ops.iter().any(|o| o == op), "{op} not documented: {ops:?}");
     }
     // A valid id that names nothing: every documented operation must be routed (a handler's 404 counts).
-    let missing = openapi::missing_operations(&f.router, &doc, TOKEN, "00000000").await;
+    let missing = testkit::admin::missing_operations(&f.router, &doc, TOKEN, "00000000").await;
     assert!(missing.is_empty(), "documented but not routed: {missing:?}");
     for schema in ["Uplink", "UplinkPatch", "Connection", "Subflow", "Reload", "Error"] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");

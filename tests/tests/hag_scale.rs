@@ -44,7 +44,7 @@ fn hag_open(tb: &Testbed, token: &str) -> f64 {
     let api = SocketAddr::from(([127, 0, 0, 1], daemons::HAG_ADMIN_PORT));
     let r = daemons::http(&tb.hag, api, "GET", "/metrics", Some(token), None).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    let families = common::admin::metrics::parse(&r.body).unwrap();
+    let families = testkit::prometheus::parse(&r.body).unwrap();
     let open = families.iter().find(|f| f.name.ends_with("connections_open")).expect("a connections_open gauge");
     open.samples[0].value
 }

@@ -184,7 +184,7 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
     let backup_share = share(p, p + (16 << 20));
 
     let text = api.call("GET", "/metrics", None).1;
-    let families = common::admin::metrics::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let families = testkit::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let fam = |n: &str| families.iter().find(|f| f.name == n).unwrap_or_else(|| panic!("no {n}"));
     assert_eq!(fam("hcpe_uplink_mode_changes_total").value(&[("reason", "admin")]), Some(1.0));
     assert_eq!(fam("hcpe_uplink_mode").value(&[("uplink", "lte"), ("mode", "backup")]), Some(1.0));
@@ -205,7 +205,7 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
     }
     assert_eq!(api.call("GET", &format!("/api/v1/connections/{id}"), None).0, 404);
     let text = api.call("GET", "/metrics", None).1;
-    let families = common::admin::metrics::parse(&text).unwrap();
+    let families = testkit::prometheus::parse(&text).unwrap();
     let closed = families.iter().find(|f| f.name == "hcpe_connections_closed_by_admin_total").unwrap();
     assert_eq!(closed.value(&[]), Some(1.0));
 

@@ -29,9 +29,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod subflow;
-pub mod subflow_diag;
 pub mod table;
-pub mod testing;
 
 use std::future::Future;
 use std::io;
@@ -301,7 +299,7 @@ impl AdminApp {
         self
     }
 
-    /// The OpenAPI document as it will be served, for tests ([`openapi::missing_operations`]).
+    /// The OpenAPI document as it will be served, for tests (`testkit::admin::missing_operations`).
     pub fn openapi_document(&self) -> &serde_json::Value {
         &self.openapi
     }
@@ -467,6 +465,3 @@ pub async fn serve(
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;

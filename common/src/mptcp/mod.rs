@@ -1,5 +1,5 @@
 //! Kernel Multipath TCP sockets: listen/connect (with TCP Fast Open), and introspection through
-//! `MPTCP_INFO` / `MPTCP_FULL_INFO`.
+//! `MPTCP_INFO` / `MPTCP_FULL_INFO`, plus per-subflow TCP state from `sock_diag` ([`subflow_diag`]).
 //!
 //! The protocol is the Linux kernel's. An MPTCP socket is `SOCK_STREAM` with protocol `IPPROTO_MPTCP` (262)
 //! and behaves like TCP towards the application, so everything here hands out plain
@@ -37,6 +37,7 @@
 //!   path manager's netlink events are the source for it.
 
 mod socket;
+pub mod subflow_diag;
 pub mod sys;
 mod tfo;
 

@@ -17,9 +17,6 @@
 pub mod events;
 pub mod wire;
 
-#[cfg(test)]
-mod tests;
-
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::{BitOr, BitOrAssign};

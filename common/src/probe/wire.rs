@@ -1,4 +1,4 @@
-//! Probe datagram codec (layout in the [`super`] module header). Sans-IO and checked: [`parse`] validates
+//! Probe datagram codec (layout in the [`super`] module header). Sans-IO and checked: [`parse_request`] and [`parse_reply`] validate
 //! every length before any field is read, so nothing after it can panic; an authenticated value only comes
 //! out of [`Unverified::verify`], after the MAC compared equal in constant time.
 

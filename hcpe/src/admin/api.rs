@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use super::reload::ReloadOutcome;
-use common::admin::subflow_diag::{self, DiagMap};
+use common::mptcp::subflow_diag::{self, DiagMap};
 
 use super::ApiState;
 use crate::conn::Connection;

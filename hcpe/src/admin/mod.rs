@@ -11,7 +11,7 @@
 //! Invariants:
 //! - Nothing here shows a secret: the CPE key, the admin token and their file names never reach a response.
 //! - Every route of [`api_router`] is in [`openapi`] and the other way round (tested with
-//!   `common::admin::openapi::missing_operations`).
+//!   `testkit::admin::missing_operations`).
 //! - Uplink metric labels come only from configured uplink names, so label cardinality is bounded by the config.
 //! - A reload never replaces the running config with an invalid one: the new file is validated whole first.
 

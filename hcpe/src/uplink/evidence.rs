@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use common::admin::subflow_diag::SubflowTcp;
+use common::mptcp::subflow_diag::SubflowTcp;
 use common::probe::HealthState;
 
 /// First hold time of an uplink whose subflows failed.

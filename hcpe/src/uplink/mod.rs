@@ -1088,7 +1088,7 @@ impl Driver {
     /// One `sock_diag` dump of the subflows towards hag's port, attributed to uplinks by local address, judged.
     async fn sample_subflows(&self) -> Option<Vec<evidence::Evidence>> {
         let port = self.shared.hag.port();
-        let diag = match tokio::task::spawn_blocking(move || common::admin::subflow_diag::by_remote_port(&[port])).await
+        let diag = match tokio::task::spawn_blocking(move || common::mptcp::subflow_diag::by_remote_port(&[port])).await
         {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use common::pm::PmEvent;
-use common::testutil::{MptcpPair, in_new_netns, loopback_up, mptcp_pair, wait_for};
+use testkit::netns::{MptcpPair, in_new_netns, loopback_up, mptcp_pair, wait_for};
 
 use super::*;
 

@@ -1,11 +1,11 @@
 //! Against the real kernel: every test runs in a fresh network namespace of its own (the endpoint table and the
-//! limits are per namespace, so nothing here touches the host's path manager); [`crate::testutil`] says how
+//! limits are per namespace, so nothing here touches the host's path manager); `testkit::netns` says how
 //! the namespace comes and goes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::*;
-use crate::testutil::{MptcpPair, in_new_netns, loopback_up, mptcp_pair, wait_for};
+use common::pm::*;
+use testkit::netns::{MptcpPair, in_new_netns, loopback_up, mptcp_pair, wait_for};
 
 const LOCAL2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const LOOP6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);

@@ -1,5 +1,5 @@
-//! Helpers for tests against the real kernel, shared by this crate's and the daemons' test modules (test modules
-//! cannot be shared across crates, hence a hidden public module). Not part of the API.
+//! Helpers for tests against the real kernel.
+//!
 //!
 //! [`in_new_netns`] runs the body on a new thread that first calls `unshare(CLONE_NEWNET)`: only that thread
 //! moves into the new, anonymous namespace. The namespace is referenced by that thread and by the sockets made
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 
-use crate::pm::{PmEvent, PmEvents};
+use common::pm::{PmEvent, PmEvents};
 
 fn netns_inode() -> std::path::PathBuf {
     std::fs::read_link("/proc/thread-self/ns/net").expect("read /proc/thread-self/ns/net")

@@ -1,9 +1,18 @@
 //! Router tests through `tower::ServiceExt::oneshot` (no socket), plus one loopback test of bind/serve.
 
-use super::*;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use axum::routing::{get, post};
+use common::admin::*;
+use common::config as cfg;
+use testkit::admin::missing_operations;
 use tower::ServiceExt as _;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
@@ -238,7 +247,7 @@ async fn metrics_are_valid_prometheus_text_with_process_and_daemon_families() {
     let a = send_to(app, req(Method::GET, "/metrics", Some(TOKEN), Body::empty())).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.headers.get(header::CONTENT_TYPE).unwrap(), metrics::CONTENT_TYPE);
-    let fams = metrics::parse(&a.body).unwrap_or_else(|e| panic!("{e}\n{}", a.body));
+    let fams = testkit::prometheus::parse(&a.body).unwrap_or_else(|e| panic!("{e}\n{}", a.body));
     let fam = |name: &str| fams.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("{name} in {}", a.body));
     assert_eq!(fam("hcpe_build_info").value(&[("version", "1.2.3")]), Some(1.0));
     assert_eq!(fam("hcpe_uptime_seconds").kind, "gauge");
@@ -359,7 +368,7 @@ fn several_metric_sources_write_in_order() {
     }
     let mut w = MetricsWriter::new();
     vec![One("a"), One("b")].write_metrics(&mut w);
-    let names: Vec<_> = metrics::parse(w.as_str()).unwrap().into_iter().map(|f| f.name).collect();
+    let names: Vec<_> = testkit::prometheus::parse(w.as_str()).unwrap().into_iter().map(|f| f.name).collect();
     assert_eq!(names, ["a", "b"]);
 }
 
@@ -377,8 +386,8 @@ async fn openapi_document_is_served_and_every_operation_in_it_is_routed() {
     let a = send_to(router.clone(), req(Method::GET, openapi::PATH, Some(TOKEN), Body::empty())).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&a.body).unwrap(), doc);
-    assert_eq!(openapi::operations(&doc).len(), 7);
-    assert_eq!(openapi::missing_operations(&router, &doc, TOKEN, "0").await, Vec::<String>::new());
+    assert_eq!(testkit::admin::operations(&doc).len(), 7);
+    assert_eq!(missing_operations(&router, &doc, TOKEN, "0").await, Vec::<String>::new());
 
     // A documented operation that is not routed, or a wrong method, is reported.
     let mut wrong = doc.clone();
@@ -389,9 +398,9 @@ async fn openapi_document_is_served_and_every_operation_in_it_is_routed() {
             "/api/v1/status": { "delete": { "responses": {} } }
         } }),
     );
-    let missing = openapi::missing_operations(&router, &wrong, TOKEN, "0").await;
+    let missing = missing_operations(&router, &wrong, TOKEN, "0").await;
     assert_eq!(missing.len(), 2, "{missing:?}");
     assert!(missing[0].starts_with("GET /api/v1/ghost") && missing[1].starts_with("DELETE /api/v1/status"));
     // A wrong token makes every authenticated operation "missing", so a broken test setup cannot pass.
-    assert_eq!(openapi::missing_operations(&router, &doc, "bad", "0").await.len(), 6);
+    assert_eq!(missing_operations(&router, &doc, "bad", "0").await.len(), 6);
 }
