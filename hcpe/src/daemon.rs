@@ -159,11 +159,11 @@ pub async fn run_with(cfg: Config, opts: RunOptions, shutdown: impl Future<Outpu
         info!(rules = flushed.rules, routes = flushed.routes, "removed leftovers of an earlier run");
     }
     let mut interceptor = Interceptor::start(&tun_settings(&cfg)).await?;
-    let quic = crate::uplink::quic::QuicBlocker::start(cfg.block_quic, &cfg.lan_interfaces);
+    let quic = crate::quic::QuicBlocker::start(cfg.block_quic, &cfg.lan_interfaces);
     let result = async {
         let (rules, routes) = install_routing(&cfg, &nl, interceptor.ifindex).await?;
         info!(rules, routes, tun = %cfg.tun.name, "hcpe ready");
-        let uplinks = match UplinkManager::start(&cfg).await {
+        let uplinks = match UplinkManager::start(&cfg.uplink_settings()).await {
             Ok(m) => Some(m),
             Err(e) => {
                 warn!(error = %e, "uplink manager not running: new connections start on the first uplink");
@@ -171,7 +171,7 @@ pub async fn run_with(cfg: Config, opts: RunOptions, shutdown: impl Future<Outpu
             }
         };
         // Volume and quotas: after the manager (it switches modes through its control), stopped before it.
-        let volume = uplinks.as_ref().map(|m| VolumeTracker::start(&cfg, m.control()));
+        let volume = uplinks.as_ref().map(|m| VolumeTracker::start(&cfg.volume, &cfg.uplinks, m.control()));
         let sources = uplinks.as_ref().map(UplinkManager::selector);
         let shared = Arc::new(Shared {
             config: cfg.clone(),

@@ -7,4 +7,5 @@ pub mod conn;
 pub mod daemon;
 pub mod intercept;
 pub mod nat;
+pub mod quic;
 pub mod uplink;

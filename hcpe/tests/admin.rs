@@ -63,7 +63,7 @@ async fn fixture() -> Fixture {
     let path = dir.path().join("hcpe.yaml");
     std::fs::write(&path, yaml("active", "")).unwrap();
     let config = Config::from_file(&path).unwrap();
-    let manager = UplinkManager::start(&config).await.unwrap();
+    let manager = UplinkManager::start(&config.uplink_settings()).await.unwrap();
 
     let connections = Arc::new(Connections::default());
     // An MPTCP connection (token 0x1a2b3c4d) through dsl, and one carried directly.

@@ -5,7 +5,7 @@
 //! Pieces: [`settings`] (config types: role, mode, probe timers, `auto` addresses), [`decide`] (sans-IO:
 //! role/mode/health -> endpoint flags and initial uplink), [`routing`] (`from <src> lookup <table>` + default
 //! route per uplink, and the main default route that non-TCP traffic follows), [`links`] (rtnetlink link,
-//! address and default-route events; what an `auto` uplink learns), [`quic`] (`block_quic`), `volume`
+//! address and default-route events; what an `auto` uplink learns), [`volume`]
 //! (byte counts and quotas, which switch modes through [`UplinkControl`]).
 //! This file is the async driver: one `common::probe::Prober` per probed uplink, one task (the `Driver`)
 //! that owns the path manager and applies the decisions whenever a verdict or a mode changes, and the
@@ -34,7 +34,6 @@ pub mod decide;
 pub mod evidence;
 pub mod links;
 pub mod mptcp_path;
-pub mod quic;
 pub mod routing;
 pub mod settings;
 #[cfg(test)]
@@ -54,9 +53,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{info, warn};
 
-use crate::config::{Config, Uplink};
 use decide::View;
-pub use settings::{Mode, ProbeFile, Role};
+pub use settings::{ManagerSettings, Mode, ProbeFile, Role, Uplink};
 
 /// Errors starting the uplink manager (later failures are logged and retried on the next change).
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +219,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(cfg: &Config) -> Shared {
+    fn new(cfg: &ManagerSettings) -> Shared {
         let live = cfg
             .uplinks
             .iter()
@@ -238,12 +236,7 @@ impl Shared {
                 probe: None,
             })
             .collect();
-        Shared {
-            uplinks: cfg.uplinks.clone(),
-            hag: cfg.hag_addresses[0],
-            live: RwLock::new(live),
-            mode_changes: Default::default(),
-        }
+        Shared { uplinks: cfg.uplinks.clone(), hag: cfg.hag, live: RwLock::new(live), mode_changes: Default::default() }
     }
 
     fn live(&self) -> std::sync::RwLockReadGuard<'_, Vec<Live>> {
@@ -467,7 +460,7 @@ pub fn health_config(p: &ProbeFile) -> HealthConfig {
 impl UplinkManager {
     /// Removes leftovers, installs the per-uplink policy routing, sets the MPTCP limits and endpoints, and
     /// starts probing. With `probe.enabled: false` it manages nothing and picks by role and mode only.
-    pub async fn start(cfg: &Config) -> Result<UplinkManager, UplinkError> {
+    pub async fn start(cfg: &ManagerSettings) -> Result<UplinkManager, UplinkError> {
         let shared = Arc::new(Shared::new(cfg));
         let mut mgr = UplinkManager { shared: shared.clone(), cmds: None, driver: None, stop: None };
         if !cfg.probe.enabled {
@@ -497,14 +490,14 @@ impl UplinkManager {
             shared: shared.clone(),
             probe: ProbeTemplate {
                 cpe_id: cfg.cpe_id.clone(),
-                key: cfg.key.0.clone(),
+                key: cfg.key.clone(),
                 health: health_config(&cfg.probe),
             },
             slots: (0..cfg.uplinks.len()).map(|_| None).collect(),
             generation: 0,
             health_tx,
             ep_addrs: vec![Vec::new(); cfg.uplinks.len()],
-            rule_priority: cfg.routing.rule_priority,
+            rule_priority: cfg.rule_priority,
             ifindex: cfg.uplinks.iter().map(|u| common::net::ifindex(&u.interface).ok()).collect(),
             auto: cfg
                 .uplinks
@@ -517,7 +510,7 @@ impl UplinkManager {
                 .collect(),
             carrier: vec![true; cfg.uplinks.len()],
             installed: vec![Vec::new(); cfg.uplinks.len()],
-            default_route: cfg.routing.default_route,
+            default_route: cfg.default_route,
             main_default: [None, None],
             main_owned: [false, false],
             learned_gw: vec![[None, None]; cfg.uplinks.len()],

@@ -6,10 +6,13 @@
 //! every uplink is `active` (one MPTCP endpoint with the `subflow` flag), probes every 200 ms, down after 3
 //! misses, up after 3 answers.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use common::config::{self as cfg, ConfigError};
 use serde::{Deserialize, Deserializer};
+
+use super::volume::QuotaFile;
 
 /// Which uplink new connections start on while it is healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -172,109 +175,61 @@ pub fn validate_uplinks(
     Ok(())
 }
 
-#[cfg(test)]
-pub(super) mod tests {
-    use super::*;
-    use crate::config::Config;
+/// An uplink's address and gateway in one family.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkFamily<A> {
+    /// Local address on the uplink interface; connections to hag over this uplink bind to it. `auto` (or
+    /// absent): learned from the interface and followed when it changes (the uplink manager needs
+    /// `probe.enabled` for that).
+    #[serde(default = "UplinkAddress::auto")]
+    pub address: UplinkAddress<A>,
+    pub gateway: Option<A>,
+}
 
-    /// Two uplinks with fixed addresses and gateways, everything else on defaults (also `volume`'s tests).
-    pub(crate) const BASE: &str = r#"
-lan_interfaces: [lan0]
-hag: { addresses: [198.51.100.1], cpe_id: cpe-1, key_file: cpe.key }
-uplinks:
-  - name: dsl
-    interface: dsl0
-    ipv4: { address: 192.0.2.2, gateway: 192.0.2.1 }
-  - name: lte
-    interface: lte0
-    ipv4: { address: 203.0.113.2, gateway: 203.0.113.1 }
-"#;
+/// An uplink, validated.
+#[derive(Debug, Clone)]
+pub struct Uplink {
+    pub name: String,
+    pub interface: String,
+    pub ipv4: Option<UplinkFamily<Ipv4Addr>>,
+    pub ipv6: Option<UplinkFamily<Ipv6Addr>>,
+    pub role: Role,
+    pub mode: Mode,
+    pub table: u32,
+    pub quota: Option<QuotaFile>,
+}
 
-    /// `text` parsed as `hcpe.yaml` in a scratch directory with `cpe.key`; the directory stays for paths
-    /// relative to the config file.
-    pub(crate) fn parse_in_dir(text: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
-        let c = Config::from_yaml(text, &dir.path().join("hcpe.yaml"));
-        (dir, c)
-    }
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        parse_in_dir(text).1
-    }
-
-    #[test]
-    fn defaults_keep_the_old_behaviour() {
-        let c = parse(BASE).unwrap();
-        assert_eq!((c.uplinks[0].role, c.uplinks[1].role), (Role::Primary, Role::Secondary));
-        assert_eq!((c.uplinks[0].mode, c.uplinks[1].mode), (Mode::Active, Mode::Active));
-        assert_eq!((c.uplinks[0].table, c.uplinks[1].table), (5125, 5126));
-        assert_eq!(c.probe, ProbeFile::default());
-        assert_eq!((c.probe.interval, c.probe.down_after, c.probe.up_after), (Duration::from_millis(200), 3, 3));
-    }
-
-    #[test]
-    fn explicit_role_mode_table_and_probe_timers() {
-        let text = BASE
-            .replace("interface: lte0", "interface: lte0\n    role: primary\n    mode: backup\n    table: 200")
-            + "probe: { interval: 100ms, down_after: 2, up_after: 5 }\n";
-        let c = parse(&text).unwrap();
-        assert_eq!((c.uplinks[1].role, c.uplinks[1].mode, c.uplinks[1].table), (Role::Primary, Mode::Backup, 200));
-        assert_eq!(
-            c.probe,
-            ProbeFile { enabled: true, interval: Duration::from_millis(100), down_after: 2, up_after: 5 }
-        );
-        for mode in ["active", "backup", "standby", "off"] {
-            let t = BASE.replace("interface: lte0", &format!("interface: lte0\n    mode: {mode}"));
-            assert_eq!(parse(&t).unwrap().uplinks[1].mode.as_str(), mode);
+impl Uplink {
+    /// This uplink's local address in the family of `peer`.
+    pub fn source_for(&self, peer: IpAddr) -> Option<IpAddr> {
+        match peer {
+            IpAddr::V4(_) => self.ipv4.and_then(|f| f.address.fixed()).map(IpAddr::V4),
+            IpAddr::V6(_) => self.ipv6.and_then(|f| f.address.fixed()).map(IpAddr::V6),
         }
     }
 
-    #[test]
-    fn uplink_address_is_fixed_or_learned() {
-        use std::net::{Ipv4Addr, Ipv6Addr};
-        let c = parse(BASE).unwrap();
-        assert_eq!(c.uplinks[1].ipv4.unwrap().address, UplinkAddress::Fixed(Ipv4Addr::new(203, 0, 113, 2)));
-        for (text, what) in [
-            (BASE.replace("address: 203.0.113.2, ", "address: auto, "), "auto"),
-            (BASE.replace("address: 203.0.113.2, ", ""), "absent"),
-        ] {
-            let c = parse(&text).unwrap();
-            let lte = &c.uplinks[1];
-            assert_eq!(lte.ipv4.unwrap().address, UplinkAddress::Auto, "{what}");
-            assert_eq!(lte.ipv4.unwrap().gateway, Some(Ipv4Addr::new(203, 0, 113, 1)), "{what}");
-            assert_eq!(lte.source_for("198.51.100.1".parse().unwrap()), None, "{what}: nothing to bind to yet");
-            assert_eq!(lte.ipv4.unwrap().address.to_string(), "auto");
+    /// Whether this uplink has (or will learn) an address of `peer`'s family.
+    pub fn has_family(&self, peer: IpAddr) -> bool {
+        match peer {
+            IpAddr::V4(_) => self.ipv4.is_some(),
+            IpAddr::V6(_) => self.ipv6.is_some(),
         }
-        let v6 = BASE.replace("interface: lte0", "interface: lte0\n    ipv6: { address: auto }");
-        assert_eq!(parse(&v6).unwrap().uplinks[1].ipv6.unwrap().address, UplinkAddress::<Ipv6Addr>::Auto);
-        // Only learned addresses, of the hag's family: still a valid config (the address comes later).
-        let only_auto = BASE.replace("address: 192.0.2.2, ", "").replace("address: 203.0.113.2, ", "");
-        assert!(parse(&only_auto).is_ok());
     }
+}
 
-    #[test]
-    fn errors_name_the_field() {
-        let cases = [
-            (BASE.replace("address: 203.0.113.2", "address: automatic"), "uplinks[1].ipv4.address"),
-            (BASE.replace("interface: lte0", "interface: lte0\n    mode: sometimes"), "uplinks[1].mode"),
-            (BASE.replace("interface: lte0", "interface: lte0\n    role: tertiary"), "uplinks[1].role"),
-            (BASE.replace("interface: lte0", "interface: lte0\n    table: 5125"), "uplinks[1].table"),
-            (BASE.replace("interface: dsl0", "interface: dsl0\n    table: 254"), "uplinks[0].table"),
-            (BASE.replace("interface: dsl0", "interface: dsl0\n    table: 5124"), "uplinks[0].table"),
-            (
-                BASE.replace("interface: dsl0", "interface: dsl0\n    mode: off")
-                    .replace("interface: lte0", "interface: lte0\n    mode: off"),
-                "uplinks",
-            ),
-            (format!("{BASE}probe: {{ down_after: 0 }}\n"), "probe.down_after"),
-            (format!("{BASE}probe: {{ up_after: 0 }}\n"), "probe.up_after"),
-            (format!("{BASE}probe: {{ interval: 1ms }}\n"), "probe.interval"),
-            (format!("{BASE}probe: {{ colour: red }}\n"), "probe.colour"),
-        ];
-        for (text, field) in cases {
-            let e = parse(&text).unwrap_err();
-            assert_eq!(e.field(), Some(field), "{e}");
-        }
-    }
+/// What the uplink manager needs from the config (`Config::uplink_settings` builds it).
+#[derive(Debug, Clone)]
+pub struct ManagerSettings {
+    pub uplinks: Vec<Uplink>,
+    /// hag's service address the probes and connections go to (the first configured).
+    pub hag: SocketAddr,
+    pub cpe_id: String,
+    /// The key that authenticates probes.
+    pub key: Vec<u8>,
+    pub probe: ProbeFile,
+    /// Priority of the `from <src> lookup <table>` rules.
+    pub rule_priority: u32,
+    /// Keep the main table's default route on the best uplink.
+    pub default_route: bool,
 }

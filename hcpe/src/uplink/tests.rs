@@ -13,6 +13,7 @@ use common::pm::PmEvent;
 use testkit::netns::{MptcpPair, in_new_netns, loopback_up, mptcp_pair, wait_for};
 
 use super::*;
+use crate::config::Config;
 
 const DSL: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 const LTE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -53,7 +54,7 @@ const BAK: EndpointFlags = EndpointFlags::from_bits(EndpointFlags::SUBFLOW.bits(
 fn set_mode_changes_the_endpoint_table_live_and_shutdown_empties_it() {
     in_new_netns(|| async {
         loopback_up();
-        let mgr = UplinkManager::start(&config("active", "")).await.unwrap();
+        let mgr = UplinkManager::start(&config("active", "").uplink_settings()).await.unwrap();
         let pm = PathManager::connect().await.unwrap();
         let ctl = mgr.control();
         assert_eq!(table(&pm).await, vec![(LTE, SUB), (DSL, SUB)]);
@@ -107,7 +108,7 @@ fn unmanaged_set_mode_only_records_and_steers_new_connections() {
             c.probe.enabled = false;
             c
         };
-        let mgr = UplinkManager::start(&cfg).await.unwrap();
+        let mgr = UplinkManager::start(&cfg.uplink_settings()).await.unwrap();
         let ctl = mgr.control();
         let hag: IpAddr = "127.0.0.1".parse().unwrap();
         assert_eq!(mgr.selector().source_for(hag), Some(DSL));
@@ -123,7 +124,7 @@ fn unmanaged_set_mode_only_records_and_steers_new_connections() {
         ip(&["addr", "add", "10.9.0.2/24", "dev", "wwan0"]);
         let text = "lan_interfaces: [lan0]\nhag: { addresses: [10.7.0.1], cpe_id: c, key_file: cpe.key }\n\
                     uplinks: [{ name: lte, interface: wwan0, ipv4: { address: auto } }]\nprobe: { enabled: false }\n";
-        let mgr = UplinkManager::start(&parse_config(text)).await.unwrap();
+        let mgr = UplinkManager::start(&parse_config(text).uplink_settings()).await.unwrap();
         assert_eq!(mgr.selector().source_for("10.7.0.1".parse().unwrap()), Some("10.9.0.2".parse().unwrap()));
         mgr.shutdown().await;
     });
@@ -133,7 +134,7 @@ fn unmanaged_set_mode_only_records_and_steers_new_connections() {
 fn backup_mode_reaches_the_peer_of_a_running_connection_by_mp_prio() {
     in_new_netns(|| async {
         loopback_up();
-        let mgr = UplinkManager::start(&config("active", "")).await.unwrap();
+        let mgr = UplinkManager::start(&config("active", "").uplink_settings()).await.unwrap();
         let ctl = mgr.control();
         let pm = PathManager::connect().await.unwrap();
         let mut events = pm.subscribe().await.unwrap();
@@ -220,7 +221,7 @@ probe: {{ interval: 20s }}
         let cfg = parse_config(&text);
         let table = cfg.uplinks[1].table.to_string();
 
-        let mgr = UplinkManager::start(&cfg).await.unwrap();
+        let mgr = UplinkManager::start(&cfg.uplink_settings()).await.unwrap();
         let ctl = mgr.control();
         let pm = PathManager::connect().await.unwrap();
         let (old, new): (IpAddr, IpAddr) = ("10.9.0.2".parse().unwrap(), "10.9.0.3".parse().unwrap());
@@ -279,7 +280,7 @@ uplinks:
 probe: { interval: 20s }
 "#;
         let cfg = parse_config(text);
-        let mgr = UplinkManager::start(&cfg).await.unwrap();
+        let mgr = UplinkManager::start(&cfg.uplink_settings()).await.unwrap();
         let ctl = mgr.control();
         let get = || ip_out(&["route", "get", "10.7.0.99"]);
         assert!(get().contains("via 10.8.0.1 dev dsl0"), "{}", get());
@@ -327,7 +328,7 @@ routing: { default_route: false }
 probe: { interval: 20s }
 "#;
         let cfg = parse_config(text);
-        let mgr = UplinkManager::start(&cfg).await.unwrap();
+        let mgr = UplinkManager::start(&cfg.uplink_settings()).await.unwrap();
         assert_eq!(ip_out(&["route", "show", "default"]), "", "the firmware keeps the default route");
         mgr.shutdown().await;
     });
@@ -351,7 +352,7 @@ probe: { interval: 20s }
 "#;
         let cfg = parse_config(text);
         let (lte_table, ppp_table) = (cfg.uplinks[0].table.to_string(), cfg.uplinks[1].table.to_string());
-        let mgr = UplinkManager::start(&cfg).await.unwrap();
+        let mgr = UplinkManager::start(&cfg.uplink_settings()).await.unwrap();
         let ctl = mgr.control();
         assert_eq!(ip_out(&["route", "show", "table", &lte_table]), "", "no gateway known yet");
         assert!(

@@ -8,7 +8,7 @@
 //! - Every error names the field path (see `common::config`), and no error or `Debug` output shows the key.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,7 +16,8 @@ use common::config::{self as cfg, ConfigError};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
-use crate::uplink::settings::UplinkAddress;
+use crate::uplink::settings::ManagerSettings;
+pub use crate::uplink::settings::{Uplink, UplinkFamily};
 use crate::uplink::volume::{self, QuotaFile, VolumeFile};
 use crate::uplink::{self, Mode, ProbeFile, Role};
 
@@ -153,18 +154,6 @@ pub struct UplinkFile {
     /// Monthly volume quota; over it the uplink drops to the quota's `action` mode.
     #[serde(default)]
     pub quota: Option<QuotaFile>,
-}
-
-/// An uplink's address and gateway in one family.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UplinkFamily<A> {
-    /// Local address on the uplink interface; connections to hag over this uplink bind to it. `auto` (or
-    /// absent): learned from the interface and followed when it changes (the uplink manager needs
-    /// `probe.enabled` for that).
-    #[serde(default = "UplinkAddress::auto")]
-    pub address: UplinkAddress<A>,
-    pub gateway: Option<A>,
 }
 
 /// Behaviour when hag is unreachable or the Convert exchange fails (not when hag answers with an Error).
@@ -322,37 +311,6 @@ fn default_pool() -> u32 {
     64
 }
 
-/// An uplink, validated.
-#[derive(Debug, Clone)]
-pub struct Uplink {
-    pub name: String,
-    pub interface: String,
-    pub ipv4: Option<UplinkFamily<Ipv4Addr>>,
-    pub ipv6: Option<UplinkFamily<Ipv6Addr>>,
-    pub role: Role,
-    pub mode: Mode,
-    pub table: u32,
-    pub quota: Option<QuotaFile>,
-}
-
-impl Uplink {
-    /// This uplink's local address in the family of `peer`.
-    pub fn source_for(&self, peer: IpAddr) -> Option<IpAddr> {
-        match peer {
-            IpAddr::V4(_) => self.ipv4.and_then(|f| f.address.fixed()).map(IpAddr::V4),
-            IpAddr::V6(_) => self.ipv6.and_then(|f| f.address.fixed()).map(IpAddr::V6),
-        }
-    }
-
-    /// Whether this uplink has (or will learn) an address of `peer`'s family.
-    pub fn has_family(&self, peer: IpAddr) -> bool {
-        match peer {
-            IpAddr::V4(_) => self.ipv4.is_some(),
-            IpAddr::V6(_) => self.ipv6.is_some(),
-        }
-    }
-}
-
 /// The key bytes; `Debug` never shows them.
 #[derive(Clone)]
 pub struct Key(pub Vec<u8>);
@@ -402,6 +360,19 @@ impl Config {
     pub fn from_yaml(text: &str, config_path: &Path) -> Result<Config, ConfigError> {
         let file: FileConfig = cfg::from_yaml_str(text)?;
         Config::validate(file, config_path)
+    }
+
+    /// What the uplink manager needs.
+    pub fn uplink_settings(&self) -> ManagerSettings {
+        ManagerSettings {
+            uplinks: self.uplinks.clone(),
+            hag: self.hag_addresses[0],
+            cpe_id: self.cpe_id.clone(),
+            key: self.key.0.clone(),
+            probe: self.probe.clone(),
+            rule_priority: self.routing.rule_priority,
+            default_route: self.routing.default_route,
+        }
     }
 
     fn validate(f: FileConfig, config_path: &Path) -> Result<Config, ConfigError> {
@@ -556,113 +527,4 @@ fn default_fastopen() -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key_dir() -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
-        let cfg = dir.path().join("hcpe.yaml");
-        (dir, cfg)
-    }
-
-    const GOOD: &str = r#"
-lan_interfaces: [lan0]
-hag:
-  addresses: [198.51.100.1, "[2001:db8::1]:6000"]
-  cpe_id: cpe-1
-  key_file: cpe.key
-uplinks:
-  - name: dsl
-    interface: dsl0
-    ipv4: { address: 192.0.2.2, gateway: 192.0.2.1 }
-  - name: lte
-    interface: lte0
-    ipv4: { address: 203.0.113.2, gateway: 203.0.113.1 }
-    ipv6: { address: "2001:db8:1::2", gateway: "2001:db8:1::1" }
-bypass: [10.0.0.0/8]
-fallback: reject
-"#;
-
-    fn err_of(text: &str) -> ConfigError {
-        let (_d, path) = key_dir();
-        Config::from_yaml(text, &path).unwrap_err()
-    }
-
-    #[test]
-    fn example_parses_with_defaults() {
-        let (_d, path) = key_dir();
-        let c = Config::from_yaml(GOOD, &path).unwrap();
-        assert_eq!(c.hag_addresses, vec!["198.51.100.1:5124".parse().unwrap(), "[2001:db8::1]:6000".parse().unwrap()]);
-        assert_eq!(c.fallback, Fallback::Reject);
-        assert_eq!(c.tun.name, "hcpe0");
-        assert_eq!(c.primary_uplink().name, "dsl");
-        assert_eq!(c.key.0.len(), 16);
-        assert!(!format!("{c:?}").contains("00112233"), "Debug never shows the key");
-        assert_eq!(c.limits.idle_timeout, Duration::from_secs(600));
-        assert_eq!(c.race, RaceFile::default());
-    }
-
-    #[test]
-    fn admin_section_is_optional_and_defaults_to_loopback() {
-        let (d, path) = key_dir();
-        assert!(Config::from_yaml(GOOD, &path).unwrap().admin.is_none());
-        std::fs::write(d.path().join("admin.token"), "0123456789abcdef0123\n").unwrap();
-        let c = Config::from_yaml(&format!("{GOOD}admin: {{ token_file: admin.token }}\n"), &path).unwrap();
-        let a = c.admin.unwrap();
-        assert_eq!(a.config.listen, vec!["127.0.0.1:5126".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(a.config.token_file, d.path().join("admin.token"));
-        assert!(a.token.matches(b"0123456789abcdef0123"));
-        assert!(!format!("{a:?}").contains("0123456789abcdef"), "Debug never shows the token");
-        for (text, field) in [
-            ("admin: {}\n", "admin.token_file"),
-            ("admin: { token_file: missing.token }\n", "admin.token_file"),
-            ("admin: { token_file: admin.token, listen: ['127.0.0.1', x] }\n", "admin.listen[1]"),
-            ("admin: { token_file: admin.token, colour: red }\n", "admin.colour"),
-        ] {
-            let e = Config::from_yaml(&format!("{GOOD}{text}"), &path).unwrap_err();
-            assert_eq!(e.field(), Some(field), "{text}: {e}");
-        }
-    }
-
-    #[test]
-    fn shipped_example_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/hcpe.yaml");
-        Config::from_file(&path).unwrap();
-    }
-
-    #[test]
-    fn race_delay_is_rtts_of_the_uplink_clamped_and_the_cap_without_an_rtt() {
-        let race = RaceFile::default();
-        let ms = Duration::from_millis;
-        assert_eq!(race.delay(Some(ms(20))), Some(ms(150)), "floor");
-        assert_eq!(race.delay(Some(ms(80))), Some(ms(240)));
-        assert_eq!(race.delay(Some(ms(500))), Some(ms(1000)), "cap");
-        assert_eq!(race.delay(None), Some(ms(1000)));
-        assert_eq!(RaceFile { rtts: 0, ..race }.delay(Some(ms(20))), None, "off");
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let cases = [
-            (GOOD.replace("fallback: reject", "fallback: maybe"), "fallback"),
-            (GOOD.replace("lan_interfaces: [lan0]", "lan_interfaces: []"), "lan_interfaces"),
-            (GOOD.replace("198.51.100.1,", "not-an-ip,"), "hag.addresses[0]"),
-            (GOOD.replace("cpe_id: cpe-1", "cpe_id: \"\""), "hag.cpe_id"),
-            (GOOD.replace("key_file: cpe.key", "key_file: missing.key"), "hag.key_file"),
-            (GOOD.replace("interface: lte0", "interface: lte0\n    colour: red"), "uplinks[1].colour"),
-            (GOOD.replace("name: lte", "name: dsl"), "uplinks[1].name"),
-            (GOOD.replace("bypass: [10.0.0.0/8]", "bypass: [10.0.0.0/33]"), "bypass[0]"),
-            (format!("{GOOD}routing: {{ table: 0 }}\n"), "routing.table"),
-            (format!("{GOOD}limits: {{ idle_timeout: forever }}\n"), "limits.idle_timeout"),
-            (format!("{GOOD}tun: {{ ipv4: null, ipv6: null }}\n"), "tun"),
-            (format!("{GOOD}race: {{ floor: 2s }}\n"), "race.floor"),
-            (format!("{GOOD}race: {{ cap: 0s }}\n"), "race.cap"),
-            (format!("{GOOD}race: {{ after: 3 }}\n"), "race.after"),
-        ];
-        for (text, field) in cases {
-            let e = err_of(&text);
-            assert_eq!(e.field(), Some(field), "{e}");
-        }
-    }
-}
+pub(crate) mod tests;
