@@ -1,4 +1,4 @@
-//! hcpe's `/metrics` families (prefix `hcpe_`): connection outcomes from [`ConnCounters`], Convert errors by
+//! hcpe's `/metrics` families (prefix `hcpe_`): connection outcomes from [`ConnCounters`](crate::conn::ConnCounters), Convert errors by
 //! code, the open connections' live bytes, and per uplink: state, mode, RTT, loss, probe counters, bytes and
 //! rates (volume tracker), quota, mode changes by reason.
 //!

@@ -8,7 +8,7 @@
 //! Everything else is reported under `restart_required` until the daemon restarts.
 //!
 //! Invariants: an invalid file changes nothing (400 naming the field; no path of a server-side file in the
-//! message); reloads run one at a time; the running config ([`Reloader::running`]) is what the daemon really
+//! message); reloads run one at a time; the running config (`Reloader::running`) is what the daemon really
 //! runs with, i.e. only live-applied fields are updated in it.
 
 use std::path::PathBuf;

@@ -24,8 +24,8 @@
 //! For operators: the counter of quota crossings is [`VolumeStatus::quota_exceeded_total`] (persisted; the
 //! admin API exports it as `hcpe_uplink_quota_exceeded_total`); periods follow UTC, not local time.
 //!
-//! Modules: [`settings`] (the `quota` and `volume:` config sections), [`calendar`] (quota periods),
-//! [`account`] (sans-IO accounting), [`state`] (the state file); this file is the polling task.
+//! Modules: `settings` (the `quota` and `volume:` config sections), `calendar` (quota periods),
+//! `account` (sans-IO accounting), `state` (the state file); this file is the polling task.
 
 mod account;
 mod calendar;
