@@ -1,6 +1,6 @@
 //! The hag's admin REST API: its own routes (`/api/v1/connections`, `/api/v1/connections/{id}`,
-//! `/api/v1/clients`), its `/metrics` families ([`HagMetrics`]), its `/api/v1/status` detail (a config summary)
-//! and its part of the OpenAPI document; `common::admin` adds auth, `/healthz`, `/metrics`, `/api/v1/status`,
+//! `/api/v1/clients`), its `/metrics` families ([`HagMetrics`]) and its `/api/v1/status` detail (a config
+//! summary); `common::admin` adds auth, `/healthz`, `/metrics`, `/api/v1/status`, the OpenAPI document,
 //! JSON errors and limits around them, and serves them ([`start`]).
 //!
 //! Connection ids (RFC 6897 CONNID) are `common::admin::ConnId`s: the MPTCP token of the CPE's connection, or
@@ -10,8 +10,8 @@
 //! Invariants:
 //! - Nothing here shows a secret: CPE keys and the admin token never reach a response (the status summary
 //!   lists CPE ids only).
-//! - Every route of [`api_router`] is in [`openapi`] and the other way round (tested with
-//!   `testkit::admin::missing_operations`).
+//! - Every route of [`api_router`] is registered with its `#[utoipa::path]` operation, so the served OpenAPI
+//!   document lists exactly the routes (`common::admin::openapi`).
 //! - Per-CPE metric labels come only from configured CPE ids, so label cardinality is bounded by the config.
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,16 +24,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use common::admin::openapi::{BadRequest, NotFound, Unauthorized};
 use common::admin::{
     self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, BearerToken, HasConnId, MetricType, Metrics, MetricsWriter,
-    ProcessInfo, SubflowView, conn_id,
+    ProcessInfo, SubflowView,
 };
 use common::mptcp;
 use common::mptcp::subflow_diag::{self, DiagMap};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::info;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::connections::{Connection, Connections};
@@ -62,7 +65,8 @@ impl ApiState {
 }
 
 /// One open connection as `GET /api/v1/connections` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Connection)]
 pub struct ConnectionView {
     /// Connection id (see the module doc).
     pub id: String,
@@ -70,9 +74,11 @@ pub struct ConnectionView {
     pub token: Option<u32>,
     /// The CPE id from the Auth TLV (`null` for trusted clients without one, or before authentication).
     pub cpe: Option<String>,
-    /// The CPE's address of the initial subflow.
+    /// The CPE's address of the initial subflow (`address:port`).
+    #[schema(value_type = String)]
     pub peer: SocketAddr,
-    /// Destination from the Connect TLV (`null` until it passed the policy).
+    /// Destination from the Connect TLV (`address:port`; `null` until it passed the policy).
+    #[schema(value_type = Option<String>)]
     pub destination: Option<SocketAddr>,
     /// The client is plain TCP (did not do MPTCP, or fell back).
     pub fallback: bool,
@@ -115,7 +121,8 @@ impl ConnectionView {
 }
 
 /// One configured CPE as `GET /api/v1/clients` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Client)]
 pub struct ClientView {
     /// CPE id.
     pub id: String,
@@ -186,10 +193,31 @@ async fn connection_views(conns: Vec<Arc<Connection>>) -> Vec<ConnectionView> {
     .unwrap_or_default()
 }
 
+/// Open connections with their subflows (RFC 6897 CONNID and SUBFLOWS).
+#[utoipa::path(get, path = "/api/v1/connections", responses(
+    (status = 200, description = "Connections, oldest first.", body = Vec<ConnectionView>),
+    (status = 401, response = Unauthorized),
+))]
 async fn list_connections(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<ConnectionView>> {
     ApiJson(connection_views(s.connections.snapshot()).await)
 }
 
+/// The `{id}` of the connection routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ConnPath {
+    /// MPTCP token as 8 hex digits (`0x` prefix accepted), or `tcp-<n>` for a connection without one.
+    #[param(pattern = r"^((0[xX])?[0-9a-fA-F]{1,8}|tcp-[0-9]+)$")]
+    pub id: String,
+}
+
+/// One open connection.
+#[utoipa::path(get, path = "/api/v1/connections/{id}", params(ConnPath), responses(
+    (status = 200, description = "The connection.", body = ConnectionView),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 404, response = NotFound),
+))]
 async fn get_connection(
     State(s): State<Arc<ApiState>>,
     ApiPath(id): ApiPath<String>,
@@ -199,6 +227,13 @@ async fn get_connection(
     v.pop().map(ApiJson).ok_or_else(|| ApiError::internal("connection view task failed"))
 }
 
+/// Closes the connection: the relay stops and both sockets are closed.
+#[utoipa::path(delete, path = "/api/v1/connections/{id}", params(ConnPath), responses(
+    (status = 204, description = "Closing."),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 404, response = NotFound),
+))]
 async fn delete_connection(
     State(s): State<Arc<ApiState>>,
     ApiPath(id): ApiPath<String>,
@@ -212,17 +247,31 @@ async fn delete_connection(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Configured CPEs with their connection, byte and auth-failure counts.
+#[utoipa::path(get, path = "/api/v1/clients", responses(
+    (status = 200, description = "CPEs by id.", body = Vec<ClientView>),
+    (status = 401, response = Unauthorized),
+))]
 async fn list_clients(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<ClientView>> {
     ApiJson(clients_view(&s))
 }
 
-/// The hag's own `/api/v1/...` routes, state applied (no auth: [`AdminApp::router`] adds it).
-pub fn api_router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/api/v1/connections", get(list_connections))
-        .route("/api/v1/connections/{id}", get(get_connection).delete(delete_connection))
-        .route("/api/v1/clients", get(list_clients))
-        .with_state(state)
+/// The hag's own `/api/v1/...` routes with their OpenAPI operations, state applied (no auth:
+/// [`AdminApp::router`] adds it).
+pub fn api_router(state: Arc<ApiState>) -> OpenApiRouter {
+    api_routes().with_state(state)
+}
+
+fn api_routes() -> OpenApiRouter<Arc<ApiState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_connections))
+        .routes(routes!(get_connection, delete_connection))
+        .routes(routes!(list_clients))
+}
+
+/// The OpenAPI document hag serves at `/api/v1/openapi.json` (it needs no running daemon).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    admin::openapi::document("hag", env!("CARGO_PKG_VERSION"), api_routes().into_openapi())
 }
 
 /// The hag's `/metrics` families (prefix `hag_`), read from [`Stats`] and the connection table.
@@ -422,75 +471,12 @@ pub fn status_detail(config: &Config, listening: &[SocketAddr]) -> Value {
     })
 }
 
-/// The hag's part of the OpenAPI document (merged by [`AdminApp::openapi`]).
-pub fn openapi() -> Value {
-    let r = |name: &str| json!({ "$ref": format!("#/components/responses/{name}") });
-    let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
-    let addr = json!({ "type": "string", "nullable": true, "description": "address:port" });
-    let count = json!({ "type": "integer", "minimum": 0 });
-    json!({
-        "paths": {
-            "/api/v1/connections": { "get": {
-                "summary": "Open connections with their subflows (RFC 6897 CONNID and SUBFLOWS).",
-                "responses": {
-                    "200": { "description": "Connections, oldest first.", "content": { "application/json": {
-                        "schema": { "type": "array", "items": schema("Connection") } } } },
-                    "401": r("Unauthorized")
-                }
-            } },
-            "/api/v1/connections/{id}": conn_id::openapi_path_item(
-                "MPTCP token as 8 hex digits (`0x` prefix accepted), or `tcp-<n>` for a connection without one.",
-                "Closes the connection: the relay stops and both sockets are closed.",
-            ),
-            "/api/v1/clients": { "get": {
-                "summary": "Configured CPEs with their connection, byte and auth-failure counts.",
-                "responses": {
-                    "200": { "description": "CPEs by id.", "content": { "application/json": {
-                        "schema": { "type": "array", "items": schema("Client") } } } },
-                    "401": r("Unauthorized")
-                }
-            } }
-        },
-        "components": { "schemas": {
-            "Subflow": { "type": "object", "required": ["id", "bytes_sent", "bytes_received", "rtt_us", "tcp_state"],
-                "properties": {
-                    "id": count, "local": addr, "remote": addr, "bytes_sent": count, "bytes_received": count,
-                    "rtt_us": count, "tcp_state": count,
-                    "backup": { "type": "boolean", "nullable": true }
-                } },
-            "Connection": { "type": "object",
-                "required": ["id", "peer", "fallback", "accepted_unix", "age_seconds", "bytes_up", "bytes_down", "subflows"],
-                "properties": {
-                    "id": { "type": "string" },
-                    "token": { "type": "integer", "minimum": 0, "nullable": true },
-                    "cpe": { "type": "string", "nullable": true },
-                    "peer": { "type": "string" },
-                    "destination": addr,
-                    "fallback": { "type": "boolean" },
-                    "accepted_unix": count,
-                    "age_seconds": { "type": "number" },
-                    "bytes_up": count, "bytes_down": count,
-                    "subflows": { "type": "array", "items": schema("Subflow") }
-                } },
-            "Client": { "type": "object",
-                "required": ["id", "open_connections", "connections_total", "bytes_up", "bytes_down", "auth_failures"],
-                "properties": {
-                    "id": { "type": "string" },
-                    "open_connections": count, "connections_total": count,
-                    "bytes_up": count, "bytes_down": count, "auth_failures": count,
-                    "last_seen_unix": { "type": "integer", "nullable": true }
-                } }
-        } }
-    })
-}
-
 /// The whole admin app of a hag: shared routes from `common::admin` plus the hag's.
 pub fn app(config: &Config, listening: &[SocketAddr], state: Arc<ApiState>, token: BearerToken) -> AdminApp {
     let detail = status_detail(config, listening);
     let mut app =
         AdminApp::new(ProcessInfo::new("hag", env!("CARGO_PKG_VERSION")), token, Arc::new(HagMetrics::new(state)))
-            .status_detail(move || detail.clone())
-            .openapi(openapi());
+            .status_detail(move || detail.clone());
     if let Some(a) = &config.admin {
         app = app.limits(&a.config);
     }

@@ -8,8 +8,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde_json::json;
-
 use super::ApiError;
 use super::table::Table;
 
@@ -60,34 +58,6 @@ impl ConnId {
             ))
         })
     }
-}
-
-/// The OpenAPI path item of `/api/v1/connections/{id}` (`GET` the connection as the daemon's `Connection`
-/// schema, `DELETE` to close it; served by [`Table::by_path`]); `id_description` says whose token the id is,
-/// `delete_summary` what closing does.
-pub fn openapi_path_item(id_description: &str, delete_summary: &str) -> serde_json::Value {
-    let r = |name: &str| json!({ "$ref": format!("#/components/responses/{name}") });
-    json!({
-        "parameters": [{
-            "name": "id", "in": "path", "required": true, "description": id_description,
-            "schema": { "type": "string", "pattern": "^((0[xX])?[0-9a-fA-F]{1,8}|tcp-[0-9]+)$" }
-        }],
-        "get": {
-            "summary": "One open connection.",
-            "responses": {
-                "200": { "description": "The connection.", "content": { "application/json": {
-                    "schema": { "$ref": "#/components/schemas/Connection" } } } },
-                "400": r("BadRequest"), "401": r("Unauthorized"), "404": r("NotFound")
-            }
-        },
-        "delete": {
-            "summary": delete_summary,
-            "responses": {
-                "204": { "description": "Closing." },
-                "400": r("BadRequest"), "401": r("Unauthorized"), "404": r("NotFound")
-            }
-        }
-    })
 }
 
 impl<T: HasConnId> Table<T> {

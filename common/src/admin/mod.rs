@@ -1,18 +1,19 @@
 //! Admin API pieces both daemons mount: config section, bearer auth, JSON errors, `/healthz`, `/metrics`,
-//! `/api/v1/status`, `/api/v1/openapi.json` (shared part + the daemon's), limits, and serving on the configured
-//! addresses.
+//! `/api/v1/status`, `/api/v1/openapi.json` (generated from the routes: [`openapi`]), limits, and serving on the
+//! configured addresses.
 //!
-//! A daemon builds its own `Router` of `/api/v1/...` routes (with its state applied), then
-//! [`AdminApp::router`] adds the shared routes and layers around it, and [`serve`] runs it:
+//! A daemon builds its own `OpenApiRouter` of `/api/v1/...` routes (each handler with its `#[utoipa::path]`,
+//! state applied), then [`AdminApp::router`] adds the shared routes, the document and the layers around it, and
+//! [`serve`] runs it:
 //!
 //! ```ignore
 //! let token = cfg.admin.load_token("admin.token_file")?;
 //! let app = AdminApp::new(ProcessInfo::new("hcpe", env!("CARGO_PKG_VERSION")), token, metrics)
 //!     .limits(&cfg.admin)
-//!     .status_detail(move || serde_json::json!({ "uplinks": summary.clone() }))
-//!     .openapi(serde_json::json!({ "paths": { "/api/v1/uplinks": { "get": { /* ... */ } } } }));
+//!     .status_detail(move || serde_json::json!({ "uplinks": summary.clone() }));
+//! let api = OpenApiRouter::new().routes(routes!(list_uplinks)).with_state(state);
 //! let listeners = admin::bind(&cfg.admin.listen)?;
-//! tokio::spawn(admin::serve(listeners, app.router(api_routes), shutdown));
+//! tokio::spawn(admin::serve(listeners, app.router(api), shutdown));
 //! ```
 //!
 //! Invariants:
@@ -31,22 +32,24 @@ pub mod openapi;
 pub mod subflow;
 pub mod table;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use futures::FutureExt as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{Auth, AuthGate, BearerToken};
 pub use conn_id::{ConnId, HasConnId};
@@ -220,7 +223,7 @@ impl ProcessInfo {
     }
 
     /// The status document: identity and uptime, then the daemon's `detail` fields flattened in.
-    pub fn status<T: Serialize>(&self, detail: T) -> Status<T> {
+    pub fn status(&self, detail: BTreeMap<String, serde_json::Value>) -> Status {
         Status {
             daemon: self.daemon,
             version: self.version,
@@ -232,8 +235,8 @@ impl ProcessInfo {
 }
 
 /// Body of `GET /api/v1/status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Status<T> {
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Status {
     /// Daemon name.
     pub daemon: &'static str,
     /// Daemon version.
@@ -244,7 +247,7 @@ pub struct Status<T> {
     pub started_unix: u64,
     /// Daemon-specific fields (config summary without secrets), flattened into the object.
     #[serde(flatten)]
-    pub detail: T,
+    pub detail: BTreeMap<String, serde_json::Value>,
 }
 
 type StatusDetail = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
@@ -256,7 +259,6 @@ pub struct AdminApp {
     auth: Arc<Auth>,
     metrics: Arc<dyn Metrics>,
     status_detail: StatusDetail,
-    openapi: serde_json::Value,
     public: Vec<String>,
     max_body: usize,
     timeout: Duration,
@@ -284,24 +286,11 @@ impl AdminApp {
             auth: Arc::new(Auth::new(token)),
             metrics,
             status_detail: Arc::new(|| serde_json::Value::Object(Default::default())),
-            openapi: openapi::base(process.daemon, process.version),
             public: vec![HEALTHZ.to_owned()],
             max_body: DEFAULT_MAX_BODY,
             timeout: DEFAULT_TIMEOUT,
             process,
         }
-    }
-
-    /// Adds the daemon's part of the OpenAPI document (its `paths` and `components`), merged into the shared
-    /// part ([`openapi::base`]); the result is served at [`openapi::PATH`].
-    pub fn openapi(mut self, extra: serde_json::Value) -> Self {
-        openapi::merge(&mut self.openapi, extra);
-        self
-    }
-
-    /// The OpenAPI document as it will be served, for tests (`testkit::admin::missing_operations`).
-    pub fn openapi_document(&self) -> &serde_json::Value {
-        &self.openapi
     }
 
     /// The token holder, for the daemon to replace the token on a config reload ([`Auth::set_token`]).
@@ -329,27 +318,30 @@ impl AdminApp {
         self
     }
 
-    /// The complete router. `api` holds the daemon's routes (state applied); it must not define `/healthz`,
-    /// `/metrics`, `/api/v1/status` or `/api/v1/openapi.json`, and needs no fallback (unknown routes get the JSON 404 here).
-    pub fn router(self, api: Router) -> Router {
+    /// The complete router and its OpenAPI document (served at [`openapi::PATH`]). `api` holds the daemon's
+    /// routes, each registered with its `#[utoipa::path]` operation (state applied); it must not define
+    /// `/healthz`, `/metrics`, `/api/v1/status` or `/api/v1/openapi.json`, and needs no fallback (unknown routes
+    /// get the JSON 404 here).
+    pub fn router(self, api: OpenApiRouter) -> Router {
         let auth = self.auth;
         let gate = AuthGate::new(auth.clone(), self.public);
+        let (daemon, version) = (self.process.daemon, self.process.version);
         let shared = Arc::new(Shared {
             process: self.process,
             metrics: self.metrics,
             auth: auth.clone(),
             status_detail: self.status_detail,
+            openapi: OnceLock::new(),
         });
         let ctx = error::ErrorContext { max_body: self.max_body, timeout: self.timeout };
-        let doc = axum::body::Bytes::from(serde_json::to_vec_pretty(&self.openapi).expect("a Value serializes"));
-        let base = Router::new()
-            .route(HEALTHZ, get(|| async { "ok" }))
-            .route("/metrics", get(metrics_handler))
-            .route("/api/v1/status", get(status_handler))
-            .with_state(shared)
-            .route(openapi::PATH, get(move || std::future::ready(([(CONTENT_TYPE, "application/json")], doc.clone()))));
+        let (api, api_doc) = api.split_for_parts();
+        let (routes, _) = shared_routes().with_state(shared.clone()).split_for_parts();
+        let doc = openapi::document(daemon, version, api_doc);
+        let doc = serde_json::to_vec_pretty(&doc).expect("an OpenAPI document serializes");
+        let _ = shared.openapi.set(axum::body::Bytes::from(doc));
         // Layers run outermost last-added: JSON errors, timeout, auth, body limit, routes.
-        base.merge(api)
+        routes
+            .merge(api)
             .fallback(error::not_found)
             .layer(RequestBodyLimitLayer::new(self.max_body))
             .layer(axum::middleware::from_fn_with_state(gate, auth::require_bearer))
@@ -358,13 +350,42 @@ impl AdminApp {
     }
 }
 
+/// The routes every daemon serves, with their operations.
+fn shared_routes() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(metrics_handler))
+        .routes(routes!(status_handler))
+        .routes(routes!(openapi_handler))
+}
+
+/// The operations of the routes every daemon serves (see [`openapi::document`]).
+pub(crate) fn shared_operations() -> utoipa::openapi::OpenApi {
+    shared_routes().into_openapi()
+}
+
 struct Shared {
     process: ProcessInfo,
     metrics: Arc<dyn Metrics>,
     auth: Arc<Auth>,
     status_detail: StatusDetail,
+    /// The serialized OpenAPI document, set once the routes are collected.
+    openapi: OnceLock<axum::body::Bytes>,
 }
 
+/// Liveness; needs no token.
+#[utoipa::path(get, path = "/healthz", security(()), responses(
+    (status = 200, description = "The daemon is running.", body = String, content_type = "text/plain"),
+))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Prometheus text exposition (format 0.0.4).
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "Metrics.", body = String, content_type = "text/plain"),
+    (status = 401, response = openapi::Unauthorized),
+))]
 async fn metrics_handler(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     let mut w = MetricsWriter::with_prefix(&format!("{}_", s.process.daemon));
     w.family("build_info", "Version of the running daemon (value is always 1).", MetricType::Gauge)
@@ -379,10 +400,26 @@ async fn metrics_handler(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     ([(CONTENT_TYPE, metrics::CONTENT_TYPE)], w.finish())
 }
 
+/// Daemon identity, uptime and a config summary (no secrets).
+#[utoipa::path(get, path = "/api/v1/status", responses(
+    (status = 200, description = "Status.", body = Status),
+    (status = 401, response = openapi::Unauthorized),
+))]
 async fn status_handler(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    let detail = (s.status_detail)();
-    let detail = if detail.is_object() { detail } else { serde_json::json!({ "detail": detail }) };
+    let detail = match (s.status_detail)() {
+        serde_json::Value::Object(fields) => fields.into_iter().collect(),
+        other => BTreeMap::from([("detail".to_owned(), other)]),
+    };
     axum::Json(s.process.status(detail))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", responses(
+    (status = 200, description = "OpenAPI 3 document.", body = serde_json::Value),
+    (status = 401, response = openapi::Unauthorized),
+))]
+async fn openapi_handler(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], s.openapi.get().cloned().unwrap_or_default())
 }
 
 /// Binds every address (must be called inside a tokio runtime). IPv6 sockets are IPv6-only so `0.0.0.0` and

@@ -9,13 +9,16 @@ use serde::Serialize;
 use crate::mptcp::{FullInfo, SubflowInfo};
 
 /// One subflow of a connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = Subflow)]
 pub struct SubflowView {
     /// Kernel subflow id (1 = initial subflow).
     pub id: u32,
-    /// This daemon's address of the subflow.
+    /// This daemon's address of the subflow (`address:port`).
+    #[schema(value_type = Option<String>)]
     pub local: Option<SocketAddr>,
-    /// The peer's address of the subflow.
+    /// The peer's address of the subflow (`address:port`).
+    #[schema(value_type = Option<String>)]
     pub remote: Option<SocketAddr>,
     /// Bytes the peer acknowledged on this subflow (sent by this daemon).
     pub bytes_sent: u64,

@@ -52,7 +52,8 @@ impl Default for HealthConfig {
 }
 
 /// Verdict on one uplink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum HealthState {
     /// No verdict yet (just started).
     Unknown,

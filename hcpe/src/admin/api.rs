@@ -12,12 +12,14 @@ use std::time::UNIX_EPOCH;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use common::admin::openapi::{BadRequest, ErrorBody, NotFound, Unauthorized};
 use common::admin::{ApiError, ApiJson, ApiPath, HasConnId};
 use common::mptcp;
 use common::pm::EndpointFlags;
 use common::probe::HealthState;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
+use utoipa::{IntoParams, ToSchema};
 
 use super::reload::ReloadOutcome;
 use common::mptcp::subflow_diag::{self, DiagMap};
@@ -25,18 +27,11 @@ use common::mptcp::subflow_diag::{self, DiagMap};
 use super::ApiState;
 use crate::conn::Connection;
 use crate::uplink::volume::VolumeStatus;
-use crate::uplink::{Mode, ModeReason, Role, SetModeError, UplinkStatus};
-
-/// `primary` / `secondary`.
-pub fn role_str(r: Role) -> &'static str {
-    match r {
-        Role::Primary => "primary",
-        Role::Secondary => "secondary",
-    }
-}
+use crate::uplink::{HealthSource, Mode, ModeReason, Role, SetModeError, UplinkStatus};
 
 /// Endpoint flags as the API shows them.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[schema(as = Endpoint)]
 pub struct EndpointView {
     pub signal: bool,
     pub subflow: bool,
@@ -56,17 +51,18 @@ impl From<EndpointFlags> for EndpointView {
 }
 
 /// One uplink as `GET /api/v1/uplinks` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Uplink)]
 pub struct UplinkView {
     pub name: String,
     pub interface: String,
-    pub role: &'static str,
-    pub mode: &'static str,
+    pub role: Role,
+    pub mode: Mode,
     /// `up`, `down` or `unknown` (not probed, or no verdict yet).
-    pub state: &'static str,
+    pub state: HealthState,
     /// Where `state` comes from: `probes`, or `subflows` while no probe is answered on any uplink (UDP to hag
     /// filtered): then the kernel's view of the uplink's MPTCP subflows decides.
-    pub health_source: &'static str,
+    pub health_source: HealthSource,
     /// After its subflows failed, the uplink is tried again: usable, last in line for new connections.
     pub trial: bool,
     /// Times its health switched from the probes to its subflows since start.
@@ -75,6 +71,7 @@ pub struct UplinkView {
     pub mptcp: MptcpPathView,
     /// New connections start on this uplink now.
     pub initial: bool,
+    #[schema(value_type = Vec<String>)]
     pub addresses: Vec<IpAddr>,
     /// Smoothed probe RTT in milliseconds; `null` before the first answer or when not probed.
     pub rtt_ms: Option<f64>,
@@ -91,7 +88,8 @@ pub struct UplinkView {
 }
 
 /// How MPTCP fares through one uplink, as `GET /api/v1/uplinks` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = MptcpPath)]
 pub struct MptcpPathView {
     /// Connections that started on the uplink and fell back to plain TCP (MPTCP option stripped on the way?).
     pub fallbacks: u64,
@@ -110,19 +108,15 @@ impl From<&crate::uplink::mptcp_path::PathCheck> for MptcpPathView {
     }
 }
 
-fn state_str(s: HealthState) -> &'static str {
-    s.as_str()
-}
-
 impl UplinkView {
     /// Joins the uplink manager's view of `u` with its volume, if any.
     pub fn new(u: UplinkStatus, volume: Option<VolumeStatus>) -> Self {
         let h = u.health.as_ref();
         UplinkView {
-            role: role_str(u.role),
-            mode: u.mode.as_str(),
-            state: state_str(u.state),
-            health_source: u.health_source.as_str(),
+            role: u.role,
+            mode: u.mode,
+            state: u.state,
+            health_source: u.health_source,
             trial: u.trial,
             subflow_fallbacks: u.subflow_fallbacks,
             mptcp: MptcpPathView::from(&u.mptcp),
@@ -201,10 +195,21 @@ fn find_uplink(state: &ApiState, name: &str) -> Result<UplinkView, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no uplink {name:?}")))
 }
 
+/// Every uplink: health, mode, RTT, loss, endpoint flags, addresses, volume and rates.
+#[utoipa::path(get, path = "/api/v1/uplinks", responses(
+    (status = 200, description = "Uplinks in config order.", body = Vec<UplinkView>),
+    (status = 401, response = Unauthorized),
+))]
 pub(super) async fn list_uplinks(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<UplinkView>> {
     ApiJson(uplinks_view(&s))
 }
 
+/// One uplink.
+#[utoipa::path(get, path = "/api/v1/uplinks/{name}", params(UplinkName), responses(
+    (status = 200, description = "The uplink.", body = UplinkView),
+    (status = 401, response = Unauthorized),
+    (status = 404, response = NotFound),
+))]
 pub(super) async fn get_uplink(
     State(s): State<Arc<ApiState>>,
     ApiPath(name): ApiPath<String>,
@@ -212,13 +217,31 @@ pub(super) async fn get_uplink(
     find_uplink(&s, &name).map(ApiJson)
 }
 
+/// The `{name}` of the uplink routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct UplinkName {
+    /// Uplink name from the config.
+    pub name: String,
+}
+
 /// Body of `PATCH /api/v1/uplinks/{name}`.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkPatch {
     pub mode: Mode,
 }
 
+/// Changes the uplink's mode live (endpoint flags, MP_PRIO to hag, subflows added or removed); lasts until a
+/// restart or a reload that changes the uplink's mode in the file.
+#[utoipa::path(patch, path = "/api/v1/uplinks/{name}", params(UplinkName), request_body = UplinkPatch, responses(
+    (status = 200, description = "The uplink after the change.", body = UplinkView),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 404, response = NotFound),
+    (status = 409, description = "Refused: every uplink would be off, or no uplink manager runs.", body = ErrorBody),
+    (status = 500, description = "Mode recorded, but the kernel refused the endpoint change.", body = ErrorBody),
+))]
 pub(super) async fn patch_uplink(
     State(s): State<Arc<ApiState>>,
     ApiPath(name): ApiPath<String>,
@@ -247,7 +270,8 @@ pub(super) async fn patch_uplink(
 
 /// One subflow of a connection: `MPTCP_FULL_INFO` on the hag socket (`local` = hcpe's address, which uplink),
 /// plus `sock_diag` for the backup flags.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = SubflowFlags)]
 pub struct SubflowView {
     /// The fields both daemons show; `backup`: either side asked, `null` when `sock_diag` could not tell.
     #[serde(flatten)]
@@ -259,15 +283,18 @@ pub struct SubflowView {
 }
 
 /// One open connection as `GET /api/v1/connections` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Connection)]
 pub struct ConnectionView {
     /// Connection id (see the module doc of `admin`).
     pub id: String,
     /// Local MPTCP token of the connection to hag; `null` without MPTCP.
     pub token: Option<u32>,
-    /// The LAN client.
+    /// The LAN client (`address:port`).
+    #[schema(value_type = String)]
     pub client: SocketAddr,
-    /// Where the client wanted to go.
+    /// Where the client wanted to go (`address:port`).
+    #[schema(value_type = String)]
     pub destination: SocketAddr,
     /// The uplink the initial subflow was bound to; `null` for a direct connection.
     pub uplink_initial: Option<String>,
@@ -361,10 +388,32 @@ pub async fn connection_views(state: &ApiState, conns: Vec<Arc<Connection>>) -> 
     .unwrap_or_default()
 }
 
+/// Open LAN connections with their subflows (RFC 6897 CONNID and SUBFLOWS).
+#[utoipa::path(get, path = "/api/v1/connections", responses(
+    (status = 200, description = "Connections, oldest first.", body = Vec<ConnectionView>),
+    (status = 401, response = Unauthorized),
+))]
 pub(super) async fn list_connections(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<ConnectionView>> {
     ApiJson(connection_views(&s, s.conns.connections.snapshot()).await)
 }
 
+/// The `{id}` of the connection routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ConnPath {
+    /// Local MPTCP token of the connection to hag as 8 hex digits (`0x` prefix accepted), or `tcp-<n>` for a
+    /// connection without one.
+    #[param(pattern = r"^((0[xX])?[0-9a-fA-F]{1,8}|tcp-[0-9]+)$")]
+    pub id: String,
+}
+
+/// One open connection.
+#[utoipa::path(get, path = "/api/v1/connections/{id}", params(ConnPath), responses(
+    (status = 200, description = "The connection.", body = ConnectionView),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 404, response = NotFound),
+))]
 pub(super) async fn get_connection(
     State(s): State<Arc<ApiState>>,
     ApiPath(id): ApiPath<String>,
@@ -374,6 +423,13 @@ pub(super) async fn get_connection(
     v.pop().map(ApiJson).ok_or_else(|| ApiError::internal("connection view task failed"))
 }
 
+/// Closes the connection: the relay stops and both sockets (LAN and hag) are closed.
+#[utoipa::path(delete, path = "/api/v1/connections/{id}", params(ConnPath), responses(
+    (status = 204, description = "Closing."),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 404, response = NotFound),
+))]
 pub(super) async fn delete_connection(
     State(s): State<Arc<ApiState>>,
     ApiPath(id): ApiPath<String>,
@@ -386,6 +442,15 @@ pub(super) async fn delete_connection(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Re-reads the config file the daemon started with. Invalid: 400 naming the field, the running config stays.
+/// Valid: uplink modes, log level and admin token apply at once; the response lists the changes that need a
+/// restart.
+#[utoipa::path(post, path = "/api/v1/reload", responses(
+    (status = 200, description = "Reloaded.", body = ReloadOutcome),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 409, description = "The daemon was not started from a config file.", body = ErrorBody),
+))]
 pub(super) async fn reload(State(s): State<Arc<ApiState>>) -> Result<ApiJson<ReloadOutcome>, ApiError> {
     s.reload.reload(s.uplinks.as_ref(), s.auth.get()).await.map(ApiJson)
 }

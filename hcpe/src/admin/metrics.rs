@@ -11,10 +11,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use common::admin::metrics::MetricValue;
 use common::admin::{MetricType, Metrics, MetricsWriter};
 use common::convert::ErrorCode;
+use common::probe::HealthState;
 
 use super::ApiState;
 use super::api::{UplinkView, uplinks_view};
 use crate::conn::{ERROR_CODES, EXCHANGE_FAILURES};
+use crate::uplink::HealthSource;
 
 /// The metrics source the admin app scrapes.
 #[derive(Debug, Clone)]
@@ -149,13 +151,13 @@ impl HcpeMetrics {
             "uplink_up",
             "Uplink health verdict: 1 up, 0 down or not known yet (see hcpe_uplink_state).",
             MetricType::Gauge,
-            |u| Some(u8::from(u.state == "up")),
+            |u| Some(u8::from(u.state == HealthState::Up)),
         );
         {
             let mut f = w.family("uplink_state", "Uplink health verdict (1 for the current state).", MetricType::Gauge);
             for u in &ups {
                 for s in ["up", "down", "unknown"] {
-                    f.sample(&[("uplink", &u.name), ("state", s)], u8::from(u.state == s));
+                    f.sample(&[("uplink", &u.name), ("state", s)], u8::from(u.state.as_str() == s));
                 }
             }
         }
@@ -163,7 +165,7 @@ impl HcpeMetrics {
             let mut f = w.family("uplink_mode", "Uplink mode in force (1 for the current mode).", MetricType::Gauge);
             for u in &ups {
                 for m in ["active", "backup", "standby", "off"] {
-                    f.sample(&[("uplink", &u.name), ("mode", m)], u8::from(u.mode == m));
+                    f.sample(&[("uplink", &u.name), ("mode", m)], u8::from(u.mode.as_str() == m));
                 }
             }
         }
@@ -209,7 +211,7 @@ impl HcpeMetrics {
             "uplink_health_from_subflows",
             "1 while the uplink's verdict comes from its MPTCP subflows because its probes go unanswered.",
             MetricType::Gauge,
-            |u| Some(u8::from(u.health_source == "subflows")),
+            |u| Some(u8::from(u.health_source == HealthSource::Subflows)),
         );
         per_uplink(
             w,

@@ -29,7 +29,10 @@ pub static CSP: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// `GET /`: the status page with its security headers.
+/// Status page (HTML, no data in it; needs no token, asks for it in the URL fragment).
+#[utoipa::path(get, path = "/", security(()), responses(
+    (status = 200, description = "The page, with its security headers.", body = String, content_type = "text/html"),
+))]
 pub async fn handler() -> impl IntoResponse {
     let csp = HeaderValue::from_str(&CSP).unwrap_or(HeaderValue::from_static("default-src 'none'"));
     (

@@ -26,7 +26,8 @@ use crate::uplink::{ModeReason, UplinkControl};
 pub type LogLevelSetter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Body of a successful reload.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = Reload)]
 pub struct ReloadOutcome {
     /// Always `true` (a failed reload is a 400).
     pub reloaded: bool,

@@ -151,7 +151,7 @@ pub struct UplinkStatus {
 }
 
 /// Which signal an uplink's health verdict comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthSource {
     /// The authenticated UDP probes (the normal case).

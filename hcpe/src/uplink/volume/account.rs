@@ -49,7 +49,7 @@ pub enum QuotaEvent {
 }
 
 /// A 1 s rate sample.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RateSample {
     pub t_unix_ms: u64,
     pub rx_bps: u64,
@@ -57,7 +57,8 @@ pub struct RateSample {
 }
 
 /// One uplink's volume as the admin API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Volume)]
 pub struct VolumeStatus {
     pub name: String,
     /// Received since counting began (persisted).
