@@ -1,12 +1,80 @@
-//! Process-wide setup both daemons do at start.
+//! Process-wide setup both daemons do at start: logging ([`init_tracing`]), the signals that stop them
+//! ([`shutdown_signal`]) and the open-file limit ([`ensure_fd_limit`]).
 //!
-//! Owns the open-file limit: a relayed connection costs two descriptors (hcpe: the LAN socket and the MPTCP
+//! The open-file limit: a relayed connection costs two descriptors (hcpe: the LAN socket and the MPTCP
 //! socket; hag: the MPTCP socket and the destination socket), so the distribution default of 1024 (or a
 //! container's 20,000) caps a daemon far below its configured connection limit. [`raise_fd_limit`] lifts the
 //! soft limit to what the daemon needs, and the hard limit too when the process may (root), never lowering
 //! either.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use rlimit::Resource;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, reload};
+
+/// Changes the log filter of a running daemon (a config reload's `log_level`); `Err` says why not.
+pub type LogLevelSetter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Logs to stderr (colours only on a terminal) with `level` as the filter, or `RUST_LOG` when set, and returns
+/// the setter a reload uses to change the filter (refused while `RUST_LOG` is set: the environment wins, as at
+/// start). Call once, before anything logs.
+pub fn init_tracing(level: &str) -> LogLevelSetter {
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let (filter, handle) = reload::Layer::new(from_env.unwrap_or_else(|| EnvFilter::new(level)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+    Arc::new(move |level: &str| {
+        if env_set {
+            return Err("RUST_LOG is set and overrides log_level".to_owned());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
+}
+
+/// Installs the SIGTERM and SIGINT handlers now (so a signal during start-up is not lost: the daemon still
+/// stops and cleans up) and returns the future that resolves, with a log line, at the first of them. Must be
+/// called inside a tokio runtime.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    })
+}
+
+/// [`raise_fd_limit`] for `connections` relays of `fds_per_connection` descriptors each, with a warning
+/// naming the fix when the limit then holds fewer than `at_least` connections.
+pub fn ensure_fd_limit(connections: u64, fds_per_connection: u64, at_least: u64) {
+    match raise_fd_limit(fds_for(connections, fds_per_connection)) {
+        Ok(l) if l.connections(fds_per_connection) < at_least => tracing::warn!(
+            limit = l.now,
+            holds = l.connections(fds_per_connection),
+            wanted = connections,
+            "the open-file limit holds fewer connections than wanted; raise LimitNOFILE (systemd) or ulimit -n"
+        ),
+        Ok(l) => tracing::debug!(
+            before = l.before,
+            now = l.now,
+            holds = l.connections(fds_per_connection),
+            "open-file limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+}
 
 /// Descriptors a daemon keeps besides its connections' (listeners, netlink, admin API, log files, tokio).
 pub const FD_RESERVE: u64 = 256;

@@ -1,16 +1,20 @@
 //! hag: the hybrid access gateway daemon as a library, so tests and benches reach every part.
 //!
-//! A CPE opens a kernel MPTCP connection (TCP Fast Open, Convert message in the SYN); the hag reads the RFC
-//! 8803 Convert message, authenticates the CPE (Auth TLV), checks the destination policy, connects plain TCP
-//! to the destination, answers with a Convert header or an Error TLV, and relays.
+//! A CPE opens a kernel MPTCP connection and sends an RFC 8803 Convert message first (in the SYN when both
+//! sides enable TCP Fast Open, which hcpe leaves off by default: see `common::mptcp`); the hag reads it,
+//! authenticates the CPE (Auth TLV), checks the destination policy, connects plain TCP to the destination,
+//! answers with a Convert header or an Error TLV, and relays. The layers and the data path:
+//! `docs/architecture.md`.
 //!
-//! Modules: [`admin`] (admin REST API), [`config`] (YAML file and its validation), [`connections`] (table of open connections),
-//! [`policy`] (destination policy), [`server`] (listeners, per-connection task, shutdown), [`stats`]
-//! (counters), [`ratelimit`] (log line limiter).
+//! Modules: [`daemon`] (start, serve, stop), [`server`] (listeners, the per-connection task, draining),
+//! [`admin`] (admin REST API), [`config`] (YAML file and its validation), [`connections`] (table of open
+//! connections), [`policy`] (destination policy), [`probe`] (the UDP probe responder), [`stats`] (counters),
+//! [`ratelimit`] (log line limiter).
 
 pub mod admin;
 pub mod config;
 pub mod connections;
+pub mod daemon;
 pub mod policy;
 pub mod probe;
 pub mod ratelimit;
@@ -18,4 +22,4 @@ pub mod server;
 pub mod stats;
 
 pub use config::Config;
-pub use server::{Hag, StartError, shutdown_signal};
+pub use server::{Hag, StartError};

@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::config::Config;
-use crate::connections::{Connections, Entry};
+use crate::connections::{Connection, Connections, Entry};
 use crate::policy::{DestinationPolicy, PrefixPolicy, local_addresses};
 use crate::ratelimit::LogLimiter;
 use crate::stats::Stats;
@@ -164,18 +164,6 @@ impl Hag {
         }
         info!(stats = %self.shared.stats.snapshot(), "stopped");
     }
-}
-
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() -> io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
-    Ok(())
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken, tracker: TaskTracker) {
@@ -336,12 +324,31 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The whole life of one accepted connection.
+/// The whole life of one accepted connection: its Convert message, admission and the connection to the
+/// destination (any refusal answered with an Error TLV), then the relay.
 async fn serve(shared: Arc<Shared>, mut client: SharedStream, peer: SocketAddr, active: ActiveGuard, entry: Entry) {
-    let span = tracing::Span::current();
     let started = Instant::now();
     let conn = entry.conn();
-    match mptcp::info(&client) {
+    note_transport(&shared, &client, conn);
+    if active.open > shared.config.limits.max_connections as u64 {
+        return reject(&shared, client, Refusal::TotalLimit(shared.config.limits.max_connections)).await;
+    }
+    let (message, buf, consumed) = match read_header(&shared, &mut client).await {
+        Ok(m) => m,
+        Err(Some(refusal)) => return reject(&shared, client, refusal).await,
+        Err(None) => return,
+    };
+    let (server, _cpe_slot) = match open(&shared, peer, conn, &message, &buf[..consumed]).await {
+        Ok(opened) => opened,
+        Err(refusal) => return reject(&shared, client, refusal).await,
+    };
+    relay_to(&shared, conn, client, server, &buf[consumed..], started).await;
+}
+
+/// Records whether the client speaks MPTCP (its token names the connection) and whether its SYN carried data.
+fn note_transport(shared: &Shared, client: &SharedStream, conn: &Connection) {
+    let span = tracing::Span::current();
+    match mptcp::info(client) {
         Ok(Some(i)) => {
             span.record("token", field::display(format_args!("{:08x}", i.token)));
             let _ = conn.token.set(Some(i.token));
@@ -353,76 +360,89 @@ async fn serve(shared: Arc<Shared>, mut client: SharedStream, peer: SocketAddr, 
         }
         Err(e) => debug!(error = %e, "MPTCP_INFO failed"),
     }
-    if let Ok(syn_data) = mptcp::syn_data_acked(&client) {
+    if let Ok(syn_data) = mptcp::syn_data_acked(client) {
         span.record("tfo", syn_data);
     }
     let _ = client.set_nodelay(true);
-    if active.open > shared.config.limits.max_connections as u64 {
-        return reject(&shared, client, Refusal::TotalLimit(shared.config.limits.max_connections)).await;
-    }
+}
 
-    let header = tokio::time::timeout(shared.config.limits.header_deadline, read_convert(&mut client)).await;
-    let (message, buf, consumed) = match header {
+/// The client's Convert message within the header deadline: the message, the buffer and the message's length
+/// in it (the rest is client data that came with it). `Err(Some)`: answer with that refusal; `Err(None)`: the
+/// client gave up or is too slow, close without an answer.
+async fn read_header(shared: &Shared, client: &mut SharedStream) -> Result<(Message, Vec<u8>, usize), Option<Refusal>> {
+    let deadline = shared.config.limits.header_deadline;
+    match tokio::time::timeout(deadline, read_convert(client)).await {
+        Ok(Ok(m)) => Ok(m),
         Err(_) => {
             shared.stats.header_timeouts.fetch_add(1, Relaxed);
-            info!(deadline = ?shared.config.limits.header_deadline, "no Convert message within the deadline; closing");
-            return;
+            info!(?deadline, "no Convert message within the deadline; closing");
+            Err(None)
         }
         Ok(Err(ReadError::Closed(e))) => {
             shared.stats.closed_before_header.fetch_add(1, Relaxed);
             debug!(error = ?e, "client went away before its Convert message was complete");
-            return;
+            Err(None)
         }
-        Ok(Err(ReadError::Invalid(e))) => return reject(&shared, client, Refusal::Decode(e)).await,
+        Ok(Err(ReadError::Invalid(e))) => Err(Some(Refusal::Decode(e))),
         // Half-closed mid-message: it can still read our verdict.
-        Ok(Err(ReadError::Truncated(n))) => {
-            return reject(&shared, client, Refusal::Truncated(n)).await;
-        }
-        Ok(Ok(m)) => m,
-    };
+        Ok(Err(ReadError::Truncated(n))) => Err(Some(Refusal::Truncated(n))),
+    }
+}
 
-    let _cpe_guard = match admit(&shared, peer, &message, &buf[..consumed]) {
-        Ok(g) => g,
-        Err(r) => return reject(&shared, client, r).await,
-    };
+/// Admits the client (authentication, per-CPE limit), checks the destination against the policy and connects
+/// to it. Returns the destination socket and the client's per-CPE slot (held for the connection's life).
+async fn open(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    conn: &Connection,
+    message: &Message,
+    raw: &[u8],
+) -> Result<(TcpStream, Option<CpeGuard>), Refusal> {
+    let cpe_slot = admit(shared, peer, message, raw)?;
     if let Some(auth) = message.auth() {
         let _ = conn.cpe.set(auth.cpe_id.clone());
         shared.stats.cpe_admitted(&auth.cpe_id);
     }
-    let dst = match message.connect() {
-        Some(c) => c.remote,
-        None => return reject(&shared, client, Refusal::NoConnect).await,
-    };
-    span.record("dst", field::display(dst));
-    if let Err(why) = shared.policy.check(dst.ip()) {
-        return reject(&shared, client, Refusal::Policy { dst: dst.ip(), why }).await;
-    }
-
+    let dst = message.connect().ok_or(Refusal::NoConnect)?.remote;
+    tracing::Span::current().record("dst", field::display(dst));
+    shared.policy.check(dst.ip()).map_err(|why| Refusal::Policy { dst: dst.ip(), why })?;
     let timeout = shared.config.limits.connect_timeout;
-    let mut server = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
+    let server = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return reject(&shared, client, Refusal::Connect(e)).await,
-        Err(_) => return reject(&shared, client, Refusal::ConnectTimeout(timeout)).await,
+        Ok(Err(e)) => return Err(Refusal::Connect(e)),
+        Err(_) => return Err(Refusal::ConnectTimeout(timeout)),
     };
     let _ = server.set_nodelay(true);
     let _ = conn.dst.set(dst);
-    let leftover = &buf[consumed..];
+    Ok((server, cpe_slot))
+}
+
+/// Answers the client with the bare Convert header, forwards the client data that came with its message
+/// (`early`), relays until either side ends (or the admin API closes the connection), and counts it all.
+async fn relay_to(
+    shared: &Shared,
+    conn: &Connection,
+    mut client: SharedStream,
+    mut server: TcpStream,
+    early: &[u8],
+    started: Instant,
+) {
     let reply = Message::success().to_bytes().expect("bare header encodes");
-    let early = async {
+    let answered = async {
         // Kernel workaround (see `await_tfo_handshake`): a reply written before the TFO handshake completes
         // would stay queued on the MPTCP socket and the CPE would wait for ever.
-        common::mptcp::await_tfo_handshake(&client, timeout).await?;
+        common::mptcp::await_tfo_handshake(&client, shared.config.limits.connect_timeout).await?;
         client.write_all(&reply).await?;
-        server.write_all(leftover).await
+        server.write_all(early).await
     };
-    if let Err(e) = early.await {
+    if let Err(e) = answered.await {
         shared.stats.relay_errors.fetch_add(1, Relaxed);
         info!(error = %e, "connection lost right after connect");
         return;
     }
     shared.stats.relayed.fetch_add(1, Relaxed);
-    shared.stats.bytes_up.fetch_add(leftover.len() as u64, Relaxed);
-    debug!(early_bytes = leftover.len(), connect_ms = started.elapsed().as_millis() as u64, "relaying");
+    shared.stats.bytes_up.fetch_add(early.len() as u64, Relaxed);
+    debug!(early_bytes = early.len(), connect_ms = started.elapsed().as_millis() as u64, "relaying");
 
     let counters = &conn.counters;
     let result = tokio::select! {
@@ -433,7 +453,7 @@ async fn serve(shared: Arc<Shared>, mut client: SharedStream, peer: SocketAddr, 
     shared.stats.bytes_up.fetch_add(up, Relaxed);
     shared.stats.bytes_down.fetch_add(down, Relaxed);
     if let Some(cpe) = conn.cpe.get() {
-        shared.stats.cpe_relayed(cpe, up + leftover.len() as u64, down);
+        shared.stats.cpe_relayed(cpe, up + early.len() as u64, down);
     }
     let secs = started.elapsed().as_secs_f64();
     match result {

@@ -142,12 +142,7 @@ pub struct RunOptions {
 }
 
 /// Runs the daemon until `shutdown` resolves, then removes everything it added.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    run_with(cfg, RunOptions::default(), shutdown).await
-}
-
-/// [`run`] with the config file's path (reload) and a log-level setter.
-pub async fn run_with(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     if cfg.fastopen
         && let Err(missing) = common::mptcp::check_tfo_sysctl(common::mptcp::TfoRole::Client)
     {

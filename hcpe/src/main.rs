@@ -32,8 +32,10 @@ fn main() -> ExitCode {
         println!("hcpe: config {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    let log_level = init_tracing(&config.log_level);
-    raise_fd_limit();
+    let log_level = common::process::init_tracing(&config.log_level);
+    // Two descriptors per LAN connection (the LAN socket and the MPTCP socket to hag). hcpe has no connection
+    // limit of its own (the NAT pool is far larger): room for 32,768, a warning below 4,096.
+    common::process::ensure_fd_limit(32_768, 2, 4_096);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -43,9 +45,9 @@ fn main() -> ExitCode {
     };
     // Signal handlers are installed before any setup, so a SIGTERM during start-up still cleans up.
     let run = async {
-        let shutdown = shutdown_signal()?;
+        let shutdown = common::process::shutdown_signal()?;
         let opts = hcpe::daemon::RunOptions { config_path: Some(cli.config.clone()), log_level: Some(log_level) };
-        hcpe::daemon::run_with(config, opts, shutdown).await
+        hcpe::daemon::run(config, opts, shutdown).await
     };
     match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
@@ -54,59 +56,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs to stderr with the config's filter (or `RUST_LOG`), and returns the setter a config reload uses to
-/// change the filter (refused while `RUST_LOG` is set: the environment wins, as at start).
-fn init_tracing(level: &str) -> hcpe::admin::LogLevelSetter {
-    use tracing_subscriber::prelude::*;
-    use tracing_subscriber::{EnvFilter, reload};
-    let from_env = EnvFilter::try_from_default_env().ok();
-    let env_set = from_env.is_some();
-    let (filter, handle) = reload::Layer::new(from_env.unwrap_or_else(|| EnvFilter::new(level)));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .init();
-    std::sync::Arc::new(move |level: &str| {
-        if env_set {
-            return Err("RUST_LOG is set and overrides log_level".to_owned());
-        }
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    })
-}
-
-/// Two descriptors per LAN connection (the LAN socket and the MPTCP socket to hag). hcpe has no connection
-/// limit of its own (the NAT pool is far larger), so it asks for room for [`WANTED_CONNECTIONS`] and warns
-/// below [`MIN_CONNECTIONS`].
-const WANTED_CONNECTIONS: u64 = 32_768;
-const MIN_CONNECTIONS: u64 = 4_096;
-
-fn raise_fd_limit() {
-    match common::process::raise_fd_limit(common::process::fds_for(WANTED_CONNECTIONS, 2)) {
-        Ok(l) if l.connections(2) < MIN_CONNECTIONS => tracing::warn!(
-            limit = l.now,
-            holds = l.connections(2),
-            "open-file limit holds few LAN connections; raise LimitNOFILE (systemd) or ulimit -n"
-        ),
-        Ok(l) => tracing::debug!(before = l.before, now = l.now, holds = l.connections(2), "open-file limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
-    }
-}
-
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
-        }
-    })
 }

@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::uplink::{ModeReason, UplinkControl};
 
 /// Sets the daemon's log filter at run time (`Err` says why not, e.g. `RUST_LOG` overrides the config).
-pub type LogLevelSetter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub use common::process::LogLevelSetter;
 
 /// Body of a successful reload.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
