@@ -269,11 +269,32 @@ pub struct Nat {
     counters: NatCounters,
 }
 
-/// Byte offsets of the fields we rewrite, found by parsing once.
+/// Where the fields the NAT rewrites sit in their headers: IPv4 (RFC 791), IPv6 (RFC 8200), TCP (RFC 9293,
+/// from the start of the TCP header).
+mod field {
+    use std::ops::Range;
+
+    pub const IPV4_CHECKSUM: Range<usize> = 10..12;
+    pub const IPV4_SRC: Range<usize> = 12..16;
+    pub const IPV4_DST: Range<usize> = 16..20;
+    pub const IPV6_SRC: Range<usize> = 8..24;
+    pub const IPV6_DST: Range<usize> = 24..40;
+    pub const TCP_SRC_PORT: Range<usize> = 0..2;
+    pub const TCP_DST_PORT: Range<usize> = 2..4;
+    pub const TCP_CHECKSUM: Range<usize> = 16..18;
+}
+
+/// A 16-bit field of `packet`, big-endian.
+fn be16(packet: &[u8], at: &std::ops::Range<usize>) -> u16 {
+    u16::from_be_bytes([packet[at.start], packet[at.start + 1]])
+}
+
+/// Where a parsed packet's headers are, found by parsing once.
 struct Layout {
     v6: bool,
     src: SocketAddr,
     dst: SocketAddr,
+    /// Offset of the TCP header.
     tcp: usize,
     syn: bool,
     ack: bool,
@@ -281,6 +302,20 @@ struct Layout {
     rst: bool,
 }
 
+impl Layout {
+    /// The address fields of the IP header.
+    fn addresses(&self) -> [std::ops::Range<usize>; 2] {
+        if self.v6 { [field::IPV6_SRC, field::IPV6_DST] } else { [field::IPV4_SRC, field::IPV4_DST] }
+    }
+
+    /// A field of the TCP header, as a range of the packet.
+    fn tcp_field(&self, f: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        self.tcp + f.start..self.tcp + f.end
+    }
+}
+
+/// Checks the IP and TCP headers (etherparse) and records where they are: every field of [`field`] of the
+/// packet's family lies inside `packet` afterwards.
 fn parse(packet: &[u8]) -> Result<Layout, DropReason> {
     let ip = IpSlice::from_slice(packet).map_err(|_| DropReason::Malformed)?;
     let payload = ip.payload();
@@ -340,7 +375,7 @@ impl Nat {
     fn process_inner(&mut self, packet: &mut [u8], csum: TcpChecksum, now: Instant) -> Result<bool, DropReason> {
         let l = parse(packet)?;
         if let TcpChecksum::Partial { start, offset } = csum
-            && (usize::from(start) != l.tcp || offset != 16)
+            && (usize::from(start) != l.tcp || usize::from(offset) != field::TCP_CHECKSUM.start)
         {
             return Err(DropReason::Malformed);
         }
@@ -480,7 +515,9 @@ fn normalize(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn ip_bytes(ip: IpAddr) -> ([u8; 16], usize) {
+/// The address as it sits in its header: the first 4 (IPv4) or all 16 bytes (no allocation: this runs for
+/// every packet).
+fn ip_octets(ip: IpAddr) -> ([u8; 16], usize) {
     let mut out = [0u8; 16];
     match ip {
         IpAddr::V4(a) => {
@@ -496,34 +533,33 @@ fn ip_bytes(ip: IpAddr) -> ([u8; 16], usize) {
 /// S' = ~checksum_replace(~S, m, m'); the ports are not in it.
 fn rewrite(packet: &mut [u8], l: &Layout, csum: TcpChecksum, src: SocketAddr, dst: SocketAddr) {
     let partial = matches!(csum, TcpChecksum::Partial { .. });
-    let (src_off, dst_off) = if l.v6 { (8, 24) } else { (12, 16) };
-    let (new_src, n) = ip_bytes(src.ip());
-    let (new_dst, _) = ip_bytes(dst.ip());
-    let csum_at = l.tcp + 16;
-    let field = u16::from_be_bytes([packet[csum_at], packet[csum_at + 1]]);
-    let mut tcp_csum = if partial { !field } else { field };
-    let mut ip_csum = u16::from_be_bytes([packet[10], packet[11]]);
+    let tcp_csum_at = l.tcp_field(field::TCP_CHECKSUM);
+    let stored = be16(packet, &tcp_csum_at);
+    let mut tcp_csum = if partial { !stored } else { stored };
+    // IPv6 has no header checksum.
+    let mut ip_csum = (!l.v6).then(|| be16(packet, &field::IPV4_CHECKSUM));
 
-    for (off, new) in [(src_off, &new_src[..n]), (dst_off, &new_dst[..n])] {
-        let old = &packet[off..off + n];
+    let [src_at, dst_at] = l.addresses();
+    for (at, (bytes, n)) in [(src_at, ip_octets(src.ip())), (dst_at, ip_octets(dst.ip()))] {
+        let (old, new) = (&packet[at.clone()], &bytes[..n]);
         // The addresses are in the TCP pseudo-header, and (IPv4) in the IP header checksum.
         tcp_csum = checksum_replace(tcp_csum, old, new);
-        if !l.v6 {
-            ip_csum = checksum_replace(ip_csum, old, new);
+        if let Some(c) = &mut ip_csum {
+            *c = checksum_replace(*c, old, new);
         }
-        packet[off..off + n].copy_from_slice(new);
+        packet[at].copy_from_slice(new);
     }
-    for (off, port) in [(l.tcp, src.port()), (l.tcp + 2, dst.port())] {
+    for (at, port) in [(l.tcp_field(field::TCP_SRC_PORT), src.port()), (l.tcp_field(field::TCP_DST_PORT), dst.port())] {
         let new = port.to_be_bytes();
         if !partial {
-            tcp_csum = checksum_replace(tcp_csum, &packet[off..off + 2], &new);
+            tcp_csum = checksum_replace(tcp_csum, &packet[at.clone()], &new);
         }
-        packet[off..off + 2].copy_from_slice(&new);
+        packet[at].copy_from_slice(&new);
     }
-    let field = if partial { !tcp_csum } else { tcp_csum };
-    packet[csum_at..csum_at + 2].copy_from_slice(&field.to_be_bytes());
-    if !l.v6 {
-        packet[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+    let stored = if partial { !tcp_csum } else { tcp_csum };
+    packet[tcp_csum_at].copy_from_slice(&stored.to_be_bytes());
+    if let Some(c) = ip_csum {
+        packet[field::IPV4_CHECKSUM].copy_from_slice(&c.to_be_bytes());
     }
 }
 
