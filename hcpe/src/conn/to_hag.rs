@@ -1,0 +1,203 @@
+//! Talking to hag for one LAN connection: which hag address and uplinks to try ([`plan`]), racing a slow
+//! first attempt against a second uplink ([`race`]), and the Convert exchange itself ([`exchange`]): the
+//! signed request with the client's first bytes, then hag's reply, decided by [`super::reply::ReplyReader`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::convert;
+use common::mptcp::{ConnectOptions, connect_with_data};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::reply::{NoReply, Reply, ReplyReader};
+use super::{Connection, Shared};
+use crate::config::Config;
+use crate::nat::Flow;
+use crate::uplink::Attempt;
+
+/// Why the Convert exchange did not produce a usable hag connection (fallback applies).
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// No uplink has an address of a hag address's family.
+    #[error("no uplink can reach any hag address")]
+    NoRoute,
+    /// Building the signed request failed.
+    #[error("building the Convert request: {0}")]
+    Request(String),
+    /// Connecting or talking to hag failed.
+    #[error("hag {hag}: {source}")]
+    Io { hag: SocketAddr, source: io::Error },
+    /// hag closed before a whole reply arrived.
+    #[error("hag {0} closed before replying")]
+    Closed(SocketAddr),
+    /// hag's reply did not parse.
+    #[error("hag {hag} sent a malformed reply ({code:?})")]
+    Malformed { hag: SocketAddr, code: convert::ErrorCode },
+    /// No reply in time.
+    #[error("hag {0} did not reply in time")]
+    Timeout(SocketAddr),
+}
+
+impl ExchangeError {
+    /// Metric label ([`EXCHANGE_FAILURES`](super::EXCHANGE_FAILURES)).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExchangeError::NoRoute => "no_route",
+            ExchangeError::Request(_) => "request",
+            ExchangeError::Io { .. } => "io",
+            ExchangeError::Closed(_) => "closed",
+            ExchangeError::Malformed { .. } => "malformed",
+            ExchangeError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+/// The hag address to use and the attempts to reach it: the healthiest uplink by role (uplink manager) and its
+/// race partner, else the first uplink (in preference order) with an address of the hag address's family.
+pub(super) fn plan(
+    cfg: &Config,
+    sources: Option<&crate::uplink::SourceSelector>,
+) -> Option<(SocketAddr, Vec<Attempt>)> {
+    if let Some(sel) = sources {
+        return cfg
+            .hag_addresses
+            .iter()
+            .find_map(|h| Some((*h, sel.attempts_for(h.ip()))).filter(|(_, a)| !a.is_empty()));
+    }
+    cfg.uplinks.iter().enumerate().find_map(|(uplink, u)| {
+        cfg.hag_addresses
+            .iter()
+            .find_map(|h| Some((*h, vec![Attempt { uplink, source: u.source_for(h.ip())?, srtt: None }])))
+    })
+}
+
+/// Runs `first`; when it has not completed after `delay` (or failed before), also `second`; the first to
+/// connect wins and the other is dropped with its socket (a SYN still unanswered leaves no trace at hag: its
+/// late SYN-ACK meets a reset). Returns the outcome, which attempt it is (0 or 1), and whether the second
+/// attempt started. Both failing returns the first attempt's error.
+pub(super) async fn race<T>(
+    first: impl Future<Output = io::Result<T>>,
+    second: Option<(Duration, impl Future<Output = io::Result<T>>)>,
+) -> (io::Result<T>, usize, bool) {
+    tokio::pin!(first);
+    let Some((delay, second)) = second else { return (first.await, 0, false) };
+    let first_err = tokio::select! {
+        r = &mut first => match r {
+            Ok(s) => return (Ok(s), 0, false),
+            Err(e) => Some(e),
+        },
+        () = tokio::time::sleep(delay) => None,
+    };
+    tokio::pin!(second);
+    let (r, winner) = match first_err {
+        Some(e) => match second.await {
+            Ok(s) => (Ok(s), 1),
+            Err(_) => (Err(e), 0),
+        },
+        None => tokio::select! {
+            r = &mut first => match r {
+                Ok(s) => (Ok(s), 0),
+                Err(e) => match second.await {
+                    Ok(s) => (Ok(s), 1),
+                    Err(_) => (Err(e), 0),
+                },
+            },
+            r = &mut second => match r {
+                Ok(s) => (Ok(s), 1),
+                Err(_) => (first.await, 0),
+            },
+        },
+    };
+    (r, winner, true)
+}
+
+/// The Convert exchange over the planned attempts: connect (racing when the first is slow), send the signed
+/// request with `first` (the client bytes read so far), and wait for hag's reply while the client's further
+/// bytes flow on to hag. On return `first` holds every client byte sent to hag, for a direct replay.
+pub(super) async fn exchange(
+    flow: Flow,
+    first: &mut Vec<u8>,
+    client: &mut TcpStream,
+    shared: &Shared,
+    conn: &Connection,
+) -> Result<(TcpStream, Reply), ExchangeError> {
+    let cfg = &shared.config;
+    let (hag, attempts) = plan(cfg, shared.sources.as_ref()).ok_or(ExchangeError::NoRoute)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let nonce = convert::auth::random_nonce().map_err(|e| ExchangeError::Request(e.to_string()))?;
+    let mut request = convert::auth::signed_request(&cfg.key.0, flow.dest, &cfg.cpe_id, now, nonce)
+        .map_err(|e| ExchangeError::Request(e.to_string()))?;
+    request.extend_from_slice(first);
+    let io_err = |source| ExchangeError::Io { hag, source };
+    let opts = |a: &Attempt, fastopen: bool| ConnectOptions {
+        bind: Some(SocketAddr::new(a.source, 0)),
+        bind_device: None,
+        mptcp: true,
+        fastopen,
+        timeout: cfg.limits.connect_timeout,
+    };
+    let first_opts = opts(&attempts[0], cfg.fastopen);
+    // The second attempt sends the request after its handshake, never in its SYN: should both SYNs reach hag,
+    // only the winner's request is ever read.
+    let second_opts = attempts.get(1).map(|a| opts(a, false));
+    let second = second_opts
+        .as_ref()
+        .zip(cfg.race.delay(attempts[0].srtt))
+        .map(|(o, delay)| (delay, connect_with_data(hag, &[], o)));
+    let delay = second.as_ref().map(|(d, _)| *d);
+    let (connected, winner, raced) = race(connect_with_data(hag, &request, &first_opts), second).await;
+    if raced {
+        shared.counters.races.fetch_add(1, Relaxed);
+        if winner == 1 {
+            shared.counters.races_won_second.fetch_add(1, Relaxed);
+        }
+        debug!(?delay, winner, "raced the connection to hag over a second uplink");
+    }
+    let (mut stream, sent) = connected.map_err(io_err)?;
+    let won = &attempts[winner];
+    if let Some(sel) = &shared.sources {
+        // MPTCP_INFO answers only for a connection that negotiated MPTCP: none means it fell back to plain TCP
+        // at the handshake (the MPTCP option stripped on the way, most likely).
+        sel.report_connect(won.uplink, common::mptcp::info(&stream).ok().flatten().is_some());
+    }
+    if let Some(u) = cfg.uplinks.get(won.uplink) {
+        let _ = conn.uplink_initial.set(u.name.clone());
+    }
+    let _ = stream.set_nodelay(true);
+    if sent < request.len() {
+        stream.write_all(&request[sent..]).await.map_err(io_err)?;
+    }
+    let mut reader = ReplyReader::new(std::mem::take(first));
+    let wait = async {
+        let mut chunk = vec![0u8; 16 * 1024];
+        let mut from_client = vec![0u8; 16 * 1024];
+        loop {
+            tokio::select! {
+                r = stream.read(&mut chunk) => {
+                    let n = r.map_err(io_err)?;
+                    if let Some(done) = reader.on_hag(&chunk[..n]) {
+                        return done.map_err(|no| match no {
+                            NoReply::Closed => ExchangeError::Closed(hag),
+                            NoReply::Malformed(code) => ExchangeError::Malformed { hag, code },
+                        });
+                    }
+                }
+                r = client.read(&mut from_client), if reader.wants_client() => {
+                    let n = r.unwrap_or(0);
+                    reader.on_client(&from_client[..n]);
+                    if n > 0 {
+                        stream.write_all(&from_client[..n]).await.map_err(io_err)?;
+                    }
+                }
+            }
+        }
+    };
+    let reply = tokio::time::timeout(cfg.limits.reply_timeout, wait).await;
+    *first = reader.into_sent();
+    let reply = reply.map_err(|_| ExchangeError::Timeout(hag))??;
+    Ok((stream, reply))
+}
