@@ -367,7 +367,7 @@ async fn expect_rest(s: &mut TcpStream, mut got: Vec<u8>, want: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Acceptance 1: MPTCP + TFO, Convert + Auth + data in the SYN, 64 MiB each way intact, socket is MPTCP.
+// MPTCP + TFO, Convert + Auth + data in the SYN, 64 MiB each way intact, socket is MPTCP.
 // ---------------------------------------------------------------------------------------------------------
 
 #[test]
@@ -437,7 +437,7 @@ fn mptcp_tfo_client_moves_64_mib_each_way_intact() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Acceptance 2: bad input, one test each; a well-behaved client keeps being served throughout.
+// bad input, one test each; a well-behaved client keeps being served throughout.
 // ---------------------------------------------------------------------------------------------------------
 
 /// Runs one bad input against a fresh bed while a good relay is open, asserting the code the client gets.
@@ -649,7 +649,7 @@ fn connections_over_the_per_cpe_limit_get_64() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Acceptance 3: a plain-TCP client from a trusted prefix without an Auth TLV works end to end.
+// a plain-TCP client from a trusted prefix without an Auth TLV works end to end.
 // ---------------------------------------------------------------------------------------------------------
 
 #[test]
@@ -677,7 +677,7 @@ fn trusted_plain_tcp_client_without_auth_is_relayed() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Acceptance 4: config errors exit 64 naming the field; the shipped example checks out.
+// config errors exit 64 naming the field; the shipped example checks out.
 // ---------------------------------------------------------------------------------------------------------
 
 fn run_hag(args: &[&str]) -> (i32, String) {
@@ -720,7 +720,7 @@ fn shipped_example_passes_check_config() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Acceptance 5: SIGTERM with open relays: exit 0 within the drain deadline.
+// SIGTERM with open relays: exit 0 within the drain deadline.
 // ---------------------------------------------------------------------------------------------------------
 
 #[test]

@@ -1,8 +1,8 @@
 //! Uplink failover on the testbed with the real `hcpe` (uplink manager) and `hag` (probe responder):
 //! DSL blackholed (carrier up) during a download: no reset, SHA-256 intact, no stall over 1 s in the 100 ms
 //! progress timeline, LTE carries on; new connections tried every 100 ms from the cut succeed within 1 s;
-//! DSL restored: a running download regains a DSL subflow within 2 s and speeds up (acceptance 3, subflows from
-//! hag's admin API); standby and backup LTE (acceptance 4 and 5).
+//! DSL restored: a running download regains a DSL subflow within 2 s and speeds up (subflows from hag's admin
+//! API); standby and backup LTE.
 //!
 //! hcpe manages the MPTCP endpoints itself here (the test adds none): it drops DSL's endpoint when DSL's probes
 //! go unanswered, so the kernel closes that subflow and reinjects its data on LTE.
@@ -65,7 +65,7 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
     wait_up(&mut hcpe, 2);
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
 
-    // Acceptance 1: cut DSL at about 30 % of a download.
+    // Cut DSL at about 30 % of a download.
     const SIZE: u64 = 24 << 20;
     let download = LanDownload::start(&tb, dst, SIZE, Duration::from_secs(10)).unwrap();
     download.wait_for(SIZE * 3 / 10, Duration::from_secs(20), "download", &hcpe);
@@ -89,7 +89,7 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
     assert!(transfer.timeline.max_stall() <= Duration::from_secs(1), "stall {:?}", transfer.timeline.max_stall());
     assert!(lte_after as f64 > SIZE as f64 * 0.5, "LTE carried the rest: {lte_after} B");
 
-    // Acceptance 2: DSL back and healthy, then cut again while new connections start every 100 ms.
+    // DSL back and healthy, then cut again while new connections start every 100 ms.
     tb.dsl.restore();
     wait_up(&mut hcpe, 3);
     let cut = Instant::now();
@@ -116,7 +116,7 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
     let first_ok = first_ok.unwrap_or_else(|| panic!("no new connection succeeded:\n{}", hcpe.log()));
     assert!(first_ok <= Duration::from_secs(1), "first success {first_ok:?} after the cut");
 
-    // Acceptance 3: a download that started on LTE alone gets a DSL subflow (hag's MPTCP_FULL_INFO, through its
+    // A download that started on LTE alone gets a DSL subflow (hag's MPTCP_FULL_INFO, through its
     // admin API) within 2 s of DSL coming back, and its throughput rises.
     let download = LanDownload::start(&tb, dst, 32 << 20, Duration::from_secs(10)).unwrap();
     download.wait_for(2 << 20, Duration::from_secs(20), "download on LTE", &hcpe);
@@ -159,7 +159,7 @@ fn dsl_cut_keeps_the_download_and_new_connections_move_to_lte() {
     assert!(eps.trim().is_empty(), "endpoints left behind:\n{eps}");
 }
 
-/// Acceptance 5: `standby` LTE carries nothing and has no subflow while DSL is healthy; the running download
+/// `standby` LTE carries nothing and has no subflow while DSL is healthy; the running download
 /// has an LTE subflow (as hag lists it) within 1 s of a DSL cut.
 #[test]
 fn standby_lte_is_unused_until_dsl_dies() {
@@ -216,7 +216,7 @@ fn standby_lte_is_unused_until_dsl_dies() {
     tb.dsl.set_carrier(true).unwrap();
 }
 
-/// Acceptance 4: `backup` LTE (subflow with the backup flag) carries < 1 % while DSL is healthy, takes the
+/// `backup` LTE (subflow with the backup flag) carries < 1 % while DSL is healthy, takes the
 /// download after a DSL cut, and traffic returns to DSL once it is back.
 #[test]
 fn backup_lte_carries_only_while_dsl_is_down() {

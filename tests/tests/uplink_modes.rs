@@ -1,4 +1,4 @@
-//! Issue 5, non-TCP traffic on the testbed with the real `hcpe` (uplink manager) and `hag`:
+//! Non-TCP traffic on the testbed with the real `hcpe` (uplink manager) and `hag`:
 //! - `routing.default_route` (on by default): the main table's default route follows the healthy uplink, so
 //!   UDP and ICMP fail over with TCP: a DSL cut moves `ip route get` from dsl0 to lte0 within about 1 s
 //!   (printed), the restore moves it back, and hcpe's route is gone after hcpe stops;

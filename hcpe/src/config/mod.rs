@@ -17,8 +17,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use crate::uplink::settings::ManagerSettings;
+use crate::uplink::settings::{self as uplink_settings, QuotaFile};
 pub use crate::uplink::settings::{Uplink, UplinkFamily};
-use crate::uplink::volume::{self, QuotaFile, VolumeFile};
+use crate::uplink::volume::{self, VolumeFile};
 use crate::uplink::{self, Mode, ProbeFile, Role};
 
 /// Default HAG service port (DESIGN §3).
@@ -435,7 +436,7 @@ impl Config {
                 return Err(ConfigError::invalid(format!("uplinks[{i}]"), "needs an ipv4 or an ipv6 section"));
             }
             if let Some(q) = &u.quota {
-                volume::validate_quota(i, q)?;
+                uplink_settings::validate_quota(i, q)?;
             }
             uplinks.push(Uplink {
                 name: u.name.clone(),

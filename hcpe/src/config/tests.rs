@@ -222,7 +222,8 @@ mod volume {
 
     use super::uplinks::{BASE, parse_in_dir};
     use crate::uplink::Mode;
-    use crate::uplink::volume::{QuotaAction, QuotaFile, VolumeFile};
+    use crate::uplink::settings::{QuotaAction, QuotaFile};
+    use crate::uplink::volume::VolumeFile;
 
     #[test]
     fn quota_and_volume_config() {

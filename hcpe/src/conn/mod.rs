@@ -234,7 +234,7 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared, conn: &Connecti
     let cfg = &shared.config;
     let c = &shared.counters;
     let _ = client.set_nodelay(true);
-    // Whatever the client already sent rides in the SYN; do not wait for more.
+    // Whatever the client already sent goes with the request (in the SYN with `fastopen`); do not wait for more.
     let mut first = vec![0u8; FIRST_BYTES_MAX];
     let n = match client.try_read(&mut first) {
         Ok(n) => n,

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::calendar::period_start;
-use super::settings::QuotaFile;
 use crate::uplink::settings::Mode;
+use crate::uplink::settings::QuotaFile;
 
 /// Rate samples kept per uplink: 5 minutes of 1 s samples.
 pub const HISTORY_LEN: usize = 300;

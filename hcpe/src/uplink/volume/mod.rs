@@ -53,7 +53,7 @@ pub use account::{
     Account, HISTORY_LEN, QuotaEvent, RateSample, Reading, Totals, VolumeStatus, counter_delta, quota_target,
 };
 pub use calendar::{next_period_start, period_start};
-pub use settings::{QuotaAction, QuotaFile, VolumeFile, validate_quota, validate_volume};
+pub use settings::{VolumeFile, validate_volume};
 pub use state::{StateFile, VolumeError};
 
 /// How often the interface counters are read.

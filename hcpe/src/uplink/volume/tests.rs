@@ -5,6 +5,7 @@ use time::{Date, Month, OffsetDateTime};
 
 use super::*;
 use crate::config::tests::uplinks::{BASE, parse_in_dir};
+use crate::uplink::settings::{QuotaAction, QuotaFile};
 use proptest::prelude::*;
 
 fn unix(y: i32, m: u8, d: u8, h: u8, min: u8, sec: u8) -> u64 {
