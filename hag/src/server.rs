@@ -2,8 +2,8 @@
 //! (Convert message -> auth -> policy -> limits -> connect -> reply -> relay), and graceful shutdown.
 //!
 //! Invariants:
-//! - Every accepted connection holds an [`ActiveGuard`] for its whole life, so `stats.active` and the total
-//!   limit are exact; an authenticated connection also holds a [`CpeGuard`] (per-CPE limit).
+//! - Every accepted connection holds an `ActiveGuard` for its whole life, so `stats.active` and the total
+//!   limit are exact; an authenticated connection also holds a `CpeGuard` (per-CPE limit).
 //! - A client gets exactly one Convert reply: the success header (then the destination's bytes) or an Error
 //!   TLV followed by our FIN. Client bytes that arrived after the Convert message are forwarded before the
 //!   relay starts, in order.

@@ -45,8 +45,8 @@ pub struct PayloadTooLarge(pub ErrorBody);
 pub struct RequestTimeout(pub ErrorBody);
 
 /// The document a daemon serves: the shared routes' operations, the daemon's (`api`, collected from its
-/// routes: `OpenApiRouter::into_openapi` needs no state), then [`finish`]. [`AdminApp::router`](super::AdminApp::router)
-/// serves exactly this.
+/// routes: `OpenApiRouter::into_openapi` needs no state), the title and version, the `bearer` scheme and the
+/// shared error responses. [`AdminApp::router`](super::AdminApp::router) serves exactly this.
 pub fn document(daemon: &str, version: &str, api: OpenApi) -> OpenApi {
     let mut doc = super::shared_operations();
     doc.merge(api);
