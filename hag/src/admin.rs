@@ -26,15 +26,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use common::admin::openapi::{BadRequest, NotFound, Unauthorized};
 use common::admin::{
-    self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, BearerToken, HasConnId, MetricType, Metrics, MetricsWriter,
-    ProcessInfo, SubflowView,
+    self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, BearerToken, ConnIdPath, HasConnId, MetricType, Metrics,
+    MetricsWriter, ProcessInfo, SubflowView,
 };
 use common::mptcp;
 use common::mptcp::subflow_diag::{self, DiagMap};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::info;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -202,17 +202,8 @@ async fn list_connections(State(s): State<Arc<ApiState>>) -> ApiJson<Vec<Connect
     ApiJson(connection_views(s.connections.snapshot()).await)
 }
 
-/// The `{id}` of the connection routes.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct ConnPath {
-    /// MPTCP token as 8 hex digits (`0x` prefix accepted), or `tcp-<n>` for a connection without one.
-    #[param(pattern = r"^((0[xX])?[0-9a-fA-F]{1,8}|tcp-[0-9]+)$")]
-    pub id: String,
-}
-
 /// One open connection.
-#[utoipa::path(get, path = "/api/v1/connections/{id}", params(ConnPath), responses(
+#[utoipa::path(get, path = "/api/v1/connections/{id}", params(ConnIdPath), responses(
     (status = 200, description = "The connection.", body = ConnectionView),
     (status = 400, response = BadRequest),
     (status = 401, response = Unauthorized),
@@ -228,7 +219,7 @@ async fn get_connection(
 }
 
 /// Closes the connection: the relay stops and both sockets are closed.
-#[utoipa::path(delete, path = "/api/v1/connections/{id}", params(ConnPath), responses(
+#[utoipa::path(delete, path = "/api/v1/connections/{id}", params(ConnIdPath), responses(
     (status = 204, description = "Closing."),
     (status = 400, response = BadRequest),
     (status = 401, response = Unauthorized),

@@ -60,6 +60,17 @@ impl ConnId {
     }
 }
 
+/// The `{id}` path parameter of the connection routes, as the OpenAPI documents describe it (the handlers
+/// read it with [`ConnId::parse_path`], whose grammar the pattern repeats).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ConnIdPath {
+    /// The connection's MPTCP token as 8 hex digits (`0x` prefix accepted; on hcpe the local token of its
+    /// connection to hag), or `tcp-<n>` for a connection without one.
+    #[param(pattern = r"^((0[xX])?[0-9a-fA-F]{1,8}|tcp-[0-9]+)$")]
+    pub id: String,
+}
+
 impl<T: HasConnId> Table<T> {
     /// The open item named `id`.
     pub fn by_conn_id(&self, id: ConnId) -> Option<Arc<T>> {

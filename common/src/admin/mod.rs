@@ -52,7 +52,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use auth::{Auth, AuthGate, BearerToken};
-pub use conn_id::{ConnId, HasConnId};
+pub use conn_id::{ConnId, ConnIdPath, HasConnId};
 pub use error::{ApiError, ApiJson, ApiPath};
 pub use metrics::{MetricType, Metrics, MetricsWriter};
 pub use subflow::SubflowView;

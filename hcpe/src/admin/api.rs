@@ -13,7 +13,7 @@ use std::time::UNIX_EPOCH;
 use axum::extract::State;
 use axum::http::StatusCode;
 use common::admin::openapi::{BadRequest, ErrorBody, NotFound, Unauthorized};
-use common::admin::{ApiError, ApiJson, ApiPath, HasConnId};
+use common::admin::{ApiError, ApiJson, ApiPath, ConnIdPath, HasConnId};
 use common::mptcp;
 use common::pm::EndpointFlags;
 use common::probe::HealthState;
@@ -397,18 +397,8 @@ pub(super) async fn list_connections(State(s): State<Arc<ApiState>>) -> ApiJson<
     ApiJson(connection_views(&s, s.conns.connections.snapshot()).await)
 }
 
-/// The `{id}` of the connection routes.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct ConnPath {
-    /// Local MPTCP token of the connection to hag as 8 hex digits (`0x` prefix accepted), or `tcp-<n>` for a
-    /// connection without one.
-    #[param(pattern = r"^((0[xX])?[0-9a-fA-F]{1,8}|tcp-[0-9]+)$")]
-    pub id: String,
-}
-
 /// One open connection.
-#[utoipa::path(get, path = "/api/v1/connections/{id}", params(ConnPath), responses(
+#[utoipa::path(get, path = "/api/v1/connections/{id}", params(ConnIdPath), responses(
     (status = 200, description = "The connection.", body = ConnectionView),
     (status = 400, response = BadRequest),
     (status = 401, response = Unauthorized),
@@ -424,7 +414,7 @@ pub(super) async fn get_connection(
 }
 
 /// Closes the connection: the relay stops and both sockets (LAN and hag) are closed.
-#[utoipa::path(delete, path = "/api/v1/connections/{id}", params(ConnPath), responses(
+#[utoipa::path(delete, path = "/api/v1/connections/{id}", params(ConnIdPath), responses(
     (status = 204, description = "Closing."),
     (status = 400, response = BadRequest),
     (status = 401, response = Unauthorized),
