@@ -6,7 +6,8 @@
 //!
 //! `cargo build --release --workspace --bins && cargo test --release -p tests --test multipath_bench -- --ignored --nocapture --test-threads 1`
 //! (`MULTIPATH_BENCH_ROUNDS=n` repeats each scenario, default 1; `MULTIPATH_BENCH_CPE_RMEM_MAX=bytes` sets the
-//! largest TCP receive buffer in hcpe's namespace, `net.ipv4.tcp_rmem`'s third value).
+//! largest TCP receive buffer in hcpe's namespace, `net.ipv4.tcp_rmem`'s third value;
+//! `MULTIPATH_BENCH_LTE_MODE=backup` sets LTE's mode through hcpe's admin API before the download).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -104,6 +105,14 @@ fn run(s: &Scenario, round: usize) {
     }
     let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
     daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
+    if let Ok(mode) = std::env::var("MULTIPATH_BENCH_LTE_MODE") {
+        // The example's admin API, in hcpe's namespace.
+        let token = daemons::admin_token(dir.path()).unwrap();
+        let api = SocketAddr::from(([127, 0, 0, 1], daemons::HCPE_ADMIN_PORT));
+        let body = format!("{{\"mode\":\"{mode}\"}}");
+        let r = daemons::http(&tb.cpe, api, "PATCH", "/api/v1/uplinks/lte", Some(&token), Some(&body)).unwrap();
+        assert_eq!(r.status, 200, "LTE mode {mode}: {}", r.body);
+    }
     let _ = counters(&tb);
     let download = LanDownload::start(&tb, dst, SIZE, Duration::from_secs(30)).unwrap();
     download.wait_for(SIZE / 2, Duration::from_secs(60), "download", &hcpe);
