@@ -1,5 +1,6 @@
 //! Multipath bench (ignored): downloads through hcpe/hag, started from `deploy/examples/`, against each link
-//! alone, on link pairs where the second link is good, poor, or lossy. Every figure is a ratio against the
+//! alone and against kernel MPTCP between the CPE and hag's namespace without the daemons, on link pairs where
+//! the second link is good, poor, or lossy. Every figure is a ratio against the
 //! single-link rates measured in the same run, so the machine's load cancels out. Mid-download it also prints
 //! what hag's kernel says of each subflow (`ss -tinM`: cwnd, RTT, delivery rate, bytes in flight) and the
 //! MPTCP counters that move (`nstat`), which is where a multipath slowdown shows its cause.
@@ -14,8 +15,8 @@ use std::time::Duration;
 
 use tests::daemons::{self, LanDownload};
 use tests::emulator::{LinkConfig, Shape};
-use tests::testbed::{Testbed, TestbedConfig, addr};
-use tests::traffic::Server;
+use tests::testbed::{Testbed, TestbedConfig, addr, ifname};
+use tests::traffic::{Client, Server};
 
 const SIZE: u64 = 48 << 20;
 
@@ -85,6 +86,19 @@ fn counters(tb: &Testbed) -> String {
         .join(" ")
 }
 
+/// One kernel MPTCP download from the CPE to a server in hag's namespace over both links (an endpoint on
+/// LTE, the testbed's source routing), without hcpe or hag: what the kernel alone makes of the two paths. The
+/// endpoint goes again before the daemons start.
+fn kernel_mptcp(tb: &Testbed) -> f64 {
+    let lte = addr::CPE_LTE.ip(false).to_string();
+    tb.cpe.ip(&["mptcp", "endpoint", "add", &lte, "dev", ifname::LTE, "subflow"]).unwrap();
+    let server = Server::bind_mptcp(&tb.hag, SocketAddr::new(addr::HAG_SERVICE.ip(false), 0)).unwrap();
+    let (dst, src) = (server.addr(), SocketAddr::new(addr::CPE_DSL.ip(false), 0));
+    let t = tb.cpe.within(move || Client::new(dst).bind(src).mptcp().timeout(Duration::from_secs(30)).download(SIZE));
+    tb.cpe.ip(&["mptcp", "endpoint", "flush"]).unwrap();
+    t.unwrap().unwrap().mbit_per_s()
+}
+
 fn run(s: &Scenario, round: usize) {
     let tb = Testbed::new(TestbedConfig {
         dsl: LinkConfig::symmetric(s.dsl),
@@ -98,6 +112,7 @@ fn run(s: &Scenario, round: usize) {
     let dsl = daemons::single_link(&tb, dst, addr::CPE_DSL.ip(false), 24 << 20).unwrap().mbit_per_s();
     let lte_size = if s.lte.rate_bps.is_some_and(|r| r < 10_000_000) { 3 << 20 } else { 16 << 20 };
     let lte = daemons::single_link(&tb, dst, addr::CPE_LTE.ip(false), lte_size).unwrap().mbit_per_s();
+    let kernel = kernel_mptcp(&tb);
 
     if let Ok(max) = std::env::var("MULTIPATH_BENCH_CPE_RMEM_MAX") {
         // hcpe's MPTCP sockets receive the download: their window autotunes up to this (default 6 MiB).
@@ -122,9 +137,10 @@ fn run(s: &Scenario, round: usize) {
     let got = transfer.mbit_per_s();
     let best = dsl.max(lte);
     println!(
-        "{} (round {round}): DSL alone {dsl:.1}, LTE alone {lte:.1}, hcpe/hag {got:.1} Mbit/s = {:.2} x best, {:.2} x sum; \
-         longest stall {:?}",
+        "{} (round {round}): DSL alone {dsl:.1}, LTE alone {lte:.1}, kernel MPTCP alone {kernel:.1} ({:.2} x best), \
+         hcpe/hag {got:.1} Mbit/s = {:.2} x best, {:.2} x sum; longest stall {:?}",
         s.name,
+        kernel / best,
         got / best,
         got / (dsl + lte),
         transfer.timeline.max_stall()
