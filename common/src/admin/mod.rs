@@ -335,8 +335,9 @@ impl AdminApp {
         });
         let ctx = error::ErrorContext { max_body: self.max_body, timeout: self.timeout };
         let (api, api_doc) = api.split_for_parts();
-        let (routes, _) = shared_routes().with_state(shared.clone()).split_for_parts();
-        let doc = openapi::document(daemon, version, api_doc);
+        // The served document comes from the very routes served (the shared ones are collected once).
+        let (routes, shared_doc) = shared_routes().with_state(shared.clone()).split_for_parts();
+        let doc = openapi::assemble(shared_doc, api_doc, daemon, version);
         let doc = serde_json::to_vec_pretty(&doc).expect("an OpenAPI document serializes");
         let _ = shared.openapi.set(axum::body::Bytes::from(doc));
         // Layers run outermost last-added: JSON errors, timeout, auth, body limit, routes.

@@ -48,10 +48,14 @@ pub struct RequestTimeout(pub ErrorBody);
 /// routes: `OpenApiRouter::into_openapi` needs no state), the title and version, the `bearer` scheme and the
 /// shared error responses. [`AdminApp::router`](super::AdminApp::router) serves exactly this.
 pub fn document(daemon: &str, version: &str, api: OpenApi) -> OpenApi {
-    let mut doc = super::shared_operations();
-    doc.merge(api);
-    finish(&mut doc, daemon, version);
-    doc
+    assemble(super::shared_operations(), api, daemon, version)
+}
+
+/// [`document`] from operations already collected: `shared` from the shared routes, `api` from the daemon's.
+pub(super) fn assemble(mut shared: OpenApi, api: OpenApi, daemon: &str, version: &str) -> OpenApi {
+    shared.merge(api);
+    finish(&mut shared, daemon, version);
+    shared
 }
 
 /// Completes a document collected from the routes: title and version, the `bearer` scheme required by
