@@ -94,7 +94,10 @@ pub struct UplinkHealth {
     /// Smoothed RTT (RFC 6298); `None` before the first reply.
     pub srtt: Option<Duration>,
     pub rttvar: Duration,
+    /// RTT of the latest answered probe, in time or late.
     pub latest_rtt: Option<Duration>,
+    /// Round-trip samples since start: a new one arrived when this grew.
+    pub rtt_samples: u64,
     /// Missed fraction of the last `loss_window` probes.
     pub loss: f64,
     /// When `state` last changed (tokio clock, as a std `Instant`).
@@ -206,6 +209,7 @@ impl Prober {
             srtt: health.srtt(),
             rttvar: health.rttvar(),
             latest_rtt: health.latest_rtt(),
+            rtt_samples: health.rtt_samples(),
             loss: health.loss(),
             last_change: health.last_change(),
             stats,

@@ -12,8 +12,11 @@
 //!   Up. Successes and misses are counted in the order they are resolved.
 //! - `carrier(false)` makes it Down at once, forgets outstanding probes and stops probing; `carrier(true)`
 //!   resumes probing and it needs `up_after` successes to be Up again.
-//! - RTT: RFC 6298 smoothing (alpha 1/8, beta 1/4) over replies that arrived within their timeout; a late
-//!   or unknown reply changes nothing. Loss: misses / resolved probes over the last `loss_window` probes.
+//! - RTT: RFC 6298 smoothing (alpha 1/8, beta 1/4) over every answered probe, also one answered after its
+//!   timeout (of the last 64 timed out): it stays a miss, but its round trip is true, and it lets the timeout
+//!   follow a path whose delay jumped (a queue filling under load). Duplicate and unknown replies change
+//!   nothing. Loss: probes never answered / resolved probes over the last `loss_window` probes (a late answer
+//!   is a miss for the verdict but no loss).
 //!
 //! Invariants: outstanding probes never exceed `timeout_max / interval + 2` (older ones are resolved as
 //! misses first); the loss window never holds more than `loss_window` outcomes.
@@ -112,9 +115,17 @@ pub struct Health {
     srtt: Option<Duration>,
     rttvar: Duration,
     latest_rtt: Option<Duration>,
-    /// true = answered, false = missed; newest at the back.
-    window: VecDeque<bool>,
+    /// Round-trip samples taken since start (answers in time and late ones).
+    rtt_samples: u64,
+    /// Probes that timed out, with their send time (newest at the back, at most [`TIMED_OUT_MEMORY`]): a late
+    /// answer still measures the round trip.
+    timed_out: VecDeque<(u32, Instant)>,
+    /// (seq, answered at all) of the last `loss_window` resolved probes, newest at the back.
+    window: VecDeque<(u32, bool)>,
 }
+
+/// How many timed-out probes are remembered for their late answers.
+const TIMED_OUT_MEMORY: usize = 64;
 
 impl Health {
     /// Starts in [`HealthState::Unknown`] with carrier up and the first probe due at `now`.
@@ -133,6 +144,8 @@ impl Health {
             srtt: None,
             rttvar: Duration::ZERO,
             latest_rtt: None,
+            rtt_samples: 0,
+            timed_out: VecDeque::new(),
             window,
         }
     }
@@ -164,17 +177,23 @@ impl Health {
         self.rttvar
     }
 
-    /// RTT of the most recent answered probe.
+    /// RTT of the most recently answered probe, answered in time or late.
     pub fn latest_rtt(&self) -> Option<Duration> {
         self.latest_rtt
     }
 
-    /// Fraction of the last `loss_window` resolved probes that were missed (0.0 with no probes yet).
+    /// Round-trip samples taken since start: a new one has arrived when this grew.
+    pub fn rtt_samples(&self) -> u64 {
+        self.rtt_samples
+    }
+
+    /// Fraction of the last `loss_window` resolved probes that were never answered (0.0 with no probes yet). An
+    /// answer after the timeout is a miss for the verdict, not a loss: the path was slow, nothing was lost.
     pub fn loss(&self) -> f64 {
         if self.window.is_empty() {
             return 0.0;
         }
-        let missed = self.window.iter().filter(|ok| !**ok).count();
+        let missed = self.window.iter().filter(|(_, ok)| !*ok).count();
         missed as f64 / self.window.len() as f64
     }
 
@@ -214,14 +233,15 @@ impl Health {
         let mut expired = Vec::new();
         self.outstanding.retain(|o| {
             if o.deadline <= now {
-                expired.push(o.seq);
+                expired.push((o.seq, o.sent));
                 false
             } else {
                 true
             }
         });
-        for _ in expired {
-            self.miss(now, &mut actions);
+        for probe in expired {
+            self.timed_out_probe(probe);
+            self.miss(now, probe.0, &mut actions);
         }
         if now >= self.next_send {
             let seq = self.next_seq;
@@ -231,8 +251,10 @@ impl Health {
             // Bound: a probe older than any timeout could be is a miss already.
             let cap = (self.config.timeout_max.as_nanos() / self.config.interval.as_nanos().max(1)) as usize + 2;
             while self.outstanding.len() > cap {
-                self.outstanding.pop_front();
-                self.miss(now, &mut actions);
+                if let Some(o) = self.outstanding.pop_front() {
+                    self.timed_out_probe((o.seq, o.sent));
+                    self.miss(now, o.seq, &mut actions);
+                }
             }
             self.next_send += self.config.interval;
             if self.next_send <= now {
@@ -243,21 +265,32 @@ impl Health {
         actions
     }
 
-    /// An authenticated reply for `seq` arrived. Replies for probes already resolved (late, duplicate,
-    /// unknown) are ignored; returns whether the reply was counted.
+    /// An authenticated reply for `seq` arrived. A late one (after its probe's timeout) is a miss for the
+    /// verdict, but not a loss, and its round trip is sampled; duplicates and unknown ones are ignored.
+    /// Returns whether the reply was counted as an answer in time.
     pub fn on_reply(&mut self, now: Instant, seq: u32) -> (bool, Vec<Action>) {
         let mut actions = Vec::new();
         let Some(pos) = self.outstanding.iter().position(|o| o.seq == seq) else {
+            // The answer of a probe that timed out: a miss already, but still a true round trip (each probe is
+            // sent once, so Karn's ambiguity does not arise). Taking it lets the timeout follow a path whose
+            // delay grew (a queue filling under load), and the path controller see how slow the path is.
+            if let Some(i) = self.timed_out.iter().position(|(s, _)| *s == seq) {
+                let (_, sent) = self.timed_out.remove(i).expect("position is in range");
+                self.rtt_sample(now.saturating_duration_since(sent));
+                self.answered_late(seq);
+            }
             return (false, actions);
         };
         let probe = self.outstanding.remove(pos).expect("position is in range");
         if now > probe.deadline {
             // Answered, but after its timeout: the next on_tick would have called it a miss.
-            self.miss(now, &mut actions);
+            self.rtt_sample(now.saturating_duration_since(probe.sent));
+            self.miss(now, seq, &mut actions);
+            self.answered_late(seq);
             return (false, actions);
         }
         self.rtt_sample(now.saturating_duration_since(probe.sent));
-        self.record(true);
+        self.record(seq, true);
         self.misses_in_row = 0;
         self.successes_in_row = self.successes_in_row.saturating_add(1);
         if self.state != HealthState::Up && self.successes_in_row >= self.config.up_after {
@@ -284,8 +317,8 @@ impl Health {
         actions
     }
 
-    fn miss(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        self.record(false);
+    fn miss(&mut self, now: Instant, seq: u32, actions: &mut Vec<Action>) {
+        self.record(seq, false);
         self.successes_in_row = 0;
         self.misses_in_row = self.misses_in_row.saturating_add(1);
         if self.state != HealthState::Down && self.misses_in_row >= self.config.down_after {
@@ -293,20 +326,35 @@ impl Health {
         }
     }
 
-    fn record(&mut self, answered: bool) {
+    fn timed_out_probe(&mut self, probe: (u32, Instant)) {
+        if self.timed_out.len() == TIMED_OUT_MEMORY {
+            self.timed_out.pop_front();
+        }
+        self.timed_out.push_back(probe);
+    }
+
+    /// A probe counted as missed was answered after all: not lost.
+    fn answered_late(&mut self, seq: u32) {
+        if let Some(entry) = self.window.iter_mut().rev().find(|(s, _)| *s == seq) {
+            entry.1 = true;
+        }
+    }
+
+    fn record(&mut self, seq: u32, answered: bool) {
         if self.config.loss_window == 0 {
             return;
         }
         if self.window.len() == self.config.loss_window {
             self.window.pop_front();
         }
-        self.window.push_back(answered);
+        self.window.push_back((seq, answered));
     }
 
     /// RFC 6298 §2: first sample R: SRTT = R, RTTVAR = R/2; then RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R|,
     /// SRTT = 7/8 SRTT + 1/8 R.
     fn rtt_sample(&mut self, r: Duration) {
         self.latest_rtt = Some(r);
+        self.rtt_samples += 1;
         match self.srtt {
             None => {
                 self.srtt = Some(r);

@@ -183,10 +183,43 @@ fn late_duplicate_and_unknown_replies_do_not_count() {
     assert!(!h.on_reply(t0 + MS, 77).0, "never sent");
     assert!(h.on_reply(t0 + 2 * MS, 0).0);
     assert!(!h.on_reply(t0 + 3 * MS, 0).0, "duplicate");
-    // Probe 1 (timeout 200 ms after the first sample) answered after its deadline counts as a miss.
+    // Probe 1 (timeout 200 ms after the first sample) answered after its deadline is not counted: a miss for
+    // the verdict, though not a loss.
     h.on_tick(t0 + 200 * MS);
     assert!(!h.on_reply(t0 + 401 * MS, 1).0);
-    assert_eq!(h.loss(), 0.5);
+    assert_eq!(h.loss(), 0.0);
+}
+
+#[test]
+fn a_late_answer_is_a_miss_but_still_a_round_trip_sample() {
+    let t0 = Instant::now();
+    let mut h = Health::new(HealthConfig::default(), t0);
+    h.on_tick(t0);
+    assert!(h.on_reply(t0 + 20 * MS, 0).0);
+    assert_eq!(h.rtt_samples(), 1);
+    // Probe 1 times out (on_tick resolves it), then its answer comes 900 ms after it was sent.
+    h.on_tick(t0 + 200 * MS);
+    h.on_tick(t0 + 400 * MS + MS);
+    assert_eq!(h.loss(), 0.5, "a miss until answered");
+    assert!(!h.on_reply(t0 + 1100 * MS, 1).0);
+    assert_eq!((h.latest_rtt(), h.rtt_samples()), (Some(900 * MS), 2));
+    assert_eq!(h.loss(), 0.0, "answered late: not lost");
+    assert!(h.srtt().unwrap() > 20 * MS, "the timeout follows the slower path");
+    // A second answer to the same probe is no sample.
+    h.on_reply(t0 + 1200 * MS, 1);
+    assert_eq!(h.rtt_samples(), 2);
+}
+
+#[test]
+fn a_round_trip_that_jumps_above_the_timeout_is_followed_by_the_timeout() {
+    // A queue fills at once (the link's rate dropped): 20 ms -> 900 ms. The late answers raise the timeout
+    // until probes are answered in time again.
+    let mut s = Sim::new(HealthConfig::default(), 20 * MS);
+    s.run_to(2000);
+    s.rtt = 900 * MS;
+    s.run_to(20_000);
+    assert!(s.h.timeout() >= 900 * MS, "timeout {:?}", s.h.timeout());
+    assert_eq!(s.h.state(), HealthState::Up, "answered in time again: {:?}", s.changes);
 }
 
 #[test]
