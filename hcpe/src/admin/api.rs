@@ -26,8 +26,9 @@ use common::mptcp::subflow_diag::{self, DiagMap};
 
 use super::ApiState;
 use crate::conn::Connection;
+use crate::uplink::adapt::{Carry, Reason};
 use crate::uplink::volume::VolumeStatus;
-use crate::uplink::{HealthSource, Mode, ModeReason, Role, SetModeError, UplinkStatus};
+use crate::uplink::{HealthSource, Mode, ModeReason, PathControlStatus, Role, SetModeError, UplinkStatus};
 
 /// Endpoint flags as the API shows them.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
@@ -85,6 +86,78 @@ pub struct UplinkView {
     pub probe: Option<HashMap<&'static str, u64>>,
     /// Volume, quota and rates; `null` without a volume tracker.
     pub volume: Option<VolumeStatus>,
+    /// An `adaptive` or `overflow` uplink: whether the path controller has it carry traffic now, and why;
+    /// `null` for a pinned mode.
+    pub path_control: Option<PathControlView>,
+}
+
+/// The path controller's standing of an `adaptive` or `overflow` uplink.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = PathControl)]
+pub struct PathControlView {
+    /// `active`: its endpoint has the `subflow` flag and it carries traffic; `backup`: `subflow,backup`, its
+    /// subflows stand by (MP_PRIO told hag).
+    pub carry: Carry,
+    /// Decisions since start, per carry and reason.
+    pub totals: Vec<DecisionTotal>,
+    /// The latest decisions, oldest first.
+    pub decisions: Vec<DecisionView>,
+}
+
+/// How many decisions of one kind the path controller made on an uplink.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DecisionTotal {
+    pub to: Carry,
+    pub reason: Reason,
+    pub count: u64,
+}
+
+/// One decision of the path controller, with the measurements it was made on.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Decision)]
+pub struct DecisionView {
+    pub to: Carry,
+    /// `rtt_excess`, `loss` (demoted); `recovered`, `trial`, `only_path` (promoted); `saturated`, `drained`
+    /// (overflow joins, leaves).
+    pub reason: Reason,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The uplink's probe round trip then (median of the last second).
+    pub rtt_ms: Option<f64>,
+    /// What it was compared with: the best other carrying uplink's round trip (adaptive), or the carrying
+    /// uplinks' smallest queueing delay (overflow).
+    pub reference_ms: Option<f64>,
+    /// The uplink's probe loss then (0..1).
+    pub loss: f64,
+}
+
+impl From<&PathControlStatus> for PathControlView {
+    fn from(p: &PathControlStatus) -> Self {
+        let (now, wall) = (std::time::Instant::now(), std::time::SystemTime::now());
+        let millis = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        PathControlView {
+            carry: p.carry,
+            totals: p
+                .counts
+                .iter()
+                .map(|((to, reason), count)| DecisionTotal { to: *to, reason: *reason, count: *count })
+                .collect(),
+            decisions: p
+                .decisions
+                .iter()
+                .map(|d| DecisionView {
+                    to: d.to,
+                    reason: d.reason,
+                    at_unix_ms: (wall - now.saturating_duration_since(d.at))
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |t| t.as_millis() as u64),
+                    rtt_ms: d.rtt.map(millis),
+                    reference_ms: d.reference.map(millis),
+                    loss: d.loss,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// How MPTCP fares through one uplink, as `GET /api/v1/uplinks` shows it.
@@ -139,6 +212,7 @@ impl UplinkView {
                 ])
             }),
             volume,
+            path_control: u.path_control.as_ref().map(PathControlView::from),
             name: u.name,
             interface: u.interface,
         }
@@ -175,6 +249,7 @@ pub fn uplinks_view(state: &ApiState) -> Vec<UplinkView> {
                 health: None,
                 endpoint: None,
                 initial: i == 0,
+                path_control: None,
                 addresses: crate::uplink::Addrs::configured(u).iter().collect(),
             })
             .collect(),

@@ -17,6 +17,7 @@ use super::ApiState;
 use super::api::{UplinkView, uplinks_view};
 use crate::conn::{ERROR_CODES, EXCHANGE_FAILURES};
 use crate::uplink::HealthSource;
+use crate::uplink::adapt::Carry;
 
 /// The metrics source the admin app scrapes.
 #[derive(Debug, Clone)]
@@ -310,6 +311,26 @@ impl HcpeMetrics {
             for u in &ups {
                 if let Some(v) = &u.volume {
                     f.sample(&[("uplink", &u.name)], v.quota_exceeded_total);
+                }
+            }
+        }
+        per_uplink(
+            w,
+            &ups,
+            "uplink_path_carrying",
+            "Adaptive and overflow uplinks: 1 while the path controller has the uplink carry traffic, 0 while it stands by as backup.",
+            MetricType::Gauge,
+            |u| u.path_control.as_ref().map(|p| u8::from(p.carry == Carry::Active)),
+        );
+        {
+            let mut f = w.family(
+                "uplink_path_decisions_total",
+                "Decisions of the path controller since start, by uplink, the carry it set and the reason.",
+                MetricType::Counter,
+            );
+            for u in &ups {
+                for t in u.path_control.iter().flat_map(|p| &p.totals) {
+                    f.sample(&[("uplink", &u.name), ("to", t.to.as_str()), ("reason", t.reason.as_str())], t.count);
                 }
             }
         }

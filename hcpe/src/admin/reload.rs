@@ -183,6 +183,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     cmp("routing", d(&old.routing), d(&new.routing));
     cmp("limits", d(&old.limits), d(&new.limits));
     cmp("probe", d(&old.probe), d(&new.probe));
+    cmp("path_control", d(&old.path_control), d(&new.path_control));
     cmp("volume", d(&old.volume), d(&new.volume));
     cmp("log_level", old.log_level.clone(), new.log_level.clone());
     let admin_cfg = |c: &Config| d(&c.admin.as_ref().map(|a| &a.config));

@@ -16,6 +16,7 @@ use common::config::{self as cfg, ConfigError};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
+use crate::uplink::adapt::PathControlFile;
 use crate::uplink::settings::ManagerSettings;
 use crate::uplink::settings::{self as uplink_settings, QuotaFile};
 pub use crate::uplink::settings::{Uplink, UplinkFamily};
@@ -59,6 +60,9 @@ pub struct FileConfig {
     /// Uplink health probes towards hag (uplink manager).
     #[serde(default)]
     pub probe: ProbeFile,
+    /// The limits of the path controller, which demotes and promotes `adaptive` and `overflow` uplinks.
+    #[serde(default)]
+    pub path_control: PathControlFile,
     /// Volume counting per uplink and its state file (quota: `uplinks[].quota`).
     #[serde(default)]
     pub volume: VolumeFile,
@@ -338,6 +342,7 @@ pub struct Config {
     pub limits: LimitsFile,
     pub race: RaceFile,
     pub probe: ProbeFile,
+    pub path_control: PathControlFile,
     /// `state_file` resolved relative to the config file.
     pub volume: VolumeFile,
     /// Reject LAN UDP/443 (QUIC) so browsers use TCP.
@@ -373,6 +378,7 @@ impl Config {
             probe: self.probe.clone(),
             rule_priority: self.routing.rule_priority,
             default_route: self.routing.default_route,
+            path_control: self.path_control.clone(),
         }
     }
 
@@ -462,6 +468,7 @@ impl Config {
         let modes: Vec<Mode> = uplinks.iter().map(|u| u.mode).collect();
         let tables: Vec<u32> = uplinks.iter().map(|u| u.table).collect();
         uplink::settings::validate_uplinks(&modes, &tables, f.routing.table, &f.probe)?;
+        f.path_control.validate()?;
         volume::validate_volume(&f.volume)?;
         let volume = VolumeFile {
             state_file: f.volume.state_file.as_ref().map(|p| cfg::resolve_relative(config_path, p)),
@@ -503,6 +510,7 @@ impl Config {
             limits: f.limits,
             race: f.race,
             probe: f.probe,
+            path_control: f.path_control,
             volume,
             block_quic: f.block_quic,
             log_level: f.log_level,

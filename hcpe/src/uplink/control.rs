@@ -11,7 +11,10 @@ use common::pm::PmError;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::{HealthSource, Mode, ModeReason, SetModeError, Shared, UplinkStatus, decide, mptcp_path, now_std, views};
+use super::{
+    HealthSource, Mode, ModeReason, PathControlStatus, SetModeError, Shared, UplinkStatus, decide, mptcp_path, now_std,
+    views,
+};
 
 /// A cheap handle for connection tasks: which source address a new connection to hag binds to.
 #[derive(Debug, Clone)]
@@ -123,6 +126,11 @@ impl UplinkControl {
                 health: l.probe.as_ref().map(|rx| rx.borrow().clone()),
                 endpoint: l.endpoint,
                 initial: initial == Some(i),
+                path_control: matches!(l.mode, Mode::Adaptive | Mode::Overflow).then(|| PathControlStatus {
+                    carry: l.carry,
+                    decisions: l.decisions.iter().copied().collect(),
+                    counts: l.decision_counts.iter().map(|(k, n)| (*k, *n)).collect(),
+                }),
                 addresses: l.addrs.iter().collect(),
             })
             .collect()
@@ -141,7 +149,15 @@ impl UplinkControl {
     /// the kernel has the new endpoint table.
     pub async fn set_mode(&self, name: &str, mode: Mode, reason: ModeReason) -> Result<Mode, SetModeError> {
         let i = self.shared.index(name).ok_or_else(|| SetModeError::UnknownUplink(name.to_owned()))?;
-        let previous = std::mem::replace(&mut self.shared.live_mut()[i].mode, mode);
+        let previous = {
+            let mut live = self.shared.live_mut();
+            let previous = std::mem::replace(&mut live[i].mode, mode);
+            if previous.policy() != mode.policy() {
+                // The path controller starts over with the new mode.
+                live[i].carry = mode.policy().initial();
+            }
+            previous
+        };
         if previous != mode {
             info!(
                 uplink = name,

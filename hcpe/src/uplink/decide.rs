@@ -21,6 +21,8 @@ use super::settings::{Mode, Role};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct View {
     pub role: Role,
+    /// The mode it behaves as now: an `adaptive` or `overflow` uplink as `active` or `backup`, as the path
+    /// controller has it ([`Mode::effective`]).
     pub mode: Mode,
     pub health: HealthState,
     /// On trial after a failure its subflows showed: usable, but last in line for new connections.
@@ -41,7 +43,7 @@ impl View {
 
 /// The endpoint flags each uplink should have now (`None`: no endpoint), index for index.
 pub fn endpoint_plan(uplinks: &[View]) -> Vec<Option<EndpointFlags>> {
-    let regular_usable = uplinks.iter().any(|u| u.usable() && matches!(u.mode, Mode::Active | Mode::Backup));
+    let regular_usable = uplinks.iter().any(|u| u.usable() && !matches!(u.mode, Mode::Standby | Mode::Off));
     uplinks
         .iter()
         .map(|u| {
@@ -49,8 +51,8 @@ pub fn endpoint_plan(uplinks: &[View]) -> Vec<Option<EndpointFlags>> {
                 return None;
             }
             match u.mode {
-                Mode::Active => Some(EndpointFlags::SUBFLOW),
-                Mode::Backup => Some(EndpointFlags::SUBFLOW | EndpointFlags::BACKUP),
+                Mode::Active | Mode::Adaptive => Some(EndpointFlags::SUBFLOW),
+                Mode::Backup | Mode::Overflow => Some(EndpointFlags::SUBFLOW | EndpointFlags::BACKUP),
                 Mode::Standby if !regular_usable => Some(EndpointFlags::SUBFLOW),
                 Mode::Standby | Mode::Off => None,
             }
@@ -73,8 +75,8 @@ pub fn pick_initial(uplinks: &[View]) -> Option<usize> {
 /// order; a connection's second attempt goes to the next usable one ([`race_partner`]).
 pub fn rank(uplinks: &[View]) -> Vec<usize> {
     let mode_rank = |m: Mode| match m {
-        Mode::Active => 0,
-        Mode::Backup => 1,
+        Mode::Active | Mode::Adaptive => 0,
+        Mode::Backup | Mode::Overflow => 1,
         Mode::Standby => 2,
         Mode::Off => 3,
     };

@@ -186,6 +186,15 @@ pub fn choose<A: PartialEq + Copy>(current: Option<A>, present: &[A]) -> Option<
     }
 }
 
+/// The interface's index and 64-bit byte counters (received, sent), or `None` when it is missing or has none.
+pub async fn byte_counters(handle: &rtnetlink::Handle, interface: &str) -> Option<(u32, u64, u64)> {
+    let msg: LinkMessage = handle.link().get().match_name(interface.to_owned()).execute().try_next().await.ok()??;
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Stats64(s) => Some((msg.header.index, s.rx_bytes, s.tx_bytes)),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,7 @@
 //! - with `probe.enabled: false` nothing is touched in the kernel: [`UplinkControl::set_mode`] only records
 //!   the mode (which still steers the initial-uplink choice).
 
+pub mod adapt;
 pub mod carrier;
 mod control;
 pub mod decide;
@@ -146,8 +147,19 @@ pub struct UplinkStatus {
     pub endpoint: Option<EndpointFlags>,
     /// New connections start on this uplink now.
     pub initial: bool,
+    /// An `adaptive` or `overflow` uplink: whether it carries traffic now, and the path controller's latest
+    /// decisions (oldest first) and counts per (carry, reason). `None` for a pinned mode.
+    pub path_control: Option<PathControlStatus>,
     /// The uplink's local addresses now (configured, or learned from its interface after renumbering).
     pub addresses: Vec<IpAddr>,
+}
+
+/// The path controller's standing of one `adaptive` or `overflow` uplink.
+#[derive(Debug, Clone)]
+pub struct PathControlStatus {
+    pub carry: adapt::Carry,
+    pub decisions: Vec<adapt::Decision>,
+    pub counts: Vec<((adapt::Carry, adapt::Reason), u64)>,
 }
 
 /// Which signal an uplink's health verdict comes from.
@@ -213,6 +225,29 @@ struct Live {
     endpoint: Option<EndpointFlags>,
     addrs: Addrs,
     probe: Option<watch::Receiver<UplinkHealth>>,
+    /// Whether the path controller has an `adaptive` / `overflow` uplink carry traffic (pinned modes: their own).
+    carry: adapt::Carry,
+    /// The path controller's latest decisions on it, oldest first (at most [`adapt::HISTORY`]).
+    decisions: std::collections::VecDeque<adapt::Decision>,
+    /// Its decisions since start per (carry, reason).
+    decision_counts: std::collections::BTreeMap<(adapt::Carry, adapt::Reason), u64>,
+}
+
+impl Live {
+    /// The pinned mode the uplink behaves as now.
+    fn effective_mode(&self) -> Mode {
+        self.mode.effective(self.carry)
+    }
+
+    /// Records a decision of the path controller.
+    fn decided(&mut self, d: adapt::Decision) {
+        self.carry = d.to;
+        if self.decisions.len() == adapt::HISTORY {
+            self.decisions.pop_front();
+        }
+        self.decisions.push_back(d);
+        *self.decision_counts.entry((d.to, d.reason)).or_default() += 1;
+    }
 }
 
 /// What the driver task, the control handles and the connection tasks share.
@@ -241,6 +276,9 @@ impl Shared {
                 endpoint: None,
                 addrs: Addrs::configured(u),
                 probe: None,
+                carry: u.mode.policy().initial(),
+                decisions: Default::default(),
+                decision_counts: Default::default(),
             })
             .collect();
         Shared { uplinks: cfg.uplinks.clone(), hag: cfg.hag, live: RwLock::new(live), mode_changes: Default::default() }
@@ -267,7 +305,7 @@ fn views(uplinks: &[Uplink], live: &[Live], family_of: Option<IpAddr>) -> Vec<Vi
         .zip(live)
         .map(|(u, l)| View {
             role: u.role,
-            mode: l.mode,
+            mode: l.effective_mode(),
             health: l.health,
             trial: l.trial,
             stripped: l.path.stripped(now),

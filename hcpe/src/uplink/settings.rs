@@ -36,6 +36,12 @@ pub enum Mode {
     Standby,
     /// Never used.
     Off,
+    /// `active` while the uplink helps the aggregate, `backup` while it would drag it below the best other
+    /// uplink (its round trip or loss far worse); decided by the path controller ([`super::adapt`]).
+    Adaptive,
+    /// `backup` until every `active` uplink is saturated (its queue fills), then `active` until they have room
+    /// again: metered volume is spent only when it buys throughput (RFC 8157's overflow).
+    Overflow,
 }
 
 impl Mode {
@@ -45,6 +51,29 @@ impl Mode {
             Mode::Backup => "backup",
             Mode::Standby => "standby",
             Mode::Off => "off",
+            Mode::Adaptive => "adaptive",
+            Mode::Overflow => "overflow",
+        }
+    }
+
+    /// What the path controller does with an uplink in this mode.
+    pub fn policy(self) -> super::adapt::Policy {
+        use super::adapt::Policy;
+        match self {
+            Mode::Active => Policy::Pinned { carries: true },
+            Mode::Backup | Mode::Standby | Mode::Off => Policy::Pinned { carries: false },
+            Mode::Adaptive => Policy::Adaptive,
+            Mode::Overflow => Policy::Overflow,
+        }
+    }
+
+    /// The pinned mode the uplink behaves as when the path controller has it carry traffic or not.
+    pub fn effective(self, carry: super::adapt::Carry) -> Mode {
+        use super::adapt::Carry;
+        match (self, carry) {
+            (Mode::Adaptive | Mode::Overflow, Carry::Active) => Mode::Active,
+            (Mode::Adaptive | Mode::Overflow, Carry::Backup) => Mode::Backup,
+            (m, _) => m,
         }
     }
 }
@@ -284,4 +313,6 @@ pub struct ManagerSettings {
     pub rule_priority: u32,
     /// Keep the main table's default route on the best uplink.
     pub default_route: bool,
+    /// The path controller's limits (`adaptive` and `overflow` uplinks).
+    pub path_control: super::adapt::PathControlFile,
 }

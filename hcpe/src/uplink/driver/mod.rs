@@ -7,6 +7,7 @@
 //! half (probers, join events, subflow evidence) in [`health`].
 
 mod health;
+mod paths;
 mod routes;
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +23,7 @@ use tracing::{info, warn};
 
 use super::control::Command;
 use super::settings::{ManagerSettings, Uplink};
-use super::{Addrs, Shared, UplinkError, decide, evidence, links, routing, views};
+use super::{Addrs, Shared, UplinkError, adapt, decide, evidence, links, routing, views};
 
 /// What every prober shares.
 struct ProbeTemplate {
@@ -113,6 +114,12 @@ pub(super) struct Driver {
     answered: bool,
     /// Joins established now, (token, local, remote), so a SUB_CLOSED without one is a join that failed.
     joined: std::collections::HashSet<(u32, SocketAddr, SocketAddr)>,
+    /// The path controller of `adaptive` and `overflow` uplinks.
+    paths: adapt::Controller,
+    /// Per uplink: its prober's sample count when the controller last took a round trip from it.
+    seen_samples: Vec<u64>,
+    /// Per uplink: whether its interface carries traffic (watched while it is a demoted adaptive one).
+    activity: Vec<paths::Activity>,
 }
 
 impl Driver {
@@ -143,6 +150,9 @@ impl Driver {
             fallback: evidence::Fallback::new(cfg.uplinks.len()),
             answered: false,
             joined: Default::default(),
+            paths: adapt::Controller::new(cfg.path_control.clone(), cfg.uplinks.len()),
+            seen_samples: vec![0; cfg.uplinks.len()],
+            activity: cfg.uplinks.iter().map(|_| paths::Activity::default()).collect(),
         }
     }
 
@@ -194,6 +204,9 @@ impl Driver {
         // Withdrawn endpoints of uplinks whose joins failed come back when their retry time is up.
         let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
         retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The path controller takes each probe answer (one per interval and uplink) while it has uplinks to run.
+        let mut paths_tick = tokio::time::interval(carrier_poll);
+        paths_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let polling = events.is_none();
             let next_event = async {
@@ -255,6 +268,11 @@ impl Driver {
                 },
                 _ = retry_tick.tick(), if self.shared.live().iter().any(|l| l.path.reported().1) => {
                     if let Err(e) = self.reconcile().await {
+                        warn!(error = %e, "updating MPTCP endpoints; retried on the next change");
+                    }
+                }
+                _ = paths_tick.tick(), if self.paths_controlled() => {
+                    if self.control_paths().await && let Err(e) = self.reconcile().await {
                         warn!(error = %e, "updating MPTCP endpoints; retried on the next change");
                     }
                 }

@@ -40,9 +40,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::TryStreamExt as _;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -225,7 +222,9 @@ impl Driver {
             let mut readings = Vec::with_capacity(self.tracked.len());
             for t in &self.tracked {
                 readings.push(match &rtnl {
-                    Some(h) => read_counters(h, &t.interface).await,
+                    Some(h) => crate::uplink::links::byte_counters(h, &t.interface)
+                        .await
+                        .map(|(ifindex, rx_bytes, tx_bytes)| Reading { ifindex, rx_bytes, tx_bytes }),
                     None => None,
                 });
             }
@@ -303,15 +302,4 @@ impl Driver {
             Err(e) => warn!(error = %e, "saving the volume state"),
         }
     }
-}
-
-/// The interface's 64-bit byte counters, or `None` when it is missing or has none.
-async fn read_counters(handle: &rtnetlink::Handle, interface: &str) -> Option<Reading> {
-    let msg: LinkMessage = handle.link().get().match_name(interface.to_owned()).execute().try_next().await.ok()??;
-    msg.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Stats64(s) => {
-            Some(Reading { ifindex: msg.header.index, rx_bytes: s.rx_bytes, tx_bytes: s.tx_bytes })
-        }
-        _ => None,
-    })
 }

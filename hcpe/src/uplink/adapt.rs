@@ -1,0 +1,496 @@
+//! The path controller (sans-IO): whether an `adaptive` uplink helps the aggregate or drags it, and whether
+//! an `overflow` uplink is needed because the paths that carry traffic are full.
+//!
+//! Why: the kernel's MPTCP scheduler sends on every non-backup subflow with room in its window. A path whose
+//! round trip is far longer than the best path's (a slow LTE link whose modem queue is full adds hundreds of
+//! milliseconds) holds data the receiver must wait for, and the aggregate falls below the best path alone.
+//! Measured on the testbed (BENCHMARKS.md): with DSL 50 Mbit/s 10 ms and LTE 30 Mbit/s 30 ms the paths'
+//! loaded round trips differ by about 70 ms and MPTCP reaches 0.97 × their sum; with LTE 5 Mbit/s 150 ms they
+//! differ by 350-700 ms and MPTCP stays below DSL alone. Marking the slow path `backup` (MP_PRIO, so hag's
+//! sender obeys too) gives DSL alone back. The round trips come from the uplinks' probes, which share each
+//! path's queues with the subflows, so they see the delay a subflow sees, loaded or idle.
+//!
+//! Inputs: each answered probe ([`Controller::on_rtt`]), each uplink's probe loss, and per evaluation which
+//! uplinks are usable and under which [`Policy`]. Output: the uplinks whose [`Carry`] changes, each with a
+//! [`Decision`] that says why, with the numbers behind it.
+//!
+//! Invariants:
+//! - a path's round trip is the median of its answered probes of the last [`RTT_WINDOW`] (jitter and a single
+//!   late reply do not move it); without an answer in that time it has none and nothing is decided for it;
+//! - an adaptive path is compared with the best (lowest round trip) other usable path that carries traffic; it
+//!   is demoted only after being worse than `max_rtt_excess` (or losing more than `max_loss` of its probes)
+//!   for `demote_after` without a break, so the best path is never demoted and one path always carries;
+//! - a demoted path is promoted again when (a) no other path carries traffic (at once), or (b) it has been
+//!   within half the limits for `promote_after` and either it was seen bad while idle (its interface quiet, at
+//!   least [`SETTLE`] after the demotion: the link itself changed and has now recovered) or its trial time has
+//!   come. A path that is bad only under load looks good idle:
+//!   trials find that out, and a trial that fails (demoted again within [`TRIAL_WINDOW`]) doubles the wait for
+//!   the next, from [`TRIAL_FIRST`] up to [`TRIAL_MAX`];
+//! - an overflow path carries traffic while every other usable carrying path is saturated (its round trip
+//!   [`PathControlFile::overflow_delay`] above its own idle minimum) for [`OVERFLOW_AFTER`], and stops when
+//!   that has not been so for `overflow_release_after`; with no other carrying path it carries at once;
+//! - each change is returned once with its reason; a policy change from outside resets the path's timers.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use common::config::{self as cfg, ConfigError};
+
+/// How far back answered probes count for a path's round trip.
+pub const RTT_WINDOW: Duration = Duration::from_secs(1);
+/// How long a demoted path's round trip still shows its queue draining: samples before are not "idle".
+pub const SETTLE: Duration = Duration::from_secs(2);
+/// A demotion this soon after a promotion makes the promotion a failed trial.
+pub const TRIAL_WINDOW: Duration = Duration::from_secs(30);
+/// The wait for the first trial after a demotion.
+pub const TRIAL_FIRST: Duration = Duration::from_secs(10);
+/// The longest wait between trials.
+pub const TRIAL_MAX: Duration = Duration::from_secs(300);
+/// How long the carrying paths must be saturated before an overflow path joins.
+pub const OVERFLOW_AFTER: Duration = Duration::from_millis(500);
+/// A path's idle minimum round trip is the minimum over this long (in [`BASE_BUCKETS`] buckets).
+pub const BASE_WINDOW: Duration = Duration::from_secs(300);
+const BASE_BUCKETS: u32 = 10;
+/// Decisions kept per path for the admin API.
+pub const HISTORY: usize = 8;
+
+/// The `path_control:` section of the config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathControlFile {
+    /// An adaptive path whose round trip exceeds the best carrying path's by more than this is demoted.
+    #[serde(with = "cfg::duration", default = "default_excess")]
+    pub max_rtt_excess: Duration,
+    /// An adaptive path losing more than this fraction of its probes (and more than the best path) is demoted.
+    #[serde(default = "default_loss")]
+    pub max_loss: f64,
+    /// How long a path must be worse than the limits before it is demoted.
+    #[serde(with = "cfg::duration", default = "default_demote_after")]
+    pub demote_after: Duration,
+    /// How long a demoted path must be within half the limits before it is promoted.
+    #[serde(with = "cfg::duration", default = "default_promote_after")]
+    pub promote_after: Duration,
+    /// A carrying path whose round trip is this far above its idle minimum is saturated (its queue fills).
+    #[serde(with = "cfg::duration", default = "default_overflow_delay")]
+    pub overflow_delay: Duration,
+    /// An overflow path stops carrying when no carrying path has been saturated for this long.
+    #[serde(with = "cfg::duration", default = "default_release_after")]
+    pub overflow_release_after: Duration,
+}
+
+impl Default for PathControlFile {
+    fn default() -> Self {
+        PathControlFile {
+            max_rtt_excess: default_excess(),
+            max_loss: default_loss(),
+            demote_after: default_demote_after(),
+            promote_after: default_promote_after(),
+            overflow_delay: default_overflow_delay(),
+            overflow_release_after: default_release_after(),
+        }
+    }
+}
+
+fn default_excess() -> Duration {
+    Duration::from_millis(150)
+}
+fn default_loss() -> f64 {
+    0.1
+}
+fn default_demote_after() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_promote_after() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_overflow_delay() -> Duration {
+    Duration::from_millis(20)
+}
+fn default_release_after() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl PathControlFile {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_rtt_excess < Duration::from_millis(10) {
+            return Err(ConfigError::invalid("path_control.max_rtt_excess", "must be at least 10ms"));
+        }
+        if !(self.max_loss > 0.0 && self.max_loss <= 1.0) {
+            return Err(ConfigError::invalid("path_control.max_loss", "must be in (0, 1]"));
+        }
+        if self.overflow_delay < Duration::from_millis(2) {
+            return Err(ConfigError::invalid("path_control.overflow_delay", "must be at least 2ms"));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a path carries traffic (a `subflow` endpoint) or stands by (`subflow,backup`: its subflows exist
+/// and take over when nothing else is left).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Carry {
+    Active,
+    Backup,
+}
+
+impl Carry {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Carry::Active => "active",
+            Carry::Backup => "backup",
+        }
+    }
+}
+
+/// What the controller does with a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// The operator pinned it: active carries (a reference for the others), anything else does not.
+    Pinned { carries: bool },
+    /// Demoted while it would drag the aggregate below the best path, promoted while it helps.
+    Adaptive,
+    /// Carries only while the carrying paths are saturated.
+    Overflow,
+}
+
+impl Policy {
+    /// A path under this policy starts out so.
+    pub fn initial(self) -> Carry {
+        match self {
+            Policy::Pinned { carries: true } | Policy::Adaptive => Carry::Active,
+            Policy::Pinned { carries: false } | Policy::Overflow => Carry::Backup,
+        }
+    }
+}
+
+/// Why a path's carry changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Its round trip exceeded the best carrying path's by more than `max_rtt_excess`.
+    RttExcess,
+    /// It lost more than `max_loss` of its probes.
+    Loss,
+    /// It was bad while idle and is within half the limits again.
+    Recovered,
+    /// It looked good idle; it carries again to find out whether it helps under load.
+    Trial,
+    /// No other usable path carries traffic.
+    OnlyPath,
+    /// Every carrying path is saturated (overflow).
+    Saturated,
+    /// No carrying path is saturated any more (overflow).
+    Drained,
+}
+
+impl Reason {
+    /// Every reason, for metrics.
+    pub const ALL: [Reason; 7] = [
+        Reason::RttExcess,
+        Reason::Loss,
+        Reason::Recovered,
+        Reason::Trial,
+        Reason::OnlyPath,
+        Reason::Saturated,
+        Reason::Drained,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::RttExcess => "rtt_excess",
+            Reason::Loss => "loss",
+            Reason::Recovered => "recovered",
+            Reason::Trial => "trial",
+            Reason::OnlyPath => "only_path",
+            Reason::Saturated => "saturated",
+            Reason::Drained => "drained",
+        }
+    }
+}
+
+/// One change of a path's carry, with the measurements it was made on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    pub at: Instant,
+    pub to: Carry,
+    pub reason: Reason,
+    /// The path's round trip then.
+    pub rtt: Option<Duration>,
+    /// The round trip it was compared with: the best other carrying path's (adaptive), or the carrying
+    /// paths' smallest queueing delay (overflow).
+    pub reference: Option<Duration>,
+    /// The path's probe loss then.
+    pub loss: f64,
+}
+
+/// One path as an evaluation sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathInput {
+    pub policy: Policy,
+    /// Up or not yet judged, not `off`, with an address.
+    pub usable: bool,
+    /// The carry in force now (a mode change from outside may have reset it).
+    pub carry: Carry,
+    /// Missed fraction of its recent probes.
+    pub loss: f64,
+    /// Its interface moved more than probes in the last second: a demoted path still drains what it held.
+    pub busy: bool,
+}
+
+/// A path's measurements and timers.
+#[derive(Debug, Default)]
+struct PathState {
+    rtts: VecDeque<(Instant, Duration)>,
+    /// (bucket start, minimum round trip seen in it), oldest first.
+    base: VecDeque<(Instant, Duration)>,
+    last_policy: Option<Policy>,
+    last_carry: Option<Carry>,
+    /// Since when it has been worse than the limits (carrying) / within half of them (demoted) / saturated
+    /// or not (overflow), without a break.
+    streak: Option<Instant>,
+    demoted_at: Option<Instant>,
+    promoted_at: Option<Instant>,
+    bad_while_idle: bool,
+    /// Since when its interface has been quiet (not [`PathInput::busy`]).
+    quiet_since: Option<Instant>,
+    next_trial: Option<Instant>,
+    backoff: Duration,
+}
+
+impl PathState {
+    fn rtt(&self, now: Instant) -> Option<Duration> {
+        let mut recent: Vec<Duration> =
+            self.rtts.iter().filter(|(t, _)| now.saturating_duration_since(*t) <= RTT_WINDOW).map(|s| s.1).collect();
+        if recent.is_empty() {
+            return None;
+        }
+        recent.sort();
+        Some(recent[recent.len() / 2])
+    }
+
+    fn base(&self) -> Option<Duration> {
+        self.base.iter().map(|b| b.1).min()
+    }
+
+    /// How far its round trip is above its idle minimum.
+    fn queueing(&self, now: Instant) -> Option<Duration> {
+        Some(self.rtt(now)?.saturating_sub(self.base()?))
+    }
+
+    fn record(&mut self, now: Instant, rtt: Duration) {
+        self.rtts.push_back((now, rtt));
+        while self.rtts.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > RTT_WINDOW) {
+            self.rtts.pop_front();
+        }
+        let bucket = BASE_WINDOW / BASE_BUCKETS;
+        match self.base.back_mut() {
+            Some((start, min)) if now.saturating_duration_since(*start) < bucket => *min = (*min).min(rtt),
+            _ => self.base.push_back((now, rtt)),
+        }
+        while self.base.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > BASE_WINDOW) {
+            self.base.pop_front();
+        }
+    }
+}
+
+/// The controller of every uplink, index for index with the uplinks.
+#[derive(Debug)]
+pub struct Controller {
+    cfg: PathControlFile,
+    paths: Vec<PathState>,
+}
+
+impl Controller {
+    pub fn new(cfg: PathControlFile, paths: usize) -> Controller {
+        Controller { cfg, paths: (0..paths).map(|_| PathState::default()).collect() }
+    }
+
+    /// An answered probe of path `i`.
+    pub fn on_rtt(&mut self, i: usize, now: Instant, rtt: Duration) {
+        if let Some(p) = self.paths.get_mut(i) {
+            p.record(now, rtt);
+        }
+    }
+
+    /// Path `i`'s round trip now (median of the last second's answers).
+    pub fn rtt(&self, i: usize, now: Instant) -> Option<Duration> {
+        self.paths.get(i)?.rtt(now)
+    }
+
+    /// Decides every path's carry from the measurements so far; returns the changes.
+    pub fn evaluate(&mut self, now: Instant, inputs: &[PathInput]) -> Vec<(usize, Decision)> {
+        for (p, input) in self.paths.iter_mut().zip(inputs) {
+            if p.last_policy != Some(input.policy) || p.last_carry != Some(input.carry) {
+                p.streak = None;
+                p.bad_while_idle = false;
+                p.next_trial = None;
+                if input.carry == Carry::Backup {
+                    p.demoted_at.get_or_insert(now);
+                }
+            }
+            p.last_policy = Some(input.policy);
+            p.last_carry = Some(input.carry);
+            if input.busy {
+                p.quiet_since = None;
+            } else {
+                p.quiet_since.get_or_insert(now);
+            }
+        }
+        let mut out = Vec::new();
+        for i in 0..inputs.len().min(self.paths.len()) {
+            let decision = match inputs[i].policy {
+                Policy::Pinned { .. } => None,
+                Policy::Adaptive => self.adaptive(i, now, inputs),
+                Policy::Overflow => self.overflow(i, now, inputs),
+            };
+            if let Some(d) = decision {
+                let p = &mut self.paths[i];
+                p.last_carry = Some(d.to);
+                p.streak = None;
+                match d.to {
+                    Carry::Backup => {
+                        let failed_trial =
+                            p.promoted_at.is_some_and(|t| now.saturating_duration_since(t) < TRIAL_WINDOW);
+                        p.backoff =
+                            if failed_trial { (p.backoff * 2).clamp(TRIAL_FIRST, TRIAL_MAX) } else { TRIAL_FIRST };
+                        p.demoted_at = Some(now);
+                        p.next_trial = Some(now + p.backoff);
+                        p.bad_while_idle = false;
+                    }
+                    Carry::Active => {
+                        p.promoted_at = Some(now);
+                        p.demoted_at = None;
+                    }
+                }
+                out.push((i, d));
+            }
+        }
+        out
+    }
+
+    /// The best round trip among the other usable paths that carry traffic (not overflow ones).
+    fn reference(&self, i: usize, now: Instant, inputs: &[PathInput]) -> Option<(Duration, f64)> {
+        self.carrying(i, inputs)
+            .filter_map(|j| Some((self.paths[j].rtt(now)?, inputs[j].loss)))
+            .min_by_key(|(rtt, _)| *rtt)
+    }
+
+    /// The other usable paths that carry traffic, overflow paths excepted.
+    fn carrying<'a>(&self, i: usize, inputs: &'a [PathInput]) -> impl Iterator<Item = usize> + 'a {
+        (0..inputs.len()).filter(move |j| {
+            let x = &inputs[*j];
+            *j != i && x.usable && x.carry == Carry::Active && x.policy != Policy::Overflow
+        })
+    }
+
+    fn decision(
+        &self,
+        i: usize,
+        now: Instant,
+        to: Carry,
+        reason: Reason,
+        reference: Option<Duration>,
+        loss: f64,
+    ) -> Decision {
+        Decision { at: now, to, reason, rtt: self.paths[i].rtt(now), reference, loss }
+    }
+
+    fn adaptive(&mut self, i: usize, now: Instant, inputs: &[PathInput]) -> Option<Decision> {
+        let input = inputs[i];
+        if !input.usable {
+            self.paths[i].streak = None;
+            return None;
+        }
+        let has_other = self.carrying(i, inputs).next().is_some();
+        if input.carry == Carry::Backup && !has_other {
+            return Some(self.decision(i, now, Carry::Active, Reason::OnlyPath, None, input.loss));
+        }
+        let (reference, ref_loss) = self.reference(i, now, inputs)?;
+        let rtt = self.paths[i].rtt(now)?;
+        let excess = rtt.saturating_sub(reference);
+        let loss_bad = |limit: f64| input.loss > limit && input.loss > ref_loss;
+        let (worse, reason) = if excess > self.cfg.max_rtt_excess {
+            (true, Reason::RttExcess)
+        } else if loss_bad(self.cfg.max_loss) {
+            (true, Reason::Loss)
+        } else {
+            (false, Reason::RttExcess)
+        };
+        let (demote_after, promote_after, half_excess, half_loss) =
+            (self.cfg.demote_after, self.cfg.promote_after, self.cfg.max_rtt_excess / 2, self.cfg.max_loss / 2.0);
+        let p = &mut self.paths[i];
+        match input.carry {
+            Carry::Active => {
+                if !worse {
+                    p.streak = None;
+                    return None;
+                }
+                let since = *p.streak.get_or_insert(now);
+                (now.saturating_duration_since(since) >= demote_after)
+                    .then(|| self.decision(i, now, Carry::Backup, reason, Some(reference), input.loss))
+            }
+            Carry::Backup => {
+                // Idle: quiet for as long as its round trip looks back, and settled after the demotion.
+                let idle = p.quiet_since.is_some_and(|t| now.saturating_duration_since(t) >= RTT_WINDOW)
+                    && p.demoted_at.is_none_or(|t| now.saturating_duration_since(t) >= SETTLE);
+                if worse && idle {
+                    p.bad_while_idle = true;
+                }
+                let good = excess <= half_excess && !loss_bad(half_loss);
+                if !good {
+                    p.streak = None;
+                    return None;
+                }
+                let since = *p.streak.get_or_insert(now);
+                if now.saturating_duration_since(since) < promote_after {
+                    return None;
+                }
+                let reason = if p.bad_while_idle {
+                    Reason::Recovered
+                } else if p.next_trial.is_none_or(|t| now >= t) {
+                    Reason::Trial
+                } else {
+                    return None;
+                };
+                Some(self.decision(i, now, Carry::Active, reason, Some(reference), input.loss))
+            }
+        }
+    }
+
+    fn overflow(&mut self, i: usize, now: Instant, inputs: &[PathInput]) -> Option<Decision> {
+        let input = inputs[i];
+        if !input.usable {
+            self.paths[i].streak = None;
+            return None;
+        }
+        let carrying: Vec<usize> = self.carrying(i, inputs).collect();
+        if carrying.is_empty() {
+            return (input.carry == Carry::Backup)
+                .then(|| self.decision(i, now, Carry::Active, Reason::OnlyPath, None, input.loss));
+        }
+        // The carrying paths' smallest queueing delay: every one of them is at least this full.
+        let queueing = carrying.iter().map(|j| self.paths[*j].queueing(now)).collect::<Option<Vec<_>>>()?;
+        let least = queueing.into_iter().min()?;
+        let saturated = least > self.cfg.overflow_delay;
+        let release_after = self.cfg.overflow_release_after;
+        let p = &mut self.paths[i];
+        // The streak counts how long the state that would change the carry has held.
+        let (wants_change, hold, to, reason) = match input.carry {
+            Carry::Backup => (saturated, OVERFLOW_AFTER, Carry::Active, Reason::Saturated),
+            Carry::Active => (!saturated, release_after, Carry::Backup, Reason::Drained),
+        };
+        if !wants_change {
+            p.streak = None;
+            return None;
+        }
+        let since = *p.streak.get_or_insert(now);
+        (now.saturating_duration_since(since) >= hold)
+            .then(|| self.decision(i, now, to, reason, Some(least), input.loss))
+    }
+}
+
+#[cfg(test)]
+mod tests;

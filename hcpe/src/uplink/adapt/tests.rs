@@ -1,0 +1,326 @@
+//! The controller's decisions on synthetic probe series: a probe answer per path every 200 ms (the default
+//! probe interval), an evaluation after each round, the carries applied at once.
+
+use super::*;
+
+const TICK: Duration = Duration::from_millis(200);
+const DSL: usize = 0;
+const LTE: usize = 1;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+struct Sim {
+    c: Controller,
+    t0: Instant,
+    now: Instant,
+    inputs: Vec<PathInput>,
+    /// (time since start, path, decision)
+    log: Vec<(Duration, usize, Decision)>,
+    /// After a demotion, a path still carries what it holds for this long (its queue drains): its probes see
+    /// the load and its interface is busy.
+    drain: Duration,
+}
+
+impl Sim {
+    fn new(policies: &[Policy]) -> Sim {
+        let t0 = Instant::now();
+        let inputs = policies
+            .iter()
+            .map(|p| PathInput { policy: *p, usable: true, carry: p.initial(), loss: 0.0, busy: false })
+            .collect();
+        let c = Controller::new(PathControlFile::default(), policies.len());
+        Sim { c, t0, now: t0, inputs, log: Vec::new(), drain: Duration::ZERO }
+    }
+
+    /// DSL active (pinned), LTE adaptive.
+    fn adaptive() -> Sim {
+        Sim::new(&[Policy::Pinned { carries: true }, Policy::Adaptive])
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.t0
+    }
+
+    /// Runs for `secs`; `rtt(path, elapsed, carry)` is the answer of that path's probe (`None`: unanswered).
+    fn run(&mut self, secs: f64, rtt: impl Fn(usize, Duration, Carry) -> Option<Duration>) {
+        let end = self.now + Duration::from_secs_f64(secs);
+        while self.now < end {
+            self.now += TICK;
+            for i in 0..self.inputs.len() {
+                let draining = self.last(i, Carry::Backup).is_some_and(|t| self.elapsed() < t + self.drain)
+                    && self.inputs[i].carry == Carry::Backup;
+                let loaded = if draining { Carry::Active } else { self.inputs[i].carry };
+                self.inputs[i].busy = loaded == Carry::Active;
+                if let Some(r) = rtt(i, self.elapsed(), loaded) {
+                    self.c.on_rtt(i, self.now, r);
+                }
+            }
+            for (i, d) in self.c.evaluate(self.now, &self.inputs) {
+                self.inputs[i].carry = d.to;
+                self.log.push((self.now - self.t0, i, d));
+            }
+        }
+    }
+
+    fn carry(&self, i: usize) -> Carry {
+        self.inputs[i].carry
+    }
+
+    fn decisions(&self, i: usize) -> Vec<(Carry, Reason)> {
+        self.log.iter().filter(|(_, p, _)| *p == i).map(|(_, _, d)| (d.to, d.reason)).collect()
+    }
+
+    /// When path `i` last changed to `to`.
+    fn last(&self, i: usize, to: Carry) -> Option<Duration> {
+        self.log.iter().rev().find(|(_, p, d)| *p == i && d.to == to).map(|(t, _, _)| *t)
+    }
+}
+
+/// A link's probe round trip: `base` idle, `base + queue` while it carries (a full modem queue).
+fn link(base: u64, queue: u64) -> impl Fn(Carry) -> Duration {
+    move |c| ms(if c == Carry::Active { base + queue } else { base })
+}
+
+/// `d` moved by a deterministic pseudo-random jitter in [-j, +j] ms.
+fn jit(d: Duration, t: Duration, j: u64) -> Duration {
+    let x = (t.as_millis() as u64).wrapping_mul(2_654_435_761) % (2 * j + 1);
+    (d + ms(x)).saturating_sub(ms(j))
+}
+
+#[test]
+fn a_good_second_link_keeps_carrying_under_load_and_jitter() {
+    // DSL 50 Mbit/s 10 ms, LTE 30 Mbit/s 30 ms ±5 ms each way, both queues full (the testbed's 256 KiB queues).
+    let mut s = Sim::adaptive();
+    let (dsl, lte) = (link(20, 42), link(60, 70));
+    s.run(120.0, |i, t, c| Some(if i == DSL { jit(dsl(c), t, 2) } else { jit(lte(c), t, 10) }));
+    assert_eq!(s.decisions(LTE), vec![]);
+    assert_eq!(s.carry(LTE), Carry::Active);
+}
+
+#[test]
+fn a_slow_second_link_is_demoted_after_demote_after_and_stays_demoted() {
+    // LTE 5 Mbit/s 150 ms ±30 ms: 300 ms idle, 720 ms with its queue full.
+    let mut s = Sim::adaptive();
+    let (dsl, lte) = (link(20, 42), link(300, 420));
+    s.run(60.0, |i, t, c| Some(if i == DSL { dsl(c) } else { jit(lte(c), t, 60) }));
+    assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::RttExcess)], "bad idle too: no trial");
+    let at = s.last(LTE, Carry::Backup).unwrap();
+    // One second of samples over the limit, after the first answers arrive.
+    assert!(at >= ms(1000) && at <= ms(1600), "demoted at {at:?}");
+    let d = s.log[0].2;
+    assert!(d.rtt.unwrap() > ms(600) && d.reference == Some(ms(62)), "{d:?}");
+}
+
+#[test]
+fn a_single_late_reply_does_not_demote() {
+    let mut s = Sim::adaptive();
+    s.run(30.0, |i, t, _| {
+        Some(match i {
+            DSL => ms(20),
+            // One reply in five comes 400 ms late: the median ignores it.
+            _ if t.as_millis() % 1000 == 0 => ms(460),
+            _ => ms(60),
+        })
+    });
+    assert_eq!(s.decisions(LTE), vec![]);
+}
+
+#[test]
+fn the_best_path_and_a_lone_path_are_never_demoted() {
+    // Both adaptive; LTE is far better (a rural DSL line): DSL, slower, is the one demoted, LTE never.
+    let mut s = Sim::new(&[Policy::Adaptive, Policy::Adaptive]);
+    s.run(30.0, |i, _, _| Some(if i == DSL { ms(300) } else { ms(70) }));
+    assert_eq!(s.decisions(DSL), vec![(Carry::Backup, Reason::RttExcess)]);
+    assert_eq!(s.decisions(LTE), vec![]);
+    // A lone adaptive path has nothing to compare with.
+    let mut one = Sim::new(&[Policy::Adaptive]);
+    one.run(30.0, |_, _, _| Some(ms(900)));
+    assert_eq!(one.decisions(0), vec![]);
+}
+
+#[test]
+fn a_link_that_degrades_and_recovers_is_demoted_within_5s_and_promoted_within_10s() {
+    // LTE good (30 Mbit/s 30 ms) until 20 s, then 3 Mbit/s 150 ms until 60 s, then good again.
+    let mut s = Sim::adaptive();
+    let bad = |t: Duration| t >= Duration::from_secs(20) && t < Duration::from_secs(60);
+    let rtt = |i: usize, t: Duration, c: Carry| {
+        Some(match i {
+            DSL => link(20, 42)(c),
+            _ if bad(t) => link(300, 700)(c),
+            _ => link(60, 70)(c),
+        })
+    };
+    s.run(90.0, rtt);
+    assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::RttExcess), (Carry::Active, Reason::Recovered)]);
+    let down = s.last(LTE, Carry::Backup).unwrap();
+    let up = s.last(LTE, Carry::Active).unwrap();
+    assert!(down <= Duration::from_secs(25), "demoted at {down:?}");
+    assert!(up >= Duration::from_secs(60) && up <= Duration::from_secs(70), "promoted at {up:?}");
+}
+
+#[test]
+fn a_link_bad_only_under_load_gets_trials_with_a_doubling_wait() {
+    // LTE whose rate dropped to 3 Mbit/s, delay unchanged: 60 ms idle, 760 ms as soon as it carries.
+    let mut s = Sim::adaptive();
+    s.run(200.0, |i, _, c| Some(if i == DSL { link(20, 42)(c) } else { link(60, 700)(c) }));
+    let promotions: Vec<Duration> =
+        s.log.iter().filter(|(_, p, d)| *p == LTE && d.to == Carry::Active).map(|(t, _, _)| *t).collect();
+    assert!(s.decisions(LTE).iter().all(|(c, r)| match c {
+        Carry::Backup => *r == Reason::RttExcess,
+        Carry::Active => *r == Reason::Trial,
+    }));
+    // Trials after 10, 20, 40, 80 s of waiting (plus the time to demote each): at most 5 in 200 s.
+    assert!((3..=5).contains(&promotions.len()), "trials at {promotions:?}");
+    let gaps: Vec<Duration> = promotions.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.windows(2).all(|w| w[1] > w[0] + Duration::from_secs(5)), "the wait grows: {gaps:?}");
+}
+
+#[test]
+fn a_queue_draining_after_the_demotion_is_not_a_link_bad_while_idle() {
+    // The rate dropped (60 ms idle, 760 ms loaded) and the subflow held 4 s worth of data when demoted.
+    let mut s = Sim::adaptive();
+    s.drain = Duration::from_secs(4);
+    s.run(60.0, |i, _, c| Some(if i == DSL { link(20, 42)(c) } else { link(60, 700)(c) }));
+    let d = s.decisions(LTE);
+    assert_eq!(d[0], (Carry::Backup, Reason::RttExcess));
+    assert!(d.iter().all(|(_, r)| *r != Reason::Recovered), "{d:?}");
+    let first_trial = s.log.iter().find(|(_, p, d)| *p == LTE && d.to == Carry::Active).map(|(t, _, _)| *t);
+    let demoted = s.log[0].0;
+    assert!(first_trial.is_some_and(|t| t >= demoted + TRIAL_FIRST), "{first_trial:?} after {demoted:?}");
+}
+
+#[test]
+fn a_trial_that_holds_resets_the_wait() {
+    // Bad under load for 60 s, then the link is good again: the next trial sticks.
+    let mut s = Sim::adaptive();
+    s.run(200.0, |i, t, c| {
+        Some(match i {
+            DSL => link(20, 42)(c),
+            _ if t < Duration::from_secs(60) => link(60, 700)(c),
+            _ => link(60, 70)(c),
+        })
+    });
+    assert_eq!(s.carry(LTE), Carry::Active);
+    let last_up = s.last(LTE, Carry::Active).unwrap();
+    assert!(last_up < Duration::from_secs(60 + 80), "promoted at {last_up:?}");
+    assert!(s.last(LTE, Carry::Backup).unwrap() < last_up);
+}
+
+#[test]
+fn loss_demotes_only_when_the_reference_loses_less() {
+    let mut s = Sim::adaptive();
+    s.inputs[LTE].loss = 0.3;
+    s.run(10.0, |i, _, _| Some(if i == DSL { ms(20) } else { ms(60) }));
+    assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::Loss)]);
+    let mut both = Sim::adaptive();
+    both.inputs[DSL].loss = 0.3;
+    both.inputs[LTE].loss = 0.3;
+    both.run(10.0, |i, _, _| Some(if i == DSL { ms(20) } else { ms(60) }));
+    assert_eq!(both.decisions(LTE), vec![]);
+}
+
+#[test]
+fn a_demoted_path_carries_at_once_when_it_is_the_only_one_left() {
+    let mut s = Sim::adaptive();
+    s.run(10.0, |i, _, _| Some(if i == DSL { ms(20) } else { ms(400) }));
+    assert_eq!(s.carry(LTE), Carry::Backup);
+    s.inputs[DSL].usable = false;
+    s.run(0.2, |i, _, _| (i == LTE).then_some(ms(400)));
+    assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::RttExcess), (Carry::Active, Reason::OnlyPath)]);
+    // DSL back: LTE is demoted again after demote_after.
+    s.inputs[DSL].usable = true;
+    s.run(3.0, |i, _, _| Some(if i == DSL { ms(20) } else { ms(400) }));
+    assert_eq!(s.carry(LTE), Carry::Backup);
+}
+
+#[test]
+fn no_answers_no_decision() {
+    let mut s = Sim::adaptive();
+    s.run(10.0, |i, _, _| (i == DSL).then_some(ms(20)));
+    assert_eq!(s.decisions(LTE), vec![]);
+}
+
+#[test]
+fn round_trips_straddling_the_limit_do_not_flap() {
+    // LTE's loaded round trip wanders around DSL's + 150 ms: once demoted it needs half the excess to return.
+    let mut s = Sim::adaptive();
+    s.run(300.0, |i, t, c| {
+        Some(match i {
+            DSL => ms(20),
+            _ if c == Carry::Active => jit(ms(170), t, 40),
+            _ => jit(ms(150), t, 40),
+        })
+    });
+    assert!(s.decisions(LTE).len() <= 8, "{:?}", s.decisions(LTE));
+}
+
+#[test]
+fn a_mode_change_from_outside_resets_the_timers() {
+    let mut s = Sim::adaptive();
+    s.run(0.8, |i, _, _| Some(if i == DSL { ms(20) } else { ms(400) }));
+    assert_eq!(s.decisions(LTE), vec![]);
+    // The operator pins LTE, then makes it adaptive again: the second of over-limit samples starts anew.
+    s.inputs[LTE].policy = Policy::Pinned { carries: true };
+    s.run(0.2, |i, _, _| Some(if i == DSL { ms(20) } else { ms(400) }));
+    s.inputs[LTE].policy = Policy::Adaptive;
+    s.run(0.8, |i, _, _| Some(if i == DSL { ms(20) } else { ms(400) }));
+    assert_eq!(s.decisions(LTE), vec![]);
+    s.run(0.6, |i, _, _| Some(if i == DSL { ms(20) } else { ms(400) }));
+    assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::RttExcess)]);
+}
+
+/// DSL pinned active, LTE overflow.
+fn overflow() -> Sim {
+    Sim::new(&[Policy::Pinned { carries: true }, Policy::Overflow])
+}
+
+#[test]
+fn overflow_stays_out_while_the_primary_has_room() {
+    // A 10 Mbit/s stream on 50 Mbit/s DSL: no queue, round trip at its idle minimum ± 2 ms.
+    let mut s = overflow();
+    assert_eq!(s.carry(LTE), Carry::Backup);
+    s.run(60.0, |i, t, _| Some(if i == DSL { jit(ms(22), t, 2) } else { ms(60) }));
+    assert_eq!(s.decisions(LTE), vec![]);
+}
+
+#[test]
+fn overflow_joins_within_a_second_of_saturation_and_leaves_after_release_after() {
+    let mut s = overflow();
+    // Idle 5 s, a bulk download fills DSL's queue (+42 ms) for 20 s, then idle again.
+    let busy = |t: Duration| t >= Duration::from_secs(5) && t < Duration::from_secs(25);
+    s.run(40.0, |i, t, _| {
+        Some(if i == LTE {
+            ms(60)
+        } else if busy(t) {
+            ms(62)
+        } else {
+            ms(20)
+        })
+    });
+    assert_eq!(s.decisions(LTE), vec![(Carry::Active, Reason::Saturated), (Carry::Backup, Reason::Drained)]);
+    let on = s.last(LTE, Carry::Active).unwrap();
+    let off = s.last(LTE, Carry::Backup).unwrap();
+    assert!(on > Duration::from_secs(5) && on <= ms(6300), "joined at {on:?}");
+    assert!(off > Duration::from_secs(25 + 5) && off <= ms(31_500), "left at {off:?}");
+}
+
+#[test]
+fn overflow_carries_when_the_primary_is_gone() {
+    let mut s = overflow();
+    s.inputs[DSL].usable = false;
+    s.run(0.2, |_, _, _| Some(ms(60)));
+    assert_eq!(s.decisions(LTE), vec![(Carry::Active, Reason::OnlyPath)]);
+}
+
+#[test]
+fn the_idle_minimum_forgets_after_its_window() {
+    let mut p = PathState::default();
+    let t0 = Instant::now();
+    p.record(t0, ms(10));
+    p.record(t0 + Duration::from_secs(100), ms(50));
+    assert_eq!(p.base(), Some(ms(10)));
+    p.record(t0 + BASE_WINDOW + Duration::from_secs(31), ms(50));
+    assert_eq!(p.base(), Some(ms(50)));
+}

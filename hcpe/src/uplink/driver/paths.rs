@@ -1,0 +1,118 @@
+//! The driver's path-control half: feeds each probe's round trip (answered in time or late) to the path controller ([`adapt`]) and records
+//! its decisions on the uplinks, which the endpoint plan then follows (SET_FLAGS: MP_PRIO to hag).
+
+use std::time::{Duration, Instant};
+
+use common::probe::HealthState;
+use tracing::info;
+
+use super::Driver;
+use crate::uplink::{Mode, adapt, links, now_std};
+
+/// An interface moving more than this (both directions) carries traffic: probes alone are a few kbit/s.
+const BUSY_BPS: f64 = 100_000.0;
+/// The window over which an interface's activity is judged.
+const ACTIVITY_WINDOW: Duration = Duration::from_secs(1);
+
+/// Whether an uplink's interface carries traffic, from its byte counters over [`ACTIVITY_WINDOW`].
+#[derive(Debug, Default)]
+pub(super) struct Activity {
+    /// Start of the current window and the counters (rx + tx) then.
+    window: Option<(Instant, u64)>,
+    busy: bool,
+}
+
+impl Activity {
+    fn update(&mut self, now: Instant, bytes: Option<u64>) -> bool {
+        let Some(bytes) = bytes else {
+            self.window = None;
+            return self.busy;
+        };
+        match self.window {
+            Some((t0, b0)) if now.saturating_duration_since(t0) >= ACTIVITY_WINDOW => {
+                let secs = now.saturating_duration_since(t0).as_secs_f64();
+                self.busy = bytes.saturating_sub(b0) as f64 * 8.0 / secs > BUSY_BPS;
+                self.window = Some((now, bytes));
+            }
+            Some(_) => {}
+            None => self.window = Some((now, bytes)),
+        }
+        self.busy
+    }
+}
+
+impl Driver {
+    /// Some uplink is `adaptive` or `overflow`: the controller runs.
+    pub(super) fn paths_controlled(&self) -> bool {
+        self.shared.live().iter().any(|l| matches!(l.mode, Mode::Adaptive | Mode::Overflow))
+    }
+
+    /// Takes the probes answered since the last call, lets the controller decide, and records its decisions.
+    /// Whether a carry changed (the endpoints must follow).
+    pub(super) async fn control_paths(&mut self) -> bool {
+        let now = now_std();
+        // Only a demoted adaptive uplink needs to know whether it is busy (still draining).
+        let watch: Vec<bool> =
+            self.shared.live().iter().map(|l| l.mode == Mode::Adaptive && l.carry == adapt::Carry::Backup).collect();
+        for (i, watched) in watch.into_iter().enumerate() {
+            let bytes = match watched {
+                true => links::byte_counters(&self.handle, &self.shared.uplinks[i].interface)
+                    .await
+                    .map(|(_, rx, tx)| rx + tx),
+                false => None,
+            };
+            self.activity[i].update(now, bytes);
+        }
+        let inputs: Vec<adapt::PathInput> = {
+            let live = self.shared.live();
+            live.iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let health = l.probe.as_ref().map(|rx| rx.borrow().clone());
+                    if let Some(h) = &health
+                        && h.rtt_samples != self.seen_samples[i]
+                    {
+                        self.seen_samples[i] = h.rtt_samples;
+                        if let Some(rtt) = h.latest_rtt {
+                            self.paths.on_rtt(i, now, rtt);
+                        }
+                    }
+                    adapt::PathInput {
+                        policy: l.mode.policy(),
+                        usable: l.mode != Mode::Off && l.health != HealthState::Down && l.addrs.iter().next().is_some(),
+                        carry: l.carry,
+                        loss: health.map_or(0.0, |h| h.loss),
+                        busy: self.activity[i].busy,
+                    }
+                })
+                .collect()
+        };
+        for (i, input) in inputs.iter().enumerate().filter(|(_, x)| !matches!(x.policy, adapt::Policy::Pinned { .. })) {
+            tracing::trace!(
+                uplink = %self.shared.uplinks[i].name,
+                rtt_ms = self.paths.rtt(i, now).map(|d| d.as_millis() as u64),
+                carry = input.carry.as_str(),
+                busy = input.busy,
+                loss = input.loss,
+                "path control input"
+            );
+        }
+        let decisions = self.paths.evaluate(now, &inputs);
+        let mut live = self.shared.live_mut();
+        for (i, d) in &decisions {
+            let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
+            info!(
+                uplink = %self.shared.uplinks[*i].name,
+                to = d.to.as_str(),
+                reason = d.reason.as_str(),
+                rtt_ms = ms(d.rtt),
+                reference_ms = ms(d.reference),
+                loss = d.loss,
+                "path control: uplink {}",
+                if d.to == adapt::Carry::Active { "promoted" } else { "demoted" }
+            );
+            live[*i].decided(*d);
+        }
+        !decisions.is_empty()
+    }
+}
