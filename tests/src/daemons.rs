@@ -306,6 +306,17 @@ pub fn example_hcpe_yaml() -> anyhow::Result<String> {
     )
 }
 
+/// [`example_hcpe_yaml`] with the LTE uplink's `mode:` line (the example's only one) set to `mode`.
+pub fn example_hcpe_yaml_lte_mode(mode: &str) -> anyhow::Result<String> {
+    let yaml = example_hcpe_yaml()?;
+    let key = "\n    mode: ";
+    let (Some(at), None) = (yaml.find(key), yaml.rfind(key).filter(|r| Some(*r) != yaml.find(key))) else {
+        bail!("deploy/examples/hcpe.yaml should have exactly one `mode:` line (LTE's): update tests/src/daemons.rs");
+    };
+    let end = yaml[at + 1..].find('\n').map_or(yaml.len(), |e| at + 1 + e);
+    Ok(format!("{}{key}{mode}{}", &yaml[..at], &yaml[end..]))
+}
+
 /// Starts hag and then hcpe from the shipped example configs ([`example_hag_yaml`], [`example_hcpe_yaml`]),
 /// written into `dir` (a [`config_dir`]: its `cpe.key` and `admin.token` serve both), and waits for their
 /// ready lines (hag: listeners and admin API; hcpe: ready and uplink manager).

@@ -6,7 +6,8 @@
 //!
 //! Protocol (client first): a 32-byte request `"TRF1" op u8 [0;3] size u64 seed u64 resp u32
 //! count u32` (big-endian). Ops:
-//! - download: server sends `size` bytes of `stream(seed)` then the SHA-256 of what it sent.
+//! - download: server sends `size` bytes of `stream(seed)` then the SHA-256 of what it sent; a non-zero
+//!   `resp` paces it at that many kbit/s (a video stream: a write every 10 ms).
 //! - upload: client sends `size` bytes of `stream(seed)`; server answers the SHA-256 of what
 //!   it received and one byte: 1 if it equals `stream(seed)`, else 0.
 //! - rr: `count` times: client sends `size` bytes, server answers `resp` bytes.
@@ -259,6 +260,7 @@ pub struct Client {
     bind: Option<SocketAddr>,
     progress: Option<Arc<AtomicU64>>,
     mptcp: bool,
+    pace_kbit: u32,
 }
 
 impl Client {
@@ -272,7 +274,13 @@ impl Client {
             bind: None,
             progress: None,
             mptcp: false,
+            pace_kbit: 0,
         }
+    }
+    /// Downloads come paced at `mbit` Mbit/s (the server writes every 10 ms), like a video stream.
+    pub fn paced(mut self, mbit: f64) -> Client {
+        self.pace_kbit = (mbit * 1000.0) as u32;
+        self
     }
     /// Connect with a kernel MPTCP socket instead of TCP (a baseline without hcpe/hag).
     pub fn mptcp(mut self) -> Client {
@@ -340,7 +348,7 @@ impl Client {
     pub fn download(&self, bytes: u64) -> Result<Transfer, Error> {
         let start = Instant::now();
         let mut s = self.connect()?;
-        self.request(&mut s, OP_DOWNLOAD, bytes, 0, 0)?;
+        self.request(&mut s, OP_DOWNLOAD, bytes, self.pace_kbit, 0)?;
         let mut tl = Timeline::new(self.interval);
         let mut h = Sha256::new();
         let mut buf = vec![0u8; CHUNK];
@@ -631,8 +639,16 @@ fn serve(mut s: TcpStream) -> Result<(), Error> {
         OP_DOWNLOAD => {
             let mut hs = Sha256::new();
             let mut off = 0u64;
+            // Paced: 10 ms worth of bytes per write, each at its time.
+            let pace_kbit = u64::from(resp);
+            let step = if pace_kbit > 0 { (pace_kbit * 1000 / 8 / 100).clamp(1, CHUNK as u64) } else { CHUNK as u64 };
+            let start = Instant::now();
             while off < size {
-                let n = (size - off).min(CHUNK as u64) as usize;
+                if pace_kbit > 0 {
+                    let due = start + Duration::from_secs_f64(off as f64 * 8.0 / (pace_kbit as f64 * 1000.0));
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
+                let n = (size - off).min(step) as usize;
                 fill(seed, off, &mut buf[..n]);
                 hs.update(&buf[..n]);
                 s.write_all(&buf[..n]).map_err(io("send data"))?;
