@@ -1,42 +1,119 @@
-//! Multipath bench (ignored): downloads through hcpe/hag, started from `deploy/examples/`, against each link
-//! alone and against kernel MPTCP between the CPE and hag's namespace without the daemons, on link pairs where
-//! the second link is good, poor, or lossy. Every figure is a ratio against the
-//! single-link rates measured in the same run, so the machine's load cancels out. Mid-download it also prints
-//! what hag's kernel says of each subflow (`ss -tinM`: cwnd, RTT, delivery rate, bytes in flight) and the
-//! MPTCP counters that move (`nstat`), which is where a multipath slowdown shows its cause.
+//! Multipath bench (ignored): downloads and uploads through hcpe/hag, started from `deploy/examples/` as an
+//! operator would (LTE in the example's mode unless told otherwise), against each link alone and (downloads)
+//! against kernel MPTCP between the CPE and hag's namespace without the daemons, on link pairs where the second
+//! link is good, poor, lossy, jittery, better than DSL (a rural line), or drops its rate mid-transfer. Every
+//! figure is a ratio against the single-link rates measured in the same run, so the machine's load cancels
+//! out. Mid-transfer it also prints what hag's kernel says of each subflow (`ss -tinM`: cwnd, RTT, delivery
+//! rate, bytes in flight), the MPTCP counters that moved (`nstat`), and hcpe's path-control decisions, which is
+//! where a multipath slowdown shows its cause. At the end, a table of every round's ratios.
 //!
 //! `cargo build --release --workspace --bins && cargo test --release -p tests --test multipath_bench -- --ignored --nocapture --test-threads 1`
-//! (`MULTIPATH_BENCH_ROUNDS=n` repeats each scenario, default 1; `MULTIPATH_BENCH_CPE_RMEM_MAX=bytes` sets the
-//! largest TCP receive buffer in hcpe's namespace, `net.ipv4.tcp_rmem`'s third value;
-//! `MULTIPATH_BENCH_LTE_MODE=backup` sets LTE's mode through hcpe's admin API before the download).
+//! (`MULTIPATH_BENCH_ROUNDS=n` repeats each scenario, default 1; `MULTIPATH_BENCH_ONLY=text` runs the scenarios
+//! whose name contains it; `MULTIPATH_BENCH_DIRECTIONS=down` or `up` runs one direction;
+//! `MULTIPATH_BENCH_LTE_MODE=active|adaptive|backup|overflow` sets LTE's mode in hcpe's config;
+//! `MULTIPATH_BENCH_HAG_BUF_MAX=bytes` and `MULTIPATH_BENCH_CPE_BUF_MAX=bytes` set the largest TCP send and
+//! receive buffers, `net.ipv4.tcp_wmem`'s and `tcp_rmem`'s third values, in hag's and in the CPE's namespace).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tests::daemons::{self, LanDownload};
+use tests::ChildGuard;
+use tests::daemons;
 use tests::emulator::{LinkConfig, Shape};
 use tests::testbed::{Testbed, TestbedConfig, addr, ifname};
-use tests::traffic::{Client, Server};
-
-const SIZE: u64 = 48 << 20;
+use tests::traffic::{Client, Server, Transfer};
 
 struct Scenario {
     name: &'static str,
     dsl: Shape,
     lte: Shape,
+    /// LTE's shape once a third of a transfer's bytes have moved (a rate drop mid-transfer).
+    lte_later: Option<Shape>,
 }
 
 fn scenarios() -> Vec<Scenario> {
     let dsl = || Shape::mbit(50.0).delay_ms(10.0);
+    let good_lte = || Shape::mbit(30.0).delay_ms(30.0).jitter_ms(5.0);
+    let poor_lte = || Shape::mbit(5.0).delay_ms(150.0).jitter_ms(30.0);
+    let s = |name, dsl, lte| Scenario { name, dsl, lte, lte_later: None };
     vec![
-        Scenario { name: "good LTE", dsl: dsl(), lte: Shape::mbit(30.0).delay_ms(30.0).jitter_ms(5.0) },
-        Scenario { name: "poor LTE", dsl: dsl(), lte: Shape::mbit(5.0).delay_ms(150.0).jitter_ms(30.0) },
+        s("good LTE", dsl(), good_lte()),
+        s("poor LTE", dsl(), poor_lte()),
+        s("poor lossy LTE", dsl(), poor_lte().loss(0.02)),
+        s("jittery LTE", dsl(), Shape::mbit(30.0).delay_ms(30.0).jitter_ms(60.0)),
+        s("rural DSL", Shape::mbit(8.0).delay_ms(15.0), Shape::mbit(60.0).delay_ms(35.0).jitter_ms(5.0)),
         Scenario {
-            name: "poor lossy LTE",
-            dsl: dsl(),
-            lte: Shape::mbit(5.0).delay_ms(150.0).jitter_ms(30.0).loss(0.02),
+            lte_later: Some(Shape::mbit(3.0).delay_ms(30.0).jitter_ms(5.0)),
+            ..s("LTE drops to 3 Mbit/s", dsl(), good_lte())
         },
     ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Down,
+    Up,
+}
+
+impl Dir {
+    fn name(self) -> &'static str {
+        match self {
+            Dir::Down => "download",
+            Dir::Up => "upload",
+        }
+    }
+}
+
+/// Bytes that take about `secs` at `mbit`, at least 3 MiB.
+fn size_for(mbit: f64, secs: f64) -> u64 {
+    ((mbit * 1e6 / 8.0 * secs) as u64).max(3 << 20)
+}
+
+fn mbit(shape: &Shape) -> f64 {
+    shape.rate_bps.map_or(1000.0, |r| r as f64 / 1e6)
+}
+
+/// One transfer of `size` bytes with `client` (from the LAN client or the CPE itself), in `dir`; with `drop`,
+/// LTE takes that shape once a third of the bytes have moved.
+fn transfer(tb: &Testbed, on_lan: bool, client: Client, dir: Dir, size: u64, drop: Option<Shape>) -> Transfer {
+    let progress = Arc::new(AtomicU64::new(0));
+    let client = client.progress(progress.clone()).timeout(Duration::from_secs(30));
+    let done = AtomicBool::new(false);
+    let ns = if on_lan { &tb.lan } else { &tb.cpe };
+    let t = std::thread::scope(|scope| {
+        if let Some(shape) = drop {
+            let (done, progress) = (&done, &progress);
+            scope.spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    if progress.load(Ordering::Relaxed) >= size / 3 {
+                        tb.lte.set_both(shape);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+        }
+        let t = ns.within(move || match dir {
+            Dir::Down => client.download(size),
+            Dir::Up => client.upload(size),
+        });
+        done.store(true, Ordering::Relaxed);
+        t
+    });
+    t.unwrap().unwrap_or_else(|e| panic!("{} of {size} bytes: {e}", dir.name()))
+}
+
+/// A plain TCP transfer over one uplink alone (its source address picks the link through the testbed's policy
+/// rules): a single-link baseline.
+fn single_link(tb: &Testbed, s: &Scenario, dst: SocketAddr, src: IpAddr, link: &Shape, dir: Dir, drop: bool) -> f64 {
+    let drop = if drop { s.lte_later } else { None };
+    let size = size_for(mbit(link), 5.0);
+    let t = transfer(tb, false, Client::new(dst).bind(SocketAddr::new(src, 0)), dir, size, drop);
+    // The drop is undone for what follows.
+    tb.lte.set_both(s.lte);
+    t.mbit_per_s()
 }
 
 /// `ss -tinM` in hag's namespace for the service port: one line per subflow with the fields that explain a
@@ -89,73 +166,167 @@ fn counters(tb: &Testbed) -> String {
 /// One kernel MPTCP download from the CPE to a server in hag's namespace over both links (an endpoint on
 /// LTE, the testbed's source routing), without hcpe or hag: what the kernel alone makes of the two paths. The
 /// endpoint goes again before the daemons start.
-fn kernel_mptcp(tb: &Testbed) -> f64 {
+fn kernel_mptcp(tb: &Testbed, s: &Scenario) -> f64 {
     let lte = addr::CPE_LTE.ip(false).to_string();
     tb.cpe.ip(&["mptcp", "endpoint", "add", &lte, "dev", ifname::LTE, "subflow"]).unwrap();
     let server = Server::bind_mptcp(&tb.hag, SocketAddr::new(addr::HAG_SERVICE.ip(false), 0)).unwrap();
     let (dst, src) = (server.addr(), SocketAddr::new(addr::CPE_DSL.ip(false), 0));
-    let t = tb.cpe.within(move || Client::new(dst).bind(src).mptcp().timeout(Duration::from_secs(30)).download(SIZE));
+    let size = size_for(mbit(&s.dsl) + mbit(&s.lte), 7.0);
+    let t = tb.cpe.within(move || Client::new(dst).bind(src).mptcp().timeout(Duration::from_secs(30)).download(size));
     tb.cpe.ip(&["mptcp", "endpoint", "flush"]).unwrap();
     t.unwrap().unwrap().mbit_per_s()
 }
 
-fn run(s: &Scenario, round: usize) {
+/// The LTE mode hcpe's config gets: `MULTIPATH_BENCH_LTE_MODE`, or the example's own.
+fn lte_mode() -> Option<String> {
+    std::env::var("MULTIPATH_BENCH_LTE_MODE").ok().filter(|m| !m.is_empty())
+}
+
+/// hcpe's example config, with LTE's mode replaced when one is asked for.
+fn hcpe_yaml() -> String {
+    let yaml = match lte_mode() {
+        Some(mode) => daemons::example_hcpe_yaml_lte_mode(&mode),
+        None => daemons::example_hcpe_yaml(),
+    }
+    .unwrap();
+    // `MULTIPATH_BENCH_TRACE=1`: every input of the path controller in hcpe's log, printed after each transfer.
+    match std::env::var("MULTIPATH_BENCH_TRACE").is_ok() {
+        true => yaml.replace("log_level: info", "log_level: info,hcpe::uplink::driver::paths=trace"),
+        false => yaml,
+    }
+}
+
+/// What one round of one scenario measured in one direction.
+struct Outcome {
+    scenario: &'static str,
+    dir: Dir,
+    dsl: f64,
+    lte: f64,
+    kernel: Option<f64>,
+    hcpe: f64,
+}
+
+impl Outcome {
+    fn best(&self) -> f64 {
+        self.dsl.max(self.lte)
+    }
+}
+
+fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
     let tb = Testbed::new(TestbedConfig {
         dsl: LinkConfig::symmetric(s.dsl),
         lte: LinkConfig { seed: 2 + round as u64, ..LinkConfig::symmetric(s.lte) },
         ..TestbedConfig::default()
     })
     .unwrap();
+    // Buffer limits for every MPTCP run of the round (the kernel baseline's too): hag's namespace sends
+    // downloads, the CPE's receives them (and the reverse for uploads).
+    for (var, ns) in [("MULTIPATH_BENCH_HAG_BUF_MAX", &tb.hag), ("MULTIPATH_BENCH_CPE_BUF_MAX", &tb.cpe)] {
+        if let Ok(max) = std::env::var(var) {
+            for key in ["net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"] {
+                ns.exec_ok("sysctl", &["-qw", &format!("{key}=4096 131072 {max}")]).unwrap();
+            }
+        }
+    }
     let dir = daemons::config_dir("multipath-bench").unwrap();
     let server = Server::start(&tb.inet, 0).unwrap();
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
-    let dsl = daemons::single_link(&tb, dst, addr::CPE_DSL.ip(false), 24 << 20).unwrap().mbit_per_s();
-    let lte_size = if s.lte.rate_bps.is_some_and(|r| r < 10_000_000) { 3 << 20 } else { 16 << 20 };
-    let lte = daemons::single_link(&tb, dst, addr::CPE_LTE.ip(false), lte_size).unwrap().mbit_per_s();
-    let kernel = kernel_mptcp(&tb);
+    let mut baselines = Vec::new();
+    for d in dirs {
+        let dsl = single_link(&tb, s, dst, addr::CPE_DSL.ip(false), &s.dsl, *d, false);
+        let lte = single_link(&tb, s, dst, addr::CPE_LTE.ip(false), &s.lte, *d, true);
+        let kernel = (*d == Dir::Down).then(|| kernel_mptcp(&tb, s));
+        baselines.push((*d, dsl, lte, kernel));
+    }
 
-    if let Ok(max) = std::env::var("MULTIPATH_BENCH_CPE_RMEM_MAX") {
-        // hcpe's MPTCP sockets receive the download: their window autotunes up to this (default 6 MiB).
-        tb.cpe.exec_ok("sysctl", &["-qw", &format!("net.ipv4.tcp_rmem=4096 131072 {max}")]).unwrap();
-    }
-    let (_hag, hcpe) = daemons::start_examples(&tb, dir.path()).unwrap();
+    let hag_yaml = daemons::example_hag_yaml().unwrap();
+    let (_hag, hcpe) = daemons::start_configs(&tb, dir.path(), &hag_yaml, &hcpe_yaml()).unwrap();
     daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
-    if let Ok(mode) = std::env::var("MULTIPATH_BENCH_LTE_MODE") {
-        // The example's admin API, in hcpe's namespace.
-        let token = daemons::admin_token(dir.path()).unwrap();
-        let api = SocketAddr::from(([127, 0, 0, 1], daemons::HCPE_ADMIN_PORT));
-        let body = format!("{{\"mode\":\"{mode}\"}}");
-        let r = daemons::http(&tb.cpe, api, "PATCH", "/api/v1/uplinks/lte", Some(&token), Some(&body)).unwrap();
-        assert_eq!(r.status, 200, "LTE mode {mode}: {}", r.body);
+    // A router runs long before anyone downloads: the path controller has had its few seconds.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut out = Vec::new();
+    for (d, dsl, lte, kernel) in baselines {
+        let size = size_for(mbit(&s.dsl) + mbit(&s.lte), 7.0);
+        let _ = counters(&tb);
+        let decisions_before = path_control(&hcpe).len();
+        let mid = std::thread::scope(|scope| {
+            let t = scope.spawn(|| {
+                std::thread::sleep(Duration::from_secs(3));
+                subflows(&tb)
+            });
+            let transfer = transfer(&tb, true, Client::new(dst), d, size, s.lte_later);
+            (transfer, t.join().unwrap())
+        });
+        tb.lte.set_both(s.lte);
+        let (transfer, mid) = mid;
+        let moved = counters(&tb);
+        let got = transfer.mbit_per_s();
+        let o = Outcome { scenario: s.name, dir: d, dsl, lte, kernel, hcpe: got };
+        let kernel =
+            kernel.map_or(String::new(), |k| format!(", kernel MPTCP alone {k:.1} ({:.2} x best)", k / o.best()));
+        println!(
+            "{} {} (round {round}): DSL alone {dsl:.1}, LTE alone {lte:.1}{kernel}, hcpe/hag {got:.1} Mbit/s = {:.2} x best, \
+             {:.2} x sum; longest stall {:?}",
+            s.name,
+            d.name(),
+            got / o.best(),
+            got / (dsl + lte),
+            transfer.timeline.max_stall()
+        );
+        println!("    hag subflows 3 s in:\n      {mid}");
+        println!("    hag counters that moved: {moved}");
+        for line in &path_control(&hcpe)[decisions_before..] {
+            println!("    hcpe: {line}");
+        }
+        out.push(o);
+        // The controller settles again (a demoted LTE waits for its trial) before the next direction.
+        std::thread::sleep(Duration::from_secs(2));
     }
-    let _ = counters(&tb);
-    let download = LanDownload::start(&tb, dst, SIZE, Duration::from_secs(30)).unwrap();
-    download.wait_for(SIZE / 2, Duration::from_secs(60), "download", &hcpe);
-    let mid = subflows(&tb);
-    let transfer = download.join().unwrap_or_else(|e| panic!("{}: {e}\n{}", s.name, hcpe.log()));
-    let moved = counters(&tb);
-    let got = transfer.mbit_per_s();
-    let best = dsl.max(lte);
-    println!(
-        "{} (round {round}): DSL alone {dsl:.1}, LTE alone {lte:.1}, kernel MPTCP alone {kernel:.1} ({:.2} x best), \
-         hcpe/hag {got:.1} Mbit/s = {:.2} x best, {:.2} x sum; longest stall {:?}",
-        s.name,
-        kernel / best,
-        got / best,
-        got / (dsl + lte),
-        transfer.timeline.max_stall()
-    );
-    println!("    hag subflows at half way:\n      {mid}");
-    println!("    hag counters that moved: {moved}");
+    out
+}
+
+/// hcpe's path-control log lines so far.
+fn path_control(hcpe: &ChildGuard) -> Vec<String> {
+    hcpe.log().lines().filter(|l| l.contains("path control") && l.contains("uplink=lte")).map(str::to_owned).collect()
 }
 
 #[test]
 #[ignore = "bench: prints ratios to each link alone; run with --ignored --nocapture"]
-fn downloads_against_each_link_alone() {
+fn transfers_against_each_link_alone() {
     let rounds = std::env::var("MULTIPATH_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    for s in scenarios() {
+    let only = std::env::var("MULTIPATH_BENCH_ONLY").unwrap_or_default();
+    let dirs: Vec<Dir> = match std::env::var("MULTIPATH_BENCH_DIRECTIONS").as_deref() {
+        Ok("down") => vec![Dir::Down],
+        Ok("up") => vec![Dir::Up],
+        _ => vec![Dir::Down, Dir::Up],
+    };
+    println!("LTE mode: {}", lte_mode().unwrap_or_else(|| "as in deploy/examples/hcpe.yaml".into()));
+    let mut all: Vec<Outcome> = Vec::new();
+    for s in scenarios().into_iter().filter(|s| s.name.contains(&only)) {
         for round in 0..rounds {
-            run(&s, round);
+            all.extend(run(&s, round, &dirs));
         }
+    }
+    println!(
+        "\n| scenario | direction | DSL alone | LTE alone | kernel MPTCP, x best | hcpe/hag | x best single link | x sum |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut keys: Vec<(&str, Dir)> = all.iter().map(|o| (o.scenario, o.dir)).collect();
+    keys.dedup();
+    for (name, d) in keys {
+        let rows: Vec<&Outcome> = all.iter().filter(|o| o.scenario == name && o.dir == d).collect();
+        let list = |f: &dyn Fn(&Outcome) -> f64, digits: usize| {
+            rows.iter().map(|o| format!("{:.*}", digits, f(o))).collect::<Vec<_>>().join(" / ")
+        };
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            d.name(),
+            list(&|o| o.dsl, 1),
+            list(&|o| o.lte, 1),
+            if d == Dir::Down { list(&|o| o.kernel.unwrap_or(0.0) / o.best(), 2) } else { "-".into() },
+            list(&|o| o.hcpe, 1),
+            list(&|o| o.hcpe / o.best(), 2),
+            list(&|o| o.hcpe / (o.dsl + o.lte), 2),
+        );
     }
 }
