@@ -172,9 +172,10 @@ fn kernel_mptcp(tb: &Testbed, s: &Scenario) -> f64 {
     let server = Server::bind_mptcp(&tb.hag, SocketAddr::new(addr::HAG_SERVICE.ip(false), 0)).unwrap();
     let (dst, src) = (server.addr(), SocketAddr::new(addr::CPE_DSL.ip(false), 0));
     let size = size_for(mbit(&s.dsl) + mbit(&s.lte), 7.0);
-    let t = tb.cpe.within(move || Client::new(dst).bind(src).mptcp().timeout(Duration::from_secs(30)).download(size));
+    let t = transfer(tb, false, Client::new(dst).bind(src).mptcp(), Dir::Down, size, s.lte_later);
+    tb.lte.set_both(s.lte);
     tb.cpe.ip(&["mptcp", "endpoint", "flush"]).unwrap();
-    t.unwrap().unwrap().mbit_per_s()
+    t.mbit_per_s()
 }
 
 /// The LTE mode hcpe's config gets: `MULTIPATH_BENCH_LTE_MODE`, or the example's own.

@@ -231,6 +231,9 @@ struct Live {
     decisions: std::collections::VecDeque<adapt::Decision>,
     /// Its decisions since start per (carry, reason).
     decision_counts: std::collections::BTreeMap<(adapt::Carry, adapt::Reason), u64>,
+    /// The next endpoint change re-creates the endpoint instead of changing its flags, so its subflows close
+    /// and the kernel sends what they held over the other uplinks.
+    reset_subflows: bool,
 }
 
 impl Live {
@@ -242,6 +245,10 @@ impl Live {
     /// Records a decision of the path controller.
     fn decided(&mut self, d: adapt::Decision) {
         self.carry = d.to;
+        // A path demoted for being slow or lossy still holds data in its subflows (its queue): closing them
+        // makes the kernel resend that data on the carrying uplinks at once instead of waiting for it.
+        self.reset_subflows =
+            d.to == adapt::Carry::Backup && matches!(d.reason, adapt::Reason::RttExcess | adapt::Reason::Loss);
         if self.decisions.len() == adapt::HISTORY {
             self.decisions.pop_front();
         }
@@ -279,6 +286,7 @@ impl Shared {
                 carry: u.mode.policy().initial(),
                 decisions: Default::default(),
                 decision_counts: Default::default(),
+                reset_subflows: false,
             })
             .collect();
         Shared { uplinks: cfg.uplinks.clone(), hag: cfg.hag, live: RwLock::new(live), mode_changes: Default::default() }

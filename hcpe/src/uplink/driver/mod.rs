@@ -379,7 +379,9 @@ impl Driver {
             let ifindex = common::net::ifindex(&u.interface).ok();
             let mut ok = true;
             let mut res = Vec::new();
-            for addr in self.wiring[i].ep_addrs.iter().filter(|a| !want.contains(a)) {
+            // Re-created (demoted for being slow): every address goes first, so its subflows close.
+            let reset = std::mem::take(&mut self.shared.live_mut()[i].reset_subflows) && plan[i].is_some();
+            for addr in self.wiring[i].ep_addrs.iter().filter(|a| reset || !want.contains(a)) {
                 res.push((*addr, self.pm.del_endpoint_addr(*addr).await.map(|_| ())));
             }
             if let Some(flags) = plan[i] {
