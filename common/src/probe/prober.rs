@@ -98,6 +98,8 @@ pub struct UplinkHealth {
     pub latest_rtt: Option<Duration>,
     /// Round-trip samples since start: a new one arrived when this grew.
     pub rtt_samples: u64,
+    /// Send times of the probes not answered yet (outstanding or timed out): lower bounds of the round trip.
+    pub unanswered: Vec<Instant>,
     /// Missed fraction of the last `loss_window` probes.
     pub loss: f64,
     /// When `state` last changed (tokio clock, as a std `Instant`).
@@ -210,6 +212,7 @@ impl Prober {
             rttvar: health.rttvar(),
             latest_rtt: health.latest_rtt(),
             rtt_samples: health.rtt_samples(),
+            unanswered: health.unanswered(),
             loss: health.loss(),
             last_change: health.last_change(),
             stats,

@@ -15,8 +15,12 @@
 //! [`Decision`] that says why, with the numbers behind it.
 //!
 //! Invariants:
-//! - a path's round trip is the median of its answered probes of the last [`RTT_WINDOW`] (jitter and a single
-//!   late reply do not move it); without an answer in that time it has none and nothing is decided for it;
+//! - a path's round trip is the median over its probes sent in the last [`RTT_WINDOW`]: the round trips of
+//!   those answered, and the ages of those not answered yet, where older than that median (each a lower
+//!   bound: a queue that fills shows before its first late answer arrives; jitter, one late reply or one lost
+//!   probe do not move it), the latter only while some probe was answered in the last [`ANSWER_HORIZON`] (a
+//!   path that answers nothing is filtered or dead, which is the health verdict's business); without either it
+//!   has none and nothing is decided for it;
 //! - an adaptive path is compared with the best (lowest round trip) other usable path that carries traffic; it
 //!   is demoted only after being worse than `max_rtt_excess` (or losing more than `max_loss` of its probes)
 //!   for `demote_after` without a break, so the best path is never demoted and one path always carries;
@@ -40,6 +44,8 @@ use common::config::{self as cfg, ConfigError};
 
 /// How far back answered probes count for a path's round trip.
 pub const RTT_WINDOW: Duration = Duration::from_secs(1);
+/// Unanswered probes count towards a path's round trip while some probe was answered this recently.
+pub const ANSWER_HORIZON: Duration = Duration::from_secs(5);
 /// How long a demoted path's round trip still shows its queue draining: samples before are not "idle".
 pub const SETTLE: Duration = Duration::from_secs(2);
 /// A demotion this soon after a promotion makes the promotion a failed trial.
@@ -100,7 +106,7 @@ fn default_loss() -> f64 {
     0.1
 }
 fn default_demote_after() -> Duration {
-    Duration::from_secs(1)
+    Duration::from_millis(500)
 }
 fn default_promote_after() -> Duration {
     Duration::from_secs(2)
@@ -243,7 +249,12 @@ pub struct PathInput {
 /// A path's measurements and timers.
 #[derive(Debug, Default)]
 struct PathState {
+    /// (sent, round trip) of its answered probes sent in the last [`RTT_WINDOW`].
     rtts: VecDeque<(Instant, Duration)>,
+    /// When its last answer arrived.
+    last_answer: Option<Instant>,
+    /// Send times of its probes not answered yet.
+    unanswered: Vec<Instant>,
     /// (bucket start, minimum round trip seen in it), oldest first.
     base: VecDeque<(Instant, Duration)>,
     last_policy: Option<Policy>,
@@ -262,13 +273,21 @@ struct PathState {
 
 impl PathState {
     fn rtt(&self, now: Instant) -> Option<Duration> {
-        let mut recent: Vec<Duration> =
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v.get(v.len() / 2).copied()
+        };
+        let answered: Vec<Duration> =
             self.rtts.iter().filter(|(t, _)| now.saturating_duration_since(*t) <= RTT_WINDOW).map(|s| s.1).collect();
-        if recent.is_empty() {
-            return None;
-        }
-        recent.sort();
-        Some(recent[recent.len() / 2])
+        let floor = median(answered.clone()).unwrap_or(Duration::ZERO);
+        // Only a path that answers at all: no answer for long is a filtered or dead path, not a slow one.
+        let answers = self.last_answer.is_some_and(|t| now.saturating_duration_since(t) <= ANSWER_HORIZON);
+        let waiting = self
+            .unanswered
+            .iter()
+            .map(|sent| now.saturating_duration_since(*sent))
+            .filter(|age| answers && *age <= RTT_WINDOW && *age > floor);
+        median(answered.into_iter().chain(waiting).collect())
     }
 
     fn base(&self) -> Option<Duration> {
@@ -281,10 +300,12 @@ impl PathState {
     }
 
     fn record(&mut self, now: Instant, rtt: Duration) {
-        self.rtts.push_back((now, rtt));
-        while self.rtts.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > RTT_WINDOW) {
-            self.rtts.pop_front();
-        }
+        // Keyed by when the probe was sent: what the path was like then. A late answer of an old probe is old
+        // news next to the ages of the probes sent since.
+        let sent = now.checked_sub(rtt).unwrap_or(now);
+        self.rtts.push_back((sent, rtt));
+        self.last_answer = Some(now);
+        self.rtts.retain(|(t, _)| now.saturating_duration_since(*t) <= RTT_WINDOW);
         let bucket = BASE_WINDOW / BASE_BUCKETS;
         match self.base.back_mut() {
             Some((start, min)) if now.saturating_duration_since(*start) < bucket => *min = (*min).min(rtt),
@@ -315,7 +336,14 @@ impl Controller {
         }
     }
 
-    /// Path `i`'s round trip now (median of the last second's answers).
+    /// The send times of path `i`'s probes not answered yet (replaces the previous list).
+    pub fn on_unanswered(&mut self, i: usize, sent: Vec<Instant>) {
+        if let Some(p) = self.paths.get_mut(i) {
+            p.unanswered = sent;
+        }
+    }
+
+    /// Path `i`'s round trip now (median of the last second's answers and of the older unanswered probes).
     pub fn rtt(&self, i: usize, now: Instant) -> Option<Duration> {
         self.paths.get(i)?.rtt(now)
     }

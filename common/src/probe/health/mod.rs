@@ -187,6 +187,12 @@ impl Health {
         self.rtt_samples
     }
 
+    /// Send times of the probes without an answer yet: outstanding, or timed out (the last 64). Each one's age
+    /// is a lower bound of the path's round trip now (or it was lost).
+    pub fn unanswered(&self) -> Vec<Instant> {
+        self.outstanding.iter().map(|o| o.sent).chain(self.timed_out.iter().map(|(_, sent)| *sent)).collect()
+    }
+
     /// Fraction of the last `loss_window` resolved probes that were never answered (0.0 with no probes yet). An
     /// answer after the timeout is a miss for the verdict, not a loss: the path was slow, nothing was lost.
     pub fn loss(&self) -> f64 {

@@ -21,6 +21,8 @@ struct Sim {
     /// After a demotion, a path still carries what it holds for this long (its queue drains): its probes see
     /// the load and its interface is busy.
     drain: Duration,
+    /// Per path, probes in flight: (sent, round trip); answered once the round trip has passed.
+    in_flight: Vec<Vec<(Instant, Duration)>>,
 }
 
 impl Sim {
@@ -31,7 +33,8 @@ impl Sim {
             .map(|p| PathInput { policy: *p, usable: true, carry: p.initial(), loss: 0.0, busy: false })
             .collect();
         let c = Controller::new(PathControlFile::default(), policies.len());
-        Sim { c, t0, now: t0, inputs, log: Vec::new(), drain: Duration::ZERO }
+        let in_flight = vec![Vec::new(); policies.len()];
+        Sim { c, t0, now: t0, inputs, log: Vec::new(), drain: Duration::ZERO, in_flight }
     }
 
     /// DSL active (pinned), LTE adaptive.
@@ -53,9 +56,19 @@ impl Sim {
                     && self.inputs[i].carry == Carry::Backup;
                 let loaded = if draining { Carry::Active } else { self.inputs[i].carry };
                 self.inputs[i].busy = loaded == Carry::Active;
-                if let Some(r) = rtt(i, self.elapsed(), loaded) {
-                    self.c.on_rtt(i, self.now, r);
+                // A probe now; the answers whose round trip has passed arrive; a lost one never does (dropped
+                // after 2 s).
+                let r = rtt(i, self.elapsed(), loaded).unwrap_or(Duration::from_secs(3600));
+                self.in_flight[i].push((self.now, r));
+                let now = self.now;
+                let (arrived, waiting): (Vec<_>, Vec<_>) =
+                    self.in_flight[i].drain(..).partition(|(sent, r)| *sent + *r <= now);
+                for (_, r) in arrived {
+                    self.c.on_rtt(i, now, r);
                 }
+                self.in_flight[i] =
+                    waiting.into_iter().filter(|(sent, _)| now - *sent < Duration::from_secs(2)).collect();
+                self.c.on_unanswered(i, self.in_flight[i].iter().map(|(sent, _)| *sent).collect());
             }
             for (i, d) in self.c.evaluate(self.now, &self.inputs) {
                 self.inputs[i].carry = d.to;
@@ -107,10 +120,45 @@ fn a_slow_second_link_is_demoted_after_demote_after_and_stays_demoted() {
     s.run(60.0, |i, t, c| Some(if i == DSL { dsl(c) } else { jit(lte(c), t, 60) }));
     assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::RttExcess)], "bad idle too: no trial");
     let at = s.last(LTE, Carry::Backup).unwrap();
-    // One second of samples over the limit, after the first answers arrive.
-    assert!(at >= ms(1000) && at <= ms(1600), "demoted at {at:?}");
+    // The first answer comes after its round trip (up to 780 ms with jitter), then demote_after over the limit.
+    assert!(at >= ms(1000) && at <= ms(2200), "demoted at {at:?}");
     let d = s.log[0].2;
     assert!(d.rtt.unwrap() > ms(600) && d.reference == Some(ms(62)), "{d:?}");
+}
+
+#[test]
+fn a_queue_that_fills_is_seen_before_its_first_late_answer() {
+    // LTE's round trip jumps from 60 ms to 2 s (a queue filling after a rate drop) at 10 s: the unanswered
+    // probes' ages show it; the demotion comes one second after they pass the limit, before any 2 s answer.
+    let mut s = Sim::adaptive();
+    s.run(20.0, |i, t, _| {
+        Some(if i == DSL {
+            ms(20)
+        } else if t < Duration::from_secs(10) {
+            ms(60)
+        } else {
+            ms(2000)
+        })
+    });
+    let at = s.last(LTE, Carry::Backup).expect("demoted");
+    assert!(at < Duration::from_secs(10) + ms(1800), "demoted at {at:?}");
+    assert_eq!(s.decisions(LTE)[0], (Carry::Backup, Reason::RttExcess));
+}
+
+#[test]
+fn a_lost_probe_does_not_count_as_a_slow_one() {
+    // Every third LTE probe is lost.
+    let mut s = Sim::adaptive();
+    s.run(60.0, |i, t, _| {
+        Some(if i == DSL {
+            ms(20)
+        } else if t.as_millis() % 600 == 0 {
+            ms(3_600_000)
+        } else {
+            ms(60)
+        })
+    });
+    assert_eq!(s.decisions(LTE), vec![]);
 }
 
 #[test]
@@ -258,16 +306,16 @@ fn round_trips_straddling_the_limit_do_not_flap() {
 
 #[test]
 fn a_mode_change_from_outside_resets_the_timers() {
+    let hold = PathControlFile::default().demote_after;
+    let rtt = |i: usize, _: Duration, _: Carry| Some(if i == DSL { ms(20) } else { ms(400) });
+    // Pinned for 3 s (the operator's choice: nothing decided), then adaptive: the hold starts anew.
     let mut s = Sim::adaptive();
-    s.run(0.8, |i, _, _| Some(if i == DSL { ms(20) } else { ms(400) }));
-    assert_eq!(s.decisions(LTE), vec![]);
-    // The operator pins LTE, then makes it adaptive again: the second of over-limit samples starts anew.
     s.inputs[LTE].policy = Policy::Pinned { carries: true };
-    s.run(0.2, |i, _, _| Some(if i == DSL { ms(20) } else { ms(400) }));
+    s.run(3.0, rtt);
     s.inputs[LTE].policy = Policy::Adaptive;
-    s.run(0.8, |i, _, _| Some(if i == DSL { ms(20) } else { ms(400) }));
-    assert_eq!(s.decisions(LTE), vec![]);
-    s.run(0.6, |i, _, _| Some(if i == DSL { ms(20) } else { ms(400) }));
+    s.run((hold - TICK).as_secs_f64(), rtt);
+    assert_eq!(s.decisions(LTE), vec![], "not before the hold has passed again");
+    s.run(0.4, rtt);
     assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::RttExcess)]);
 }
 

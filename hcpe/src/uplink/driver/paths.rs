@@ -69,6 +69,9 @@ impl Driver {
                 .enumerate()
                 .map(|(i, l)| {
                     let health = l.probe.as_ref().map(|rx| rx.borrow().clone());
+                    if let Some(h) = &health {
+                        self.paths.on_unanswered(i, h.unanswered.clone());
+                    }
                     if let Some(h) = &health
                         && h.rtt_samples != self.seen_samples[i]
                     {
