@@ -151,8 +151,9 @@ pub struct UplinkFile {
     /// Default: the first uplink is the primary, the others secondary.
     #[serde(default)]
     pub role: Option<Role>,
+    /// Default: `active` for the primary, `adaptive` for a secondary uplink.
     #[serde(default)]
-    pub mode: Mode,
+    pub mode: Option<Mode>,
     /// Routing table of the uplink's source-based routing; default `routing.table + 1 + index`.
     #[serde(default)]
     pub table: Option<u32>,
@@ -444,13 +445,14 @@ impl Config {
             if let Some(q) = &u.quota {
                 uplink_settings::validate_quota(i, q)?;
             }
+            let role = u.role.unwrap_or(uplink::settings::default_role(i));
             uplinks.push(Uplink {
                 name: u.name.clone(),
                 interface: u.interface.clone(),
                 ipv4: u.ipv4,
                 ipv6: u.ipv6,
-                role: u.role.unwrap_or(uplink::settings::default_role(i)),
-                mode: u.mode,
+                role,
+                mode: u.mode.unwrap_or(uplink::settings::default_mode(role)),
                 table: u.table.unwrap_or(uplink::settings::default_table(f.routing.table, i)),
                 quota: u.quota,
             });

@@ -142,7 +142,7 @@ uplinks:
     fn defaults_keep_the_old_behaviour() {
         let c = parse(BASE).unwrap();
         assert_eq!((c.uplinks[0].role, c.uplinks[1].role), (Role::Primary, Role::Secondary));
-        assert_eq!((c.uplinks[0].mode, c.uplinks[1].mode), (Mode::Active, Mode::Active));
+        assert_eq!((c.uplinks[0].mode, c.uplinks[1].mode), (Mode::Active, Mode::Adaptive));
         assert_eq!((c.uplinks[0].table, c.uplinks[1].table), (5125, 5126));
         assert_eq!(c.probe, ProbeFile::default());
         assert_eq!((c.probe.interval, c.probe.down_after, c.probe.up_after), (Duration::from_millis(200), 3, 3));

@@ -2,9 +2,9 @@
 //! `crate::config` embeds these types; their validation lives here so the config file's owner only calls
 //! [`validate_uplinks`].
 //!
-//! Defaults keep the behaviour of a config written before these keys existed: the first uplink is the primary,
-//! every uplink is `active` (one MPTCP endpoint with the `subflow` flag), probes every 200 ms, down after 3
-//! misses, up after 3 answers.
+//! Defaults: the first uplink is the primary and `active` (one MPTCP endpoint with the `subflow` flag), the
+//! others secondary and `adaptive` (the path controller makes them `active` or `backup`); probes every 200 ms,
+//! down after 3 misses, up after 3 answers.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -162,6 +162,16 @@ fn default_three() -> u32 {
 /// Default role by position: the first uplink is the primary, the others secondary.
 pub fn default_role(index: usize) -> Role {
     if index == 0 { Role::Primary } else { Role::Secondary }
+}
+
+/// Default mode by role: the primary carries traffic (`active`); a secondary uplink carries it while it helps
+/// the aggregate (`adaptive`): on the testbed this never did worse than `active` and kept a poor second link
+/// from dragging the aggregate below the primary alone (BENCHMARKS.md, "Multipath").
+pub fn default_mode(role: Role) -> Mode {
+    match role {
+        Role::Primary => Mode::Active,
+        Role::Secondary => Mode::Adaptive,
+    }
 }
 
 /// Default routing table of uplink `index`: right after hcpe's interception table.
