@@ -312,8 +312,12 @@ fn transfers_against_each_link_alone() {
         "\n| scenario | direction | DSL alone | LTE alone | kernel MPTCP, x best | hcpe/hag | x best single link | x sum |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    let mut keys: Vec<(&str, Dir)> = all.iter().map(|o| (o.scenario, o.dir)).collect();
-    keys.dedup();
+    let mut keys: Vec<(&str, Dir)> = Vec::new();
+    for o in &all {
+        if !keys.contains(&(o.scenario, o.dir)) {
+            keys.push((o.scenario, o.dir));
+        }
+    }
     for (name, d) in keys {
         let rows: Vec<&Outcome> = all.iter().filter(|o| o.scenario == name && o.dir == d).collect();
         let list = |f: &dyn Fn(&Outcome) -> f64, digits: usize| {
