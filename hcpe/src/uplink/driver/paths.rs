@@ -1,5 +1,6 @@
-//! The driver's path-control half: feeds each probe's round trip (answered in time or late) to the path controller ([`adapt`]) and records
-//! its decisions on the uplinks, which the endpoint plan then follows (SET_FLAGS: MP_PRIO to hag).
+//! The driver's path-control half: feeds each probe's round trip (answered in time or late) and the send times
+//! of the probes still unanswered to the path controller ([`adapt`]), and records its decisions on the uplinks,
+//! which the endpoint plan then follows (SET_FLAGS, or a re-created endpoint on a demotion for delay or loss).
 
 use std::time::{Duration, Instant};
 
@@ -47,7 +48,8 @@ impl Driver {
         self.shared.live().iter().any(|l| matches!(l.mode, Mode::Adaptive | Mode::Overflow))
     }
 
-    /// Takes the probes answered since the last call, lets the controller decide, and records its decisions.
+    /// Takes the probes answered since the last call and those still unanswered, lets the controller decide,
+    /// and records its decisions.
     /// Whether a carry changed (the endpoints must follow).
     pub(super) async fn control_paths(&mut self) -> bool {
         let now = now_std();
@@ -68,23 +70,23 @@ impl Driver {
             live.iter()
                 .enumerate()
                 .map(|(i, l)| {
-                    let health = l.probe.as_ref().map(|rx| rx.borrow().clone());
-                    if let Some(h) = &health {
+                    // Read in place: only the unanswered send times are copied out.
+                    let loss = l.probe.as_ref().map_or(0.0, |rx| {
+                        let h = rx.borrow();
                         self.paths.on_unanswered(i, h.unanswered.clone());
-                    }
-                    if let Some(h) = &health
-                        && h.rtt_samples != self.seen_samples[i]
-                    {
-                        self.seen_samples[i] = h.rtt_samples;
-                        if let Some(rtt) = h.latest_rtt {
-                            self.paths.on_rtt(i, now, rtt);
+                        if h.rtt_samples != self.seen_samples[i] {
+                            self.seen_samples[i] = h.rtt_samples;
+                            if let Some(rtt) = h.latest_rtt {
+                                self.paths.on_rtt(i, now, rtt);
+                            }
                         }
-                    }
+                        h.loss
+                    });
                     adapt::PathInput {
                         policy: l.mode.policy(),
                         usable: l.mode != Mode::Off && l.health != HealthState::Down && l.addrs.iter().next().is_some(),
                         carry: l.carry,
-                        loss: health.map_or(0.0, |h| h.loss),
+                        loss,
                         busy: self.activity[i].busy,
                     }
                 })
