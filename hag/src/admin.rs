@@ -86,6 +86,8 @@ pub struct ConnectionView {
     pub accepted_unix: u64,
     /// Seconds since it was accepted.
     pub age_seconds: f64,
+    /// Held idle for the CPE's ready-connection pool: authenticated, no destination named yet.
+    pub held: bool,
     /// Relayed bytes CPE -> destination.
     pub bytes_up: u64,
     /// Relayed bytes destination -> CPE.
@@ -113,6 +115,7 @@ impl ConnectionView {
             fallback: matches!(c.token.get(), Some(None)),
             accepted_unix: unix(c.accepted_at).unwrap_or(0),
             age_seconds: c.accepted.elapsed().as_secs_f64(),
+            held: c.held.load(Relaxed),
             bytes_up: c.counters.a_to_b.load(Relaxed),
             bytes_down: c.counters.b_to_a.load(Relaxed),
             subflows,
@@ -126,8 +129,10 @@ impl ConnectionView {
 pub struct ClientView {
     /// CPE id.
     pub id: String,
-    /// Connections open now.
+    /// Connections open now (held ones included).
     pub open_connections: u64,
+    /// Of those, held idle for the CPE's ready-connection pool (bounded by `limits.max_held_per_cpe`).
+    pub held_connections: u64,
     /// Connections admitted since start.
     pub connections_total: u64,
     /// Bytes CPE -> destinations (finished relays plus the open ones so far).
@@ -154,6 +159,7 @@ fn clients_view(state: &ApiState) -> Vec<ClientView> {
             let view = ClientView {
                 id: id.clone(),
                 open_connections: 0,
+                held_connections: 0,
                 connections_total: c.connections,
                 bytes_up: c.bytes_up,
                 bytes_down: c.bytes_down,
@@ -168,6 +174,7 @@ fn clients_view(state: &ApiState) -> Vec<ClientView> {
             continue;
         };
         v.open_connections += 1;
+        v.held_connections += u64::from(conn.held.load(Relaxed));
         v.bytes_up += conn.counters.a_to_b.load(Relaxed);
         v.bytes_down += conn.counters.b_to_a.load(Relaxed);
         v.last_seen_unix = v.last_seen_unix.max(unix(conn.accepted_at));
@@ -308,6 +315,16 @@ impl Metrics for HagMetrics {
             "Accepted connections that are plain TCP (no MPTCP or fallen back).",
             s.fallback,
         );
+        w.gauge(
+            "connections_held",
+            "Connections held idle for CPEs' ready-connection pools (Hold TLV), all CPEs.",
+            st.held.load(Relaxed),
+        );
+        w.family("holds_total", "Hold requests accepted, and how held connections ended.", MetricType::Counter)
+            .sample(&[("outcome", "accepted")], st.holds_accepted.load(Relaxed))
+            .sample(&[("outcome", "used")], st.holds_used.load(Relaxed))
+            .sample(&[("outcome", "expired")], st.holds_expired.load(Relaxed))
+            .sample(&[("outcome", "closed")], st.holds_closed.load(Relaxed));
         let refused: u64 = s.errors_sent.iter().map(|(_, n)| n).sum();
         w.family(
             "connections_failed_total",
@@ -356,11 +373,13 @@ impl Metrics for HagMetrics {
         let conns = self.state.connections.snapshot();
         let (mut live_up, mut live_down) = (0u64, 0u64);
         let mut open_per_cpe: HashMap<&str, u64> = HashMap::new();
+        let mut held_per_cpe: HashMap<&str, u64> = HashMap::new();
         for c in &conns {
             live_up += c.counters.a_to_b.load(Relaxed);
             live_down += c.counters.b_to_a.load(Relaxed);
             if let Some(id) = c.cpe.get() {
                 *open_per_cpe.entry(id.as_str()).or_default() += 1;
+                *held_per_cpe.entry(id.as_str()).or_default() += u64::from(c.held.load(Relaxed));
             }
         }
         w.family("open_relay_bytes", "Bytes relayed so far by the relays still open.", MetricType::Gauge)
@@ -374,6 +393,16 @@ impl Metrics for HagMetrics {
             let mut f = w.family("cpe_connections_open", "Connections open now, per CPE.", MetricType::Gauge);
             for id in ids {
                 f.sample(&[("cpe", id)], open_per_cpe.get(id.as_str()).copied().unwrap_or(0));
+            }
+        }
+        {
+            let mut f = w.family(
+                "cpe_connections_held",
+                "Connections held idle for the CPE's ready-connection pool, per CPE.",
+                MetricType::Gauge,
+            );
+            for id in ids {
+                f.sample(&[("cpe", id)], held_per_cpe.get(id.as_str()).copied().unwrap_or(0));
             }
         }
         {

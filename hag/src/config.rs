@@ -92,6 +92,13 @@ pub struct Limits {
     /// Time a client has to deliver the whole Convert message after the connection is accepted.
     #[serde(default = "default_header_deadline", with = "cfg::duration")]
     pub header_deadline: Duration,
+    /// Connections one authenticated CPE may hold idle for its ready-connection pool (Hold TLV); past it the
+    /// hold is answered with Error 64. They count against `max_connections_per_cpe` too.
+    #[serde(default = "default_max_held_per_cpe")]
+    pub max_held_per_cpe: usize,
+    /// How long a held connection waits for the Convert message naming its destination before hag closes it.
+    #[serde(default = "default_hold_timeout", with = "cfg::duration")]
+    pub hold_timeout: Duration,
     /// Time to establish the TCP connection to the destination; past it the client gets Error 65.
     #[serde(default = "default_connect_timeout", with = "cfg::duration")]
     pub connect_timeout: Duration,
@@ -121,6 +128,8 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             max_connections_per_cpe: default_max_connections_per_cpe(),
             header_deadline: default_header_deadline(),
+            max_held_per_cpe: default_max_held_per_cpe(),
+            hold_timeout: default_hold_timeout(),
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_idle_timeout(),
             drain_deadline: default_drain_deadline(),
@@ -149,6 +158,12 @@ fn default_max_connections_per_cpe() -> usize {
 }
 fn default_header_deadline() -> Duration {
     Duration::from_secs(5)
+}
+fn default_max_held_per_cpe() -> usize {
+    64
+}
+fn default_hold_timeout() -> Duration {
+    Duration::from_secs(90)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -276,6 +291,7 @@ impl Config {
         }
         for (name, value) in [
             ("header_deadline", l.header_deadline),
+            ("hold_timeout", l.hold_timeout),
             ("connect_timeout", l.connect_timeout),
             ("idle_timeout", l.idle_timeout),
             ("auth_skew", l.auth_skew),

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Deref;
+use std::sync::atomic::AtomicBool;
 use std::sync::{OnceLock, Weak};
 use std::time::{Instant, SystemTime};
 
@@ -34,6 +35,8 @@ pub struct Connection {
     pub cpe: OnceLock<String>,
     /// Destination from the Connect TLV, once it passed the policy.
     pub dst: OnceLock<SocketAddr>,
+    /// Held idle for a CPE's ready-connection pool (a Hold TLV was accepted and no destination named yet).
+    pub held: AtomicBool,
     /// Bytes client -> destination (`a_to_b`) and back (`b_to_a`), live while relaying.
     pub counters: RelayCounters,
     /// The client socket, for `MPTCP_FULL_INFO` (subflows); upgrading fails once the task closed it.
@@ -61,6 +64,7 @@ impl Connections {
             token: OnceLock::new(),
             cpe: OnceLock::new(),
             dst: OnceLock::new(),
+            held: AtomicBool::new(false),
             counters: RelayCounters::default(),
             client,
             close: CancellationToken::new(),

@@ -1,9 +1,14 @@
 //! The hag server: MPTCP listeners (with TCP Fast Open), the accept loops, the per-connection task
-//! (Convert message -> auth -> policy -> limits -> connect -> reply -> relay), and graceful shutdown.
+//! (Convert message -> auth -> policy -> limits -> connect -> reply -> relay), held connections (a CPE's
+//! ready-connection pool: Hold + Auth, the bare header, later the Convert message naming the destination),
+//! and graceful shutdown.
 //!
 //! Invariants:
 //! - Every accepted connection holds an `ActiveGuard` for its whole life, so `stats.active` and the total
-//!   limit are exact; an authenticated connection also holds a `CpeGuard` (per-CPE limit).
+//!   limit are exact; an authenticated connection also holds a per-CPE [`Slot`] (per-CPE limit), and a held
+//!   one a second slot of the per-CPE hold limit until its destination is named.
+//! - Only an authenticated CPE can hold a connection past the header deadline, and at most
+//!   `max_held_per_cpe` of them, each for at most `hold_timeout`.
 //! - A client gets exactly one Convert reply: the success header (then the destination's bytes) or an Error
 //!   TLV followed by our FIN. Client bytes that arrived after the Convert message are forwarded before the
 //!   relay starts, in order.
@@ -66,7 +71,10 @@ struct Shared {
     stats: Arc<Stats>,
     connections: Arc<Connections>,
     replay: Mutex<ReplayWindow>,
-    per_cpe: Mutex<HashMap<String, usize>>,
+    /// Open connections per CPE id.
+    per_cpe: Slots,
+    /// Held (idle, pooled) connections per CPE id.
+    held_per_cpe: Slots,
     auth_log: Mutex<LogLimiter>,
 }
 
@@ -112,7 +120,8 @@ impl Hag {
                 stats: Arc::new(Stats::default()),
                 connections: Arc::new(Connections::default()),
                 replay: Mutex::new(replay),
-                per_cpe: Mutex::new(HashMap::new()),
+                per_cpe: Slots::default(),
+                held_per_cpe: Slots::default(),
                 auth_log: Mutex::new(LogLimiter::new(20, Duration::from_secs(10))),
             }),
             listeners,
@@ -230,27 +239,35 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Holds one slot of a CPE's connection count.
-struct CpeGuard {
-    shared: Arc<Shared>,
-    cpe: String,
-}
+/// Per-CPE counts of something bounded (open connections, held connections).
+#[derive(Debug, Default, Clone)]
+struct Slots(Arc<Mutex<HashMap<String, usize>>>);
 
-impl CpeGuard {
-    fn acquire(shared: &Arc<Shared>, cpe: &str) -> Option<CpeGuard> {
-        let mut map = shared.per_cpe.lock().expect("per-CPE map poisoned");
+impl Slots {
+    /// One slot for `cpe` if it has fewer than `limit`.
+    fn acquire(&self, cpe: &str, limit: usize) -> Option<Slot> {
+        let mut map = self.0.lock().expect("slot map poisoned");
         let n = map.entry(cpe.to_owned()).or_insert(0);
-        if *n >= shared.config.limits.max_connections_per_cpe {
+        if *n >= limit {
+            if *n == 0 {
+                map.remove(cpe);
+            }
             return None;
         }
         *n += 1;
-        Some(CpeGuard { shared: shared.clone(), cpe: cpe.to_owned() })
+        Some(Slot { slots: self.clone(), cpe: cpe.to_owned() })
     }
 }
 
-impl Drop for CpeGuard {
+/// Holds one of a CPE's [`Slots`]; gives it back on drop.
+struct Slot {
+    slots: Slots,
+    cpe: String,
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut map = self.shared.per_cpe.lock().expect("per-CPE map poisoned");
+        let mut map = self.slots.0.lock().expect("slot map poisoned");
         if let Some(n) = map.get_mut(&self.cpe) {
             *n -= 1;
             if *n == 0 {
@@ -281,6 +298,12 @@ enum Refusal {
     TotalLimit(usize),
     #[error("too many connections for this CPE ({0})")]
     CpeLimit(usize),
+    #[error("too many held connections for this CPE ({0})")]
+    HeldLimit(usize),
+    #[error("a hold request must carry an Auth TLV and no Connect TLV")]
+    BadHold,
+    #[error("the message on a held connection holds again or names another CPE")]
+    BadHeldMessage,
     #[error("connecting to the destination: {0}")]
     Connect(io::Error),
     #[error("connecting to the destination timed out after {0:?}")]
@@ -293,10 +316,10 @@ impl Refusal {
             Refusal::Decode(e) => e.code(),
             // RFC 8803 lets a client ask only for Info; this converter answers that only with Connect.
             Refusal::NoConnect => ErrorCode::UnsupportedMessage,
-            Refusal::Truncated(_) => ErrorCode::MalformedMessage,
+            Refusal::Truncated(_) | Refusal::BadHold | Refusal::BadHeldMessage => ErrorCode::MalformedMessage,
             Refusal::Auth(e) => e.code(),
             Refusal::UnknownCpe | Refusal::MissingAuth | Refusal::Policy { .. } => ErrorCode::NotAuthorized,
-            Refusal::TotalLimit(_) | Refusal::CpeLimit(_) => ErrorCode::ResourceExceeded,
+            Refusal::TotalLimit(_) | Refusal::CpeLimit(_) | Refusal::HeldLimit(_) => ErrorCode::ResourceExceeded,
             Refusal::Connect(e) => connect_error_code(e),
             Refusal::ConnectTimeout(_) => ErrorCode::NetworkFailure,
         }
@@ -324,8 +347,8 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The whole life of one accepted connection: its Convert message, admission and the connection to the
-/// destination (any refusal answered with an Error TLV), then the relay.
+/// The whole life of one accepted connection: its Convert message (after a hold, if it asked for one),
+/// admission and the connection to the destination (any refusal answered with an Error TLV), then the relay.
 async fn serve(shared: Arc<Shared>, mut client: SharedStream, peer: SocketAddr, active: ActiveGuard, entry: Entry) {
     let started = Instant::now();
     let conn = entry.conn();
@@ -333,16 +356,32 @@ async fn serve(shared: Arc<Shared>, mut client: SharedStream, peer: SocketAddr, 
     if active.open > shared.config.limits.max_connections as u64 {
         return reject(&shared, client, Refusal::TotalLimit(shared.config.limits.max_connections)).await;
     }
-    let (message, buf, consumed) = match read_header(&shared, &mut client).await {
+    let (mut message, mut buf, mut consumed) = match read_header(&shared, &mut client).await {
         Ok(m) => m,
         Err(Some(refusal)) => return reject(&shared, client, refusal).await,
         Err(None) => return,
     };
-    let (server, _cpe_slot) = match open(&shared, peer, conn, &message, &buf[..consumed]).await {
-        Ok(opened) => opened,
+    let cpe_slot = if message.hold() {
+        match hold(&shared, peer, conn, &mut client, &message, &buf[..consumed]).await {
+            Ok(Some((slot, next))) => {
+                (message, buf, consumed) = next;
+                slot
+            }
+            Ok(None) => return,
+            Err(refusal) => return reject(&shared, client, refusal).await,
+        }
+    } else {
+        match admit(&shared, peer, conn, &message, &buf[..consumed]) {
+            Ok(slot) => slot,
+            Err(refusal) => return reject(&shared, client, refusal).await,
+        }
+    };
+    let server = match open(&shared, conn, &message).await {
+        Ok(server) => server,
         Err(refusal) => return reject(&shared, client, refusal).await,
     };
     relay_to(&shared, conn, client, server, &buf[consumed..], started).await;
+    drop(cpe_slot);
 }
 
 /// Records whether the client speaks MPTCP (its token names the connection) and whether its SYN carried data.
@@ -389,20 +428,8 @@ async fn read_header(shared: &Shared, client: &mut SharedStream) -> Result<(Mess
     }
 }
 
-/// Admits the client (authentication, per-CPE limit), checks the destination against the policy and connects
-/// to it. Returns the destination socket and the client's per-CPE slot (held for the connection's life).
-async fn open(
-    shared: &Arc<Shared>,
-    peer: SocketAddr,
-    conn: &Connection,
-    message: &Message,
-    raw: &[u8],
-) -> Result<(TcpStream, Option<CpeGuard>), Refusal> {
-    let cpe_slot = admit(shared, peer, message, raw)?;
-    if let Some(auth) = message.auth() {
-        let _ = conn.cpe.set(auth.cpe_id.clone());
-        shared.stats.cpe_admitted(&auth.cpe_id);
-    }
+/// Checks the destination against the policy and connects to it.
+async fn open(shared: &Shared, conn: &Connection, message: &Message) -> Result<TcpStream, Refusal> {
     let dst = message.connect().ok_or(Refusal::NoConnect)?.remote;
     tracing::Span::current().record("dst", field::display(dst));
     shared.policy.check(dst.ip()).map_err(|why| Refusal::Policy { dst: dst.ip(), why })?;
@@ -414,7 +441,92 @@ async fn open(
     };
     let _ = server.set_nodelay(true);
     let _ = conn.dst.set(dst);
-    Ok((server, cpe_slot))
+    Ok(server)
+}
+
+/// The next message on a held connection, with the CPE's connection slot, once the hold ends well.
+type Held = (Option<Slot>, (Message, Vec<u8>, usize));
+
+/// A hold request (Hold + Auth, no Connect): admits the CPE, takes one of its held slots, answers with the
+/// bare header and waits up to the hold timeout for the Convert message that names the destination.
+/// `Ok(None)`: the CPE closed the connection unused, or the hold timed out (closed without an answer).
+async fn hold(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    conn: &Connection,
+    client: &mut SharedStream,
+    message: &Message,
+    raw: &[u8],
+) -> Result<Option<Held>, Refusal> {
+    let limits = &shared.config.limits;
+    let Some(cpe) = message.auth().map(|a| a.cpe_id.clone()).filter(|_| message.connect().is_none()) else {
+        return Err(Refusal::BadHold);
+    };
+    let cpe_slot = admit(shared, peer, conn, message, raw)?;
+    let held_slot = shared
+        .held_per_cpe
+        .acquire(&cpe, limits.max_held_per_cpe)
+        .ok_or(Refusal::HeldLimit(limits.max_held_per_cpe))?;
+    let _held = HeldGuard::new(shared, conn);
+    let reply = Message::success().to_bytes().expect("bare header encodes");
+    let answered = async {
+        common::mptcp::await_tfo_handshake(client, limits.connect_timeout).await?;
+        client.write_all(&reply).await
+    };
+    if let Err(e) = answered.await {
+        shared.stats.holds_closed.fetch_add(1, Relaxed);
+        debug!(error = %e, "held connection lost before its answer");
+        return Ok(None);
+    }
+    shared.stats.holds_accepted.fetch_add(1, Relaxed);
+    debug!("holding the connection for the CPE's pool");
+    let next = match tokio::time::timeout(limits.hold_timeout, read_convert(client)).await {
+        Ok(Ok(next)) => next,
+        Err(_) => {
+            shared.stats.holds_expired.fetch_add(1, Relaxed);
+            debug!(timeout = ?limits.hold_timeout, "held connection not used in time; closing");
+            return Ok(None);
+        }
+        Ok(Err(ReadError::Closed(_))) => {
+            shared.stats.holds_closed.fetch_add(1, Relaxed);
+            debug!("the CPE closed its held connection");
+            return Ok(None);
+        }
+        Ok(Err(ReadError::Invalid(e))) => return Err(Refusal::Decode(e)),
+        Ok(Err(ReadError::Truncated(n))) => return Err(Refusal::Truncated(n)),
+    };
+    drop(held_slot);
+    shared.stats.holds_used.fetch_add(1, Relaxed);
+    let (message, buf, consumed) = &next;
+    // The connection is authenticated already; an Auth TLV on it must still check out and name the same CPE.
+    if message.hold() || message.auth().is_some_and(|a| a.cpe_id != cpe) {
+        return Err(Refusal::BadHeldMessage);
+    }
+    if message.auth().is_some() {
+        authenticate(shared, message, &buf[..*consumed])?;
+    }
+    Ok(Some((cpe_slot, next)))
+}
+
+/// Marks a connection held (admin API, `held` gauge) while it lives.
+struct HeldGuard<'a> {
+    stats: &'a Stats,
+    conn: &'a Connection,
+}
+
+impl<'a> HeldGuard<'a> {
+    fn new(shared: &'a Shared, conn: &'a Connection) -> Self {
+        shared.stats.held.fetch_add(1, Relaxed);
+        conn.held.store(true, Relaxed);
+        HeldGuard { stats: &shared.stats, conn }
+    }
+}
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.stats.held.fetch_sub(1, Relaxed);
+        self.conn.held.store(false, Relaxed);
+    }
 }
 
 /// Answers the client with the bare Convert header, forwards the client data that came with its message
@@ -471,12 +583,30 @@ async fn relay_to(
     }
 }
 
-/// Authentication and per-CPE admission. Returns the per-CPE slot for authenticated clients.
-fn admit(shared: &Arc<Shared>, peer: SocketAddr, message: &Message, raw: &[u8]) -> Result<Option<CpeGuard>, Refusal> {
+/// Authentication and per-CPE admission; records the CPE on the connection. Returns the per-CPE slot for
+/// authenticated clients.
+fn admit(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    conn: &Connection,
+    message: &Message,
+    raw: &[u8],
+) -> Result<Option<Slot>, Refusal> {
     let Some(auth) = message.auth() else {
         return if shared.config.is_trusted(peer.ip()) { Ok(None) } else { Err(Refusal::MissingAuth) };
     };
     tracing::Span::current().record("cpe", auth.cpe_id.as_str());
+    authenticate(shared, message, raw)?;
+    let limit = shared.config.limits.max_connections_per_cpe;
+    let slot = shared.per_cpe.acquire(&auth.cpe_id, limit).ok_or(Refusal::CpeLimit(limit))?;
+    let _ = conn.cpe.set(auth.cpe_id.clone());
+    shared.stats.cpe_admitted(&auth.cpe_id);
+    Ok(Some(slot))
+}
+
+/// Checks the Auth TLV of `message` (`raw`: its bytes): a configured CPE, its MAC, then the replay window.
+fn authenticate(shared: &Shared, message: &Message, raw: &[u8]) -> Result<(), Refusal> {
+    let auth = message.auth().ok_or(Refusal::MissingAuth)?;
     let key = shared.config.clients.get(&auth.cpe_id).ok_or(Refusal::UnknownCpe)?;
     let verified = convert::auth::verify_mac(key.expose(), raw)
         .and_then(|()| shared.replay.lock().expect("replay window poisoned").check(now_unix(), auth));
@@ -486,10 +616,7 @@ fn admit(shared: &Arc<Shared>, peer: SocketAddr, message: &Message, raw: &[u8]) 
         }
         return Err(e.into());
     }
-    match CpeGuard::acquire(shared, &auth.cpe_id) {
-        Some(g) => Ok(Some(g)),
-        None => Err(Refusal::CpeLimit(shared.config.limits.max_connections_per_cpe)),
-    }
+    Ok(())
 }
 
 enum ReadError {

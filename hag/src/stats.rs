@@ -2,8 +2,9 @@
 //! (the admin API exports them; tests and the exit log read a [`Snapshot`]).
 //!
 //! Invariants: counters only grow, except `active` (connections currently held, a gauge) which the server's
-//! connection guard increments and decrements exactly once per accepted connection. Every connection ends in
-//! exactly one outcome counter: `relayed`, one `errors_sent` code, `header_timeouts` or `closed_before_header`.
+//! connection guard increments and decrements exactly once per accepted connection, and `held` (connections
+//! held idle for a CPE's pool, a gauge). Every connection ends in exactly one outcome counter: `relayed`, one
+//! `errors_sent` code, `header_timeouts`, `closed_before_header`, `holds_expired` or `holds_closed`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -50,6 +51,16 @@ pub struct Stats {
     pub header_timeouts: AtomicU64,
     /// Clients that closed (or failed) before a whole Convert message arrived.
     pub closed_before_header: AtomicU64,
+    /// Held connections (Hold TLV) open right now, all CPEs (gauge).
+    pub held: AtomicU64,
+    /// Hold requests accepted (answered with the bare header).
+    pub holds_accepted: AtomicU64,
+    /// Held connections whose Convert message naming the destination arrived.
+    pub holds_used: AtomicU64,
+    /// Held connections closed by hag after the hold timeout.
+    pub holds_expired: AtomicU64,
+    /// Held connections the CPE closed without using them.
+    pub holds_closed: AtomicU64,
     /// Relays that ended because neither side sent anything for the idle timeout.
     pub idle_timeouts: AtomicU64,
     /// Relays that ended with an IO error (reset by either side).

@@ -99,7 +99,9 @@ impl Drop for TempDir {
 }
 
 /// CPE ids the bed's hag knows (all with [`KEY`]); each test uses its own so limits do not interfere.
-const CPE_IDS: &[&str] = &["good", "bulk", "limit", "replay", "drain"];
+const CPE_IDS: &[&str] = &["good", "bulk", "limit", "replay", "drain", "hold", "hold-expiry"];
+const MAX_HELD_PER_CPE: usize = 2;
+const HOLD_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn hag_config(dir: &Path) -> PathBuf {
     std::fs::write(dir.join("cpe.key"), KEY).unwrap();
@@ -109,9 +111,10 @@ fn hag_config(dir: &Path) -> PathBuf {
          clients:\n{}\
          trusted_sources: [{CLI4_TRUSTED}/32]\n\
          limits:\n  max_connections_per_cpe: {PER_CPE_LIMIT}\n  header_deadline: 1s\n  connect_timeout: 1s\n  \
-         drain_deadline: 2s\n\
+         drain_deadline: 2s\n  max_held_per_cpe: {MAX_HELD_PER_CPE}\n  hold_timeout: {}ms\n\
          log_level: hag=debug\n",
-        clients.concat()
+        clients.concat(),
+        HOLD_TIMEOUT.as_millis()
     );
     let path = dir.join("hag.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -646,6 +649,96 @@ fn connections_over_the_per_cpe_limit_get_64() {
         fresh_echo("limit").await;
         held
     });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// held connections (Hold + Auth): bounded per CPE, used later without a new handshake, closed when unused.
+// ---------------------------------------------------------------------------------------------------------
+
+/// A signed hold request of `cpe`, sent without TFO (as hcpe's pool does); returns the socket after the
+/// reply, and the reply.
+async fn hold(cpe: &str) -> (TcpStream, Reply) {
+    let request = auth::signed_hold(&KEY, cpe, now(), auth::random_nonce().unwrap()).unwrap();
+    let opts = ConnectOptions { fastopen: false, ..mptcp_opts(Some(CLI4)) };
+    let (mut s, _) = connect(&request, opts).await.unwrap();
+    let reply = read_reply(&mut s).await;
+    (s, reply)
+}
+
+#[test]
+fn held_connections_are_bounded_per_cpe_and_carry_a_later_request() {
+    let bed = Bed::new();
+    let mut session = Some(bed.client(fresh_echo("good")));
+    let (mut held, over) = bed.client(async {
+        let mut held = Vec::new();
+        for _ in 0..MAX_HELD_PER_CPE {
+            let (s, reply) = hold("hold").await;
+            let Reply::Message(m, rest) = reply else { panic!("hold closed without a reply") };
+            assert_eq!((m, rest), (Message::success(), Vec::new()), "held: bare header, nothing after it");
+            held.push(s);
+        }
+        (held, hold("hold").await.1)
+    });
+    match over {
+        Reply::Message(m, _) => assert_eq!(m.error(), Some(ErrorCode::ResourceExceeded), "{}", bed.hag_log()),
+        Reply::Closed(b) => panic!("closed without reply {b:?}"),
+    }
+    assert!(bed.hag_log().contains("too many held connections for this CPE (2)"), "{}", bed.hag_log());
+    bed.assert_still_serving(&mut session);
+
+    // A held connection carries a plain Connect (no Auth: the connection is authenticated) and the first
+    // bytes, well after the header deadline; its hold slot is free again at once.
+    std::thread::sleep(HEADER_DEADLINE + Duration::from_millis(200));
+    let s = held.pop().unwrap();
+    let held_again = bed.client(async move {
+        let mut s = s;
+        let mut first = Message::connect_request(sock(INET4, ECHO_PORT)).to_bytes().unwrap();
+        first.extend_from_slice(b"pooled");
+        s.write_all(&first).await.unwrap();
+        let Reply::Message(m, rest) = read_reply(&mut s).await else { panic!("held connection closed") };
+        assert_eq!(m, Message::success());
+        expect_rest(&mut s, rest, b"pooled").await;
+        EchoSession(s).ping(b"and more").await;
+        hold("hold").await
+    });
+    assert!(matches!(held_again.1, Reply::Message(ref m, _) if *m == Message::success()), "slot not given back");
+
+    // A hold must be authenticated and name no destination; a held connection cannot hold again.
+    let trusted_hold = bed.client(async {
+        let bytes = Message { tlvs: vec![convert::Tlv::Hold] }.to_bytes().unwrap();
+        let opts = ConnectOptions { fastopen: false, ..mptcp_opts(Some(CLI4_TRUSTED)) };
+        let (mut s, _) = connect(&bytes, opts).await.unwrap();
+        read_reply(&mut s).await
+    });
+    assert!(matches!(trusted_hold, Reply::Message(ref m, _) if m.error() == Some(ErrorCode::MalformedMessage)));
+    let s = held.pop().unwrap();
+    let twice = bed.client(async move {
+        let mut s = s;
+        let again = auth::signed_hold(&KEY, "hold", now(), auth::random_nonce().unwrap()).unwrap();
+        s.write_all(&again).await.unwrap();
+        read_reply(&mut s).await
+    });
+    assert!(matches!(twice, Reply::Message(ref m, _) if m.error() == Some(ErrorCode::MalformedMessage)));
+    bed.assert_still_serving(&mut session);
+    drop(held_again);
+}
+
+#[test]
+fn unused_held_connection_is_closed_at_the_hold_timeout() {
+    let bed = Bed::new();
+    let (closed_after, got) = bed.client(async {
+        let (mut s, reply) = hold("hold-expiry").await;
+        assert!(matches!(reply, Reply::Message(ref m, _) if *m == Message::success()));
+        let t = Instant::now();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("closed in 10s");
+        (t.elapsed(), n.unwrap_or(0))
+    });
+    assert_eq!(got, 0, "closed without another reply");
+    assert!(
+        closed_after >= HOLD_TIMEOUT - Duration::from_millis(100) && closed_after < HOLD_TIMEOUT * 2,
+        "closed after {closed_after:?}, hold timeout {HOLD_TIMEOUT:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------

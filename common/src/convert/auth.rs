@@ -88,6 +88,17 @@ pub fn signed_request(
     Ok(bytes)
 }
 
+/// A hold request (Hold TLV, then the Auth TLV) with the MAC filled in: asks hag to keep the connection
+/// open, authenticated, for a Convert message that names the destination later.
+pub fn signed_hold(key: &[u8], cpe_id: &str, timestamp: u64, nonce: [u8; 16]) -> Result<Vec<u8>, AuthError> {
+    let message = Message {
+        tlvs: vec![Tlv::Hold, Tlv::Auth(Auth { timestamp, nonce, mac: [0; 32], cpe_id: cpe_id.to_owned() })],
+    };
+    let mut bytes = message.to_bytes()?;
+    sign(key, &mut bytes)?;
+    Ok(bytes)
+}
+
 /// Fills in the MAC of the Auth TLV that ends `message` (exactly one encoded Convert message).
 pub fn sign(key: &[u8], message: &mut [u8]) -> Result<(), AuthError> {
     let at = mac_offset(message)?;

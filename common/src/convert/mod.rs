@@ -1,4 +1,5 @@
-//! RFC 8803 "0-RTT TCP Convert" protocol codec, plus our private Auth TLV (type 192, DESIGN §3).
+//! RFC 8803 "0-RTT TCP Convert" protocol codec, plus our private Auth TLV (type 192, DESIGN §3) and Hold TLV
+//! (type 193, `docs/protocol.md`).
 //!
 //! Sans-IO: bytes in, values out; no sockets and no clock here (the replay window in [`auth`] takes `now`
 //! from its caller). The layout of each TLV is documented on [`Tlv`]; where DESIGN and RFC 8803 differ, see
@@ -38,10 +39,12 @@ pub mod tlv_type {
     pub const ERROR: u8 = 30;
     /// Private use (192-255 in the IANA registry); layout fixed by DESIGN §3.
     pub const AUTH: u8 = 192;
+    /// Private use: hcpe's ready-connection pool (`docs/protocol.md`, "Hold TLV").
+    pub const HOLD: u8 = 193;
 
     /// True for every type this codec parses into a dedicated [`super::Tlv`] variant.
     pub const fn is_known(kind: u8) -> bool {
-        matches!(kind, INFO | CONNECT | EXTENDED_TCP_HEADER | SUPPORTED_TCP_EXTENSIONS | COOKIE | ERROR | AUTH)
+        matches!(kind, INFO | CONNECT | EXTENDED_TCP_HEADER | SUPPORTED_TCP_EXTENSIONS | COOKIE | ERROR | AUTH | HOLD)
     }
 }
 

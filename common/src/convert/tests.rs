@@ -148,6 +148,42 @@ fn golden_signed_connect_auth_request() {
     auth::verify_mac(KEY, &signed).unwrap();
 }
 
+/// Hold + Auth(TS, NONCE, cpe "cpe-0001") with the MAC zeroed, laid out by hand.
+const HOLD_UNSIGNED: &str = "01142263 c1010000
+    c0120000 00000000 6553f100 00010203 04050607 08090a0b 0c0d0e0f
+    00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000
+    08637065 2d303030 31000000";
+/// HMAC-SHA256(KEY, HOLD_UNSIGNED), computed outside this crate (Python's hmac module).
+const HOLD_MAC: &str = "7644dbe59fa13e633aee14ff38eeef31aa96d8868ad28c8fb497a8fdd10c8481";
+
+#[test]
+fn golden_signed_hold_request() {
+    let signed = auth::signed_hold(KEY, "cpe-0001", TS, NONCE).unwrap();
+    let mut expected = h(HOLD_UNSIGNED);
+    expected[8 + 28..8 + 60].copy_from_slice(&h(HOLD_MAC));
+    assert_eq!(signed, expected);
+    let value = msg(vec![
+        Tlv::Hold,
+        Tlv::Auth(Auth {
+            timestamp: TS,
+            nonce: NONCE,
+            mac: h(HOLD_MAC).try_into().unwrap(),
+            cpe_id: "cpe-0001".into(),
+        }),
+    ]);
+    golden(&signed, &value);
+    assert!(value.hold() && value.connect().is_none());
+    auth::verify_mac(KEY, &signed).unwrap();
+}
+
+#[test]
+fn hold_tlv_is_one_word_and_ignores_its_unassigned_bits() {
+    golden(&h("01022263 c1010000"), &msg(vec![Tlv::Hold]));
+    assert_eq!(parse(&h("01022263 c101abcd")).unwrap().unwrap().0, msg(vec![Tlv::Hold]));
+    assert_eq!(err(&h("01032263 c1020000 00000000")), ErrorCode::MalformedMessage);
+    assert!(!Message::connect_request(SocketAddr::from((Ipv4Addr::LOCALHOST, 1))).hold());
+}
+
 #[test]
 fn verify_mac_rejects_wrong_key_and_any_flipped_bit() {
     let remote = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 10), 443));
@@ -386,6 +422,7 @@ fn words(max_words: usize) -> impl Strategy<Value = Vec<u8>> {
 fn arb_tlv() -> impl Strategy<Value = Tlv> {
     prop_oneof![
         Just(Tlv::Info),
+        Just(Tlv::Hold),
         (arb_socket_addr(), arb_tcp_options()).prop_map(|(remote, options)| Tlv::Connect(Connect { remote, options })),
         words(10).prop_map(|options| Tlv::ExtendedTcpHeader { options }),
         prop::collection::vec(1u8..=255, 0..12).prop_map(|kinds| Tlv::SupportedTcpExtensions { kinds }),

@@ -139,6 +139,11 @@ pub enum Tlv {
     Error { code: ErrorCode, value: Vec<u8> },
     /// Type 192, see [`Auth`]. Always the last TLV.
     Auth(Auth),
+    /// Type 193 (private use), length 1, 16 bits sent as zero and ignored on receipt: "hold this
+    /// authenticated connection idle; the Convert message that names its destination follows later". Sent
+    /// by hcpe with an Auth TLV to fill its pool of ready connections; hag answers with a bare header (held)
+    /// or an Error TLV.
+    Hold,
     /// Any other type; `value` is everything after type and length (so `value.len() % 4 == 2`).
     Unknown { kind: u8, value: Vec<u8> },
 }
@@ -178,7 +183,8 @@ pub enum DecodeError {
     /// A TLV runs past the total length of the message.
     #[error("TLV at offset {offset} runs past the end of the message")]
     TlvOverrun { offset: usize },
-    /// A TLV's length does not fit its type (Info must be 1 word, Connect at least 5, Auth exactly its id).
+    /// A TLV's length does not fit its type (Info and Hold must be 1 word, Connect at least 5, Auth exactly
+    /// its id).
     #[error("TLV type {kind} at offset {offset} has a bad length")]
     BadTlvLength { kind: u8, offset: usize },
     /// Connect TLV options are not kind/length blocks followed by zero padding.
@@ -329,6 +335,12 @@ fn parse_tlv(kind: u8, bytes: &[u8], offset: usize) -> Result<Tlv, DecodeError> 
             Tlv::Error { code, value: trim_trailing_zeros(after(3)).to_vec() }
         }
         tlv_type::AUTH => Tlv::Auth(parse_auth(bytes, offset)?),
+        tlv_type::HOLD => {
+            if bytes.len() != 4 {
+                return Err(bad_len);
+            }
+            Tlv::Hold
+        }
         _ => Tlv::Unknown { kind, value: after(2).to_vec() },
     })
 }
@@ -399,13 +411,14 @@ impl Tlv {
             Tlv::Cookie(_) => tlv_type::COOKIE,
             Tlv::Error { .. } => tlv_type::ERROR,
             Tlv::Auth(_) => tlv_type::AUTH,
+            Tlv::Hold => tlv_type::HOLD,
             Tlv::Unknown { kind, .. } => *kind,
         }
     }
 
     fn unpadded_len(&self) -> usize {
         match self {
-            Tlv::Info => 4,
+            Tlv::Info | Tlv::Hold => 4,
             Tlv::Connect(c) => 20 + c.options.len(),
             Tlv::ExtendedTcpHeader { options } => 4 + options.len(),
             Tlv::SupportedTcpExtensions { kinds } => 4 + kinds.len(),
@@ -454,7 +467,7 @@ impl Tlv {
         out.push(self.kind());
         out.push((len / 4) as u8);
         match self {
-            Tlv::Info => out.extend_from_slice(&[0, 0]),
+            Tlv::Info | Tlv::Hold => out.extend_from_slice(&[0, 0]),
             Tlv::Connect(c) => {
                 out.extend_from_slice(&c.remote.port().to_be_bytes());
                 let ip6 = match c.remote.ip() {
@@ -534,6 +547,11 @@ impl Message {
             Tlv::Auth(a) => Some(a),
             _ => None,
         })
+    }
+
+    /// Whether the message carries a Hold TLV (a request to hold the connection for a later Connect).
+    pub fn hold(&self) -> bool {
+        self.tlvs.iter().any(|t| matches!(t, Tlv::Hold))
     }
 
     /// The code of the first Error TLV.
