@@ -529,8 +529,9 @@ impl Drop for HeldGuard<'_> {
     }
 }
 
-/// Answers the client with the bare Convert header, forwards the client data that came with its message
-/// (`early`), relays until either side ends (or the admin API closes the connection), and counts it all.
+/// Forwards the client data that came with its message (`early`), answers the client with the Convert header
+/// (with the destination's first bytes when they come soon), relays until either side ends (or the admin API
+/// closes the connection), and counts it all.
 async fn relay_to(
     shared: &Shared,
     conn: &Connection,
@@ -539,13 +540,12 @@ async fn relay_to(
     early: &[u8],
     started: Instant,
 ) {
-    let reply = Message::success().to_bytes().expect("bare header encodes");
     let answered = async {
         // Kernel workaround (see `await_tfo_handshake`): a reply written before the TFO handshake completes
         // would stay queued on the MPTCP socket and the CPE would wait for ever.
         common::mptcp::await_tfo_handshake(&client, shared.config.limits.connect_timeout).await?;
-        client.write_all(&reply).await?;
-        server.write_all(early).await
+        server.write_all(early).await?;
+        answer_with_first_bytes(&mut client, &mut server, &conn.counters).await
     };
     if let Err(e) = answered.await {
         shared.stats.relay_errors.fetch_add(1, Relaxed);
@@ -581,6 +581,48 @@ async fn relay_to(
             info!(up, down, secs, error = %e, "relay done with an error");
         }
     }
+}
+
+/// How long the success reply waits for the destination's first bytes, to leave in the same write.
+const REPLY_WAIT: Duration = Duration::from_millis(100);
+
+/// Sends the success reply together with the destination's first bytes when they arrive within [`REPLY_WAIT`]
+/// (client bytes go on to the destination meanwhile), else alone when it passes or either side closes.
+///
+/// Why: the kernel's MPTCP scheduler gives each write to the subflow with the least queued data per pacing
+/// rate, and ignores round-trip times. A reply written alone sits unacknowledged on the fast subflow for one
+/// round trip, so the answer right behind it would go out on an idle slow subflow (LTE) and reach the CPE
+/// that much later. One write keeps request and answer on the fast subflow.
+async fn answer_with_first_bytes(
+    client: &mut SharedStream,
+    server: &mut TcpStream,
+    counters: &relay::RelayCounters,
+) -> io::Result<()> {
+    let mut out = Message::success().to_bytes().expect("bare header encodes");
+    let header = out.len();
+    out.resize(header + 16 * 1024, 0);
+    let mut from_client = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::sleep(REPLY_WAIT);
+    tokio::pin!(deadline);
+    let n = loop {
+        tokio::select! {
+            biased;
+            r = server.read(&mut out[header..]) => break r?,
+            r = client.read(&mut from_client) => match r? {
+                // A half-close stays pending on the socket; the relay sees it again and passes it on.
+                0 => break 0,
+                n => {
+                    server.write_all(&from_client[..n]).await?;
+                    counters.a_to_b.fetch_add(n as u64, Relaxed);
+                }
+            },
+            () = &mut deadline => break 0,
+        }
+    };
+    out.truncate(header + n);
+    client.write_all(&out).await?;
+    counters.b_to_a.fetch_add(n as u64, Relaxed);
+    Ok(())
 }
 
 /// Authentication and per-CPE admission; records the CPE on the connection. Returns the per-CPE slot for
