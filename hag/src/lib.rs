@@ -6,19 +6,24 @@
 //! answers with a Convert header or an Error TLV, and relays. The layers and the data path:
 //! `docs/architecture.md`.
 //!
-//! Modules: [`daemon`] (start, serve, stop), [`server`] (listeners, the per-connection task, draining),
+//! Modules: [`daemon`] (start, serve, stop), [`server`] (listeners, the per-connection task, holds,
+//! draining), `message` (reading the Convert message), `answer` (success reply and relay), `slots` (per-CPE
+//! bounds),
 //! [`admin`] (admin REST API), [`config`] (YAML file and its validation), [`connections`] (table of open
 //! connections), [`policy`] (destination policy), [`probe`] (the UDP probe responder), [`stats`] (counters),
 //! [`ratelimit`] (log line limiter).
 
 pub mod admin;
+mod answer;
 pub mod config;
 pub mod connections;
 pub mod daemon;
+mod message;
 pub mod policy;
 pub mod probe;
 pub mod ratelimit;
 pub mod server;
+mod slots;
 pub mod stats;
 
 pub use config::Config;

@@ -16,7 +16,6 @@
 //! - On shutdown the listeners close first (no new connection), then open connections get up to the drain
 //!   deadline; [`Hag::run`] returns after that, whatever is still open.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -26,7 +25,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::convert::{self, ErrorCode, Message, auth::ReplayWindow};
 use common::mptcp;
-use common::relay::{self, RelayEnd};
 use common::stream::SharedStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,18 +32,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
+use crate::answer;
 use crate::config::Config;
 use crate::connections::{Connection, Connections, Entry};
+use crate::message::{ReadError, read_convert};
 use crate::policy::{DestinationPolicy, PrefixPolicy, local_addresses};
 use crate::ratelimit::LogLimiter;
+use crate::slots::{HeldGuard, Slot, Slots};
 use crate::stats::Stats;
 
 /// How long a rejected client gets to read its Error reply and close, before we drop the socket.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
 /// Most bytes read (and discarded) from a rejected client while it lingers.
 const REJECT_DRAIN_MAX: usize = 256 * 1024;
-/// Read buffer for the Convert message; a whole message is at most 1020 bytes, the rest is client data.
-const HEADER_BUF: usize = 16 * 1024;
 
 /// Why the hag could not start.
 #[derive(Debug, thiserror::Error)]
@@ -239,44 +238,6 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Per-CPE counts of something bounded (open connections, held connections).
-#[derive(Debug, Default, Clone)]
-struct Slots(Arc<Mutex<HashMap<String, usize>>>);
-
-impl Slots {
-    /// One slot for `cpe` if it has fewer than `limit`.
-    fn acquire(&self, cpe: &str, limit: usize) -> Option<Slot> {
-        let mut map = self.0.lock().expect("slot map poisoned");
-        let n = map.entry(cpe.to_owned()).or_insert(0);
-        if *n >= limit {
-            if *n == 0 {
-                map.remove(cpe);
-            }
-            return None;
-        }
-        *n += 1;
-        Some(Slot { slots: self.clone(), cpe: cpe.to_owned() })
-    }
-}
-
-/// Holds one of a CPE's [`Slots`]; gives it back on drop.
-struct Slot {
-    slots: Slots,
-    cpe: String,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut map = self.slots.0.lock().expect("slot map poisoned");
-        if let Some(n) = map.get_mut(&self.cpe) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.cpe);
-            }
-        }
-    }
-}
-
 /// Why a connection was refused, for the log; [`Refusal::code`] goes on the wire.
 #[derive(Debug, thiserror::Error)]
 enum Refusal {
@@ -380,7 +341,7 @@ async fn serve(shared: Arc<Shared>, mut client: SharedStream, peer: SocketAddr, 
         Ok(server) => server,
         Err(refusal) => return reject(&shared, client, refusal).await,
     };
-    relay_to(&shared, conn, client, server, &buf[consumed..], started).await;
+    answer::relay_to(&shared.stats, &shared.config.limits, conn, client, server, &buf[consumed..], started).await;
     drop(cpe_slot);
 }
 
@@ -467,7 +428,7 @@ async fn hold(
         .held_per_cpe
         .acquire(&cpe, limits.max_held_per_cpe)
         .ok_or(Refusal::HeldLimit(limits.max_held_per_cpe))?;
-    let _held = HeldGuard::new(shared, conn);
+    let _held = HeldGuard::new(&shared.stats, conn);
     let reply = Message::success().to_bytes().expect("bare header encodes");
     let answered = async {
         common::mptcp::await_tfo_handshake(client, limits.connect_timeout).await?;
@@ -508,123 +469,6 @@ async fn hold(
     Ok(Some((cpe_slot, next)))
 }
 
-/// Marks a connection held (admin API, `held` gauge) while it lives.
-struct HeldGuard<'a> {
-    stats: &'a Stats,
-    conn: &'a Connection,
-}
-
-impl<'a> HeldGuard<'a> {
-    fn new(shared: &'a Shared, conn: &'a Connection) -> Self {
-        shared.stats.held.fetch_add(1, Relaxed);
-        conn.held.store(true, Relaxed);
-        HeldGuard { stats: &shared.stats, conn }
-    }
-}
-
-impl Drop for HeldGuard<'_> {
-    fn drop(&mut self) {
-        self.stats.held.fetch_sub(1, Relaxed);
-        self.conn.held.store(false, Relaxed);
-    }
-}
-
-/// Forwards the client data that came with its message (`early`), answers the client with the Convert header
-/// (with the destination's first bytes when they come soon), relays until either side ends (or the admin API
-/// closes the connection), and counts it all.
-async fn relay_to(
-    shared: &Shared,
-    conn: &Connection,
-    mut client: SharedStream,
-    mut server: TcpStream,
-    early: &[u8],
-    started: Instant,
-) {
-    let answered = async {
-        // Kernel workaround (see `await_tfo_handshake`): a reply written before the TFO handshake completes
-        // would stay queued on the MPTCP socket and the CPE would wait for ever.
-        common::mptcp::await_tfo_handshake(&client, shared.config.limits.connect_timeout).await?;
-        server.write_all(early).await?;
-        answer_with_first_bytes(&mut client, &mut server, &conn.counters).await
-    };
-    if let Err(e) = answered.await {
-        shared.stats.relay_errors.fetch_add(1, Relaxed);
-        info!(error = %e, "connection lost right after connect");
-        return;
-    }
-    shared.stats.relayed.fetch_add(1, Relaxed);
-    shared.stats.bytes_up.fetch_add(early.len() as u64, Relaxed);
-    debug!(early_bytes = early.len(), connect_ms = started.elapsed().as_millis() as u64, "relaying");
-
-    let counters = &conn.counters;
-    let result = tokio::select! {
-        r = relay::relay(client, server, shared.config.limits.idle_timeout, counters) => Some(r),
-        () = conn.close.cancelled() => None,
-    };
-    let (up, down) = (counters.a_to_b.load(Relaxed), counters.b_to_a.load(Relaxed));
-    shared.stats.bytes_up.fetch_add(up, Relaxed);
-    shared.stats.bytes_down.fetch_add(down, Relaxed);
-    if let Some(cpe) = conn.cpe.get() {
-        shared.stats.cpe_relayed(cpe, up + early.len() as u64, down);
-    }
-    let secs = started.elapsed().as_secs_f64();
-    match result {
-        None => info!(up, down, secs, "closed through the admin API"),
-        Some(Ok(outcome)) => {
-            if outcome.end == RelayEnd::IdleTimeout {
-                shared.stats.idle_timeouts.fetch_add(1, Relaxed);
-            }
-            info!(up, down, secs, end = ?outcome.end, "relay done");
-        }
-        Some(Err(e)) => {
-            shared.stats.relay_errors.fetch_add(1, Relaxed);
-            info!(up, down, secs, error = %e, "relay done with an error");
-        }
-    }
-}
-
-/// How long the success reply waits for the destination's first bytes, to leave in the same write.
-const REPLY_WAIT: Duration = Duration::from_millis(100);
-
-/// Sends the success reply together with the destination's first bytes when they arrive within [`REPLY_WAIT`]
-/// (client bytes go on to the destination meanwhile), else alone when it passes or either side closes.
-///
-/// Why: the kernel's MPTCP scheduler gives each write to the subflow with the least queued data per pacing
-/// rate, and ignores round-trip times. A reply written alone sits unacknowledged on the fast subflow for one
-/// round trip, so the answer right behind it would go out on an idle slow subflow (LTE) and reach the CPE
-/// that much later. One write keeps request and answer on the fast subflow.
-async fn answer_with_first_bytes(
-    client: &mut SharedStream,
-    server: &mut TcpStream,
-    counters: &relay::RelayCounters,
-) -> io::Result<()> {
-    let mut out = Message::success().to_bytes().expect("bare header encodes");
-    let header = out.len();
-    out.resize(header + 16 * 1024, 0);
-    let mut from_client = vec![0u8; 16 * 1024];
-    let deadline = tokio::time::sleep(REPLY_WAIT);
-    tokio::pin!(deadline);
-    let n = loop {
-        tokio::select! {
-            biased;
-            r = server.read(&mut out[header..]) => break r?,
-            r = client.read(&mut from_client) => match r? {
-                // A half-close stays pending on the socket; the relay sees it again and passes it on.
-                0 => break 0,
-                n => {
-                    server.write_all(&from_client[..n]).await?;
-                    counters.a_to_b.fetch_add(n as u64, Relaxed);
-                }
-            },
-            () = &mut deadline => break 0,
-        }
-    };
-    out.truncate(header + n);
-    client.write_all(&out).await?;
-    counters.b_to_a.fetch_add(n as u64, Relaxed);
-    Ok(())
-}
-
 /// Authentication and per-CPE admission; records the CPE on the connection. Returns the per-CPE slot for
 /// authenticated clients.
 fn admit(
@@ -659,51 +503,6 @@ fn authenticate(shared: &Shared, message: &Message, raw: &[u8]) -> Result<(), Re
         return Err(e.into());
     }
     Ok(())
-}
-
-enum ReadError {
-    /// EOF or an IO error before the message was complete.
-    Closed(Option<io::Error>),
-    /// The bytes are not a valid Convert message.
-    Invalid(convert::DecodeError),
-    /// EOF after this many bytes of an incomplete message.
-    Truncated(usize),
-}
-
-/// Reads until one whole Convert message is buffered. Returns it, the buffer, and the message's length
-/// (the rest of the buffer is client data that came with it).
-async fn read_convert(client: &mut SharedStream) -> Result<(Message, Vec<u8>, usize), ReadError> {
-    let mut buf = vec![0u8; HEADER_BUF];
-    let mut filled = 0;
-    loop {
-        let n = match client.read(&mut buf[filled..]).await {
-            Ok(0) if filled == 0 => return Err(ReadError::Closed(None)),
-            Ok(0) => return Err(ReadError::Truncated(filled)),
-            Ok(n) => n,
-            Err(e) => return Err(ReadError::Closed(Some(e))),
-        };
-        filled += n;
-        match convert::parse(&buf[..filled]) {
-            Ok(Some((message, consumed))) => {
-                buf.truncate(filled);
-                return Ok((message, buf, consumed));
-            }
-            Ok(None) => {
-                // A message is at most MAX_MESSAGE_LEN < HEADER_BUF bytes, so the parser decides before the
-                // buffer fills; this only guards against a parser bug.
-                if filled == buf.len() {
-                    return Err(ReadError::Closed(None));
-                }
-            }
-            // A wrong first byte is only an unsupported *version* if the rest is a Convert header; text or
-            // noise is malformed (RFC 8803 error 1), so wait for the magic before choosing the code.
-            Err(convert::DecodeError::UnsupportedVersion(_)) if filled < convert::HEADER_LEN => {}
-            Err(convert::DecodeError::UnsupportedVersion(_)) if buf[2..4] != convert::MAGIC.to_be_bytes() => {
-                return Err(ReadError::Invalid(convert::DecodeError::BadMagic));
-            }
-            Err(e) => return Err(ReadError::Invalid(e)),
-        }
-    }
 }
 
 /// Sends the Error TLV for `why`, counts it, closes our side and lets the client read the reply before the
