@@ -173,6 +173,7 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
             counters: ConnCounters::default(),
             sources,
             connections: Arc::default(),
+            pool: Arc::new(conn::pool::Pool::new(cfg.pool)),
         });
         let admin_stop = tokio_util::sync::CancellationToken::new();
         let admin = {
@@ -191,7 +192,11 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
                 }
             }
         };
+        let pool_stop = tokio_util::sync::CancellationToken::new();
+        let pool_task = tokio::spawn(conn::pool::run(shared.pool.clone(), shared.clone(), pool_stop.clone()));
         serve(&mut interceptor, shared, shutdown).await;
+        pool_stop.cancel();
+        let _ = pool_task.await;
         admin_stop.cancel();
         if let Some(a) = admin {
             match a.task.await {

@@ -137,6 +137,8 @@ pub struct HcpeSpec {
     pub offload: Option<bool>,
     /// `hag.fastopen`.
     pub fastopen: bool,
+    /// `hag.pool`, as a YAML flow mapping; `None` leaves hcpe's default (a pool of ready connections).
+    pub pool: Option<String>,
     /// Uplinks with roles, modes, gateways and the `probe` section: the uplink manager also owns per-uplink
     /// routing. Without it the uplinks carry addresses only (probes on their defaults, source routing left to
     /// the testbed), and tests usually add [`static_endpoints`] as well.
@@ -167,6 +169,7 @@ impl Default for HcpeSpec {
             fallback: "reject".into(),
             offload: None,
             fastopen: false,
+            pool: None,
             managed: false,
             dsl_mode: "active".into(),
             lte_mode: "active".into(),
@@ -207,7 +210,7 @@ pub fn hcpe_yaml(spec: &HcpeSpec) -> String {
     let mut y = format!(
         "lan_interfaces: [{lan}]\n\
          tun: {{ {tun} }}\n\
-         hag:\n  addresses: ['{hag4}']\n  cpe_id: {CPE_ID}\n  key_file: cpe.key\n  fastopen: {tfo}\n\
+         hag:\n  addresses: ['{hag4}']\n  cpe_id: {CPE_ID}\n  key_file: cpe.key\n  fastopen: {tfo}\n{pool}\
          uplinks:\n{dsl}{lte}\
          fallback: {fallback}\n\
          limits: {limits}\n\
@@ -216,6 +219,7 @@ pub fn hcpe_yaml(spec: &HcpeSpec) -> String {
         tun = tun.join(", "),
         hag4 = addr::HAG_SERVICE.v4,
         tfo = spec.fastopen,
+        pool = spec.pool.as_ref().map(|p| format!("  pool: {p}\n")).unwrap_or_default(),
         dsl =
             uplink("dsl", ifname::DSL, "primary", &spec.dsl_mode, addr::CPE_DSL, addr::HAG_DSL, &spec.uplink_extra[0]),
         lte = uplink(
@@ -527,6 +531,22 @@ pub fn connections(ns: &Netns, port: u16, token: &str) -> anyhow::Result<serde_j
         bail!("GET /api/v1/connections: {} {}", r.status, r.body);
     }
     serde_json::from_str(&r.body).with_context(|| format!("connections are not JSON: {}", r.body))
+}
+
+/// One sample of `GET /metrics` from the admin API on 127.0.0.1:`port` inside `ns`: family `name`, the sample
+/// with exactly `labels`.
+pub fn metric(ns: &Netns, port: u16, token: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+    let api = SocketAddr::from(([127, 0, 0, 1], port));
+    let r = http(ns, api, "GET", "/metrics", Some(token), None)?;
+    if r.status != 200 {
+        bail!("GET /metrics: {} {}", r.status, r.body);
+    }
+    let families = testkit::prometheus::parse(&r.body).map_err(|e| anyhow::anyhow!("bad /metrics: {e}"))?;
+    families
+        .iter()
+        .find(|f| f.name == name)
+        .and_then(|f| f.value(labels))
+        .with_context(|| format!("no sample {name}{labels:?} in /metrics"))
 }
 
 /// The IP of a connection's subflow as the admin API lists it: `side` is `"local"` or `"remote"`.

@@ -377,6 +377,8 @@ pub struct ConnectionView {
     pub fallback: bool,
     /// Carried directly to the destination (`fallback: direct`).
     pub direct: bool,
+    /// Carried on a ready connection from the pool (made before the client connected: no handshake to hag).
+    pub ready: bool,
     /// When it was accepted, Unix seconds.
     pub accepted_unix: u64,
     /// Seconds since it was accepted.
@@ -430,6 +432,7 @@ impl ConnectionView {
             uplink_initial,
             fallback: c.fallback() || mptcp_fell_back,
             direct: c.direct.get().is_some(),
+            ready: c.ready.get().is_some(),
             accepted_unix: c.accepted_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             age_seconds: c.accepted.elapsed().as_secs_f64(),
             bytes_up: c.counters.a_to_b.load(Relaxed),
@@ -517,5 +520,5 @@ pub(super) async fn delete_connection(
     (status = 409, description = "The daemon was not started from a config file.", body = ErrorBody),
 ))]
 pub(super) async fn reload(State(s): State<Arc<ApiState>>) -> Result<ApiJson<ReloadOutcome>, ApiError> {
-    s.reload.reload(s.uplinks.as_ref(), s.auth.get()).await.map(ApiJson)
+    s.reload.reload(s.uplinks.as_ref(), s.auth.get(), Some(&s.conns.pool)).await.map(ApiJson)
 }

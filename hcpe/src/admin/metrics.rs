@@ -103,6 +103,38 @@ impl Metrics for HcpeMetrics {
                 f.sample(&[("code", &label), ("name", code_name(*code))], c.refused_by_code[i].load(Relaxed));
             }
         }
+        {
+            let pool = &self.state.conns.pool;
+            let st = pool.status();
+            let pc = &pool.counters;
+            w.gauge("pool_ready", "Ready connections to hag in the pool now.", st.ready as u64);
+            w.gauge(
+                "pool_target",
+                "Ready connections the pool aims for now (grows on misses, shrinks when quiet).",
+                st.target as u64,
+            );
+            w.family(
+                "pool_connections_total",
+                "Ready connections: opened (hag held them), open failures, taken by a LAN connection, LAN \
+                 connections that found the pool empty (missed) or left it alone while a probe of its uplink was overdue \
+                 (bypassed), and taken ones that failed before hag's reply.",
+                MetricType::Counter,
+            )
+            .sample(&[("event", "opened")], pc.opened.load(Relaxed))
+            .sample(&[("event", "open_failed")], pc.open_failed.load(Relaxed))
+            .sample(&[("event", "taken")], pc.taken.load(Relaxed))
+            .sample(&[("event", "missed")], pc.missed.load(Relaxed))
+            .sample(&[("event", "bypassed")], pc.bypassed.load(Relaxed))
+            .sample(&[("event", "failed_after_take")], pc.failed_after_take.load(Relaxed));
+            let mut f = w.family(
+                "pool_retired_total",
+                "Ready connections closed unused, by reason (aged, closed by hag, uplink changed, unjoined, surplus).",
+                MetricType::Counter,
+            );
+            for (i, why) in crate::conn::pool::Retired::ALL.iter().enumerate() {
+                f.sample(&[("reason", why.as_str())], pc.retired[i].load(Relaxed));
+            }
+        }
         w.counter(
             "connections_closed_by_admin_total",
             "Connections closed through the admin API.",

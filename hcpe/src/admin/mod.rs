@@ -98,6 +98,14 @@ pub fn status_detail(config: &Config) -> Value {
         "cpe_id": config.cpe_id,
         "hag_addresses": config.hag_addresses,
         "fastopen": config.fastopen,
+        "zero_rtt": match (config.pool.enabled(), config.fastopen) {
+            (true, _) => "pool",
+            (false, true) => "fastopen",
+            (false, false) => "none",
+        },
+        "pool": {
+            "min": config.pool.min, "max": config.pool.max, "max_age_seconds": config.pool.max_age.as_secs_f64(),
+        },
         "lan_interfaces": config.lan_interfaces,
         "tun": {
             "name": t.name, "ipv4": t.ipv4.map(|n| n.to_string()), "ipv6": t.ipv6.map(|n| n.to_string()),

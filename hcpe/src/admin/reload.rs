@@ -2,7 +2,8 @@
 //! change live and name what needs a restart.
 //!
 //! Live: each uplink's `mode` (through `UplinkControl::set_mode` with reason `reload`, only for uplinks whose
-//! mode in the file changed, so a mode set through the API survives a reload that does not touch it),
+//! mode in the file changed, so a mode set through the API survives a reload that does not touch it), the
+//! ready-connection pool's sizes (`hag.pool`),
 //! `log_level` (when the daemon gave a [`LogLevelSetter`]) and the admin token (`admin.token_file` is re-read
 //! on every reload; the token is not listed as a change, since only its digest is kept).
 //! Everything else is reported under `restart_required` until the daemon restarts.
@@ -20,6 +21,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::conn::pool::Pool;
 use crate::uplink::{ModeReason, UplinkControl};
 
 /// Sets the daemon's log filter at run time (`Err` says why not, e.g. `RUST_LOG` overrides the config).
@@ -74,6 +76,7 @@ impl Reloader {
         &self,
         uplinks: Option<&UplinkControl>,
         auth: Option<&Arc<Auth>>,
+        pool: Option<&Pool>,
     ) -> Result<ReloadOutcome, ApiError> {
         let Some(path) = self.path.clone() else {
             return Err(ApiError::conflict("hcpe was not started from a config file: nothing to reload"));
@@ -106,6 +109,14 @@ impl Reloader {
                             false
                         }
                     },
+                    None => false,
+                },
+                "hag.pool" => match pool {
+                    Some(pool) => {
+                        pool.apply(new.pool);
+                        running.pool = new.pool;
+                        true
+                    }
                     None => false,
                 },
                 c => match mode_change(c) {
@@ -160,6 +171,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     cmp("hag.cpe_id", old.cpe_id.clone(), new.cpe_id.clone());
     cmp("hag.key_file", hex(&old.key.0), hex(&new.key.0));
     cmp("hag.fastopen", d(&old.fastopen), d(&new.fastopen));
+    cmp("hag.pool", d(&old.pool), d(&new.pool));
     let same_names =
         old.uplinks.len() == new.uplinks.len() && old.uplinks.iter().zip(&new.uplinks).all(|(a, b)| a.name == b.name);
     if same_names {

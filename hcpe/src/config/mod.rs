@@ -136,6 +136,52 @@ pub struct HagFile {
     /// Nothing in userspace avoids it (see `common::mptcp`).
     #[serde(default = "default_fastopen")]
     pub fastopen: bool,
+    /// Ready connections to hag, held open ahead of demand (`docs/zero-rtt.md`).
+    #[serde(default)]
+    pub pool: PoolFile,
+}
+
+/// The `hag.pool` section: MPTCP connections to hag opened, authenticated (Hold TLV) and joined over every
+/// uplink before a LAN client needs one, so a new LAN connection sends its request at once (0-RTT) and
+/// starts on all uplinks. The pool keeps `min` ready when idle, grows by one for each LAN connection that
+/// found it empty (up to `max`), and shrinks by one every 10 s without such a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    /// Ready connections kept when idle.
+    #[serde(default = "default_pool_min")]
+    pub min: usize,
+    /// Most ready connections after a burst; 0 turns the pool off. Keep it at or below hag's
+    /// `limits.max_held_per_cpe` (64 by default).
+    #[serde(default = "default_pool_max")]
+    pub max: usize,
+    /// A ready connection older than this is closed and replaced (keep it below hag's `limits.hold_timeout`,
+    /// 90 s by default).
+    #[serde(with = "cfg::duration", default = "default_pool_max_age")]
+    pub max_age: Duration,
+}
+
+impl Default for PoolFile {
+    fn default() -> Self {
+        PoolFile { min: default_pool_min(), max: default_pool_max(), max_age: default_pool_max_age() }
+    }
+}
+
+impl PoolFile {
+    /// Whether the pool runs at all.
+    pub fn enabled(&self) -> bool {
+        self.max > 0
+    }
+}
+
+fn default_pool_min() -> usize {
+    4
+}
+fn default_pool_max() -> usize {
+    32
+}
+fn default_pool_max_age() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// One uplink.
@@ -336,6 +382,7 @@ pub struct Config {
     pub cpe_id: String,
     pub key: Key,
     pub fastopen: bool,
+    pub pool: PoolFile,
     pub uplinks: Vec<Uplink>,
     pub bypass: Vec<IpNet>,
     pub fallback: Fallback,
@@ -488,6 +535,16 @@ impl Config {
                 return Err(ConfigError::invalid(field, "must be more than 0"));
             }
         }
+        let pool = &f.hag.pool;
+        if pool.min > pool.max {
+            return Err(ConfigError::invalid("hag.pool.min", "must not be above hag.pool.max"));
+        }
+        if pool.max > 256 {
+            return Err(ConfigError::invalid("hag.pool.max", "must be at most 256"));
+        }
+        if pool.max_age < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("hag.pool.max_age", "must be at least 1s"));
+        }
         if f.race.cap.is_zero() {
             return Err(ConfigError::invalid("race.cap", "must be more than 0"));
         }
@@ -505,6 +562,7 @@ impl Config {
             cpe_id: f.hag.cpe_id,
             key,
             fastopen: f.hag.fastopen,
+            pool: f.hag.pool,
             uplinks,
             bypass: f.bypass,
             fallback: f.fallback,

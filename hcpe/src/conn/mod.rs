@@ -1,6 +1,6 @@
-//! One intercepted LAN connection, from accept to close: the Convert request (Connect + Auth + the client's
-//! first bytes) to hag over MPTCP (in the SYN with `hag.fastopen`, off by default), the Convert reply, then the
-//! relay; or the configured fallback. Talking to hag is `to_hag`'s, deciding on its reply the sans-IO
+//! One intercepted LAN connection, from accept to close: the Convert request with the client's first bytes to
+//! hag over MPTCP, on a ready connection from the [`pool`] (Connect) or a new one (Connect + Auth, in the SYN
+//! with `hag.fastopen`, off by default), the Convert reply, then the relay; or the configured fallback. Talking to hag is `to_hag`'s, deciding on its reply the sans-IO
 //! `reply`'s. Also the table of open connections ([`Connections`]) that the admin API lists and closes.
 //!
 //! Invariants:
@@ -35,8 +35,10 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::config::{Config, Fallback};
 use crate::nat::Flow;
+use crate::uplink::Attempt;
 use reply::Reply;
 
+pub mod pool;
 mod reply;
 #[cfg(test)]
 mod tests;
@@ -45,7 +47,7 @@ mod to_hag;
 pub use to_hag::ExchangeError;
 
 /// Largest first batch of client bytes sent along with the Convert request.
-const FIRST_BYTES_MAX: usize = 1200;
+pub(super) const FIRST_BYTES_MAX: usize = 1200;
 
 /// Outcome counters of all connections; the admin API exports them.
 #[derive(Debug, Default)]
@@ -128,6 +130,8 @@ pub struct Connection {
     pub token: OnceLock<Option<u32>>,
     /// Carried directly to the destination (`fallback: direct`), not through hag.
     pub direct: OnceLock<()>,
+    /// Carried on a ready connection from the pool (no handshake to hag when it started).
+    pub ready: OnceLock<()>,
     /// Bytes client -> server (`a_to_b`) and back (`b_to_a`), live.
     pub counters: RelayCounters,
     /// The hag socket once relaying through hag, for `MPTCP_FULL_INFO` (subflows); a weak handle, not a
@@ -164,6 +168,7 @@ impl Connections {
             uplink_initial: OnceLock::new(),
             token: OnceLock::new(),
             direct: OnceLock::new(),
+            ready: OnceLock::new(),
             counters: RelayCounters::default(),
             hag: OnceLock::new(),
             close: CancellationToken::new(),
@@ -194,6 +199,27 @@ pub struct Shared {
     pub sources: Option<crate::uplink::SourceSelector>,
     /// Open connections (admin API).
     pub connections: Arc<Connections>,
+    /// Ready connections to hag (empty, and never filled, with `hag.pool.max: 0`).
+    pub pool: Arc<pool::Pool>,
+}
+
+/// The hag address to use and the attempts to reach it: the healthiest uplink by role (uplink manager) and its
+/// race partner, else the first uplink (in preference order) with an address of the hag address's family.
+pub(crate) fn plan(
+    cfg: &Config,
+    sources: Option<&crate::uplink::SourceSelector>,
+) -> Option<(SocketAddr, Vec<Attempt>)> {
+    if let Some(sel) = sources {
+        return cfg
+            .hag_addresses
+            .iter()
+            .find_map(|h| Some((*h, sel.attempts_for(h.ip()))).filter(|(_, a)| !a.is_empty()));
+    }
+    cfg.uplinks.iter().enumerate().find_map(|(uplink, u)| {
+        cfg.hag_addresses
+            .iter()
+            .find_map(|h| Some((*h, vec![Attempt { uplink, source: u.source_for(h.ip())?, srtt: None }])))
+    })
 }
 
 /// Resets `stream`: linger 0 then close sends an RST instead of a FIN.

@@ -1,6 +1,7 @@
-//! Talking to hag for one LAN connection: which hag address and uplinks to try ([`plan`]), racing a slow
-//! first attempt against a second uplink ([`race`]), and the Convert exchange itself ([`exchange`]): the
-//! signed request with the client's first bytes, then hag's reply, decided by [`super::reply::ReplyReader`].
+//! Talking to hag for one LAN connection: a ready connection from the pool when one fits, else the planned
+//! attempts ([`super::plan`]), racing a slow first attempt against a second uplink ([`race`]);
+//! then the Convert exchange itself ([`exchange`]): the request with the client's first bytes, then hag's
+//! reply, decided by [`super::reply::ReplyReader`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,11 +14,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::pool::Ready;
 use super::reply::{NoReply, Reply, ReplyReader};
 use super::{Connection, Shared};
 use crate::config::Config;
 use crate::nat::Flow;
 use crate::uplink::Attempt;
+
+/// How long a request on a ready connection waits for the client's first bytes to go with it (a client that
+/// speaks first sends them right behind its handshake; a server-first protocol loses this much once).
+const FIRST_BYTES_WAIT: Duration = Duration::from_millis(10);
 
 /// Why the Convert exchange did not produce a usable hag connection (fallback applies).
 #[derive(Debug, thiserror::Error)]
@@ -54,25 +60,6 @@ impl ExchangeError {
             ExchangeError::Timeout(_) => "timeout",
         }
     }
-}
-
-/// The hag address to use and the attempts to reach it: the healthiest uplink by role (uplink manager) and its
-/// race partner, else the first uplink (in preference order) with an address of the hag address's family.
-pub(super) fn plan(
-    cfg: &Config,
-    sources: Option<&crate::uplink::SourceSelector>,
-) -> Option<(SocketAddr, Vec<Attempt>)> {
-    if let Some(sel) = sources {
-        return cfg
-            .hag_addresses
-            .iter()
-            .find_map(|h| Some((*h, sel.attempts_for(h.ip()))).filter(|(_, a)| !a.is_empty()));
-    }
-    cfg.uplinks.iter().enumerate().find_map(|(uplink, u)| {
-        cfg.hag_addresses
-            .iter()
-            .find_map(|h| Some((*h, vec![Attempt { uplink, source: u.source_for(h.ip())?, srtt: None }])))
-    })
 }
 
 /// Runs `first`; when it has not completed after `delay` (or failed before), also `second`; the first to
@@ -115,9 +102,8 @@ pub(super) async fn race<T>(
     (r, winner, true)
 }
 
-/// The Convert exchange over the planned attempts: connect (racing when the first is slow), send the signed
-/// request with `first` (the client bytes read so far), and wait for hag's reply while the client's further
-/// bytes flow on to hag. On return `first` holds every client byte sent to hag, for a direct replay.
+/// The Convert exchange: on a ready connection from the pool when one fits, else over the planned attempts.
+/// On return `first` holds every client byte sent to hag, for a direct replay.
 pub(super) async fn exchange(
     flow: Flow,
     first: &mut Vec<u8>,
@@ -125,8 +111,65 @@ pub(super) async fn exchange(
     shared: &Shared,
     conn: &Connection,
 ) -> Result<(TcpStream, Reply), ExchangeError> {
+    if let Some(ready) = shared.pool.take(shared) {
+        match on_ready(ready, flow, first, client, shared, conn).await {
+            // hag closed or the connection failed before any reply: nothing reached the destination (hag
+            // writes the client's bytes there only after its reply), so a new connection may carry them.
+            Err(e @ (ExchangeError::Closed(_) | ExchangeError::Io { .. })) => {
+                shared.pool.counters.failed_after_take.fetch_add(1, Relaxed);
+                debug!(error = %e, "ready connection failed before hag's reply; connecting afresh");
+            }
+            done => return done,
+        }
+    }
+    fresh(flow, first, client, shared, conn).await
+}
+
+/// The Convert exchange on a ready connection: the bare Connect request (the connection was authenticated
+/// when it was made ready) with `first`, then hag's reply.
+async fn on_ready(
+    ready: Ready,
+    flow: Flow,
+    first: &mut Vec<u8>,
+    client: &mut TcpStream,
+    shared: &Shared,
+    conn: &Connection,
+) -> Result<(TcpStream, Reply), ExchangeError> {
+    let Ready { mut stream, hag, uplink, .. } = ready;
+    if first.is_empty() {
+        // Most protocols have the client speak first (HTTP, TLS): its first bytes, just behind the handshake,
+        // then leave in the request's own write. Two writes within a round trip would go out on different
+        // subflows (the kernel's scheduler ignores round-trip times), the second on the slower one.
+        if tokio::time::timeout(FIRST_BYTES_WAIT, client.readable()).await.is_ok() {
+            let mut buf = vec![0u8; super::FIRST_BYTES_MAX];
+            if let Ok(n) = client.try_read(&mut buf) {
+                first.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    let mut request =
+        convert::Message::connect_request(flow.dest).to_bytes().map_err(|e| ExchangeError::Request(e.to_string()))?;
+    request.extend_from_slice(first);
+    stream.write_all(&request).await.map_err(|source| ExchangeError::Io { hag, source })?;
+    let reply = await_reply(&mut stream, hag, first, client, &shared.config).await?;
+    if let Some(u) = shared.config.uplinks.get(uplink) {
+        let _ = conn.uplink_initial.set(u.name.clone());
+    }
+    let _ = conn.ready.set(());
+    Ok((stream, reply))
+}
+
+/// The Convert exchange over the planned attempts: connect (racing when the first is slow), send the signed
+/// request with `first` (the client bytes read so far), and wait for hag's reply.
+async fn fresh(
+    flow: Flow,
+    first: &mut Vec<u8>,
+    client: &mut TcpStream,
+    shared: &Shared,
+    conn: &Connection,
+) -> Result<(TcpStream, Reply), ExchangeError> {
     let cfg = &shared.config;
-    let (hag, attempts) = plan(cfg, shared.sources.as_ref()).ok_or(ExchangeError::NoRoute)?;
+    let (hag, attempts) = super::plan(cfg, shared.sources.as_ref()).ok_or(ExchangeError::NoRoute)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let nonce = convert::auth::random_nonce().map_err(|e| ExchangeError::Request(e.to_string()))?;
     let mut request = convert::auth::signed_request(&cfg.key.0, flow.dest, &cfg.cpe_id, now, nonce)
@@ -171,6 +214,20 @@ pub(super) async fn exchange(
     if sent < request.len() {
         stream.write_all(&request[sent..]).await.map_err(io_err)?;
     }
+    let reply = await_reply(&mut stream, hag, first, client, cfg).await?;
+    Ok((stream, reply))
+}
+
+/// Waits for hag's reply on `stream` (the request is sent) while the client's further bytes flow on to hag;
+/// `first` (the client bytes in the request) then holds every client byte sent to hag.
+async fn await_reply(
+    stream: &mut TcpStream,
+    hag: SocketAddr,
+    first: &mut Vec<u8>,
+    client: &mut TcpStream,
+    cfg: &Config,
+) -> Result<Reply, ExchangeError> {
+    let io_err = |source| ExchangeError::Io { hag, source };
     let mut reader = ReplyReader::new(std::mem::take(first));
     let wait = async {
         let mut chunk = vec![0u8; 16 * 1024];
@@ -198,6 +255,5 @@ pub(super) async fn exchange(
     };
     let reply = tokio::time::timeout(cfg.limits.reply_timeout, wait).await;
     *first = reader.into_sent();
-    let reply = reply.map_err(|_| ExchangeError::Timeout(hag))??;
-    Ok((stream, reply))
+    reply.map_err(|_| ExchangeError::Timeout(hag))?
 }

@@ -47,6 +47,50 @@ impl SourceSelector {
         };
         [Some(first), decide::race_partner(&views, first)].into_iter().flatten().filter_map(attempt).collect()
     }
+
+    /// Whether `uplink` has a probe unanswered for longer than `after` (sent within the last second beyond
+    /// that, so an old loss does not count): a silent cut its health verdict has not caught yet, most likely.
+    /// New connections should then race a second attempt rather than trust the uplink.
+    pub fn probe_overdue(&self, uplink: usize, after: Duration) -> bool {
+        let live = self.shared.live();
+        let Some(rx) = live.get(uplink).and_then(|l| l.probe.as_ref()) else { return false };
+        let now = std::time::Instant::now();
+        rx.borrow().unanswered.iter().any(|sent| {
+            let age = now.saturating_duration_since(*sent);
+            age > after && age < after + Duration::from_secs(1)
+        })
+    }
+
+    /// How a ready (pooled) connection to `peer` whose initial subflow is on `uplink` fits the uplinks now.
+    pub fn ready_fit(&self, peer: IpAddr, uplink: usize) -> ReadyFit {
+        let live = self.shared.live();
+        let views = views(&self.shared.uplinks, &live, Some(peer));
+        let initial = decide::pick_initial(&views) == Some(uplink);
+        let others = |i: &usize| *i != uplink && views[*i].usable();
+        let joins = decide::endpoint_plan(&views).iter().enumerate().filter(|(i, f)| others(i) && f.is_some()).count();
+        let usable_others = (0..views.len()).filter(others).count();
+        ReadyFit { initial, joins, usable_others }
+    }
+}
+
+/// See [`SourceSelector::ready_fit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyFit {
+    /// The uplink is where a new connection would start now (the best usable one).
+    pub initial: bool,
+    /// Other uplinks that would join a connection with a subflow now (usable, with an endpoint).
+    pub joins: usize,
+    /// Other usable uplinks, joined or not (a `standby` one has no endpoint while a better uplink works).
+    pub usable_others: usize,
+}
+
+impl ReadyFit {
+    /// A ready connection helps only when it can survive a silent cut of its first uplink as well as a new
+    /// connection would (which races a second attempt over another usable uplink): when another uplink joins
+    /// it, or no other uplink is usable at all. Not with only `standby` uplinks besides it.
+    pub fn worth_pooling(&self) -> bool {
+        self.joins > 0 || self.usable_others == 0
+    }
 }
 
 impl SourceSelector {

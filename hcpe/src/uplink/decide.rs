@@ -36,7 +36,7 @@ pub struct View {
 }
 
 impl View {
-    fn usable(&self) -> bool {
+    pub fn usable(&self) -> bool {
         self.has_source && self.mode != Mode::Off && self.health != HealthState::Down
     }
 }

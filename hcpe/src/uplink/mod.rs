@@ -59,7 +59,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use control::Command;
-pub use control::{Attempt, SourceSelector, UplinkControl};
+pub use control::{Attempt, ReadyFit, SourceSelector, UplinkControl};
 use decide::View;
 use driver::Driver;
 pub use settings::{ManagerSettings, Mode, ProbeFile, Role, Uplink};
