@@ -180,7 +180,11 @@ impl Interceptor {
         loosen_rp_filter(&s.name);
 
         let mut listeners = Vec::new();
-        let mut nat_cfg = NatConfig { v4: None, v6: None, timeouts: s.timeouts };
+        let mut first = [0u8; 8];
+        // Without randomness the round-robin starts at 0; only a restart within a minute can then hit TIME_WAIT.
+        let _ = getrandom::fill(&mut first);
+        let mut nat_cfg =
+            NatConfig { v4: None, v6: None, timeouts: s.timeouts, first_endpoint: u64::from_le_bytes(first) };
         let ports = (1024, 65535);
         if let Some((a, p)) = s.ipv4 {
             let l = listener(SocketAddr::new(a.into(), s.listen_port))?;

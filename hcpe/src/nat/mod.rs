@@ -16,8 +16,9 @@
 //!   (up to 64 KiB, many segments) whose TCP checksum is still partial ([`TcpChecksum::Partial`]: the field holds
 //!   only the pseudo-header sum, the kernel completes it); it is rewritten in place the same way, only the
 //!   pseudo-header part (the addresses) is patched, and it stays partial. No packet is ever split or copied;
-//! - fake endpoints are handed out round-robin over the whole pool, so a freed endpoint is reused as late as
-//!   possible (the kernel may still hold a TIME_WAIT socket for it); when every endpoint is taken the SYN is
+//! - fake endpoints are handed out round-robin over the whole pool from a start the caller picks (hcpe: at
+//!   random, so a restart does not reuse its previous run's endpoints either), so a freed endpoint is reused
+//!   as late as possible (the kernel may still hold a TIME_WAIT socket for it); when every endpoint is taken the SYN is
 //!   dropped and [`NatCounters::exhausted`] counts it: the pool never runs out silently;
 //! - entries expire: after an RST or FINs both ways (`closed_timeout`), before establishment (`syn_timeout`),
 //!   and when idle (`idle_timeout`), all driven by [`Nat::expire`] with the caller's clock;
@@ -117,6 +118,10 @@ pub struct NatConfig {
     pub v4: Option<FamilyConfig>,
     pub v6: Option<FamilyConfig>,
     pub timeouts: Timeouts,
+    /// Where the round-robin over each pool starts. hcpe picks it at random: a restarted hcpe starting where
+    /// the previous run started would hand out the endpoints that still have TIME_WAIT sockets of that run in
+    /// the kernel, which drop the new flows' SYNs (the client retries after 1 s, 3 s).
+    pub first_endpoint: u64,
 }
 
 /// The original flow behind a fake endpoint.
@@ -222,9 +227,9 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(cfg: FamilyConfig) -> Self {
+    fn new(cfg: FamilyConfig, first: u64) -> Self {
         let capacity = cfg.capacity();
-        Pool { cfg, capacity, cursor: 0, in_use: 0 }
+        Pool { cfg, capacity, cursor: first % capacity, in_use: 0 }
     }
 
     fn endpoint(&self, index: u64) -> SocketAddr {
@@ -342,8 +347,8 @@ fn parse(packet: &[u8]) -> Result<Layout, DropReason> {
 impl Nat {
     pub fn new(config: NatConfig) -> Self {
         Nat {
-            v4: config.v4.map(Pool::new),
-            v6: config.v6.map(Pool::new),
+            v4: config.v4.map(|c| Pool::new(c, config.first_endpoint)),
+            v6: config.v6.map(|c| Pool::new(c, config.first_endpoint)),
             timeouts: config.timeouts,
             by_fake: HashMap::new(),
             by_flow: HashMap::new(),

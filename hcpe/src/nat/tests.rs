@@ -92,6 +92,7 @@ fn config(pool4: u32, ports: (u16, u16)) -> NatConfig {
             pool_size: 16,
             ports,
         }),
+        first_endpoint: 0,
         timeouts: Timeouts {
             syn: Duration::from_secs(30),
             idle: Duration::from_secs(300),
@@ -469,4 +470,15 @@ fn partial_checksum_elsewhere_than_the_tcp_field_is_malformed() {
     let verdict = nat.process_with(&mut syn, TcpChecksum::Partial { start: 20, offset: 6 }, Instant::now());
     assert_eq!(verdict, Verdict::Drop(DropReason::Malformed));
     assert!(nat.is_empty());
+}
+
+#[test]
+fn the_round_robin_starts_where_the_caller_says() {
+    let mut cfg = config(4, (2000, 2001));
+    cfg.first_endpoint = 8 + 5;
+    let mut nat = Nat::new(cfg);
+    let now = Instant::now();
+    // Capacity 4 addresses x 2 ports = 8: index 13 % 8 = 5 is the second port of the second address.
+    assert_eq!(open(&mut nat, "192.168.1.10:40000", "203.0.113.5:443", now), sa("10.255.0.3:2001"));
+    assert_eq!(open(&mut nat, "192.168.1.10:40001", "203.0.113.5:443", now), sa("10.255.0.4:2001"));
 }
