@@ -275,6 +275,27 @@ async fn reload_applies_modes_and_log_level_and_lists_restart_fields() {
 }
 
 #[tokio::test]
+async fn reload_resizes_the_pool_of_ready_connections_at_once() {
+    let f = fixture().await;
+    assert_eq!(f.state.conns.pool.status().target, 4, "the default pool");
+    f.write(&yaml("active", "").replace("key_file: cpe.key\n", "key_file: cpe.key\n  pool: { min: 2, max: 8 }\n"));
+    let (status, body) = call(&f.router, Method::POST, "/api/v1/reload", Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let r = json_of(&body);
+    assert_eq!((&r["changed"], &r["applied"]), (&json!(["hag.pool"]), &json!(["hag.pool"])), "{r:#}");
+    let pool = f.state.conns.pool.status();
+    assert_eq!(
+        (pool.settings.min, pool.settings.max, pool.target),
+        (2, 8, 4),
+        "the target stays inside the new bounds"
+    );
+    // max: 0 turns it off.
+    f.write(&yaml("active", "").replace("key_file: cpe.key\n", "key_file: cpe.key\n  pool: { min: 0, max: 0 }\n"));
+    call(&f.router, Method::POST, "/api/v1/reload", Some(TOKEN), None).await;
+    assert_eq!(f.state.conns.pool.status().target, 0);
+}
+
+#[tokio::test]
 async fn an_invalid_reload_is_refused_naming_the_field_and_changes_nothing() {
     let f = fixture().await;
     for (text, field) in [
@@ -311,6 +332,8 @@ async fn status_summarises_the_config_without_secrets() {
     assert_eq!(v["hag_addresses"], json!(["198.51.100.1:5124"]));
     assert_eq!(v["uplinks"][1]["name"], "lte");
     assert_eq!(v["admin_listen"], json!(["127.0.0.1:15126"]));
+    assert_eq!((&v["zero_rtt"], &v["fastopen"]), (&json!("pool"), &json!(false)), "ready connections by default");
+    assert_eq!(v["pool"], json!({"min": 4, "max": 32, "max_age_seconds": 60.0}));
     let text = String::from_utf8(body).unwrap();
     for secret in [TOKEN, KEY_HEX, "cpe.key", "admin.token", &*f.dir.path().to_string_lossy()] {
         assert!(!text.contains(secret), "status shows {secret:?}: {text}");
