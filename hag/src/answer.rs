@@ -34,7 +34,9 @@ pub(crate) async fn relay_to(
         // would stay queued on the MPTCP socket and the CPE would wait for ever.
         common::mptcp::await_tfo_handshake(&client, limits.connect_timeout).await?;
         server.write_all(early).await?;
-        answer_with_first_bytes(&mut client, &mut server, &conn.counters).await
+        // A client that sent nothing yet may be waiting for the reply before it does: answer at once.
+        let wait = if early.is_empty() { Duration::ZERO } else { REPLY_WAIT };
+        answer_with_first_bytes(&mut client, &mut server, &conn.counters, wait).await
     };
     if let Err(e) = answered.await {
         stats.relay_errors.fetch_add(1, Relaxed);
@@ -75,8 +77,10 @@ pub(crate) async fn relay_to(
 /// How long the success reply waits for the destination's first bytes, to leave in the same write.
 const REPLY_WAIT: Duration = Duration::from_millis(100);
 
-/// Sends the success reply together with the destination's first bytes when they arrive within [`REPLY_WAIT`]
+/// Sends the success reply together with the destination's first bytes when they arrive within `wait`
 /// (client bytes go on to the destination meanwhile), else alone when it passes or either side closes.
+/// hag waits ([`REPLY_WAIT`]) only when the client's first bytes came with its Convert message: the
+/// destination then has something to answer, and the client is not waiting for the reply to send it.
 ///
 /// Why: the kernel's MPTCP scheduler gives each write to the subflow with the least queued data per pacing
 /// rate, and ignores round-trip times. A reply written alone sits unacknowledged on the fast subflow for one
@@ -86,12 +90,16 @@ async fn answer_with_first_bytes(
     client: &mut SharedStream,
     server: &mut TcpStream,
     counters: &relay::RelayCounters,
+    wait: Duration,
 ) -> io::Result<()> {
     let mut out = Message::success().to_bytes().expect("bare header encodes");
+    if wait.is_zero() {
+        return client.write_all(&out).await;
+    }
     let header = out.len();
     out.resize(header + 16 * 1024, 0);
     let mut from_client = vec![0u8; 16 * 1024];
-    let deadline = tokio::time::sleep(REPLY_WAIT);
+    let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
     let n = loop {
         tokio::select! {

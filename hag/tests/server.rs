@@ -143,10 +143,9 @@ async fn open_relays_are_listed_with_cpe_destination_and_live_counters() {
     let f = Fixture::start("", "").await;
     let mut bytes = request(dst, "cpe-1", now());
     bytes.extend_from_slice(b"early");
-    let (reply, _, mut s) = exchange(f.addr, &bytes).await;
+    let (reply, mut echoed, mut s) = exchange(f.addr, &bytes).await;
     assert_eq!(reply, Some(Message::success()));
     s.write_all(b"12345").await.unwrap();
-    let mut echoed = Vec::new();
     while echoed.len() < 15 {
         let mut chunk = [0u8; 64];
         let n = s.read(&mut chunk).await.unwrap();
@@ -287,9 +286,8 @@ async fn shutdown_drains_open_relays_until_the_deadline() {
 async fn idle_relay_is_closed_and_counted() {
     let dst = echo_server().await;
     let f = Fixture::start(", idle_timeout: 300ms", "").await;
-    let (reply, _, mut s) = exchange(f.addr, &request(dst, "cpe-1", now())).await;
+    let (reply, mut rest, mut s) = exchange(f.addr, &request(dst, "cpe-1", now())).await;
     assert_eq!(reply, Some(Message::success()));
-    let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "the hag closed the idle relay");
     assert_eq!(rest, b"hello", "what the server sent before going idle");

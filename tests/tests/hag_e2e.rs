@@ -658,25 +658,34 @@ fn connections_over_the_per_cpe_limit_get_64() {
 #[test]
 fn success_reply_leaves_with_the_destinations_first_bytes() {
     let bed = Bed::new();
-    let (with_answer, silent) = bed.client(async {
+    let (with_answer, silent, waiting) = bed.client(async {
         // The echo server answers the request's bytes at once: one write, header and answer.
         let mut first = signed("good", sock(INET4, ECHO_PORT));
         first.extend_from_slice(b"question");
         let (mut s, _) = connect(&first, mptcp_opts(Some(CLI4))).await.unwrap();
         let Reply::Message(m, rest) = read_reply(&mut s).await else { panic!("closed") };
         assert_eq!(m, Message::success());
-        // Nothing sent: the echo server stays silent, and the reply goes alone once the wait is over.
+        // Bytes the bulk server does not answer (it waits for a 16-byte header): the reply goes alone once the
+        // wait is over.
         let t = Instant::now();
-        let (mut quiet, _) = connect(&signed("good", sock(INET4, ECHO_PORT)), mptcp_opts(Some(CLI4))).await.unwrap();
+        let mut first = signed("good", sock(INET4, BULK_PORT));
+        first.extend_from_slice(b"four");
+        let (mut quiet, _) = connect(&first, mptcp_opts(Some(CLI4))).await.unwrap();
         let Reply::Message(m2, rest2) = read_reply(&mut quiet).await else { panic!("closed") };
         assert_eq!((m2, rest2), (Message::success(), Vec::new()));
         let silent = t.elapsed();
-        let mut e = EchoSession(quiet);
-        e.ping(b"after the reply").await;
-        (rest, silent)
+        // No client bytes with the message: the client may be waiting for the reply, which comes at once.
+        let t = Instant::now();
+        let (mut bare, _) = connect(&signed("good", sock(INET4, ECHO_PORT)), mptcp_opts(Some(CLI4))).await.unwrap();
+        let Reply::Message(m3, _) = read_reply(&mut bare).await else { panic!("closed") };
+        assert_eq!(m3, Message::success());
+        let waiting = t.elapsed();
+        EchoSession(bare).ping(b"after the reply").await;
+        (rest, silent, waiting)
     });
     assert_eq!(with_answer, b"question", "the answer came in the reply's segment");
     assert!(silent >= Duration::from_millis(90) && silent < Duration::from_secs(1), "silent reply after {silent:?}");
+    assert!(waiting < Duration::from_millis(90), "reply to a client without bytes after {waiting:?}");
 }
 
 // ---------------------------------------------------------------------------------------------------------
