@@ -102,6 +102,8 @@ pub struct UplinkHealth {
     pub unanswered: Vec<Instant>,
     /// Missed fraction of the last `loss_window` probes.
     pub loss: f64,
+    /// How many resolved probes `loss` is over (fewer than `loss_window` just after start).
+    pub loss_probes: usize,
     /// When `state` last changed (tokio clock, as a std `Instant`).
     pub last_change: Instant,
     pub stats: ProberStats,
@@ -214,6 +216,7 @@ impl Prober {
             rtt_samples: health.rtt_samples(),
             unanswered: health.unanswered(),
             loss: health.loss(),
+            loss_probes: health.loss_probes(),
             last_change: health.last_change(),
             stats,
         }

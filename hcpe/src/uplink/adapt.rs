@@ -232,6 +232,11 @@ pub struct Decision {
     pub loss: f64,
 }
 
+/// Resolved probes a loss fraction needs before it counts: one probe lost among the first few after a start
+/// (11 % of 9) would otherwise demote a good path for a whole trial period; with 20, a 10 % limit means three
+/// probes lost.
+pub const MIN_LOSS_PROBES: usize = 20;
+
 /// One path as an evaluation sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PathInput {
@@ -242,6 +247,8 @@ pub struct PathInput {
     pub carry: Carry,
     /// Missed fraction of its recent probes.
     pub loss: f64,
+    /// How many resolved probes `loss` is over; below [`MIN_LOSS_PROBES`] it is no evidence either way.
+    pub loss_probes: usize,
     /// Its interface moved more than probes in the last second: a demoted path still drains what it held.
     pub busy: bool,
 }
@@ -439,7 +446,7 @@ impl Controller {
         let (reference, ref_loss) = self.reference(i, now, inputs)?;
         let rtt = self.paths[i].rtt(now)?;
         let excess = rtt.saturating_sub(reference);
-        let loss_bad = |limit: f64| input.loss > limit && input.loss > ref_loss;
+        let loss_bad = |limit: f64| input.loss_probes >= MIN_LOSS_PROBES && input.loss > limit && input.loss > ref_loss;
         let (worse, reason) = if excess > self.cfg.max_rtt_excess {
             (true, Reason::RttExcess)
         } else if loss_bad(self.cfg.max_loss) {

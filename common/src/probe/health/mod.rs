@@ -203,6 +203,11 @@ impl Health {
         missed as f64 / self.window.len() as f64
     }
 
+    /// How many resolved probes [`Health::loss`] is over (at most `loss_window`; fewer just after start).
+    pub fn loss_probes(&self) -> usize {
+        self.window.len()
+    }
+
     /// The timeout a probe sent now would get.
     pub fn timeout(&self) -> Duration {
         match self.srtt {

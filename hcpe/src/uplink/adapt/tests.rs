@@ -30,7 +30,14 @@ impl Sim {
         let t0 = Instant::now();
         let inputs = policies
             .iter()
-            .map(|p| PathInput { policy: *p, usable: true, carry: p.initial(), loss: 0.0, busy: false })
+            .map(|p| PathInput {
+                policy: *p,
+                usable: true,
+                carry: p.initial(),
+                loss: 0.0,
+                loss_probes: 50,
+                busy: false,
+            })
             .collect();
         let c = Controller::new(PathControlFile::default(), policies.len());
         let in_flight = vec![Vec::new(); policies.len()];
@@ -267,6 +274,19 @@ fn loss_demotes_only_when_the_reference_loses_less() {
     both.inputs[LTE].loss = 0.3;
     both.run(10.0, |i, _, _| Some(if i == DSL { ms(20) } else { ms(60) }));
     assert_eq!(both.decisions(LTE), vec![]);
+}
+
+#[test]
+fn a_loss_over_too_few_probes_is_no_evidence() {
+    // One probe lost among the first nine after a start: 11 %, over the 10 % limit, but no measurement yet.
+    let mut s = Sim::adaptive();
+    s.inputs[LTE].loss = 1.0 / 9.0;
+    s.inputs[LTE].loss_probes = 9;
+    s.run(10.0, |i, _, _| Some(if i == DSL { ms(20) } else { ms(60) }));
+    assert_eq!(s.decisions(LTE), vec![]);
+    s.inputs[LTE].loss_probes = MIN_LOSS_PROBES;
+    s.run(10.0, |i, _, _| Some(if i == DSL { ms(20) } else { ms(60) }));
+    assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::Loss)]);
 }
 
 #[test]

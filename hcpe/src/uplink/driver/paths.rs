@@ -71,7 +71,7 @@ impl Driver {
                 .enumerate()
                 .map(|(i, l)| {
                     // Read in place: only the unanswered send times are copied out.
-                    let loss = l.probe.as_ref().map_or(0.0, |rx| {
+                    let (loss, loss_probes) = l.probe.as_ref().map_or((0.0, 0), |rx| {
                         let h = rx.borrow();
                         self.paths.on_unanswered(i, h.unanswered.clone());
                         if h.rtt_samples != self.seen_samples[i] {
@@ -80,13 +80,14 @@ impl Driver {
                                 self.paths.on_rtt(i, now, rtt);
                             }
                         }
-                        h.loss
+                        (h.loss, h.loss_probes)
                     });
                     adapt::PathInput {
                         policy: l.mode.policy(),
                         usable: l.mode != Mode::Off && l.health != HealthState::Down && l.addrs.iter().next().is_some(),
                         carry: l.carry,
                         loss,
+                        loss_probes,
                         busy: self.activity[i].busy,
                     }
                 })
