@@ -113,8 +113,9 @@ pub(super) async fn exchange(
 ) -> Result<(TcpStream, Reply), ExchangeError> {
     if let Some(ready) = shared.pool.take(shared) {
         match on_ready(ready, flow, first, client, shared, conn).await {
-            // hag closed or the connection failed before any reply: nothing reached the destination (hag
-            // writes the client's bytes there only after its reply), so a new connection may carry them.
+            // hag closed or the connection failed before any reply: a ready connection hag closes (its hold
+            // timeout, a restart) had no request read from it, so a new connection may carry the bytes. Only a
+            // hag that dies between forwarding them and its reply (at most 100 ms) lets them arrive twice.
             Err(e @ (ExchangeError::Closed(_) | ExchangeError::Io { .. })) => {
                 shared.pool.counters.failed_after_take.fetch_add(1, Relaxed);
                 debug!(error = %e, "ready connection failed before hag's reply; connecting afresh");
