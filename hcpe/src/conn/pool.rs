@@ -236,6 +236,9 @@ impl Pool {
     /// A ready connection fit to carry a new LAN connection now, or `None` (a miss: the pool grows).
     pub fn take(&self, shared: &Shared) -> Option<Ready> {
         let now = Instant::now();
+        if !self.state().sizer.settings.enabled() {
+            return None;
+        }
         if let Some(sel) = &shared.sources
             && let Some((_, attempts)) = super::plan(&shared.config, Some(sel))
             && let Some(after) = shared.config.race.delay(attempts[0].srtt)
