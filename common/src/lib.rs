@@ -11,7 +11,8 @@
 //!   socket a connection task owns while the admin API may look at it;
 //! - [`net`]: rtnetlink helpers for the daemons' routing state (marked policy rules, routes, addresses);
 //! - [`admin`]: the admin API pieces both daemons mount (auth, errors, `/metrics`, status, OpenAPI);
-//! - [`config`]: YAML loading with errors that name the field; [`process`]: the open-file limit.
+//! - [`config`]: YAML loading with errors that name the field; [`process`]: the open-file limit;
+//!   [`syscheck`]: the host checks of `--check-system` and of every start.
 //!
 //! Protocol code here is sans-IO: no sockets, no clock inside the codecs. Test support lives in the `testkit`
 //! crate, which only tests depend on.
@@ -26,3 +27,4 @@ pub mod probe;
 pub mod process;
 pub mod relay;
 pub mod stream;
+pub mod syscheck;

@@ -1,5 +1,6 @@
 //! Process-wide setup both daemons do at start: logging ([`init_tracing`]), the signals that stop them
-//! ([`shutdown_signal`]) and the open-file limit ([`ensure_fd_limit`]).
+//! ([`shutdown_signal`]), the open-file limit ([`ensure_fd_limit`]) and systemd's readiness protocol
+//! ([`notify_ready`]).
 //!
 //! The open-file limit: a relayed connection costs two descriptors (hcpe: the LAN socket and the MPTCP
 //! socket; hag: the MPTCP socket and the destination socket), so the distribution default of 1024 (or a
@@ -54,6 +55,30 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 's
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
         }
     })
+}
+
+/// Tells systemd (a `Type=notify` unit) the daemon is ready: listeners bound, admin API up. Does nothing when
+/// not started by systemd (`NOTIFY_SOCKET` unset). The `sd-notify` crate speaks the protocol.
+pub fn notify_ready() {
+    notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Tells systemd a reload (SIGHUP) has begun; [`notify_ready`] ends it.
+pub fn notify_reloading() {
+    notify(&[sd_notify::NotifyState::Reloading]);
+}
+
+/// Tells systemd the daemon is stopping (draining its connections).
+pub fn notify_stopping() {
+    notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(false, state)
+    {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 /// [`raise_fd_limit`] for `connections` relays of `fds_per_connection` descriptors each, with a warning

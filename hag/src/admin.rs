@@ -26,8 +26,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use common::admin::openapi::{BadRequest, NotFound, Unauthorized};
 use common::admin::{
-    self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, BearerToken, ConnIdPath, HasConnId, MetricType, Metrics,
-    MetricsWriter, ProcessInfo, SubflowView,
+    self, AdminApp, AdminError, ApiError, ApiJson, ApiPath, Auth, BearerToken, ConnIdPath, HasConnId, MetricType,
+    Metrics, MetricsWriter, ProcessInfo, SubflowView,
 };
 use common::mptcp;
 use common::mptcp::subflow_diag::{self, DiagMap};
@@ -40,27 +40,34 @@ use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::connections::{Connection, Connections};
+use crate::live::Settings;
 use crate::server::Hag;
 use crate::stats::{ERROR_CODES, Stats};
 pub use common::admin::RunningAdmin;
 
-/// What the API handlers read: the server's live counters and connection table, and the configured CPE ids.
+/// What the API handlers read: the server's live counters and connection table, and its running config
+/// (which a reload changes).
 #[derive(Debug, Clone)]
 pub struct ApiState {
     /// The server's counters.
     pub stats: Arc<Stats>,
     /// The server's open connections.
     pub connections: Arc<Connections>,
-    /// Configured CPE ids, sorted.
-    pub clients: Vec<String>,
+    /// The running config.
+    pub settings: Arc<Settings>,
 }
 
 impl ApiState {
-    /// State over a running (or bound) hag's counters and table.
-    pub fn new(config: &Config, stats: Arc<Stats>, connections: Arc<Connections>) -> Self {
-        let mut clients: Vec<String> = config.clients.keys().cloned().collect();
+    /// State over a running (or bound) hag's counters, table and settings.
+    pub fn new(settings: Arc<Settings>, stats: Arc<Stats>, connections: Arc<Connections>) -> Self {
+        ApiState { stats, connections, settings }
+    }
+
+    /// Configured CPE ids now, sorted.
+    pub fn clients(&self) -> Vec<String> {
+        let mut clients: Vec<String> = self.settings.get().config.clients.keys().cloned().collect();
         clients.sort();
-        ApiState { stats, connections, clients }
+        clients
     }
 }
 
@@ -151,8 +158,8 @@ fn unix(t: SystemTime) -> Option<u64> {
 
 fn clients_view(state: &ApiState) -> Vec<ClientView> {
     let per_cpe = state.stats.per_cpe();
-    let mut out: BTreeMap<&str, ClientView> = state
-        .clients
+    let clients = state.clients();
+    let mut out: BTreeMap<&str, ClientView> = clients
         .iter()
         .map(|id| {
             let c = per_cpe.get(id).copied().unwrap_or_default();
@@ -388,7 +395,7 @@ impl Metrics for HagMetrics {
 
         let per_cpe = st.per_cpe();
         let counters = |id: &str| per_cpe.get(id).copied().unwrap_or_default();
-        let ids = &self.state.clients;
+        let ids = &self.state.clients();
         {
             let mut f = w.family("cpe_connections_open", "Connections open now, per CPE.", MetricType::Gauge);
             for id in ids {
@@ -492,34 +499,43 @@ pub fn status_detail(config: &Config, listening: &[SocketAddr]) -> Value {
 }
 
 /// The whole admin app of a hag: shared routes from `common::admin` plus the hag's.
-pub fn app(config: &Config, listening: &[SocketAddr], state: Arc<ApiState>, token: BearerToken) -> AdminApp {
-    let detail = status_detail(config, listening);
+pub fn app(listening: &[SocketAddr], state: Arc<ApiState>, token: BearerToken) -> AdminApp {
+    let (settings, listening) = (state.settings.clone(), listening.to_vec());
+    let config = settings.get();
     let mut app =
         AdminApp::new(ProcessInfo::new("hag", env!("CARGO_PKG_VERSION")), token, Arc::new(HagMetrics::new(state)))
-            .status_detail(move || detail.clone());
-    if let Some(a) = &config.admin {
+            .status_detail(move || status_detail(&settings.get().config, &listening));
+    if let Some(a) = &config.config.admin {
         app = app.limits(&a.config);
     }
     app
 }
 
 /// The complete admin router of a hag (what [`start`] serves), for tests.
-pub fn router(config: &Config, listening: &[SocketAddr], state: Arc<ApiState>, token: BearerToken) -> Router {
-    app(config, listening, state.clone(), token).router(api_router(state))
+pub fn router(listening: &[SocketAddr], state: Arc<ApiState>, token: BearerToken) -> Router {
+    router_app(listening, state, token).0
 }
 
-/// Binds the admin API of `hag` as `config.admin` says and serves it until `shutdown`. `Ok(None)` (and a log
-/// line) when the config has no `admin:` section. Must be called inside a tokio runtime.
+/// The admin router and the token holder a reload replaces the token in.
+fn router_app(listening: &[SocketAddr], state: Arc<ApiState>, token: BearerToken) -> (Router, Arc<Auth>) {
+    let app = app(listening, state.clone(), token);
+    let auth = app.auth();
+    (app.router(api_router(state)), auth)
+}
+
+/// Binds the admin API of `hag` as its config's `admin` section says and serves it until `shutdown`, with the
+/// token holder a reload replaces the token in. `Ok(None)` (and a log line) when the config has no `admin:`
+/// section. Must be called inside a tokio runtime.
 pub fn start(
-    config: &Config,
     hag: &Hag,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Option<RunningAdmin>, AdminError> {
-    let Some(a) = &config.admin else {
+) -> Result<Option<(RunningAdmin, Arc<Auth>)>, AdminError> {
+    let settings = hag.settings();
+    let Some(a) = settings.get().config.admin.clone() else {
         info!("no admin section in the config: admin API off");
         return Ok(None);
     };
-    let state = Arc::new(ApiState::new(config, hag.stats(), hag.connections()));
-    let router = router(config, &hag.local_addrs(), state, a.token.clone());
-    admin::spawn(&a.config.listen, router, shutdown).map(Some)
+    let state = Arc::new(ApiState::new(settings, hag.stats(), hag.connections()));
+    let (router, auth) = router_app(&hag.local_addrs(), state, a.token.clone());
+    admin::spawn(&a.config.listen, router, shutdown).map(|running| Some((running, auth)))
 }

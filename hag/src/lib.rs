@@ -18,6 +18,7 @@ mod answer;
 pub mod config;
 pub mod connections;
 pub mod daemon;
+pub mod live;
 mod message;
 pub mod policy;
 pub mod probe;
@@ -25,6 +26,7 @@ pub mod ratelimit;
 pub mod server;
 mod slots;
 pub mod stats;
+pub mod syscheck;
 
 pub use config::Config;
 pub use server::{Hag, StartError};

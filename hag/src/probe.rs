@@ -4,13 +4,13 @@
 //! was sent to.
 //!
 //! The codec, the MAC check, the per-source rate limit and the "reply never larger than the request" rule
-//! all live in `common::probe`; this file only binds the sockets and hands them the CPE keys.
+//! all live in `common::probe`; this file only binds the sockets and hands them the CPE key lookup (which
+//! reads the running config, so a reload's new key answers at once).
 //!
 //! Invariants:
 //! - one responder task per bound service address; they end with the [`ProbeResponders`] value (abort on drop);
 //! - a CPE unknown to the config gets no answer (the lookup returns `None`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,8 +18,6 @@ use common::probe::{Responder, ResponderConfig, ResponderCounters, serve_udp};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-
-use crate::config::SecretKey;
 
 /// The running responders; dropping this stops them.
 #[derive(Debug)]
@@ -39,9 +37,10 @@ impl Drop for ProbeResponders {
 
 /// Binds UDP on each of `addrs` and answers probes there. An address that cannot be bound is logged and
 /// skipped: the Convert service works without probes, only the CPEs' health verdicts suffer.
-pub async fn start(addrs: &[SocketAddr], clients: &HashMap<String, SecretKey>) -> ProbeResponders {
-    let keys: Arc<HashMap<String, Vec<u8>>> =
-        Arc::new(clients.iter().map(|(id, k)| (id.clone(), k.expose().to_vec())).collect());
+pub async fn start<F>(addrs: &[SocketAddr], keys: F) -> ProbeResponders
+where
+    F: Fn(&str) -> Option<Vec<u8>> + Clone + Send + 'static,
+{
     let mut out = ProbeResponders { tasks: Vec::new(), counters: Vec::new() };
     for addr in addrs {
         let socket = match bind(*addr) {
@@ -56,7 +55,7 @@ pub async fn start(addrs: &[SocketAddr], clients: &HashMap<String, SecretKey>) -
         let keys = keys.clone();
         let addr = *addr;
         out.tasks.push(tokio::spawn(async move {
-            if let Err(e) = serve_udp(socket, responder, move |id: &str| keys.get(id).cloned()).await {
+            if let Err(e) = serve_udp(socket, responder, keys).await {
                 warn!(%addr, error = %e, "probe responder stopped");
             }
         }));
@@ -85,13 +84,12 @@ mod tests {
     /// A prober on loopback with the right key comes Up against the responder; with a wrong key it does not.
     #[tokio::test]
     async fn answers_known_cpe_only() {
-        let mut clients = HashMap::new();
-        clients.insert("cpe-1".to_owned(), SecretKey::new(b"0123456789abcdef0123".to_vec()));
+        let keys = |id: &str| (id == "cpe-1").then(|| b"0123456789abcdef0123".to_vec());
         // Port 0 for the test: find the bound port from a first bind, then reuse it.
         let probe_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = probe_sock.local_addr().unwrap();
         drop(probe_sock);
-        let responders = start(&[addr], &clients).await;
+        let responders = start(&[addr], keys).await;
         assert_eq!(responders.counters.len(), 1);
         let health = HealthConfig { interval: std::time::Duration::from_millis(20), ..HealthConfig::default() };
         let mk = |key: &[u8]| {

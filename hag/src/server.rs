@@ -35,8 +35,9 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 use crate::answer;
 use crate::config::Config;
 use crate::connections::{Connection, Connections, Entry};
+use crate::live::Settings;
 use crate::message::{ReadError, read_convert};
-use crate::policy::{DestinationPolicy, PrefixPolicy, local_addresses};
+use crate::policy::local_addresses;
 use crate::ratelimit::LogLimiter;
 use crate::slots::{HeldGuard, Slot, Slots};
 use crate::stats::Stats;
@@ -65,8 +66,8 @@ pub enum StartError {
 
 /// State every connection task shares.
 struct Shared {
-    config: Config,
-    policy: Box<dyn DestinationPolicy>,
+    /// The running config and destination policy; a reload swaps them.
+    settings: Arc<Settings>,
     stats: Arc<Stats>,
     connections: Arc<Connections>,
     replay: Mutex<ReplayWindow>,
@@ -106,16 +107,10 @@ impl Hag {
         let mut own = local_addresses().map_err(StartError::LocalAddresses)?;
         own.extend(config.listen.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()));
         debug!(?own, "own addresses, denied as destinations unless allowed");
-        let policy = PrefixPolicy::new(config.destinations.allow.clone(), config.destinations.deny.clone(), own);
-        Ok(Hag::with_policy(config, Box::new(policy), listeners))
-    }
-
-    fn with_policy(config: Config, policy: Box<dyn DestinationPolicy>, listeners: Vec<TcpListener>) -> Hag {
         let replay = ReplayWindow::new(config.limits.auth_skew.as_secs().max(1), config.limits.replay_entries);
-        Hag {
+        Ok(Hag {
             shared: Arc::new(Shared {
-                config,
-                policy,
+                settings: Arc::new(Settings::new(config, own)),
                 stats: Arc::new(Stats::default()),
                 connections: Arc::new(Connections::default()),
                 replay: Mutex::new(replay),
@@ -124,7 +119,12 @@ impl Hag {
                 auth_log: Mutex::new(LogLimiter::new(20, Duration::from_secs(10))),
             }),
             listeners,
-        }
+        })
+    }
+
+    /// The running config; [`Settings::apply`] reloads it.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.shared.settings.clone()
     }
 
     /// The bound addresses (useful when a listen port was 0).
@@ -146,7 +146,9 @@ impl Hag {
     /// configured drain deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         // Uplink health probes from the CPEs arrive on the UDP side of each service address.
-        let _probes = crate::probe::start(&self.local_addrs(), &self.shared.config.clients).await;
+        let settings = self.shared.settings.clone();
+        let keys = move |id: &str| settings.get().config.clients.get(id).map(|k| k.expose().to_vec());
+        let _probes = crate::probe::start(&self.local_addrs(), keys).await;
         *self.shared.stats.probes.lock().expect("probe list poisoned") = _probes.counters.clone();
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -162,7 +164,7 @@ impl Hag {
         }
         tracker.close();
         let open = self.shared.stats.active.load(Relaxed);
-        let drain = self.shared.config.limits.drain_deadline;
+        let drain = self.shared.settings.get().config.limits.drain_deadline;
         info!(open, ?drain, "shutting down: listeners closed, draining open connections");
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             warn!(
@@ -314,8 +316,9 @@ async fn serve(shared: Arc<Shared>, mut client: SharedStream, peer: SocketAddr, 
     let started = Instant::now();
     let conn = entry.conn();
     note_transport(&shared, &client, conn);
-    if active.open > shared.config.limits.max_connections as u64 {
-        return reject(&shared, client, Refusal::TotalLimit(shared.config.limits.max_connections)).await;
+    let max = shared.settings.get().config.limits.max_connections;
+    if active.open > max as u64 {
+        return reject(&shared, client, Refusal::TotalLimit(max)).await;
     }
     let (mut message, mut buf, mut consumed) = match read_header(&shared, &mut client).await {
         Ok(m) => m,
@@ -341,7 +344,8 @@ async fn serve(shared: Arc<Shared>, mut client: SharedStream, peer: SocketAddr, 
         Ok(server) => server,
         Err(refusal) => return reject(&shared, client, refusal).await,
     };
-    answer::relay_to(&shared.stats, &shared.config.limits, conn, client, server, &buf[consumed..], started).await;
+    let limits = shared.settings.get().config.limits.clone();
+    answer::relay_to(&shared.stats, &limits, conn, client, server, &buf[consumed..], started).await;
     drop(cpe_slot);
 }
 
@@ -370,7 +374,7 @@ fn note_transport(shared: &Shared, client: &SharedStream, conn: &Connection) {
 /// in it (the rest is client data that came with it). `Err(Some)`: answer with that refusal; `Err(None)`: the
 /// client gave up or is too slow, close without an answer.
 async fn read_header(shared: &Shared, client: &mut SharedStream) -> Result<(Message, Vec<u8>, usize), Option<Refusal>> {
-    let deadline = shared.config.limits.header_deadline;
+    let deadline = shared.settings.get().config.limits.header_deadline;
     match tokio::time::timeout(deadline, read_convert(client)).await {
         Ok(Ok(m)) => Ok(m),
         Err(_) => {
@@ -393,8 +397,9 @@ async fn read_header(shared: &Shared, client: &mut SharedStream) -> Result<(Mess
 async fn open(shared: &Shared, conn: &Connection, message: &Message) -> Result<TcpStream, Refusal> {
     let dst = message.connect().ok_or(Refusal::NoConnect)?.remote;
     tracing::Span::current().record("dst", field::display(dst));
-    shared.policy.check(dst.ip()).map_err(|why| Refusal::Policy { dst: dst.ip(), why })?;
-    let timeout = shared.config.limits.connect_timeout;
+    let live = shared.settings.get();
+    live.policy.check(dst.ip()).map_err(|why| Refusal::Policy { dst: dst.ip(), why })?;
+    let timeout = live.config.limits.connect_timeout;
     let server = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(Refusal::Connect(e)),
@@ -419,7 +424,7 @@ async fn hold(
     message: &Message,
     raw: &[u8],
 ) -> Result<Option<Held>, Refusal> {
-    let limits = &shared.config.limits;
+    let limits = shared.settings.get().config.limits.clone();
     let Some(cpe) = message.auth().map(|a| a.cpe_id.clone()).filter(|_| message.connect().is_none()) else {
         return Err(Refusal::BadHold);
     };
@@ -479,11 +484,11 @@ fn admit(
     raw: &[u8],
 ) -> Result<Option<Slot>, Refusal> {
     let Some(auth) = message.auth() else {
-        return if shared.config.is_trusted(peer.ip()) { Ok(None) } else { Err(Refusal::MissingAuth) };
+        return if shared.settings.get().config.is_trusted(peer.ip()) { Ok(None) } else { Err(Refusal::MissingAuth) };
     };
     tracing::Span::current().record("cpe", auth.cpe_id.as_str());
     authenticate(shared, message, raw)?;
-    let limit = shared.config.limits.max_connections_per_cpe;
+    let limit = shared.settings.get().config.limits.max_connections_per_cpe;
     let slot = shared.per_cpe.acquire(&auth.cpe_id, limit).ok_or(Refusal::CpeLimit(limit))?;
     let _ = conn.cpe.set(auth.cpe_id.clone());
     shared.stats.cpe_admitted(&auth.cpe_id);
@@ -493,7 +498,8 @@ fn admit(
 /// Checks the Auth TLV of `message` (`raw`: its bytes): a configured CPE, its MAC, then the replay window.
 fn authenticate(shared: &Shared, message: &Message, raw: &[u8]) -> Result<(), Refusal> {
     let auth = message.auth().ok_or(Refusal::MissingAuth)?;
-    let key = shared.config.clients.get(&auth.cpe_id).ok_or(Refusal::UnknownCpe)?;
+    let live = shared.settings.get();
+    let key = live.config.clients.get(&auth.cpe_id).ok_or(Refusal::UnknownCpe)?;
     let verified = convert::auth::verify_mac(key.expose(), raw)
         .and_then(|()| shared.replay.lock().expect("replay window poisoned").check(now_unix(), auth));
     if let Err(e) = verified {
@@ -524,7 +530,7 @@ async fn reject(shared: &Shared, mut client: SharedStream, why: Refusal) {
     }
     let reply = Message::error_reply(code).to_bytes().expect("error reply encodes");
     let linger = async {
-        common::mptcp::await_tfo_handshake(&client, shared.config.limits.connect_timeout).await?;
+        common::mptcp::await_tfo_handshake(&client, shared.settings.get().config.limits.connect_timeout).await?;
         client.write_all(&reply).await?;
         client.shutdown().await?;
         let mut sink = [0u8; 4096];

@@ -96,8 +96,9 @@ fn router_fixture() -> RouterFixture {
     stats.cpe_admitted("cpe-1");
     stats.cpe_relayed("cpe-1", 11, 22);
     stats.cpe_auth_failed("cpe-2");
-    let state = Arc::new(ApiState::new(&config, stats, connections));
-    let router = hadmin::router(&config, &["127.0.0.1:5124".parse().unwrap()], state.clone(), token());
+    let settings = Arc::new(hag::live::Settings::new(config, vec![]));
+    let state = Arc::new(ApiState::new(settings, stats, connections));
+    let router = hadmin::router(&["127.0.0.1:5124".parse().unwrap()], state.clone(), token());
     RouterFixture { router, state, _entries: vec![a, b] }
 }
 
@@ -355,7 +356,7 @@ async fn live_mptcp_relay_is_listed_with_its_subflow_and_delete_closes_it() {
     let stats = hag.stats();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut rx1 = stop_rx.clone();
-    let running = hadmin::start(&config, &hag, async move {
+    let (running, _auth) = hadmin::start(&hag, async move {
         let _ = rx1.wait_for(|s| *s).await;
     })
     .unwrap()

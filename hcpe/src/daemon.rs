@@ -176,13 +176,13 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
             pool: Arc::new(conn::pool::Pool::new(cfg.pool)),
         });
         let admin_stop = tokio_util::sync::CancellationToken::new();
+        let reload = admin::Reloader::new(opts.config_path, cfg.clone(), opts.log_level);
+        let control = uplinks.as_ref().map(UplinkManager::control);
+        let volume_handle = volume.as_ref().map(VolumeTracker::handle);
+        let state = Arc::new(admin::ApiState::new(shared.clone(), control, volume_handle, reload));
         let admin = {
-            let reload = admin::Reloader::new(opts.config_path, cfg.clone(), opts.log_level);
-            let control = uplinks.as_ref().map(UplinkManager::control);
-            let volume = volume.as_ref().map(VolumeTracker::handle);
-            let state = Arc::new(admin::ApiState::new(shared.clone(), control, volume, reload));
             let stop = admin_stop.clone();
-            match admin::start(state, async move { stop.cancelled().await }) {
+            match admin::start(state.clone(), async move { stop.cancelled().await }) {
                 Ok(a) => a,
                 Err(e) => {
                     if let Some(m) = uplinks {
@@ -194,7 +194,12 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
         };
         let pool_stop = tokio_util::sync::CancellationToken::new();
         let pool_task = tokio::spawn(conn::pool::run(shared.pool.clone(), shared.clone(), pool_stop.clone()));
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let reloads = tokio::spawn(reload_on_hangup(hangup, state));
+        common::process::notify_ready();
         serve(&mut interceptor, shared, shutdown).await;
+        common::process::notify_stopping();
+        reloads.abort();
         pool_stop.cancel();
         let _ = pool_task.await;
         admin_stop.cancel();
@@ -223,6 +228,22 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
     interceptor.shutdown().await;
     info!("hcpe stopped");
     result
+}
+
+/// Reloads the config on every SIGHUP (`systemctl reload hcpe`), as `POST /api/v1/reload` does, until aborted.
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, state: Arc<admin::ApiState>) {
+    while hangup.recv().await.is_some() {
+        common::process::notify_reloading();
+        info!("SIGHUP: reloading the config");
+        match state.reload_now().await {
+            Ok(out) if !out.restart_required.is_empty() => {
+                warn!(restart_required = ?out.restart_required, "some changes take effect only after a restart")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e.message, "config reload refused: the running config stays"),
+        }
+        common::process::notify_ready();
+    }
 }
 
 async fn serve(interceptor: &mut Interceptor, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {

@@ -14,4 +14,5 @@ pub mod daemon;
 pub mod intercept;
 pub mod nat;
 pub mod quic;
+pub mod syscheck;
 pub mod uplink;

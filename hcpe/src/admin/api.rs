@@ -520,5 +520,5 @@ pub(super) async fn delete_connection(
     (status = 409, description = "The daemon was not started from a config file.", body = ErrorBody),
 ))]
 pub(super) async fn reload(State(s): State<Arc<ApiState>>) -> Result<ApiJson<ReloadOutcome>, ApiError> {
-    s.reload.reload(s.uplinks.as_ref(), s.auth.get(), Some(&s.conns.pool)).await.map(ApiJson)
+    s.reload_now().await.map(ApiJson)
 }

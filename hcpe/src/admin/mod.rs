@@ -24,7 +24,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
-use common::admin::{self, AdminApp, AdminError, Auth, BearerToken, ProcessInfo};
+use common::admin::{self, AdminApp, AdminError, ApiError, Auth, BearerToken, ProcessInfo};
 use serde_json::{Value, json};
 use tracing::info;
 use utoipa_axum::router::OpenApiRouter;
@@ -66,6 +66,11 @@ impl ApiState {
     /// The config the daemon runs with.
     pub fn config(&self) -> &Config {
         &self.conns.config
+    }
+
+    /// Reloads the config file (`POST /api/v1/reload`, SIGHUP).
+    pub async fn reload_now(&self) -> Result<reload::ReloadOutcome, ApiError> {
+        self.reload.reload(self.uplinks.as_ref(), self.auth.get(), Some(&self.conns.pool)).await
     }
 }
 
