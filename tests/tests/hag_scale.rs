@@ -220,6 +220,10 @@ fn hag_holds_ten_thousand_concurrent_relays() {
     hag.signal(libc::SIGTERM);
     assert!(hag.wait_timeout(Duration::from_secs(5)).is_some_and(|s| s.success()), "{}", hag.log());
     let log = hag.log();
-    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    // The start-up system check judges the host (its clock, its sysctls), not the load: left out.
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && !l.contains("common::syscheck"))
+        .collect();
     assert!(warnings.is_empty(), "hag logged {} warnings/errors, first: {:?}", warnings.len(), warnings.first());
 }
