@@ -1,0 +1,210 @@
+//! hag run the way its Debian package and unit run it, in the testbed: the shipped config under an
+//! `/etc/hag`-like root (`hag.yaml` root:hag 0640, `hag-keys/` root:hag 0750, each key 0600 owned by the daemon's
+//! user), started through `setpriv` as an unprivileged user with the unit's capabilities (none: an empty
+//! bounding set, no new privileges), with hcpe from its shipped example as the CPE.
+//!
+//! It relays the CPE's connections; a SIGHUP after a second CPE's key was added serves that CPE at once,
+//! without a restart, while a download started before the reload goes on to its last byte.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::convert::{self, Decoded, Message, auth};
+use tests::daemons::{self, LanDownload};
+use tests::emulator::{LinkConfig, Shape};
+use tests::netns::{ChildGuard, Netns, bin_path};
+use tests::testbed::{Testbed, TestbedConfig, addr};
+use tests::traffic::Server;
+
+/// The daemon's user and group: a number no account on the machine uses, so nothing in /etc changes.
+const UID: u32 = 64_917;
+const GID: u32 = 64_917;
+/// The second CPE's key, added by the reload.
+const KEY2: [u8; 32] = [0x5a; 32];
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Writes a secret as the package's postinst does: 0600, owned by the daemon's user.
+fn secret(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    chown(path, Some(UID), Some(GID)).unwrap();
+    set_mode(path, 0o600);
+}
+
+/// `/etc/hag` as the package lays it out under `root`, with `deploy/examples/hag.yaml` as shipped (its key and
+/// token paths are the package's `hag-keys/...`) and the CPE key hcpe's config uses.
+fn package_layout(root: &Path, cpe_key_hex: &str) -> std::path::PathBuf {
+    set_mode(root, 0o755);
+    let etc = root.join("etc/hag");
+    let keys = etc.join("hag-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    set_mode(&root.join("etc"), 0o755);
+    set_mode(&etc, 0o755);
+    chown(&keys, Some(0), Some(GID)).unwrap();
+    set_mode(&keys, 0o750);
+    secret(&keys.join("example-cpe.key"), cpe_key_hex);
+    secret(&keys.join("admin.token"), "0123456789abcdef0123456789abcdef");
+    let config = etc.join("hag.yaml");
+    std::fs::write(&config, daemons::example_config("hag.yaml").unwrap()).unwrap();
+    chown(&config, Some(0), Some(GID)).unwrap();
+    set_mode(&config, 0o640);
+    config
+}
+
+/// hag through `setpriv`: the unit's user, no capability in any set, no new privileges.
+fn start_unprivileged(ns: &Netns, config: &Path) -> ChildGuard {
+    let (uid, gid) = (format!("--reuid={UID}"), format!("--regid={GID}"));
+    let hag = bin_path("hag");
+    let args = [
+        uid.as_str(),
+        gid.as_str(),
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+        hag.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let mut child = ns.spawn("setpriv", &args).unwrap();
+    assert!(child.wait_for_log("admin API listening", Duration::from_secs(10)), "hag did not start:\n{}", child.log());
+    child
+}
+
+/// `Uid` and `CapEff`/`CapBnd` of a process, from /proc.
+fn credentials(pid: u32) -> (String, String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field =
+        |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_default();
+    (field("Uid:"), field("CapEff:"), field("CapBnd:"))
+}
+
+/// An echo server in `ns` on `addr`, one thread per connection, for the life of the test.
+fn echo_server(ns: &Netns, addr: SocketAddr) {
+    let listener = ns.within(move || TcpListener::bind(addr).unwrap()).unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A CPE other than hcpe: an MPTCP connection from the CPE's DSL address to hag with a Convert request signed
+/// with `KEY2` as `cpe-2`. Returns hag's reply, and on success whether the destination echoed.
+fn second_cpe(ns: &Netns, dst: SocketAddr) -> (Message, bool) {
+    ns.within(move || {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::from(common::mptcp::IPPROTO_MPTCP))).unwrap();
+        s.bind(&SocketAddr::new(addr::CPE_DSL.v4.into(), 0).into()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.connect(&SocketAddr::new(addr::HAG_SERVICE.v4.into(), 5124).into()).unwrap();
+        let mut s = std::net::TcpStream::from(s);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let request = auth::signed_request(&KEY2, dst, "cpe-2", now, auth::random_nonce().unwrap()).unwrap();
+        s.write_all(&request).unwrap();
+        let mut buf = Vec::new();
+        let (reply, rest) = loop {
+            if let Decoded::Done { message, consumed } = convert::decode(&buf) {
+                break (message, buf[consumed..].to_vec());
+            }
+            let mut chunk = [0u8; 512];
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "hag closed without a reply");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        if reply.error().is_some() {
+            return (reply, false);
+        }
+        s.write_all(b"hello through a reloaded hag").unwrap();
+        let mut echoed = rest;
+        while echoed.len() < 28 {
+            let mut chunk = [0u8; 64];
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => echoed.extend_from_slice(&chunk[..n]),
+            }
+        }
+        (reply, echoed == b"hello through a reloaded hag")
+    })
+    .unwrap()
+}
+
+#[test]
+fn unprivileged_hag_relays_and_a_sighup_adds_a_cpe_while_relays_go_on() {
+    let tb = Testbed::new(TestbedConfig {
+        dsl: LinkConfig::symmetric(Shape::mbit(40.0).delay_ms(5.0)),
+        lte: LinkConfig { seed: 2, ..LinkConfig::symmetric(Shape::mbit(20.0).delay_ms(10.0)) },
+        ..TestbedConfig::default()
+    })
+    .unwrap();
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let dst = SocketAddr::new(addr::INET_SERVER.v4.into(), server.port());
+    let echo = SocketAddr::new(addr::INET_SERVER.v4.into(), 7777);
+    echo_server(&tb.inet, echo);
+
+    let dir = daemons::config_dir("hag-packaged").unwrap();
+    let cpe_key = std::fs::read_to_string(dir.path().join("cpe.key")).unwrap();
+    let root = tempfile::Builder::new().prefix("hag-package-root-").tempdir().unwrap();
+    let config = package_layout(root.path(), &cpe_key);
+    let mut hag = start_unprivileged(&tb.hag, &config);
+    let (uid, cap_eff, cap_bnd) = credentials(hag.pid());
+    assert!(uid.split_whitespace().all(|u| u == UID.to_string()), "hag runs as {uid}");
+    assert_eq!((cap_eff.as_str(), cap_bnd.as_str()), ("0000000000000000", "0000000000000000"));
+
+    let hcpe_cfg = daemons::write_config(dir.path(), "hcpe.yaml", &daemons::example_hcpe_yaml().unwrap()).unwrap();
+    let hcpe = daemons::start(&tb.cpe, "hcpe", &hcpe_cfg, &["hcpe ready", "uplink manager started"]).unwrap();
+    daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
+
+    // A download through hcpe and the unprivileged hag, running across the reload.
+    const SIZE: u64 = 24 << 20;
+    let download = LanDownload::start(&tb, dst, SIZE, Duration::from_secs(10)).unwrap();
+    download.wait_for(2 << 20, Duration::from_secs(10), "the download before the reload", &hcpe);
+
+    // cpe-2 is unknown: refused.
+    let (reply, _) = second_cpe(&tb.cpe, echo);
+    assert!(reply.error().is_some(), "an unknown CPE must be refused: {reply:?}");
+
+    // The operator adds cpe-2's key and reloads (what `systemctl reload hag` sends).
+    secret(&config.parent().unwrap().join("hag-keys/cpe-2.key"), &hex(&KEY2));
+    let text = std::fs::read_to_string(&config).unwrap();
+    let added = text.replace(
+        "    key_file: hag-keys/example-cpe.key\n",
+        "    key_file: hag-keys/example-cpe.key\n  cpe-2:\n    key_file: hag-keys/cpe-2.key\n",
+    );
+    assert_ne!(added, text, "the example's clients section changed shape");
+    std::fs::write(&config, added).unwrap();
+    let at_reload = download.bytes();
+    hag.signal(libc::SIGHUP);
+    assert!(hag.wait_for_log("config reloaded", Duration::from_secs(5)), "no reload:\n{}", hag.log());
+    let log = hag.log();
+    let reloaded = log.lines().find(|l| l.contains("config reloaded")).unwrap();
+    assert!(reloaded.contains(r#"applied=["clients"]"#), "{reloaded}");
+    assert!(reloaded.contains("restart_required=[]"), "{reloaded}");
+
+    let (reply, echoed) = second_cpe(&tb.cpe, echo);
+    assert!(reply.error().is_none(), "cpe-2 refused after the reload: {reply:?}\n{}", hag.log());
+    assert!(echoed, "cpe-2's relay did not echo");
+
+    let transfer = download.join().unwrap_or_else(|e| panic!("download across the reload: {e}\n{}", hag.log()));
+    assert_eq!(transfer.bytes, SIZE);
+    assert!(transfer.bytes > at_reload, "the download went on after the reload");
+    assert!(hag.try_wait().is_none(), "hag restarted or died:\n{}", hag.log());
+    eprintln!("reload at {at_reload} of {SIZE} bytes; download intact at {:.1} Mbit/s", transfer.mbit_per_s());
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
