@@ -4,7 +4,8 @@
 //! bounding set, no new privileges), with hcpe from its shipped example as the CPE.
 //!
 //! It relays the CPE's connections; a SIGHUP after a second CPE's key was added serves that CPE at once,
-//! without a restart, while a download started before the reload goes on to its last byte.
+//! without a restart, while a download started before the reload goes on to its last byte. hcpe reloads on
+//! SIGHUP too.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -165,7 +166,7 @@ fn unprivileged_hag_relays_and_a_sighup_adds_a_cpe_while_relays_go_on() {
     assert_eq!((cap_eff.as_str(), cap_bnd.as_str()), ("0000000000000000", "0000000000000000"));
 
     let hcpe_cfg = daemons::write_config(dir.path(), "hcpe.yaml", &daemons::example_hcpe_yaml().unwrap()).unwrap();
-    let hcpe = daemons::start(&tb.cpe, "hcpe", &hcpe_cfg, &["hcpe ready", "uplink manager started"]).unwrap();
+    let mut hcpe = daemons::start(&tb.cpe, "hcpe", &hcpe_cfg, &["hcpe ready", "uplink manager started"]).unwrap();
     daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
 
     // A download through hcpe and the unprivileged hag, running across the reload.
@@ -197,6 +198,15 @@ fn unprivileged_hag_relays_and_a_sighup_adds_a_cpe_while_relays_go_on() {
     let (reply, echoed) = second_cpe(&tb.cpe, echo);
     assert!(reply.error().is_none(), "cpe-2 refused after the reload: {reply:?}\n{}", hag.log());
     assert!(echoed, "cpe-2's relay did not echo");
+
+    // hcpe answers SIGHUP the same way (what its unit's and procd's reload send).
+    let text = std::fs::read_to_string(&hcpe_cfg).unwrap();
+    std::fs::write(&hcpe_cfg, text.replace("    min: 4\n", "    min: 2\n")).unwrap();
+    hcpe.signal(libc::SIGHUP);
+    assert!(hcpe.wait_for_log("config reloaded", Duration::from_secs(5)), "no reload:\n{}", hcpe.log());
+    let log = hcpe.log();
+    let reloaded = log.lines().find(|l| l.contains("config reloaded")).unwrap();
+    assert!(reloaded.contains(r#"applied=["hag.pool"]"#), "{reloaded}");
 
     let transfer = download.join().unwrap_or_else(|e| panic!("download across the reload: {e}\n{}", hag.log()));
     assert_eq!(transfer.bytes, SIZE);
