@@ -8,6 +8,7 @@
 //!   counters per direction), driven live through [`Testbed::dsl`] / [`Testbed::lte`].
 //! - [`daemons`]: config writers and starters for the real `hag` and `hcpe`, and a tiny HTTP client for
 //!   their admin APIs.
+//! - [`cpe`]: a CPE without hcpe: an authenticated Convert request over MPTCP to hag, its reply read whole.
 //! - [`traffic`]: traffic server/client with SHA-256 verification, request/response, progress
 //!   timelines and one-way delay probes.
 //!
@@ -43,6 +44,7 @@
 //! tb.dsl.restore();
 //! ```
 
+pub mod cpe;
 pub mod daemons;
 pub mod emulator;
 pub mod netns;

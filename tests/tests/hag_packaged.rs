@@ -11,9 +11,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::convert::{self, Decoded, Message, auth};
+use common::convert::Message;
 use tests::daemons::{self, LanDownload};
 use tests::emulator::{LinkConfig, Shape};
 use tests::netns::{ChildGuard, Netns, bin_path};
@@ -103,44 +103,26 @@ fn echo_server(ns: &Netns, addr: SocketAddr) {
     });
 }
 
-/// A CPE other than hcpe: an MPTCP connection from the CPE's DSL address to hag with a Convert request signed
-/// with `KEY2` as `cpe-2`. Returns hag's reply, and on success whether the destination echoed.
+/// A CPE other than hcpe: a Convert request from the CPE's DSL address signed with `KEY2` as `cpe-2`. Returns
+/// hag's reply, and on success whether the destination echoed.
 fn second_cpe(ns: &Netns, dst: SocketAddr) -> (Message, bool) {
-    ns.within(move || {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::from(common::mptcp::IPPROTO_MPTCP))).unwrap();
-        s.bind(&SocketAddr::new(addr::CPE_DSL.v4.into(), 0).into()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.connect(&SocketAddr::new(addr::HAG_SERVICE.v4.into(), 5124).into()).unwrap();
-        let mut s = std::net::TcpStream::from(s);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let request = auth::signed_request(&KEY2, dst, "cpe-2", now, auth::random_nonce().unwrap()).unwrap();
-        s.write_all(&request).unwrap();
-        let mut buf = Vec::new();
-        let (reply, rest) = loop {
-            if let Decoded::Done { message, consumed } = convert::decode(&buf) {
-                break (message, buf[consumed..].to_vec());
-            }
-            let mut chunk = [0u8; 512];
-            let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0, "hag closed without a reply");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        if reply.error().is_some() {
-            return (reply, false);
+    let hag = SocketAddr::new(addr::HAG_SERVICE.v4.into(), 5124);
+    let source = Some(addr::CPE_DSL.v4.into());
+    let reply = tests::cpe::convert_request(ns, hag, source, (&KEY2, "cpe-2"), dst).unwrap();
+    if reply.message.error().is_some() {
+        return (reply.message, false);
+    }
+    const HELLO: &[u8] = b"hello through a reloaded hag";
+    let (mut s, mut echoed) = (reply.stream, reply.rest);
+    s.write_all(HELLO).unwrap();
+    while echoed.len() < HELLO.len() {
+        let mut chunk = [0u8; 64];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => echoed.extend_from_slice(&chunk[..n]),
         }
-        s.write_all(b"hello through a reloaded hag").unwrap();
-        let mut echoed = rest;
-        while echoed.len() < 28 {
-            let mut chunk = [0u8; 64];
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => echoed.extend_from_slice(&chunk[..n]),
-            }
-        }
-        (reply, echoed == b"hello through a reloaded hag")
-    })
-    .unwrap()
+    }
+    (reply.message, echoed == HELLO)
 }
 
 #[test]
