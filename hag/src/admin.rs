@@ -315,6 +315,11 @@ impl Metrics for HagMetrics {
         let s = self.state.stats.snapshot();
         let st = &self.state.stats;
         w.gauge("connections_open", "Client connections open now.", s.active);
+        w.gauge(
+            "connections_pending",
+            "Client connections open now that have not delivered a whole Convert message yet.",
+            st.pending.load(Relaxed),
+        );
         w.counter("connections_accepted_total", "Client connections accepted on any listener.", s.accepted);
         w.counter("connections_relayed_total", "Connections answered with success and relayed.", s.relayed);
         w.counter(
@@ -340,7 +345,8 @@ impl Metrics for HagMetrics {
         )
         .sample(&[("reason", "refused")], refused)
         .sample(&[("reason", "header_timeout")], s.header_timeouts)
-        .sample(&[("reason", "closed_before_header")], s.closed_before_header);
+        .sample(&[("reason", "closed_before_header")], s.closed_before_header)
+        .sample(&[("reason", "pending_limit")], s.pending_refused);
         w.family(
             "relays_ended_total",
             "Relays that ended other than by both sides closing, by reason.",

@@ -92,6 +92,11 @@ pub struct Limits {
     /// Time a client has to deliver the whole Convert message after the connection is accepted.
     #[serde(default = "default_header_deadline", with = "cfg::duration")]
     pub header_deadline: Duration,
+    /// Connections one source address may have open that have not delivered a whole Convert message yet
+    /// (before authentication); past it a new one from that address is closed at once. Bounds a slow-header
+    /// flood (hundreds of connections sending a byte a second) without touching other sources.
+    #[serde(default = "default_max_pending_per_source")]
+    pub max_pending_per_source: usize,
     /// Connections one authenticated CPE may hold idle for its ready-connection pool (Hold TLV); past it the
     /// hold is answered with Error 64. They count against `max_connections_per_cpe` too.
     #[serde(default = "default_max_held_per_cpe")]
@@ -128,6 +133,7 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             max_connections_per_cpe: default_max_connections_per_cpe(),
             header_deadline: default_header_deadline(),
+            max_pending_per_source: default_max_pending_per_source(),
             max_held_per_cpe: default_max_held_per_cpe(),
             hold_timeout: default_hold_timeout(),
             connect_timeout: default_connect_timeout(),
@@ -158,6 +164,9 @@ fn default_max_connections_per_cpe() -> usize {
 }
 fn default_header_deadline() -> Duration {
     Duration::from_secs(5)
+}
+fn default_max_pending_per_source() -> usize {
+    64
 }
 fn default_max_held_per_cpe() -> usize {
     64
@@ -282,6 +291,7 @@ impl Config {
         for (name, value) in [
             ("max_connections", l.max_connections),
             ("max_connections_per_cpe", l.max_connections_per_cpe),
+            ("max_pending_per_source", l.max_pending_per_source),
             ("replay_entries", l.replay_entries),
             ("backlog", l.backlog as usize),
         ] {

@@ -139,7 +139,7 @@ impl Settings {
 
 fn policy_for(config: &Config, own: &[IpAddr]) -> Box<dyn DestinationPolicy> {
     let d = &config.destinations;
-    Box::new(PrefixPolicy::new(d.allow.clone(), d.deny.clone(), own.iter().copied()))
+    Box::new(PrefixPolicy::new(d.allow.clone(), d.deny.clone(), own.iter().copied()).with_kernel_check())
 }
 
 /// Whether `limits.<field>` takes effect without a restart.
@@ -152,6 +152,7 @@ fn set_limit(to: &mut Limits, from: &Limits, field: &str) {
         "max_connections" => to.max_connections = from.max_connections,
         "max_connections_per_cpe" => to.max_connections_per_cpe = from.max_connections_per_cpe,
         "header_deadline" => to.header_deadline = from.header_deadline,
+        "max_pending_per_source" => to.max_pending_per_source = from.max_pending_per_source,
         "max_held_per_cpe" => to.max_held_per_cpe = from.max_held_per_cpe,
         "hold_timeout" => to.hold_timeout = from.hold_timeout,
         "connect_timeout" => to.connect_timeout = from.connect_timeout,
@@ -182,6 +183,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         ("max_connections", a.max_connections != b.max_connections),
         ("max_connections_per_cpe", a.max_connections_per_cpe != b.max_connections_per_cpe),
         ("header_deadline", a.header_deadline != b.header_deadline),
+        ("max_pending_per_source", a.max_pending_per_source != b.max_pending_per_source),
         ("max_held_per_cpe", a.max_held_per_cpe != b.max_held_per_cpe),
         ("hold_timeout", a.hold_timeout != b.hold_timeout),
         ("connect_timeout", a.connect_timeout != b.connect_timeout),

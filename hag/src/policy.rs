@@ -5,14 +5,21 @@
 //! reserved/broadcast) and its own addresses. The operator's `allow`/`deny` prefix lists override that; when
 //! both lists match, the longer prefix decides and a tie denies.
 //!
-//! Invariants: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is judged exactly as the IPv4 address it maps,
-//! so the mapped form is never a way around an IPv4 rule. The policy is pure (no IO): [`local_addresses`]
-//! is the one function here that asks the kernel, once at start.
+//! Invariants:
+//! - An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is judged exactly as the IPv4 address it maps, and an
+//!   IPv6 address that carries an IPv4 address the network would deliver to (IPv4-compatible `::a.b.c.d`,
+//!   NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged as itself *and* as that IPv4 address: no IPv6 form is
+//!   a way around an IPv4 rule. Forms whose IPv4 target cannot be read off the address (Teredo, local-use
+//!   NAT64) are built-in special ranges.
+//! - The hag's own addresses are denied as they are at the time of the check: besides the addresses known at
+//!   start, [`PrefixPolicy::with_kernel_check`] asks the kernel whether the address is local now (a bind of
+//!   a UDP socket to it), so an address added later is denied too. That bind is the policy's one IO; the
+//!   rest is pure.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
@@ -25,6 +32,15 @@ pub enum Denied {
     Special(&'static str),
     /// One of the hag's own addresses.
     OwnAddress,
+    /// Port 0: no server listens there; a connect to it is refused by the destination or means "any port".
+    PortZero,
+    /// An IPv6 address whose embedded IPv4 address (NAT64, 6to4, IPv4-compatible) is denied.
+    Embedded {
+        /// The IPv4 address the network would deliver to.
+        v4: Ipv4Addr,
+        /// Why that address is denied.
+        why: Box<Denied>,
+    },
 }
 
 impl fmt::Display for Denied {
@@ -33,6 +49,8 @@ impl fmt::Display for Denied {
             Denied::DenyList(p) => write!(f, "in deny list prefix {p}"),
             Denied::Special(name) => write!(f, "{name} address"),
             Denied::OwnAddress => write!(f, "one of the hag's own addresses"),
+            Denied::PortZero => write!(f, "port 0"),
+            Denied::Embedded { v4, why } => write!(f, "it carries IPv4 address {v4}, which is denied: {why}"),
         }
     }
 }
@@ -59,7 +77,44 @@ const SPECIAL: &[(&str, &str)] = &[
     ("fe80::/10", "link-local"),
     ("fc00::/7", "unique local"),
     ("ff00::/8", "multicast"),
+    ("2001::/32", "Teredo (RFC 4380)"),
+    ("64:ff9b:1::/48", "local-use NAT64 (RFC 8215)"),
 ];
+
+/// The IPv4 address an IPv6 destination carries and the network would deliver to: IPv4-compatible
+/// (`::a.b.c.d`, deprecated but still routed by some stacks), the NAT64 well-known prefix (`64:ff9b::/96`,
+/// RFC 6052) and 6to4 (`2002:aabb:ccdd::/48`, RFC 3056). `::` and `::1` are IPv6's own unspecified and
+/// loopback addresses, not IPv4-compatible ones. (IPv4-mapped addresses are canonicalised before this.)
+pub fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let o = v6.octets();
+    let last32 = || Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    if o[..12].iter().all(|b| *b == 0) {
+        return (v6 != Ipv6Addr::UNSPECIFIED && v6 != Ipv6Addr::LOCALHOST).then(last32);
+    }
+    if o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0] {
+        return Some(last32());
+    }
+    if o[..2] == [0x20, 0x02] {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    None
+}
+
+/// Whether `ip` is local to this host now: a UDP socket can bind to it. Only meaningful while
+/// `ip_nonlocal_bind` is off (see [`PrefixPolicy::with_kernel_check`]).
+fn bound_locally(ip: IpAddr) -> bool {
+    let domain = if ip.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    socket2::Socket::new(domain, socket2::Type::DGRAM, None)
+        .and_then(|s| s.bind(&std::net::SocketAddr::new(ip, 0).into()))
+        .is_ok()
+}
+
+/// Whether this network namespace lets sockets bind to addresses it does not have (then a bind says nothing).
+fn nonlocal_bind_allowed() -> bool {
+    ["/proc/sys/net/ipv4/ip_nonlocal_bind", "/proc/sys/net/ipv6/ip_nonlocal_bind"]
+        .iter()
+        .any(|p| std::fs::read_to_string(p).is_ok_and(|v| v.trim() != "0"))
+}
 
 /// The built-in special range `ip` falls in, if any (mapped IPv4 judged as IPv4).
 pub fn special_range(ip: IpAddr) -> Option<&'static str> {
@@ -74,6 +129,8 @@ pub struct PrefixPolicy {
     deny: Vec<IpNet>,
     special: Vec<(IpNet, &'static str)>,
     own: HashSet<IpAddr>,
+    /// Also ask the kernel whether an address is local at the time of the check.
+    kernel_check: bool,
 }
 
 impl PrefixPolicy {
@@ -93,7 +150,41 @@ impl PrefixPolicy {
             deny: deny.into_iter().map(canon).collect(),
             special,
             own: own.into_iter().map(|a| a.to_canonical()).collect(),
+            kernel_check: false,
         }
+    }
+
+    /// Also denies any address that is local to this host at the time of the check (one that was added
+    /// after start, or that a local route covers), asking the kernel with a bind. Not when the namespace
+    /// allows binding to non-local addresses (`ip_nonlocal_bind`): then only the addresses known at start
+    /// count, and a warning says so.
+    pub fn with_kernel_check(mut self) -> Self {
+        if nonlocal_bind_allowed() {
+            tracing::warn!(
+                "net.ipv4/ipv6.ip_nonlocal_bind is on: hag cannot tell its own addresses from others at connect \
+                 time and denies only those it had at start (and reloads)"
+            );
+        } else {
+            self.kernel_check = true;
+        }
+        self
+    }
+
+    /// The verdict on `ip` as written (canonical), without looking at an IPv4 address it may carry.
+    fn judge(&self, ip: IpAddr) -> Result<(), Denied> {
+        match (longest(&self.allow, &ip), longest(&self.deny, &ip)) {
+            (Some(a), Some(d)) if a.prefix_len() > d.prefix_len() => return Ok(()),
+            (_, Some(d)) => return Err(Denied::DenyList(*d)),
+            (Some(_), None) => return Ok(()),
+            (None, None) => {}
+        }
+        if let Some((_, name)) = self.special.iter().find(|(p, _)| p.contains(&ip)) {
+            return Err(Denied::Special(name));
+        }
+        if self.own.contains(&ip) || (self.kernel_check && bound_locally(ip)) {
+            return Err(Denied::OwnAddress);
+        }
+        Ok(())
     }
 }
 
@@ -104,17 +195,12 @@ fn longest<'a>(list: &'a [IpNet], ip: &IpAddr) -> Option<&'a IpNet> {
 impl DestinationPolicy for PrefixPolicy {
     fn check(&self, dst: IpAddr) -> Result<(), Denied> {
         let ip = dst.to_canonical();
-        match (longest(&self.allow, &ip), longest(&self.deny, &ip)) {
-            (Some(a), Some(d)) if a.prefix_len() > d.prefix_len() => return Ok(()),
-            (_, Some(d)) => return Err(Denied::DenyList(*d)),
-            (Some(_), None) => return Ok(()),
-            (None, None) => {}
-        }
-        if let Some((_, name)) = self.special.iter().find(|(p, _)| p.contains(&ip)) {
-            return Err(Denied::Special(name));
-        }
-        if self.own.contains(&ip) {
-            return Err(Denied::OwnAddress);
+        self.judge(ip)?;
+        // An allowed IPv6 prefix does not open the IPv4 address it carries: allow that IPv4 prefix for it.
+        if let IpAddr::V6(v6) = ip
+            && let Some(v4) = embedded_ipv4(v6)
+        {
+            self.judge(IpAddr::V4(v4)).map_err(|why| Denied::Embedded { v4, why: Box::new(why) })?;
         }
         Ok(())
     }
@@ -243,6 +329,40 @@ mod tests {
     fn allow_list_can_open_own_address() {
         let p = PrefixPolicy::new(nets(&["127.0.0.1/32"]), vec![], [ip("127.0.0.1")]);
         assert_eq!(p.check(ip("127.0.0.1")), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_forms_carrying_a_denied_ipv4_address_are_denied() {
+        let p = PrefixPolicy::new(vec![], nets(&["198.51.100.0/24"]), [ip("203.0.113.5")]);
+        let embedded = |dst: &str| match p.check(ip(dst)) {
+            Err(Denied::Embedded { v4, .. }) => Some(v4.to_string()),
+            other => panic!("{dst}: {other:?}"),
+        };
+        assert_eq!(embedded("::127.0.0.1").as_deref(), Some("127.0.0.1"), "IPv4-compatible");
+        assert_eq!(embedded("::10.1.2.3").as_deref(), Some("10.1.2.3"));
+        assert_eq!(embedded("64:ff9b::10.1.2.3").as_deref(), Some("10.1.2.3"), "NAT64 well-known prefix");
+        assert_eq!(embedded("64:ff9b::198.51.100.7").as_deref(), Some("198.51.100.7"), "deny list through NAT64");
+        assert_eq!(embedded("2002:7f00:1::1").as_deref(), Some("127.0.0.1"), "6to4");
+        assert_eq!(embedded("2002:cb00:7105::1").as_deref(), Some("203.0.113.5"), "6to4 of an own address");
+        for dst in ["2001:0:4136:e378:8000:63bf:3fff:fdd2", "64:ff9b:1::a00:1"] {
+            assert!(matches!(p.check(ip(dst)), Err(Denied::Special(_))), "{dst}");
+        }
+        // Public IPv4 behind the same forms passes; `::` and `::1` are IPv6's own.
+        for dst in ["64:ff9b::8.8.8.8", "2002:808:808::1", "::8.8.8.8"] {
+            assert_eq!(p.check(ip(dst)), Ok(()), "{dst}");
+        }
+        assert!(matches!(p.check(ip("::1")), Err(Denied::Special("loopback"))));
+        assert!(matches!(p.check(ip("::")), Err(Denied::Special(_))));
+    }
+
+    #[test]
+    fn the_kernel_says_which_addresses_are_local_now() {
+        assert!(bound_locally(ip("127.0.0.1")), "127.0.0.1 is local in every namespace");
+        assert!(bound_locally(ip("::1")));
+        if !nonlocal_bind_allowed() {
+            assert!(!bound_locally(ip("192.0.2.254")), "a documentation address is nobody's here");
+            assert!(PrefixPolicy::new(vec![], vec![], []).with_kernel_check().kernel_check);
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::live::Settings;
 use crate::message::{ReadError, read_convert};
 use crate::policy::local_addresses;
 use crate::ratelimit::LogLimiter;
-use crate::slots::{HeldGuard, Slot, Slots};
+use crate::slots::{HeldGuard, Pending, Slot, Slots};
 use crate::stats::Stats;
 
 /// How long a rejected client gets to read its Error reply and close, before we drop the socket.
@@ -75,6 +75,10 @@ struct Shared {
     per_cpe: Slots,
     /// Held (idle, pooled) connections per CPE id.
     held_per_cpe: Slots,
+    /// Connections without a whole Convert message yet, per source address.
+    pending: Slots,
+    /// Open connections per trusted source address (clients without an Auth TLV have no CPE id).
+    per_trusted_source: Slots,
     auth_log: Mutex<LogLimiter>,
 }
 
@@ -116,6 +120,8 @@ impl Hag {
                 replay: Mutex::new(replay),
                 per_cpe: Slots::default(),
                 held_per_cpe: Slots::default(),
+                pending: Slots::default(),
+                per_trusted_source: Slots::default(),
                 auth_log: Mutex::new(LogLimiter::new(20, Duration::from_secs(10))),
             }),
             listeners,
@@ -192,6 +198,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
             }
         };
         shared.stats.accepted.fetch_add(1, Relaxed);
+        let limit = shared.settings.get().config.limits.max_pending_per_source;
+        let source = peer.ip().to_canonical().to_string();
+        let Some(pending) = Pending::acquire(&shared.pending, &source, limit, &shared.stats) else {
+            // Closed before anything is read or written: a flood from one address costs an accept and a close.
+            shared.stats.pending_refused.fetch_add(1, Relaxed);
+            let allowed = shared.auth_log.lock().expect("log limiter poisoned").allow(Instant::now());
+            if let Some(suppressed) = allowed {
+                warn!(%peer, limit, suppressed, "too many connections from this address without a Convert message; closing");
+            }
+            drop(stream);
+            continue;
+        };
         let guard = ActiveGuard::new(shared.stats.clone());
         let stream = SharedStream::new(stream);
         let entry = shared.connections.insert(peer, stream.downgrade());
@@ -204,7 +222,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
             token = field::Empty,
             tfo = field::Empty
         );
-        let task = serve(shared.clone(), stream, peer, guard, entry);
+        let task = serve(shared.clone(), stream, peer, guard, pending, entry);
         // Closed from outside (admin API) before relaying; while relaying, `serve` itself stops the relay
         // and does the accounting (polled first, so it wins when both are ready).
         tracker.spawn(
@@ -312,7 +330,14 @@ fn now_unix() -> u64 {
 
 /// The whole life of one accepted connection: its Convert message (after a hold, if it asked for one),
 /// admission and the connection to the destination (any refusal answered with an Error TLV), then the relay.
-async fn serve(shared: Arc<Shared>, mut client: SharedStream, peer: SocketAddr, active: ActiveGuard, entry: Entry) {
+async fn serve(
+    shared: Arc<Shared>,
+    mut client: SharedStream,
+    peer: SocketAddr,
+    active: ActiveGuard,
+    pending: Pending,
+    entry: Entry,
+) {
     let started = Instant::now();
     let conn = entry.conn();
     note_transport(&shared, &client, conn);
@@ -320,7 +345,9 @@ async fn serve(shared: Arc<Shared>, mut client: SharedStream, peer: SocketAddr, 
     if active.open > max as u64 {
         return reject(&shared, client, Refusal::TotalLimit(max)).await;
     }
-    let (mut message, mut buf, mut consumed) = match read_header(&shared, &mut client).await {
+    let header = read_header(&shared, &mut client).await;
+    drop(pending);
+    let (mut message, mut buf, mut consumed) = match header {
         Ok(m) => m,
         Err(Some(refusal)) => return reject(&shared, client, refusal).await,
         Err(None) => return,
@@ -398,6 +425,9 @@ async fn open(shared: &Shared, conn: &Connection, message: &Message) -> Result<T
     let dst = message.connect().ok_or(Refusal::NoConnect)?.remote;
     tracing::Span::current().record("dst", field::display(dst));
     let live = shared.settings.get();
+    if dst.port() == 0 {
+        return Err(Refusal::Policy { dst: dst.ip(), why: crate::policy::Denied::PortZero });
+    }
     live.policy.check(dst.ip()).map_err(|why| Refusal::Policy { dst: dst.ip(), why })?;
     let timeout = live.config.limits.connect_timeout;
     let server = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
@@ -484,7 +514,14 @@ fn admit(
     raw: &[u8],
 ) -> Result<Option<Slot>, Refusal> {
     let Some(auth) = message.auth() else {
-        return if shared.settings.get().config.is_trusted(peer.ip()) { Ok(None) } else { Err(Refusal::MissingAuth) };
+        let live = shared.settings.get();
+        if !live.config.is_trusted(peer.ip()) {
+            return Err(Refusal::MissingAuth);
+        }
+        // Without a CPE id, a trusted client is bounded per source address like a CPE is per id.
+        let limit = live.config.limits.max_connections_per_cpe;
+        let source = peer.ip().to_canonical().to_string();
+        return shared.per_trusted_source.acquire(&source, limit).map(Some).ok_or(Refusal::CpeLimit(limit));
     };
     tracing::Span::current().record("cpe", auth.cpe_id.as_str());
     authenticate(shared, message, raw)?;

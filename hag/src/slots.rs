@@ -1,5 +1,6 @@
-//! Per-CPE bounds held by RAII guards: [`Slots`] counts a CPE's open (or held) connections against a limit,
-//! [`Slot`] gives one back on drop; [`HeldGuard`] marks a connection held for a CPE's pool while it lives.
+//! Per-key bounds held by RAII guards: [`Slots`] counts a CPE's open (or held) connections, or a source
+//! address's connections, against a limit, [`Slot`] gives one back on drop; [`HeldGuard`] marks a connection
+//! held for a CPE's pool while it lives; [`Pending`] marks one that has not delivered its Convert message yet.
 //!
 //! Invariant: a count goes up only through [`Slots::acquire`] below its limit and down only when that
 //! acquire's [`Slot`] drops, so counts are exact however a connection task ends; zero counts are removed.
@@ -11,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use crate::connections::Connection;
 use crate::stats::Stats;
 
-/// Per-CPE counts of something bounded (open connections, held connections).
+/// Per-key counts of something bounded (open connections per CPE, held connections per CPE, pending
+/// connections per source address, connections per trusted source address).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Slots(Arc<Mutex<HashMap<String, usize>>>);
 
@@ -67,5 +69,27 @@ impl Drop for HeldGuard<'_> {
     fn drop(&mut self) {
         self.stats.held.fetch_sub(1, Relaxed);
         self.conn.held.store(false, Relaxed);
+    }
+}
+
+/// A connection that has not delivered a whole Convert message yet: one of its source's pending slots, and
+/// the `pending` gauge, while it lives.
+pub(crate) struct Pending {
+    _slot: Slot,
+    stats: Arc<Stats>,
+}
+
+impl Pending {
+    /// Takes one of `source`'s pending slots if it has fewer than `limit`.
+    pub(crate) fn acquire(slots: &Slots, source: &str, limit: usize, stats: &Arc<Stats>) -> Option<Self> {
+        let slot = slots.acquire(source, limit)?;
+        stats.pending.fetch_add(1, Relaxed);
+        Some(Pending { _slot: slot, stats: stats.clone() })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.stats.pending.fetch_sub(1, Relaxed);
     }
 }
