@@ -174,7 +174,7 @@ where
 fn main() {
     let dir = std::env::temp_dir().join(format!("hag-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("bench.key"), KEY).unwrap();
+    testkit::write_secret(dir.join("bench.key"), KEY).unwrap();
     let yaml = "listen: ['127.0.0.1:0']\nclients: {bench: {key_file: bench.key}}\n\
                 destinations: {allow: [127.0.0.0/8]}\nlimits: {max_connections_per_cpe: 100000}\nlog_level: warn\n";
     let config = Config::from_yaml(yaml, &dir.join("hag.yaml")).unwrap();

@@ -54,6 +54,9 @@ pub struct FileConfig {
     /// tracing filter directive (`info`, `debug`, `hag=debug,common=info`); `RUST_LOG` overrides it.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// A key or token file the group or other users can read: refuse the config (default) or warn.
+    #[serde(default)]
+    pub secret_files: cfg::SecretFiles,
 }
 
 /// One client (CPE) entry.
@@ -93,8 +96,9 @@ pub struct Limits {
     #[serde(default = "default_header_deadline", with = "cfg::duration")]
     pub header_deadline: Duration,
     /// Connections one source address may have open that have not delivered a whole Convert message yet
-    /// (before authentication); past it a new one from that address is closed at once. Bounds a slow-header
-    /// flood (hundreds of connections sending a byte a second) without touching other sources.
+    /// (before authentication); past it the oldest of them is closed. Bounds a slow-header flood (hundreds of
+    /// connections sending a byte a second) without touching other sources, while new connections, which
+    /// deliver their message within a round trip, get through (several CPEs may share one NAT address).
     #[serde(default = "default_max_pending_per_source")]
     pub max_pending_per_source: usize,
     /// Connections one authenticated CPE may hold idle for its ready-connection pool (Hold TLV); past it the
@@ -166,7 +170,7 @@ fn default_header_deadline() -> Duration {
     Duration::from_secs(5)
 }
 fn default_max_pending_per_source() -> usize {
-    64
+    256
 }
 fn default_max_held_per_cpe() -> usize {
     64
@@ -284,7 +288,7 @@ impl Config {
                 ));
             }
             let key_path = cfg::resolve_relative(config_path, &entry.key_file);
-            let key = cfg::read_secret_key(&format!("{field}.key_file"), &key_path)?;
+            let key = cfg::read_secret_key(&format!("{field}.key_file"), &key_path, file.secret_files)?;
             clients.insert(id.clone(), SecretKey(key));
         }
         let l = &file.limits;
@@ -310,7 +314,7 @@ impl Config {
                 return Err(ConfigError::invalid(format!("limits.{name}"), "must be longer than 0s"));
             }
         }
-        let admin = file.admin.map(|a| a.load("admin", config_path)).transpose()?;
+        let admin = file.admin.map(|a| a.load("admin", config_path, file.secret_files)).transpose()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log_level) {
             return Err(ConfigError::invalid("log_level", format!("`{}` is not a log filter: {e}", file.log_level)));
         }
@@ -341,8 +345,9 @@ mod tests {
         fn new(tag: &str) -> Self {
             let d = std::env::temp_dir().join(format!("hag-config-test-{}-{tag}", std::process::id()));
             std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("cpe1.key"), "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n")
-                .unwrap();
+            let key = d.join("cpe1.key");
+            std::fs::write(&key, "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n").unwrap();
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
             Dir(d)
         }
         fn config_path(&self) -> PathBuf {

@@ -213,8 +213,13 @@ mod tests {
     #[test]
     fn a_new_key_and_limits_apply_listeners_and_the_replay_window_wait_for_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.key"), "00".repeat(32)).unwrap();
-        std::fs::write(dir.path().join("b.key"), "11".repeat(32)).unwrap();
+        let key = |name: &str, hex: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, hex).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        };
+        key("a.key", "00".repeat(32));
+        key("b.key", "11".repeat(32));
         let old = config(dir.path(), "listen: ['192.0.2.1']\nclients: {a: {key_file: a.key}}\n");
         let settings = Settings::new(old, vec![]);
         let new = config(
@@ -233,7 +238,7 @@ mod tests {
         assert_eq!(live.config.listen, vec!["192.0.2.1:5124".parse().unwrap()], "needs a restart");
         assert!(live.policy.check("10.1.2.3".parse().unwrap()).is_ok(), "policy rebuilt");
         // A changed key is a change even with the same ids; the same file again changes nothing.
-        std::fs::write(dir.path().join("b.key"), "22".repeat(32)).unwrap();
+        key("b.key", "22".repeat(32));
         let again = config(
             dir.path(),
             "listen: ['192.0.2.1']\nclients: {a: {key_file: a.key}, b: {key_file: b.key}}\n\

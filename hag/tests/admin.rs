@@ -37,8 +37,8 @@ impl Dir {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let d = std::env::temp_dir().join(format!("hag-admin-test-{}-{tag}-{n}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("cpe.key"), KEY).unwrap();
-        std::fs::write(d.join("admin.token"), format!("{TOKEN}\n")).unwrap();
+        testkit::write_secret(d.join("cpe.key"), KEY).unwrap();
+        testkit::write_secret(d.join("admin.token"), format!("{TOKEN}\n")).unwrap();
         Dir(d)
     }
 

@@ -29,7 +29,7 @@ impl Fixture {
         let dir =
             std::env::temp_dir().join(format!("hag-server-test-{}-{}", std::process::id(), N.fetch_add(1, Relaxed)));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cpe.key"), KEY).unwrap();
+        testkit::write_secret(dir.join("cpe.key"), KEY).unwrap();
         let yaml = format!(
             "listen: ['127.0.0.1:0']\n\
              clients: {{cpe-1: {{key_file: cpe.key}}, cpe-2: {{key_file: cpe.key}}}}\n\

@@ -58,8 +58,8 @@ impl Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cpe.key"), KEY_HEX).unwrap();
-    std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    testkit::write_secret(dir.path().join("cpe.key"), KEY_HEX).unwrap();
+    testkit::write_secret(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
     let path = dir.path().join("hcpe.yaml");
     std::fs::write(&path, yaml("active", "")).unwrap();
     let config = Config::from_file(&path).unwrap();

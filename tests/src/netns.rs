@@ -674,6 +674,6 @@ pub fn bin_path(name: &str) -> PathBuf {
 /// `cpe.key` inside it holds `key_hex`, the shared secret the generated hcpe and hag configs point at.
 pub fn config_dir(tag: &str, key_hex: &str) -> std::io::Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new().prefix(&format!("{tag}-{}-", std::process::id())).tempdir()?;
-    std::fs::write(dir.path().join("cpe.key"), key_hex)?;
+    testkit::write_secret(dir.path().join("cpe.key"), key_hex)?;
     Ok(dir)
 }

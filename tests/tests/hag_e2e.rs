@@ -104,7 +104,7 @@ const MAX_HELD_PER_CPE: usize = 2;
 const HOLD_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn hag_config(dir: &Path) -> PathBuf {
-    std::fs::write(dir.join("cpe.key"), KEY).unwrap();
+    testkit::write_secret(dir.join("cpe.key"), KEY).unwrap();
     let clients: Vec<String> = CPE_IDS.iter().map(|id| format!("  {id}: {{key_file: cpe.key}}\n")).collect();
     let yaml = format!(
         "listen: ['{HAG4}', '[{HAG6}]']\n\

@@ -105,7 +105,8 @@ fn hag_holds_ten_thousand_concurrent_relays() {
     };
     let mut hag = daemons::start_hag(&tb, dir.path(), &spec).unwrap();
     let token = daemons::admin_token(dir.path()).unwrap();
-    let key = common::config::read_secret_key("key", &dir.path().join("cpe.key")).unwrap();
+    let key = common::config::read_secret_key("key", &dir.path().join("cpe.key"), common::config::SecretFiles::Refuse)
+        .unwrap();
 
     // Echo server in inet: one task per connection, until the test ends.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -53,9 +53,10 @@ impl BearerToken {
     }
 
     /// Reads the token from the file at `path` (config field `field`, for errors): the file's text with
-    /// surrounding whitespace trimmed. An empty file is an error. A file that other users can read, or a short
-    /// token, is accepted with a warning, so a test setup or a read-only image does not stop the daemon.
-    pub fn from_file(field: &str, path: &Path) -> Result<Self, ConfigError> {
+    /// surrounding whitespace trimmed. An empty file is an error; a file the group or other users can read is
+    /// refused or warned about as `policy` says (`crate::config::secret_file_check`); a short token is accepted
+    /// with a warning.
+    pub fn from_file(field: &str, path: &Path, policy: crate::config::SecretFiles) -> Result<Self, ConfigError> {
         use std::io::Read as _;
         let key_file = |source| ConfigError::KeyFile { field: field.to_owned(), path: path.to_owned(), source };
         let format = |reason: &str| ConfigError::KeyFormat {
@@ -64,12 +65,12 @@ impl BearerToken {
             reason: reason.to_owned(),
         };
         let file = std::fs::File::open(path).map_err(key_file)?;
-        warn_if_others_can_read(field, path, &file);
         let mut raw = Vec::new();
-        file.take(MAX_KEY_FILE_LEN + 1).read_to_end(&mut raw).map_err(key_file)?;
+        (&file).take(MAX_KEY_FILE_LEN + 1).read_to_end(&mut raw).map_err(key_file)?;
         if raw.len() as u64 > MAX_KEY_FILE_LEN {
             return Err(format("longer than 4096 bytes; is this really a token file?"));
         }
+        crate::config::secret_file_check(field, path, &file, &raw, "admin token", policy)?;
         let text = std::str::from_utf8(&raw).map_err(|_| format("token is not text"))?.trim();
         let token = Self::new(text).map_err(format)?;
         if text.len() < RECOMMENDED_TOKEN_LEN {
@@ -104,19 +105,6 @@ impl BearerToken {
         self.matches(rest.trim_ascii())
     }
 }
-
-#[cfg(unix)]
-fn warn_if_others_can_read(field: &str, path: &Path, file: &std::fs::File) {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Ok(meta) = file.metadata()
-        && meta.permissions().mode() & 0o004 != 0
-    {
-        tracing::warn!(field, path = %path.display(), "admin token file is readable by every user; chmod 600 it");
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_others_can_read(_field: &str, _path: &Path, _file: &std::fs::File) {}
 
 /// The admin API's token and refusal counter, shared by the middleware and the daemon (which may replace the
 /// token on a config reload through [`Auth::set_token`]).
@@ -234,20 +222,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("token");
         std::fs::write(&p, "  abcdef0123456789abcdef\n").unwrap();
-        let t = BearerToken::from_file("admin.token_file", &p).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let t = BearerToken::from_file("admin.token_file", &p, crate::config::SecretFiles::Refuse).unwrap();
         assert!(t.matches(b"abcdef0123456789abcdef"));
 
         std::fs::write(&p, " \n").unwrap();
-        let e = BearerToken::from_file("admin.token_file", &p).unwrap_err();
+        let e = BearerToken::from_file("admin.token_file", &p, crate::config::SecretFiles::Refuse).unwrap_err();
         assert_eq!(e.field(), Some("admin.token_file"));
         assert!(e.to_string().contains("empty"), "{e}");
 
         std::fs::write(&p, "two words\n").unwrap();
-        let e = BearerToken::from_file("admin.token_file", &p).unwrap_err();
+        let e = BearerToken::from_file("admin.token_file", &p, crate::config::SecretFiles::Refuse).unwrap_err();
         assert!(e.to_string().contains("visible ASCII"), "{e}");
         assert!(!e.to_string().contains("two words"), "the token must not be echoed: {e}");
 
-        let e = BearerToken::from_file("admin.token_file", &dir.path().join("missing")).unwrap_err();
+        let e =
+            BearerToken::from_file("admin.token_file", &dir.path().join("missing"), crate::config::SecretFiles::Refuse)
+                .unwrap_err();
         assert!(matches!(e, ConfigError::KeyFile { .. }), "{e}");
     }
 }

@@ -7,7 +7,7 @@
 //! [`serve`] runs it:
 //!
 //! ```ignore
-//! let token = cfg.admin.load_token("admin.token_file")?;
+//! let token = cfg.admin.load_token("admin.token_file", SecretFiles::Refuse)?;
 //! let app = AdminApp::new(ProcessInfo::new("hcpe", env!("CARGO_PKG_VERSION")), token, metrics)
 //!     .limits(&cfg.admin)
 //!     .status_detail(move || serde_json::json!({ "uplinks": summary.clone() }));
@@ -174,16 +174,22 @@ impl<const DEFAULT_PORT: u16> AdminConfig<DEFAULT_PORT> {
     }
 
     /// Reads the token file; `field` names it in errors (e.g. `admin.token_file`).
-    pub fn load_token(&self, field: &str) -> Result<BearerToken, ConfigError> {
-        BearerToken::from_file(field, &self.token_file)
+    pub fn load_token(&self, field: &str, policy: cfg::SecretFiles) -> Result<BearerToken, ConfigError> {
+        BearerToken::from_file(field, &self.token_file, policy)
     }
 
     /// The whole check of a parsed section at field path `section` of the config file at `config_path`:
-    /// [`validate`](Self::validate), [`resolve_paths`](Self::resolve_paths), then the token file read.
-    pub fn load(mut self, section: &str, config_path: &Path) -> Result<AdminSection<DEFAULT_PORT>, ConfigError> {
+    /// [`validate`](Self::validate), [`resolve_paths`](Self::resolve_paths), then the token file read (its
+    /// mode checked as `policy` says).
+    pub fn load(
+        mut self,
+        section: &str,
+        config_path: &Path,
+        policy: cfg::SecretFiles,
+    ) -> Result<AdminSection<DEFAULT_PORT>, ConfigError> {
         self.validate(section)?;
         self.resolve_paths(config_path);
-        let token = self.load_token(&format!("{section}.token_file"))?;
+        let token = self.load_token(&format!("{section}.token_file"), policy)?;
         Ok(AdminSection { config: self, token })
     }
 }

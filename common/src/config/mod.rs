@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+mod secret;
+pub use secret::{SecretFiles, read_secret_key, secret_file_check, warn};
+
 /// Exit code of a daemon (and of `--check-config`) when the config is bad: `EX_USAGE` (64) as DESIGN §3 fixes.
 pub const EXIT_BAD_CONFIG: i32 = 64;
 
@@ -133,46 +136,6 @@ pub fn resolve_relative(config_path: &Path, p: &Path) -> PathBuf {
     match config_path.parent() {
         Some(dir) => dir.join(p),
         None => p.to_owned(),
-    }
-}
-
-/// Reads a secret key from the file at `path`, named by config field `field` (for the error message).
-///
-/// Accepted content: hex text (any case, surrounding whitespace ignored) which is decoded; any other UTF-8
-/// text is taken as raw bytes after trimming surrounding whitespace; non-UTF-8 content (e.g. 32 bytes from
-/// `/dev/urandom`) is taken byte for byte, untrimmed, since a trailing 0x0a there is part of the key.
-/// The key must be at least [`MIN_KEY_LEN`] bytes.
-pub fn read_secret_key(field: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    use std::io::Read as _;
-    let key_file = |source| ConfigError::KeyFile { field: field.to_owned(), path: path.to_owned(), source };
-    let file = std::fs::File::open(path).map_err(key_file)?;
-    let mut raw = Vec::new();
-    file.take(MAX_KEY_FILE_LEN + 1).read_to_end(&mut raw).map_err(key_file)?;
-    let format = |reason: String| ConfigError::KeyFormat { field: field.to_owned(), path: path.to_owned(), reason };
-    if raw.len() as u64 > MAX_KEY_FILE_LEN {
-        return Err(format(format!("longer than {MAX_KEY_FILE_LEN} bytes; is this really a key file?")));
-    }
-    let key = decode_key(raw);
-    if key.len() < MIN_KEY_LEN {
-        return Err(format(format!("key is {} bytes, at least {MIN_KEY_LEN} are needed", key.len())));
-    }
-    Ok(key)
-}
-
-fn decode_key(raw: Vec<u8>) -> Vec<u8> {
-    match String::from_utf8(raw) {
-        Ok(text) => {
-            let text = text.trim();
-            if !text.is_empty()
-                && text.len() % 2 == 0
-                && text.bytes().all(|b| b.is_ascii_hexdigit())
-                && let Ok(bytes) = hex::decode(text)
-            {
-                return bytes;
-            }
-            text.as_bytes().to_vec()
-        }
-        Err(not_utf8) => not_utf8.into_bytes(),
     }
 }
 
@@ -300,6 +263,7 @@ mod tests {
         fn new(name: &str, content: &[u8]) -> Self {
             let p = std::env::temp_dir().join(format!("common-config-test-{}-{name}", std::process::id()));
             std::fs::write(&p, content).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
             TempFile(p)
         }
     }
@@ -312,7 +276,7 @@ mod tests {
     #[test]
     fn key_file_hex_is_decoded_and_trimmed() {
         let f = TempFile::new("hex", b"  00112233445566778899AABBCCDDEEFF00112233445566778899aabbccddeeff\n");
-        let key = read_secret_key("clients.a.key_file", &f.0).unwrap();
+        let key = read_secret_key("clients.a.key_file", &f.0, SecretFiles::Refuse).unwrap();
         assert_eq!(key.len(), 32);
         assert_eq!(key[..4], [0x00, 0x11, 0x22, 0x33]);
     }
@@ -320,21 +284,21 @@ mod tests {
     #[test]
     fn key_file_text_is_trimmed_and_binary_is_kept() {
         let f = TempFile::new("text", b"correct horse battery staple\n");
-        assert_eq!(read_secret_key("k", &f.0).unwrap(), b"correct horse battery staple");
+        assert_eq!(read_secret_key("k", &f.0, SecretFiles::Refuse).unwrap(), b"correct horse battery staple");
         let mut bin = vec![0xffu8; 31];
         bin.push(b'\n');
         let f = TempFile::new("bin", &bin);
-        assert_eq!(read_secret_key("k", &f.0).unwrap(), bin);
+        assert_eq!(read_secret_key("k", &f.0, SecretFiles::Refuse).unwrap(), bin);
     }
 
     #[test]
     fn key_file_errors_name_field_and_path() {
         let missing = std::env::temp_dir().join("common-config-test-no-such-key");
-        let e = read_secret_key("clients.cpe-1.key_file", &missing).unwrap_err();
+        let e = read_secret_key("clients.cpe-1.key_file", &missing, SecretFiles::Refuse).unwrap_err();
         assert_eq!(e.field(), Some("clients.cpe-1.key_file"));
         assert!(e.to_string().contains("no-such-key"), "{e}");
         let f = TempFile::new("short", b"abc\n");
-        let e = read_secret_key("clients.cpe-1.key_file", &f.0).unwrap_err();
+        let e = read_secret_key("clients.cpe-1.key_file", &f.0, SecretFiles::Refuse).unwrap_err();
         assert!(matches!(e, ConfigError::KeyFormat { .. }), "{e}");
         assert!(e.to_string().starts_with("clients.cpe-1.key_file: "), "{e}");
         assert!(!e.to_string().contains("abc"), "secret leaked: {e}");

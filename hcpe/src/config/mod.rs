@@ -76,6 +76,9 @@ pub struct FileConfig {
     /// Admin REST API and status page; absent = none.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// A key or token file the group or other users can read: refuse the config (default) or warn.
+    #[serde(default)]
+    pub secret_files: cfg::SecretFiles,
 }
 
 /// The TUN device.
@@ -128,12 +131,9 @@ pub struct HagFile {
     pub cpe_id: String,
     /// File with the shared secret (hex text or raw bytes); relative to this config file.
     pub key_file: PathBuf,
-    /// Send the Convert request (and the client's first bytes) in the SYN with TCP Fast Open (0-RTT).
-    /// Off by default while the kernel has the bug `tests/tests/mptcp_tfo_join.rs` reproduces (Linux 6.18): an
-    /// MPTCP socket accepted with SYN data takes the client's unscaled SYN window shifted by the window scale as
-    /// its MPTCP send window, so hag sends far past hcpe's receive window for the first tens of MB; hcpe drops
-    /// the excess and downloads crawl on MPTCP retransmissions (about half of TFO connections on the testbed).
-    /// Nothing in userspace avoids it (see `common::mptcp`).
+    /// Send the Convert request (and the client's first bytes) in the SYN with TCP Fast Open (0-RTT). Off by
+    /// default while the kernel has the bug `tests/tests/mptcp_tfo_join.rs` reproduces (Linux 6.18; see
+    /// `common::mptcp` and docs/troubleshooting.md): downloads on about half of such connections crawl.
     #[serde(default = "default_fastopen")]
     pub fastopen: bool,
     /// Ready connections to hag, held open ahead of demand (`docs/zero-rtt.md`).
@@ -473,7 +473,7 @@ impl Config {
             return Err(ConfigError::invalid("hag.cpe_id", format!("must be 1..={MAX_CPE_ID_LEN} bytes")));
         }
         let key_path = cfg::resolve_relative(config_path, &f.hag.key_file);
-        let key = Key(cfg::read_secret_key("hag.key_file", &key_path)?);
+        let key = Key(cfg::read_secret_key("hag.key_file", &key_path, f.secret_files)?);
         if f.uplinks.is_empty() {
             return Err(ConfigError::invalid("uplinks", "at least one uplink is needed"));
         }
@@ -554,7 +554,7 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&f.log_level) {
             return Err(ConfigError::invalid("log_level", e));
         }
-        let admin = f.admin.map(|a| a.load("admin", config_path)).transpose()?;
+        let admin = f.admin.map(|a| a.load("admin", config_path, f.secret_files)).transpose()?;
         Ok(Config {
             lan_interfaces: f.lan_interfaces,
             tun: f.tun,

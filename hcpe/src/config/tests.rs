@@ -2,7 +2,7 @@ use super::*;
 
 fn key_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
+    testkit::write_secret(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
     let cfg = dir.path().join("hcpe.yaml");
     (dir, cfg)
 }
@@ -48,7 +48,7 @@ fn example_parses_with_defaults() {
 fn admin_section_is_optional_and_defaults_to_loopback() {
     let (d, path) = key_dir();
     assert!(Config::from_yaml(GOOD, &path).unwrap().admin.is_none());
-    std::fs::write(d.path().join("admin.token"), "0123456789abcdef0123\n").unwrap();
+    testkit::write_secret(d.path().join("admin.token"), "0123456789abcdef0123\n").unwrap();
     let c = Config::from_yaml(&format!("{GOOD}admin: {{ token_file: admin.token }}\n"), &path).unwrap();
     let a = c.admin.unwrap();
     assert_eq!(a.config.listen, vec!["127.0.0.1:5126".parse::<SocketAddr>().unwrap()]);
@@ -129,7 +129,7 @@ uplinks:
     /// relative to the config file.
     pub(crate) fn parse_in_dir(text: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
+        testkit::write_secret(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
         let c = Config::from_yaml(text, &dir.path().join("hcpe.yaml"));
         (dir, c)
     }

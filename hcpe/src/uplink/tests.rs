@@ -36,7 +36,7 @@ probe: {{ interval: 20s }}
 /// `text` parsed as hcpe's config, with a throwaway `cpe.key` beside it.
 fn parse_config(text: &str) -> Config {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
+    testkit::write_secret(dir.path().join("cpe.key"), "00112233445566778899aabbccddeeff").unwrap();
     Config::from_yaml(text, &dir.path().join("hcpe.yaml")).unwrap()
 }
 
