@@ -346,7 +346,7 @@ impl Metrics for HagMetrics {
         .sample(&[("reason", "refused")], refused)
         .sample(&[("reason", "header_timeout")], s.header_timeouts)
         .sample(&[("reason", "closed_before_header")], s.closed_before_header)
-        .sample(&[("reason", "pending_limit")], s.pending_refused);
+        .sample(&[("reason", "pending_evicted")], s.pending_evicted);
         w.family(
             "relays_ended_total",
             "Relays that ended other than by both sides closing, by reason.",

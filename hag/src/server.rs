@@ -39,7 +39,7 @@ use crate::live::Settings;
 use crate::message::{ReadError, read_convert};
 use crate::policy::local_addresses;
 use crate::ratelimit::LogLimiter;
-use crate::slots::{HeldGuard, Pending, Slot, Slots};
+use crate::slots::{ActiveGuard, HeldGuard, Pending, PendingTable, Slot, Slots};
 use crate::stats::Stats;
 
 /// How long a rejected client gets to read its Error reply and close, before we drop the socket.
@@ -75,8 +75,8 @@ struct Shared {
     per_cpe: Slots,
     /// Held (idle, pooled) connections per CPE id.
     held_per_cpe: Slots,
-    /// Connections without a whole Convert message yet, per source address.
-    pending: Slots,
+    /// Connections without a whole Convert message yet, per source address, oldest first.
+    pending: PendingTable,
     /// Open connections per trusted source address (clients without an Auth TLV have no CPE id).
     per_trusted_source: Slots,
     auth_log: Mutex<LogLimiter>,
@@ -120,7 +120,7 @@ impl Hag {
                 replay: Mutex::new(replay),
                 per_cpe: Slots::default(),
                 held_per_cpe: Slots::default(),
-                pending: Slots::default(),
+                pending: PendingTable::default(),
                 per_trusted_source: Slots::default(),
                 auth_log: Mutex::new(LogLimiter::new(20, Duration::from_secs(10))),
             }),
@@ -200,16 +200,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
         shared.stats.accepted.fetch_add(1, Relaxed);
         let limit = shared.settings.get().config.limits.max_pending_per_source;
         let source = peer.ip().to_canonical().to_string();
-        let Some(pending) = Pending::acquire(&shared.pending, &source, limit, &shared.stats) else {
-            // Closed before anything is read or written: a flood from one address costs an accept and a close.
-            shared.stats.pending_refused.fetch_add(1, Relaxed);
-            let allowed = shared.auth_log.lock().expect("log limiter poisoned").allow(Instant::now());
-            if let Some(suppressed) = allowed {
-                warn!(%peer, limit, suppressed, "too many connections from this address without a Convert message; closing");
-            }
-            drop(stream);
-            continue;
-        };
+        let evict = CancellationToken::new();
+        let (pending, evicted) = shared.pending.admit(&source, limit, evict.clone(), &shared.stats);
+        if evicted && let Some(suppressed) = shared.auth_log.lock().expect("log limiter poisoned").allow(Instant::now())
+        {
+            warn!(%peer, limit, suppressed, "this address has too many connections without a Convert message: closing its oldest");
+        }
         let guard = ActiveGuard::new(shared.stats.clone());
         let stream = SharedStream::new(stream);
         let entry = shared.connections.insert(peer, stream.downgrade());
@@ -231,30 +227,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
                     biased;
                     () = task => {}
                     () = close.cancelled() => info!("closed through the admin API before relaying"),
+                    () = evict.cancelled() => debug!("closed: the oldest of its address's connections without a Convert message"),
                 }
             }
             .instrument(span),
         );
-    }
-}
-
-/// Holds one slot of the total connection count.
-struct ActiveGuard {
-    stats: Arc<Stats>,
-    /// Connections open including this one, when it was accepted.
-    open: u64,
-}
-
-impl ActiveGuard {
-    fn new(stats: Arc<Stats>) -> Self {
-        let open = stats.active.fetch_add(1, Relaxed) + 1;
-        ActiveGuard { stats, open }
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.stats.active.fetch_sub(1, Relaxed);
     }
 }
 

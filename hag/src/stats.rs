@@ -53,8 +53,9 @@ pub struct Stats {
     pub closed_before_header: AtomicU64,
     /// Connections open right now that have not delivered a whole Convert message yet (gauge).
     pub pending: AtomicU64,
-    /// Connections closed at accept because their source had `limits.max_pending_per_source` pending already.
-    pub pending_refused: AtomicU64,
+    /// Connections closed before their Convert message because a newer one from the same address came while
+    /// it had `limits.max_pending_per_source` pending (the oldest goes).
+    pub pending_evicted: AtomicU64,
     /// Held connections (Hold TLV) open right now, all CPEs (gauge).
     pub held: AtomicU64,
     /// Hold requests accepted (answered with the bare header).
@@ -155,7 +156,7 @@ impl Stats {
             policy_denied: self.policy_denied.load(Relaxed),
             header_timeouts: self.header_timeouts.load(Relaxed),
             closed_before_header: self.closed_before_header.load(Relaxed),
-            pending_refused: self.pending_refused.load(Relaxed),
+            pending_evicted: self.pending_evicted.load(Relaxed),
             idle_timeouts: self.idle_timeouts.load(Relaxed),
             relay_errors: self.relay_errors.load(Relaxed),
             bytes_up: self.bytes_up.load(Relaxed),
@@ -177,7 +178,7 @@ pub struct Snapshot {
     pub policy_denied: u64,
     pub header_timeouts: u64,
     pub closed_before_header: u64,
-    pub pending_refused: u64,
+    pub pending_evicted: u64,
     pub idle_timeouts: u64,
     pub relay_errors: u64,
     pub bytes_up: u64,
@@ -189,7 +190,7 @@ impl fmt::Display for Snapshot {
         write!(
             f,
             "accepted={} fallback={} active={} relayed={} auth_failures={} policy_denied={} header_timeouts={} \
-             closed_before_header={} pending_refused={} idle_timeouts={} relay_errors={} bytes_up={} bytes_down={}",
+             closed_before_header={} pending_evicted={} idle_timeouts={} relay_errors={} bytes_up={} bytes_down={}",
             self.accepted,
             self.fallback,
             self.active,
@@ -198,7 +199,7 @@ impl fmt::Display for Snapshot {
             self.policy_denied,
             self.header_timeouts,
             self.closed_before_header,
-            self.pending_refused,
+            self.pending_evicted,
             self.idle_timeouts,
             self.relay_errors,
             self.bytes_up,

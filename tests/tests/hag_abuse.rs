@@ -144,7 +144,7 @@ fn rss(pid: u32) -> u64 {
     kb * 1024
 }
 
-/// hag's memory stays under this during the flood (measured 9.3 MiB at the peak; the bound leaves room for
+/// hag's memory stays under this during the flood (measured 9 to 12 MiB at the peak; the bound leaves room for
 /// allocator and runtime growth, not for per-connection buffering of the flood).
 const RSS_BOUND: u64 = 64 << 20;
 
@@ -231,8 +231,8 @@ fn a_slow_header_flood_from_one_address_does_not_starve_a_cpe() {
         rss_before >> 10,
         rss_peak >> 10
     );
-    // Each was closed at once (over the per-source limit) or at the header deadline, seen within the
-    // trickle's one-second rounds.
+    // Each was closed as a newer one came (the oldest go over the per-source limit) or at the header
+    // deadline, seen within the trickle's one-second rounds.
     assert!(latest <= HEADER_DEADLINE + Duration::from_secs(2), "a slow connection lived {latest:?}");
     assert!(rss_peak < RSS_BOUND, "hag's RSS reached {rss_peak} bytes during the flood");
 
@@ -243,6 +243,6 @@ fn a_slow_header_flood_from_one_address_does_not_starve_a_cpe() {
     let count = |key: &str| -> u64 {
         stopped.split_whitespace().find_map(|kv| kv.strip_prefix(key)).and_then(|v| v.parse().ok()).unwrap_or(0)
     };
-    assert_eq!(count("pending_refused="), (SLOW - 64) as u64, "{stopped}");
+    assert_eq!(count("pending_evicted="), (SLOW - 64) as u64, "{stopped}");
     assert_eq!(count("header_timeouts="), 64, "{stopped}");
 }
