@@ -56,3 +56,22 @@ pub fn convert_request(
         }
     })?
 }
+
+/// An echo server in `ns` on `addr`, a thread per connection, for the life of the test process: the
+/// destination a test CPE asks hag for.
+pub fn echo_server(ns: &Netns, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = ns.within(move || std::net::TcpListener::bind(addr))??;
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}

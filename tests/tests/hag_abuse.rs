@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::convert::Message;
+use common::convert::{Message, auth};
 use tests::netns::{ChildGuard, Netns, bin_path};
 
 const HAG: &str = "198.18.1.1";
@@ -110,28 +110,6 @@ fn every_address_form_of_a_denied_destination_is_refused() {
     assert!(log.contains("which is denied"), "the embedded form is named in the log:\n{log}");
 }
 
-/// An echo server in `ns` on `addr`, a thread per connection, for the life of the test.
-fn echo_server(ns: &Netns, addr: &str) {
-    let listener = ns
-        .within({
-            let addr = addr.to_owned();
-            move || TcpListener::bind(addr).unwrap()
-        })
-        .unwrap();
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
-
 /// Resident memory of a process, bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -156,7 +134,7 @@ fn a_slow_header_flood_from_one_address_does_not_starve_a_cpe() {
         HEADER_DEADLINE.as_secs()
     );
     let mut bed = bed(&yaml);
-    echo_server(&bed.cli, &format!("{CLI}:7000"));
+    tests::cpe::echo_server(&bed.cli, format!("{CLI}:7000").parse().unwrap()).unwrap();
     let rss_before = rss(bed.hag.pid());
 
     // The flood: plain TCP from FLOOD, each connection sending one byte a second and never a whole message.
@@ -174,10 +152,14 @@ fn a_slow_header_flood_from_one_address_does_not_starve_a_cpe() {
                 .collect()
         })
         .unwrap();
+    // What the slow ones send, a byte a second: a well-formed request, so only the deadline stops them.
+    let dst: SocketAddr = format!("{CLI}:7000").parse().unwrap();
+    let request = auth::signed_request(&KEY, dst, "cpe-1", 0, [7; 16]).unwrap();
     let trickle = std::thread::spawn(move || {
-        // Writes one header byte a second on each connection until hag has closed it; returns when each
-        // connection was seen closed (a failed write or an EOF), relative to the start of the flood.
+        // Writes the request's next byte each second on each connection until hag has closed it; returns when
+        // each connection was seen closed (a failed write or an EOF), relative to the start of the flood.
         let mut closed_at: Vec<Option<Duration>> = vec![None; slow.len()];
+        let mut round = 0;
         for s in &slow {
             s.set_nonblocking(true).unwrap();
         }
@@ -192,10 +174,11 @@ fn a_slow_header_flood_from_one_address_does_not_starve_a_cpe() {
                     Ok(_) => false,
                     Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
                 };
-                if gone || s.write_all(&[0x01]).is_err() {
+                if gone || s.write_all(&request[round..=round]).is_err() {
                     closed_at[i] = Some(started.elapsed());
                 }
             }
+            round += 1;
             std::thread::sleep(Duration::from_secs(1));
         }
         closed_at
@@ -203,7 +186,6 @@ fn a_slow_header_flood_from_one_address_does_not_starve_a_cpe() {
 
     // Meanwhile the CPE at the other address: 100 connections, each relayed and echoing.
     let hag = SocketAddr::new(HAG.parse().unwrap(), 5124);
-    let dst: SocketAddr = format!("{CLI}:7000").parse().unwrap();
     let mut rss_peak = 0;
     for i in 0..100 {
         let mut reply = tests::cpe::convert_request(&bed.cli, hag, Some(CLI.parse().unwrap()), (&KEY, "cpe-1"), dst)
@@ -233,7 +215,15 @@ fn a_slow_header_flood_from_one_address_does_not_starve_a_cpe() {
     );
     // Each was closed as a newer one came (the oldest go over the per-source limit) or at the header
     // deadline, seen within the trickle's one-second rounds.
-    assert!(latest <= HEADER_DEADLINE + Duration::from_secs(2), "a slow connection lived {latest:?}");
+    let mut by_second = std::collections::BTreeMap::new();
+    for c in closed_at.iter().flatten() {
+        *by_second.entry(c.as_secs()).or_insert(0) += 1;
+    }
+    assert!(
+        latest <= HEADER_DEADLINE + Duration::from_secs(2),
+        "a slow connection lived {latest:?}; closed by second of the flood: {by_second:?}\n{}",
+        bed.hag.log()
+    );
     assert!(rss_peak < RSS_BOUND, "hag's RSS reached {rss_peak} bytes during the flood");
 
     bed.hag.signal(libc::SIGTERM);

@@ -8,7 +8,7 @@
 //! SIGHUP too.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::Path;
 use std::time::Duration;
@@ -86,23 +86,6 @@ fn credentials(pid: u32) -> (String, String, String) {
     (field("Uid:"), field("CapEff:"), field("CapBnd:"))
 }
 
-/// An echo server in `ns` on `addr`, one thread per connection, for the life of the test.
-fn echo_server(ns: &Netns, addr: SocketAddr) {
-    let listener = ns.within(move || TcpListener::bind(addr).unwrap()).unwrap();
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
-
 /// A CPE other than hcpe: a Convert request from the CPE's DSL address signed with `KEY2` as `cpe-2`. Returns
 /// hag's reply, and on success whether the destination echoed.
 fn second_cpe(ns: &Netns, dst: SocketAddr) -> (Message, bool) {
@@ -136,7 +119,7 @@ fn unprivileged_hag_relays_and_a_sighup_adds_a_cpe_while_relays_go_on() {
     let server = Server::start(&tb.inet, 0).unwrap();
     let dst = SocketAddr::new(addr::INET_SERVER.v4.into(), server.port());
     let echo = SocketAddr::new(addr::INET_SERVER.v4.into(), 7777);
-    echo_server(&tb.inet, echo);
+    tests::cpe::echo_server(&tb.inet, echo).unwrap();
 
     let dir = daemons::config_dir("hag-packaged").unwrap();
     let cpe_key = std::fs::read_to_string(dir.path().join("cpe.key")).unwrap();
