@@ -1,11 +1,13 @@
 //! hag run the way its Debian package and unit run it, in the testbed: the shipped config under an
 //! `/etc/hag`-like root (`hag.yaml` root:hag 0640, `hag-keys/` root:hag 0750, each key 0600 owned by the daemon's
 //! user), started through `setpriv` as an unprivileged user with the unit's capabilities (none: an empty
-//! bounding set, no new privileges), with hcpe from its shipped example as the CPE.
+//! bounding set, no new privileges), with hcpe from its shipped example as the CPE, run as its unit runs it too
+//! (its own user, CAP_NET_ADMIN and CAP_NET_RAW only).
 //!
-//! It relays the CPE's connections; a SIGHUP after a second CPE's key was added serves that CPE at once,
-//! without a restart, while a download started before the reload goes on to its last byte. hcpe reloads on
-//! SIGHUP too.
+//! It tells systemd's notify socket when it is ready and when it reloads; it relays the CPE's connections; a
+//! SIGHUP after a second CPE's key was added serves that CPE at once, without a restart, while a download
+//! started before the reload goes on to its last byte. hcpe reloads on SIGHUP too, and runs its part
+//! without complaint.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -23,6 +25,8 @@ use tests::traffic::Server;
 /// The daemon's user and group: a number no account on the machine uses, so nothing in /etc changes.
 const UID: u32 = 64_917;
 const GID: u32 = 64_917;
+/// hcpe's user and group, the same way.
+const HCPE_UID: u32 = 64_918;
 /// The second CPE's key, added by the reload.
 const KEY2: [u8; 32] = [0x5a; 32];
 
@@ -57,8 +61,9 @@ fn package_layout(root: &Path, cpe_key_hex: &str) -> std::path::PathBuf {
     config
 }
 
-/// hag through `setpriv`: the unit's user, no capability in any set, no new privileges.
-fn start_unprivileged(ns: &Netns, config: &Path) -> ChildGuard {
+/// hag through `setpriv`: the unit's user, no capability in any set, no new privileges; systemd's notify
+/// socket played by `notify` (a datagram socket the daemon's user may write to).
+fn start_unprivileged(ns: &Netns, config: &Path, notify: &Path) -> ChildGuard {
     let (uid, gid) = (format!("--reuid={UID}"), format!("--regid={GID}"));
     let hag = bin_path("hag");
     let args = [
@@ -73,8 +78,37 @@ fn start_unprivileged(ns: &Netns, config: &Path) -> ChildGuard {
         "--config",
         config.to_str().unwrap(),
     ];
-    let mut child = ns.spawn("setpriv", &args).unwrap();
+    let mut child = ns.spawn_env("setpriv", &args, &[("NOTIFY_SOCKET", notify.to_str().unwrap())]).unwrap();
     assert!(child.wait_for_log("admin API listening", Duration::from_secs(10)), "hag did not start:\n{}", child.log());
+    child
+}
+
+/// hcpe as its unit runs it: its own user, with CAP_NET_ADMIN and CAP_NET_RAW as ambient capabilities and
+/// nothing else in any set; its config directory (key, token, volume state) owned by that user.
+fn start_hcpe_unprivileged(ns: &Netns, dir: &Path, config: &Path) -> ChildGuard {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        chown(entry.path(), Some(HCPE_UID), Some(HCPE_UID)).unwrap();
+    }
+    chown(dir, Some(HCPE_UID), Some(HCPE_UID)).unwrap();
+    let (uid, gid) = (format!("--reuid={HCPE_UID}"), format!("--regid={HCPE_UID}"));
+    let hcpe = bin_path("hcpe");
+    let args = [
+        uid.as_str(),
+        gid.as_str(),
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all,+net_admin,+net_raw",
+        "--ambient-caps=-all,+net_admin,+net_raw",
+        "--bounding-set=-all,+net_admin,+net_raw",
+        "--",
+        hcpe.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let mut child = ns.spawn("setpriv", &args).unwrap();
+    for line in ["hcpe ready", "uplink manager started"] {
+        assert!(child.wait_for_log(line, Duration::from_secs(10)), "hcpe did not log `{line}`:\n{}", child.log());
+    }
     child
 }
 
@@ -125,13 +159,27 @@ fn unprivileged_hag_relays_and_a_sighup_adds_a_cpe_while_relays_go_on() {
     let cpe_key = std::fs::read_to_string(dir.path().join("cpe.key")).unwrap();
     let root = tempfile::Builder::new().prefix("hag-package-root-").tempdir().unwrap();
     let config = package_layout(root.path(), &cpe_key);
-    let mut hag = start_unprivileged(&tb.hag, &config);
+    // systemd's side of Type=notify: the datagrams hag sends to $NOTIFY_SOCKET.
+    let notify_path = root.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    set_mode(&notify_path, 0o777);
+    notify.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let next_state = || {
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("a notify datagram from hag");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut hag = start_unprivileged(&tb.hag, &config, &notify_path);
+    assert_eq!(next_state().trim(), "READY=1", "readiness once listeners and admin API are up");
     let (uid, cap_eff, cap_bnd) = credentials(hag.pid());
     assert!(uid.split_whitespace().all(|u| u == UID.to_string()), "hag runs as {uid}");
     assert_eq!((cap_eff.as_str(), cap_bnd.as_str()), ("0000000000000000", "0000000000000000"));
 
     let hcpe_cfg = daemons::write_config(dir.path(), "hcpe.yaml", &daemons::example_hcpe_yaml().unwrap()).unwrap();
-    let mut hcpe = daemons::start(&tb.cpe, "hcpe", &hcpe_cfg, &["hcpe ready", "uplink manager started"]).unwrap();
+    let mut hcpe = start_hcpe_unprivileged(&tb.cpe, dir.path(), &hcpe_cfg);
+    let (uid, cap_eff, _) = credentials(hcpe.pid());
+    assert!(uid.split_whitespace().all(|u| u == HCPE_UID.to_string()), "hcpe runs as {uid}");
+    assert_eq!(cap_eff, "0000000000003000", "hcpe's effective capabilities: CAP_NET_ADMIN and CAP_NET_RAW only");
     daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
 
     // A download through hcpe and the unprivileged hag, running across the reload.
@@ -155,6 +203,10 @@ fn unprivileged_hag_relays_and_a_sighup_adds_a_cpe_while_relays_go_on() {
     let at_reload = download.bytes();
     hag.signal(libc::SIGHUP);
     assert!(hag.wait_for_log("config reloaded", Duration::from_secs(5)), "no reload:\n{}", hag.log());
+    assert_eq!(
+        (next_state().trim().to_owned(), next_state().trim().to_owned()),
+        ("RELOADING=1".into(), "READY=1".into())
+    );
     let log = hag.log();
     let reloaded = log.lines().find(|l| l.contains("config reloaded")).unwrap();
     assert!(reloaded.contains(r#"applied=["clients"]"#), "{reloaded}");
@@ -172,6 +224,14 @@ fn unprivileged_hag_relays_and_a_sighup_adds_a_cpe_while_relays_go_on() {
     let log = hcpe.log();
     let reloaded = log.lines().find(|l| l.contains("config reloaded")).unwrap();
     assert!(reloaded.contains(r#"applied=["hag.pool"]"#), "{reloaded}");
+
+    let hcpe_log = hcpe.log();
+    // Nothing it needed was denied (the start-up system check judges the host: left out).
+    let complaints: Vec<&str> = hcpe_log
+        .lines()
+        .filter(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("common::syscheck"))
+        .collect();
+    assert!(complaints.is_empty(), "hcpe without root complained: {complaints:#?}");
 
     let transfer = download.join().unwrap_or_else(|e| panic!("download across the reload: {e}\n{}", hag.log()));
     assert_eq!(transfer.bytes, SIZE);
