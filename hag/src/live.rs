@@ -83,6 +83,7 @@ impl Settings {
             auth.set_token(admin.token.clone());
             run_admin.token = admin.token.clone();
         }
+        running.limits = live_limits(&old.config.limits, &new.limits);
         let mut out = ReloadOutcome::default();
         for change in diff(&old.config, &new) {
             let applied = match change.as_str() {
@@ -109,13 +110,7 @@ impl Settings {
                     }
                     None => false,
                 },
-                c => match c.strip_prefix("limits.") {
-                    Some(field) if live_limit(field) => {
-                        set_limit(&mut running.limits, &new.limits, field);
-                        true
-                    }
-                    _ => false,
-                },
+                c => c.strip_prefix("limits.").is_some_and(|field| !RESTART_LIMITS.contains(&field)),
             };
             out.changed.push(change.clone());
             if applied {
@@ -142,23 +137,18 @@ fn policy_for(config: &Config, own: &[IpAddr]) -> Box<dyn DestinationPolicy> {
     Box::new(PrefixPolicy::new(d.allow.clone(), d.deny.clone(), own.iter().copied()).with_kernel_check())
 }
 
-/// Whether `limits.<field>` takes effect without a restart.
-fn live_limit(field: &str) -> bool {
-    !matches!(field, "backlog" | "tfo_queue" | "auth_skew" | "replay_entries")
-}
+/// The `limits` fields that shape the bound sockets or the replay window: they keep their value until a
+/// restart.
+const RESTART_LIMITS: [&str; 4] = ["backlog", "tfo_queue", "auth_skew", "replay_entries"];
 
-fn set_limit(to: &mut Limits, from: &Limits, field: &str) {
-    match field {
-        "max_connections" => to.max_connections = from.max_connections,
-        "max_connections_per_cpe" => to.max_connections_per_cpe = from.max_connections_per_cpe,
-        "header_deadline" => to.header_deadline = from.header_deadline,
-        "max_pending_per_source" => to.max_pending_per_source = from.max_pending_per_source,
-        "max_held_per_cpe" => to.max_held_per_cpe = from.max_held_per_cpe,
-        "hold_timeout" => to.hold_timeout = from.hold_timeout,
-        "connect_timeout" => to.connect_timeout = from.connect_timeout,
-        "idle_timeout" => to.idle_timeout = from.idle_timeout,
-        "drain_deadline" => to.drain_deadline = from.drain_deadline,
-        _ => {}
+/// `new` limits with the fields of [`RESTART_LIMITS`] kept as they run.
+fn live_limits(running: &Limits, new: &Limits) -> Limits {
+    Limits {
+        backlog: running.backlog,
+        tfo_queue: running.tfo_queue,
+        auth_skew: running.auth_skew,
+        replay_entries: running.replay_entries,
+        ..new.clone()
     }
 }
 
