@@ -10,7 +10,7 @@
 //!   [`MAX_MESSAGE_LEN`] bytes (the total length is a u8 count of 32-bit words).
 //! - A decoded [`Message`] is plain data: after the checked parse nothing that reads it can panic.
 //! - Whatever [`Message::emit`] accepts decodes back to an equal value. The encoder rejects values that
-//!   could not survive the trip (for example a padding-ambiguous trailing zero) with an [`EncodeError`].
+//!   could not survive the trip (for example an Error value that does not fill its last word) with an [`EncodeError`].
 //! - A decoded message whose last TLV is not the Auth TLV never contains an Auth TLV (Auth must be last).
 
 pub mod auth;

@@ -95,9 +95,42 @@ fn golden_error_replies() {
     golden(&h("01022263 1e010001"), &Message::error_reply(ErrorCode::UnsupportedVersion));
     golden(
         &h("01032263 1e020102 03000000"),
-        &msg(vec![Tlv::Error { code: ErrorCode::MalformedMessage, value: vec![2, 3] }]),
+        &msg(vec![Tlv::Error { code: ErrorCode::MalformedMessage, value: h("0203000000") }]),
     );
     assert_eq!(Message::error_reply(ErrorCode::ResourceExceeded).error(), Some(ErrorCode::ResourceExceeded));
+    // The ICMP code of Destination Unreachable, and the kinds of unsupported TCP options.
+    golden(&h("01022263 1e016103"), &Message::unreachable_reply(3));
+    golden(&h("01032263 1e022113 fe000000"), &Message::unsupported_options_reply(&[19, 254]));
+}
+
+#[test]
+fn golden_echo_replies_keep_values_that_end_in_zero() {
+    // Malformed Message: one zero byte, then the message as received (here a Connect TLV whose address
+    // ends in zero bytes), so it keeps its alignment.
+    let received = h("01062263 0a050050 00000000 00000000 00000000 00000000");
+    let reply = Message::echo_reply(ErrorCode::MalformedMessage, &received);
+    let wire = h("01082263 1e070100 01062263 0a050050 00000000 00000000 00000000 00000000");
+    golden(&wire, &reply);
+    assert_eq!(reply.error_tlv(), Some((ErrorCode::MalformedMessage, &wire[7..])));
+    // Unsupported Message, echo of a 1-byte-short message: padded to the word.
+    golden(&h("01032263 1e020200 01020000"), &Message::echo_reply(ErrorCode::UnsupportedMessage, &h("0102")));
+    // A whole 1020-byte message is cut to what one reply can carry.
+    let big = Message::echo_reply(ErrorCode::MalformedMessage, &[0xab; MAX_MESSAGE_LEN]);
+    let bytes = big.to_bytes().unwrap();
+    assert_eq!(bytes.len(), MAX_MESSAGE_LEN);
+    assert!(bytes[8..].iter().all(|b| *b == 0xab));
+}
+
+#[test]
+fn golden_supported_extensions_reply() {
+    golden(&h("01032263 15020000 0304081e"), &Message::supported_extensions(&[3, 4, 8, 30]));
+    for base in [0, 1, 2] {
+        assert_eq!(Message::supported_extensions(&[30, base]).to_bytes(), Err(EncodeError::BaseOptionKind));
+        let wire = [h("01032263 15020000 1e"), vec![base, 0, 0]].concat();
+        if base != 0 {
+            assert_eq!(err(&wire), ErrorCode::MalformedMessage, "kind {base} listed");
+        }
+    }
 }
 
 #[test]
@@ -266,6 +299,7 @@ fn malformed_header_and_tlv_framing() {
         assert_eq!(err(&b), M, "options {opts}");
     }
     assert_eq!(err(&h("01032263 15020000 1e00041e")), M, "kind 0 inside Supported TCP Extensions");
+    assert_eq!(err(&h("01022263 00010000")), M, "TLV type 0 is reserved");
 }
 
 #[test]
@@ -309,7 +343,7 @@ fn encoder_limits() {
     assert_eq!(msg(vec![Tlv::Cookie(vec![1, 2, 3])]).to_bytes(), Err(EncodeError::Unaligned { kind: 22 }));
     assert_eq!(
         msg(vec![Tlv::Error { code: ErrorCode::MalformedMessage, value: vec![1, 0] }]).to_bytes(),
-        Err(EncodeError::ErrorValueEndsInZero)
+        Err(EncodeError::Unaligned { kind: 30 })
     );
     assert_eq!(
         msg(vec![Tlv::Unknown { kind: 10, value: vec![0, 0] }]).to_bytes(),
@@ -425,19 +459,17 @@ fn arb_tlv() -> impl Strategy<Value = Tlv> {
         Just(Tlv::Hold),
         (arb_socket_addr(), arb_tcp_options()).prop_map(|(remote, options)| Tlv::Connect(Connect { remote, options })),
         words(10).prop_map(|options| Tlv::ExtendedTcpHeader { options }),
-        prop::collection::vec(1u8..=255, 0..12).prop_map(|kinds| Tlv::SupportedTcpExtensions { kinds }),
+        prop::collection::vec(3u8..=255, 0..12).prop_map(|kinds| Tlv::SupportedTcpExtensions { kinds }),
         words(10).prop_map(Tlv::Cookie),
-        (any::<u8>(), prop::collection::vec(any::<u8>(), 0..12)).prop_map(|(c, mut value)| {
-            while value.last() == Some(&0) {
-                value.pop();
+        (any::<u8>(), prop::collection::vec(any::<u8>(), 0..12))
+            .prop_map(|(c, value)| Tlv::error(ErrorCode::from_code(c), &value)),
+        (any::<u8>().prop_filter("unknown", |k| *k != 0 && !tlv_type::is_known(*k)), words(10)).prop_map(
+            |(kind, w)| {
+                let mut value = vec![0xa5, 0x5a];
+                value.extend(w);
+                Tlv::Unknown { kind, value }
             }
-            Tlv::Error { code: ErrorCode::from_code(c), value }
-        }),
-        (any::<u8>().prop_filter("unknown", |k| !tlv_type::is_known(*k)), words(10)).prop_map(|(kind, w)| {
-            let mut value = vec![0xa5, 0x5a];
-            value.extend(w);
-            Tlv::Unknown { kind, value }
-        }),
+        ),
     ]
 }
 

@@ -130,12 +130,14 @@ pub enum Tlv {
     /// `options.len()` is a multiple of 4 (TCP options always are).
     ExtendedTcpHeader { options: Vec<u8> },
     /// Type 21: 16 unassigned bits, then one byte per supported TCP option kind, zero-padded.
-    /// Kind 0 (EOL) is not an extension and cannot be carried (it would be read as padding).
+    /// Kinds 0, 1 and 2 (EOL, NOP, MSS) every TCP has, so RFC 8803 §5.2.4 forbids listing them (and a 0
+    /// would be read as padding).
     SupportedTcpExtensions { kinds: Vec<u8> },
     /// Type 22: 16 zero bits, then an opaque cookie; its length is a multiple of 4.
     Cookie(Vec<u8>),
-    /// Type 30: error code (u8), then a code-specific value, zero-padded. Trailing zero bytes are padding,
-    /// so a value cannot end in 0.
+    /// Type 30: error code (u8), then a code-specific value (RFC 8803 §5.2.8) up to the TLV's end. The length
+    /// counts words, so a sender's zero padding cannot be told from a value ending in zeros: `value` is every
+    /// byte after the code, padding included, and must keep the TLV 32-bit aligned. [`Tlv::error`] pads.
     Error { code: ErrorCode, value: Vec<u8> },
     /// Type 192, see [`Auth`]. Always the last TLV.
     Auth(Auth),
@@ -174,9 +176,13 @@ pub enum DecodeError {
     /// Bytes 2-3 are not the magic number 0x2263.
     #[error("bad magic number")]
     BadMagic,
-    /// The total length is 0 words, which cannot even hold the header.
+    /// The total length is 0 words, which cannot even hold the header (RFC 8803 §5.1: answered with a reset,
+    /// not an Error TLV).
     #[error("total length is zero")]
     ZeroTotalLength,
+    /// A TLV of type 0, which the IANA registry reserves.
+    #[error("TLV at offset {offset} has the reserved type 0")]
+    ReservedTlvType { offset: usize },
     /// A TLV says its length is 0 words.
     #[error("TLV at offset {offset} has length zero")]
     ZeroTlvLength { offset: usize },
@@ -190,9 +196,9 @@ pub enum DecodeError {
     /// Connect TLV options are not kind/length blocks followed by zero padding.
     #[error("malformed TCP options in the Connect TLV at offset {offset}")]
     BadTcpOptions { offset: usize },
-    /// Supported TCP Extensions lists kind 0 before other kinds.
-    #[error("option kind 0 inside the Supported TCP Extensions TLV at offset {offset}")]
-    ZeroOptionKind { offset: usize },
+    /// Supported TCP Extensions lists kind 1 or 2, or kind 0 before other kinds.
+    #[error("option kind 0, 1 or 2 inside the Supported TCP Extensions TLV at offset {offset}")]
+    BaseOptionKind { offset: usize },
     /// The Auth TLV's id length is outside 1..=64 or does not match the TLV length, or its padding is not zero.
     #[error("Auth TLV at offset {offset}: bad CPE id length or padding")]
     BadCpeIdLength { offset: usize },
@@ -226,15 +232,15 @@ pub enum EncodeError {
     /// Connect options must be kind/length blocks (kind >= 2, length >= 2) exactly filling the field.
     #[error("Connect TLV options are not well-formed kind/length blocks")]
     BadTcpOptions,
-    /// Kind 0 cannot be listed in Supported TCP Extensions (it is indistinguishable from padding).
-    #[error("option kind 0 in Supported TCP Extensions")]
-    ZeroOptionKind,
-    /// An Error TLV value ending in 0 would lose that byte as padding.
-    #[error("Error TLV value ends in a zero byte")]
-    ErrorValueEndsInZero,
-    /// Cookie / Extended TCP Header / Unknown values must keep the TLV 32-bit aligned by themselves.
+    /// Kinds 0, 1 and 2 cannot be listed in Supported TCP Extensions.
+    #[error("option kind 0, 1 or 2 in Supported TCP Extensions")]
+    BaseOptionKind,
+    /// Cookie / Extended TCP Header / Error / Unknown values must keep the TLV 32-bit aligned by themselves.
     #[error("value of TLV type {kind} does not fill whole 32-bit words")]
     Unaligned { kind: u8 },
+    /// An `Unknown` TLV of type 0, which the IANA registry reserves.
+    #[error("TLV type 0 is reserved")]
+    ReservedTlvType,
     /// An `Unknown` TLV with a type this codec parses into a named variant.
     #[error("TLV type {kind} must be encoded with its own variant")]
     KnownKindAsUnknown { kind: u8 },
@@ -286,6 +292,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
         if words == 0 {
             return Err(DecodeError::ZeroTlvLength { offset });
         }
+        if kind == 0 {
+            return Err(DecodeError::ReservedTlvType { offset });
+        }
         if matches!(tlvs.last(), Some(Tlv::Auth(_))) {
             return Err(DecodeError::AuthNotLast { offset });
         }
@@ -324,15 +333,15 @@ fn parse_tlv(kind: u8, bytes: &[u8], offset: usize) -> Result<Tlv, DecodeError> 
         tlv_type::EXTENDED_TCP_HEADER => Tlv::ExtendedTcpHeader { options: after(4).to_vec() },
         tlv_type::SUPPORTED_TCP_EXTENSIONS => {
             let kinds = trim_trailing_zeros(after(4));
-            if kinds.contains(&0) {
-                return Err(DecodeError::ZeroOptionKind { offset });
+            if kinds.iter().any(|k| *k <= 2) {
+                return Err(DecodeError::BaseOptionKind { offset });
             }
             Tlv::SupportedTcpExtensions { kinds: kinds.to_vec() }
         }
         tlv_type::COOKIE => Tlv::Cookie(after(4).to_vec()),
         tlv_type::ERROR => {
             let code = ErrorCode::from_code(bytes.get(2).copied().unwrap_or_default());
-            Tlv::Error { code, value: trim_trailing_zeros(after(3)).to_vec() }
+            Tlv::Error { code, value: after(3).to_vec() }
         }
         tlv_type::AUTH => Tlv::Auth(parse_auth(bytes, offset)?),
         tlv_type::HOLD => {
@@ -401,6 +410,13 @@ const fn pad4(n: usize) -> usize {
 }
 
 impl Tlv {
+    /// An Error TLV whose value is `value` zero-padded to the TLV's 32-bit boundary.
+    pub fn error(code: ErrorCode, value: &[u8]) -> Tlv {
+        let mut value = value.to_vec();
+        value.resize(pad4(3 + value.len()) - 3, 0);
+        Tlv::Error { code, value }
+    }
+
     /// The TLV type code on the wire.
     pub fn kind(&self) -> u8 {
         match self {
@@ -444,11 +460,15 @@ impl Tlv {
             Tlv::Connect(c) if tcp_options_without_padding(&c.options) != Some(&c.options[..]) => {
                 return Err(EncodeError::BadTcpOptions);
             }
-            Tlv::SupportedTcpExtensions { kinds } if kinds.contains(&0) => return Err(EncodeError::ZeroOptionKind),
-            Tlv::Error { value, .. } if value.last() == Some(&0) => return Err(EncodeError::ErrorValueEndsInZero),
-            Tlv::ExtendedTcpHeader { .. } | Tlv::Cookie(_) | Tlv::Unknown { .. } if self.unpadded_len() & 3 != 0 => {
+            Tlv::SupportedTcpExtensions { kinds } if kinds.iter().any(|k| *k <= 2) => {
+                return Err(EncodeError::BaseOptionKind);
+            }
+            Tlv::ExtendedTcpHeader { .. } | Tlv::Cookie(_) | Tlv::Error { .. } | Tlv::Unknown { .. }
+                if self.unpadded_len() & 3 != 0 =>
+            {
                 return Err(EncodeError::Unaligned { kind });
             }
+            Tlv::Unknown { kind: 0, .. } => return Err(EncodeError::ReservedTlvType),
             Tlv::Unknown { kind, .. } if tlv_type::is_known(*kind) => {
                 return Err(EncodeError::KnownKindAsUnknown { kind: *kind });
             }
@@ -556,8 +576,13 @@ impl Message {
 
     /// The code of the first Error TLV.
     pub fn error(&self) -> Option<ErrorCode> {
+        self.error_tlv().map(|(code, _)| code)
+    }
+
+    /// The code and value (padding included) of the first Error TLV.
+    pub fn error_tlv(&self) -> Option<(ErrorCode, &[u8])> {
         self.tlvs.iter().find_map(|t| match t {
-            Tlv::Error { code, .. } => Some(*code),
+            Tlv::Error { code, value } => Some((*code, &value[..])),
             _ => None,
         })
     }
@@ -567,11 +592,45 @@ impl Message {
         Message::default()
     }
 
-    /// A reply carrying one Error TLV. For Unsupported Version the value lists the versions we support,
-    /// as RFC 8803 asks.
+    /// A reply carrying one Error TLV with the value RFC 8803 §5.2.8 gives `code` when the converter has
+    /// nothing to add: the versions we support for Unsupported Version (0), zero otherwise (for Resource
+    /// Exceeded and Network Failure, zero means "wait the default delay"). The codes whose value carries
+    /// more have their own constructors: [`Message::echo_reply`], [`Message::unsupported_options_reply`],
+    /// [`Message::unreachable_reply`].
     pub fn error_reply(code: ErrorCode) -> Message {
-        let value = if code == ErrorCode::UnsupportedVersion { vec![VERSION] } else { Vec::new() };
-        Message { tlvs: vec![Tlv::Error { code, value }] }
+        let value = if code == ErrorCode::UnsupportedVersion { VERSION } else { 0 };
+        Message::error_with(code, &[value])
+    }
+
+    /// A reply carrying one Error TLV with `value`, zero-padded.
+    pub fn error_with(code: ErrorCode, value: &[u8]) -> Message {
+        Message { tlvs: vec![Tlv::error(code, value)] }
+    }
+
+    /// Malformed Message (1) or Unsupported Message (2), whose value is one zero byte and then the message
+    /// that triggered the error (RFC 8803 §5.2.8: "shifted by one byte to keep the original alignment"), cut
+    /// to what fits in one message.
+    pub fn echo_reply(code: ErrorCode, received: &[u8]) -> Message {
+        let fits = MAX_MESSAGE_LEN - HEADER_LEN - 4;
+        let mut value = Vec::with_capacity(1 + received.len().min(fits));
+        value.push(0);
+        value.extend_from_slice(&received[..received.len().min(fits)]);
+        Message::error_with(code, &value)
+    }
+
+    /// Unsupported TCP Option (33): the value lists the kinds of the options that cannot be honoured.
+    pub fn unsupported_options_reply(kinds: &[u8]) -> Message {
+        Message::error_with(ErrorCode::UnsupportedTcpOption, kinds)
+    }
+
+    /// Destination Unreachable (97): the value echoes the Code field of the ICMP message received.
+    pub fn unreachable_reply(icmp_code: u8) -> Message {
+        Message::error_with(ErrorCode::DestinationUnreachable, &[icmp_code])
+    }
+
+    /// The answer to an Info TLV: the TCP option kinds the converter honours in a Connect TLV.
+    pub fn supported_extensions(kinds: &[u8]) -> Message {
+        Message { tlvs: vec![Tlv::SupportedTcpExtensions { kinds: kinds.to_vec() }] }
     }
 
     /// A client request: one Connect TLV without TCP options.
