@@ -346,7 +346,14 @@ impl Metrics for HagMetrics {
         .sample(&[("reason", "refused")], refused)
         .sample(&[("reason", "header_timeout")], s.header_timeouts)
         .sample(&[("reason", "closed_before_header")], s.closed_before_header)
-        .sample(&[("reason", "pending_evicted")], s.pending_evicted);
+        .sample(&[("reason", "pending_evicted")], s.pending_evicted)
+        .sample(&[("reason", "zero_length")], st.reset_zero_length.load(Relaxed))
+        .sample(&[("reason", "error_rate_limited")], st.error_replies_limited.load(Relaxed));
+        w.counter(
+            "info_answered_total",
+            "Convert messages asking only for the supported TCP extensions (Info TLV), answered.",
+            st.info_answered.load(Relaxed),
+        );
         w.family(
             "relays_ended_total",
             "Relays that ended other than by both sides closing, by reason.",

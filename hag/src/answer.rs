@@ -17,14 +17,15 @@ use crate::config::Limits;
 use crate::connections::Connection;
 use crate::stats::Stats;
 
-/// Forwards the client data that came with its message (`early`), answers the client with the Convert header
-/// (with the destination's first bytes when they come soon), relays until either side ends (or the admin API
+/// Forwards the client data that came with its message (`early`), answers the client with `reply` (the
+/// bare Convert header, or one with the Supported TCP Extensions when the client sent an Info TLV too; with
+/// the destination's first bytes when they come soon), relays until either side ends (or the admin API
 /// closes the connection), and counts it all.
 pub(crate) async fn relay_to(
     stats: &Stats,
     limits: &Limits,
     conn: &Connection,
-    mut client: SharedStream,
+    (mut client, reply): (SharedStream, &Message),
     mut server: TcpStream,
     early: &[u8],
     started: Instant,
@@ -36,7 +37,7 @@ pub(crate) async fn relay_to(
         server.write_all(early).await?;
         // A client that sent nothing yet may be waiting for the reply before it does: answer at once.
         let wait = if early.is_empty() { Duration::ZERO } else { REPLY_WAIT };
-        answer_with_first_bytes(&mut client, &mut server, &conn.counters, wait).await
+        answer_with_first_bytes(&mut client, reply, &mut server, &conn.counters, wait).await
     };
     if let Err(e) = answered.await {
         stats.relay_errors.fetch_add(1, Relaxed);
@@ -88,11 +89,12 @@ const REPLY_WAIT: Duration = Duration::from_millis(100);
 /// that much later. One write keeps request and answer on the fast subflow.
 async fn answer_with_first_bytes(
     client: &mut SharedStream,
+    reply: &Message,
     server: &mut TcpStream,
     counters: &relay::RelayCounters,
     wait: Duration,
 ) -> io::Result<()> {
-    let mut out = Message::success().to_bytes().expect("bare header encodes");
+    let mut out = reply.to_bytes().expect("success replies encode");
     if wait.is_zero() {
         return client.write_all(&out).await;
     }

@@ -7,8 +7,9 @@
 //! `docs/architecture.md`.
 //!
 //! Modules: [`daemon`] (start, serve, stop), [`server`] (listeners, the per-connection task, holds,
-//! draining), `message` (reading the Convert message), `answer` (success reply and relay), `slots` (per-CPE
-//! bounds),
+//! draining), `message` (reading the Convert message), `request` (what it asks for), `outbound` (the
+//! destination side: address classes, TCP options, connect and its ICMP error), `refusal` (Error replies
+//! and closing), `answer` (success reply and relay), `slots` (per-CPE bounds),
 //! [`admin`] (admin REST API), [`config`] (YAML file and its validation), [`connections`] (table of open
 //! connections), [`policy`] (destination policy), [`probe`] (the UDP probe responder), [`stats`] (counters),
 //! [`ratelimit`] (log line limiter).
@@ -20,9 +21,12 @@ pub mod connections;
 pub mod daemon;
 pub mod live;
 mod message;
+mod outbound;
 pub mod policy;
 pub mod probe;
 pub mod ratelimit;
+mod refusal;
+mod request;
 pub mod server;
 mod slots;
 pub mod stats;

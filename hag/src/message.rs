@@ -13,10 +13,10 @@ const HEADER_BUF: usize = 16 * 1024;
 pub(crate) enum ReadError {
     /// EOF or an IO error before the message was complete.
     Closed(Option<io::Error>),
-    /// The bytes are not a valid Convert message.
-    Invalid(convert::DecodeError),
-    /// EOF after this many bytes of an incomplete message.
-    Truncated(usize),
+    /// The bytes are not a valid Convert message; the bytes received, at most one message's worth.
+    Invalid(convert::DecodeError, Vec<u8>),
+    /// EOF before the message was complete; the bytes received.
+    Truncated(Vec<u8>),
 }
 
 /// Reads until one whole Convert message is buffered. Returns it, the buffer, and the message's length
@@ -27,7 +27,7 @@ pub(crate) async fn read_convert(client: &mut SharedStream) -> Result<(Message, 
     loop {
         let n = match client.read(&mut buf[filled..]).await {
             Ok(0) if filled == 0 => return Err(ReadError::Closed(None)),
-            Ok(0) => return Err(ReadError::Truncated(filled)),
+            Ok(0) => return Err(ReadError::Truncated(buf[..filled].to_vec())),
             Ok(n) => n,
             Err(e) => return Err(ReadError::Closed(Some(e))),
         };
@@ -48,9 +48,16 @@ pub(crate) async fn read_convert(client: &mut SharedStream) -> Result<(Message, 
             // noise is malformed (RFC 8803 error 1), so wait for the magic before choosing the code.
             Err(convert::DecodeError::UnsupportedVersion(_)) if filled < convert::HEADER_LEN => {}
             Err(convert::DecodeError::UnsupportedVersion(_)) if buf[2..4] != convert::MAGIC.to_be_bytes() => {
-                return Err(ReadError::Invalid(convert::DecodeError::BadMagic));
+                return Err(ReadError::Invalid(convert::DecodeError::BadMagic, received(&buf[..filled])));
             }
-            Err(e) => return Err(ReadError::Invalid(e)),
+            Err(e) => return Err(ReadError::Invalid(e, received(&buf[..filled]))),
         }
     }
+}
+
+/// The bytes that make up the rejected message: as many as its total length says (the rest is client
+/// data), at most [`convert::MAX_MESSAGE_LEN`].
+fn received(buf: &[u8]) -> Vec<u8> {
+    let total = buf.get(1).map_or(buf.len(), |words| usize::from(*words) * 4);
+    buf[..buf.len().min(total.max(convert::HEADER_LEN)).min(convert::MAX_MESSAGE_LEN)].to_vec()
 }

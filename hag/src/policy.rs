@@ -59,6 +59,12 @@ impl fmt::Display for Denied {
 pub trait DestinationPolicy: Send + Sync {
     /// Ok when the hag may connect to `dst`.
     fn check(&self, dst: IpAddr) -> Result<(), Denied>;
+
+    /// Whether the operator named `dst` in an allow list (so it is reached even where RFC 8803 would have
+    /// the converter refuse it, as for a loopback address: a cache on the gateway itself).
+    fn allows_explicitly(&self, _dst: IpAddr) -> bool {
+        false
+    }
 }
 
 /// Built-in ranges no CPE may reach unless allowed: (prefix, name).
@@ -193,6 +199,14 @@ fn longest<'a>(list: &'a [IpNet], ip: &IpAddr) -> Option<&'a IpNet> {
 }
 
 impl DestinationPolicy for PrefixPolicy {
+    fn allows_explicitly(&self, dst: IpAddr) -> bool {
+        let ip = dst.to_canonical();
+        match (longest(&self.allow, &ip), longest(&self.deny, &ip)) {
+            (Some(a), Some(d)) => a.prefix_len() > d.prefix_len(),
+            (allow, _) => allow.is_some(),
+        }
+    }
+
     fn check(&self, dst: IpAddr) -> Result<(), Denied> {
         let ip = dst.to_canonical();
         self.judge(ip)?;

@@ -18,7 +18,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::convert::{self, ErrorCode, Message, auth::ReplayWindow};
 use common::mptcp;
 use common::stream::SharedStream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,15 +37,13 @@ use crate::config::Config;
 use crate::connections::{Connection, Connections, Entry};
 use crate::live::Settings;
 use crate::message::{ReadError, read_convert};
+use crate::outbound::{self, Destination, KernelTcp, Plan};
 use crate::policy::local_addresses;
-use crate::ratelimit::LogLimiter;
+use crate::ratelimit::{ErrorReplyLimiter, LogLimiter};
+use crate::refusal::{ERROR_REPLIES_PER_SECOND, ERROR_REPLY_BURST, Refusal, close_after, reject};
+use crate::request::{self, Ask};
 use crate::slots::{ActiveGuard, HeldGuard, Pending, PendingTable, Slot, Slots};
 use crate::stats::Stats;
-
-/// How long a rejected client gets to read its Error reply and close, before we drop the socket.
-const REJECT_LINGER: Duration = Duration::from_secs(2);
-/// Most bytes read (and discarded) from a rejected client while it lingers.
-const REJECT_DRAIN_MAX: usize = 256 * 1024;
 
 /// Why the hag could not start.
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +63,10 @@ pub enum StartError {
 }
 
 /// State every connection task shares.
-struct Shared {
+pub(crate) struct Shared {
     /// The running config and destination policy; a reload swaps them.
-    settings: Arc<Settings>,
-    stats: Arc<Stats>,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) stats: Arc<Stats>,
     connections: Arc<Connections>,
     replay: Mutex<ReplayWindow>,
     /// Open connections per CPE id.
@@ -79,7 +77,11 @@ struct Shared {
     pending: PendingTable,
     /// Open connections per trusted source address (clients without an Auth TLV have no CPE id).
     per_trusted_source: Slots,
-    auth_log: Mutex<LogLimiter>,
+    pub(crate) auth_log: Mutex<LogLimiter>,
+    /// Error replies per source address (RFC 8803 §5.2.5: rate-limited).
+    pub(crate) error_replies: Mutex<ErrorReplyLimiter>,
+    /// The TCP options this host's connecting sockets can send, read at start.
+    kernel: KernelTcp,
 }
 
 /// A bound, not yet running hag.
@@ -111,6 +113,8 @@ impl Hag {
         let mut own = local_addresses().map_err(StartError::LocalAddresses)?;
         own.extend(config.listen.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()));
         debug!(?own, "own addresses, denied as destinations unless allowed");
+        let kernel = KernelTcp::read();
+        debug!(?kernel, supported = ?kernel.supported_kinds(), "TCP options a Connect TLV may ask for");
         let replay = ReplayWindow::new(config.limits.auth_skew.as_secs().max(1), config.limits.replay_entries);
         Ok(Hag {
             shared: Arc::new(Shared {
@@ -123,6 +127,8 @@ impl Hag {
                 pending: PendingTable::default(),
                 per_trusted_source: Slots::default(),
                 auth_log: Mutex::new(LogLimiter::new(20, Duration::from_secs(10))),
+                error_replies: Mutex::new(ErrorReplyLimiter::new(ERROR_REPLY_BURST, ERROR_REPLIES_PER_SECOND)),
+                kernel,
             }),
             listeners,
         })
@@ -235,72 +241,6 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
     }
 }
 
-/// Why a connection was refused, for the log; [`Refusal::code`] goes on the wire.
-#[derive(Debug, thiserror::Error)]
-enum Refusal {
-    #[error("bad Convert message: {0}")]
-    Decode(#[from] convert::DecodeError),
-    #[error("no Connect TLV in the Convert message")]
-    NoConnect,
-    #[error("client closed after {0} bytes, before its Convert message was complete")]
-    Truncated(usize),
-    #[error("authentication failed: {0}")]
-    Auth(#[from] convert::auth::AuthError),
-    #[error("unknown CPE id")]
-    UnknownCpe,
-    #[error("no Auth TLV from an untrusted source")]
-    MissingAuth,
-    #[error("destination {dst} denied: {why}")]
-    Policy { dst: IpAddr, why: crate::policy::Denied },
-    #[error("too many connections in total ({0})")]
-    TotalLimit(usize),
-    #[error("too many connections for this CPE ({0})")]
-    CpeLimit(usize),
-    #[error("too many held connections for this CPE ({0})")]
-    HeldLimit(usize),
-    #[error("a hold request must carry an Auth TLV and no Connect TLV")]
-    BadHold,
-    #[error("the message on a held connection holds again or names another CPE")]
-    BadHeldMessage,
-    #[error("connecting to the destination: {0}")]
-    Connect(io::Error),
-    #[error("connecting to the destination timed out after {0:?}")]
-    ConnectTimeout(Duration),
-}
-
-impl Refusal {
-    fn code(&self) -> ErrorCode {
-        match self {
-            Refusal::Decode(e) => e.code(),
-            // RFC 8803 lets a client ask only for Info; this converter answers that only with Connect.
-            Refusal::NoConnect => ErrorCode::UnsupportedMessage,
-            Refusal::Truncated(_) | Refusal::BadHold | Refusal::BadHeldMessage => ErrorCode::MalformedMessage,
-            Refusal::Auth(e) => e.code(),
-            Refusal::UnknownCpe | Refusal::MissingAuth | Refusal::Policy { .. } => ErrorCode::NotAuthorized,
-            Refusal::TotalLimit(_) | Refusal::CpeLimit(_) | Refusal::HeldLimit(_) => ErrorCode::ResourceExceeded,
-            Refusal::Connect(e) => connect_error_code(e),
-            Refusal::ConnectTimeout(_) => ErrorCode::NetworkFailure,
-        }
-    }
-
-    fn is_auth_failure(&self) -> bool {
-        matches!(self, Refusal::UnknownCpe | Refusal::MissingAuth)
-            || matches!(self, Refusal::Auth(e) if e.code() == ErrorCode::NotAuthorized)
-    }
-}
-
-/// RFC 8803 §4.2 error codes for a failed connect to the destination.
-pub fn connect_error_code(e: &io::Error) -> ErrorCode {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset => ErrorCode::ConnectionReset,
-        io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => ErrorCode::DestinationUnreachable,
-        _ => match e.raw_os_error() {
-            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EADDRNOTAVAIL) => ErrorCode::DestinationUnreachable,
-            _ => ErrorCode::NetworkFailure,
-        },
-    }
-}
-
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -320,36 +260,47 @@ async fn serve(
     note_transport(&shared, &client, conn);
     let max = shared.settings.get().config.limits.max_connections;
     if active.open > max as u64 {
-        return reject(&shared, client, Refusal::TotalLimit(max)).await;
+        return reject(&shared, client, peer, Refusal::TotalLimit(max)).await;
     }
     let header = read_header(&shared, &mut client).await;
     drop(pending);
     let (mut message, mut buf, mut consumed) = match header {
         Ok(m) => m,
-        Err(Some(refusal)) => return reject(&shared, client, refusal).await,
+        Err(Some(refusal)) => return reject(&shared, client, peer, refusal).await,
         Err(None) => return,
     };
-    let cpe_slot = if message.hold() {
-        match hold(&shared, peer, conn, &mut client, &message, &buf[..consumed]).await {
-            Ok(Some((slot, next))) => {
+    let admitted = match request::ask(&message, &buf[..consumed]) {
+        Err(refusal) => Err(refusal),
+        Ok(Ask::Hold) => match hold(&shared, peer, conn, &mut client, &message, &buf[..consumed]).await {
+            Ok(Some((slot, ask, next))) => {
                 (message, buf, consumed) = next;
-                slot
+                Ok((slot, ask))
             }
             Ok(None) => return,
-            Err(refusal) => return reject(&shared, client, refusal).await,
-        }
-    } else {
-        match admit(&shared, peer, conn, &message, &buf[..consumed]) {
-            Ok(slot) => slot,
-            Err(refusal) => return reject(&shared, client, refusal).await,
-        }
+            Err(refusal) => Err(refusal),
+        },
+        Ok(ask) => admit(&shared, peer, conn, &message, &buf[..consumed]).map(|slot| (slot, ask)),
     };
-    let server = match open(&shared, conn, &message).await {
+    let (cpe_slot, ask) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => return reject(&shared, client, peer, refusal).await,
+    };
+    let Some(connect) = message.connect().filter(|_| ask != Ask::Info) else {
+        shared.stats.info_answered.fetch_add(1, Relaxed);
+        debug!("answered an Info TLV with the supported TCP extensions");
+        return close_after(&shared, client, &Message::supported_extensions(&shared.kernel.supported_kinds())).await;
+    };
+    let server = match open(&shared, conn, connect, &buf[..consumed]).await {
         Ok(server) => server,
-        Err(refusal) => return reject(&shared, client, refusal).await,
+        Err(refusal) => return reject(&shared, client, peer, refusal).await,
     };
     let limits = shared.settings.get().config.limits.clone();
-    answer::relay_to(&shared.stats, &limits, conn, client, server, &buf[consumed..], started).await;
+    // An Info TLV next to the Connect TLV is answered in the success reply.
+    let mut reply = Message::success();
+    if message.tlvs.iter().any(|t| matches!(t, convert::Tlv::Info)) {
+        reply = Message::supported_extensions(&shared.kernel.supported_kinds());
+    }
+    answer::relay_to(&shared.stats, &limits, conn, (client, &reply), server, &buf[consumed..], started).await;
     drop(cpe_slot);
 }
 
@@ -391,34 +342,42 @@ async fn read_header(shared: &Shared, client: &mut SharedStream) -> Result<(Mess
             debug!(error = ?e, "client went away before its Convert message was complete");
             Err(None)
         }
-        Ok(Err(ReadError::Invalid(e))) => Err(Some(Refusal::Decode(e))),
+        Ok(Err(ReadError::Invalid(error, received))) => Err(Some(Refusal::Decode { error, received })),
         // Half-closed mid-message: it can still read our verdict.
-        Ok(Err(ReadError::Truncated(n))) => Err(Some(Refusal::Truncated(n))),
+        Ok(Err(ReadError::Truncated(received))) => Err(Some(Refusal::Truncated(received))),
     }
 }
 
-/// Checks the destination against the policy and connects to it.
-async fn open(shared: &Shared, conn: &Connection, message: &Message) -> Result<TcpStream, Refusal> {
-    let dst = message.connect().ok_or(Refusal::NoConnect)?.remote;
+/// Checks the destination (the address classes RFC 8803 forbids, then the policy) and the Connect TLV's TCP
+/// options, and connects to it. `received`: the message, for the echo of a Malformed reply.
+async fn open(
+    shared: &Shared,
+    conn: &Connection,
+    connect: &convert::Connect,
+    received: &[u8],
+) -> Result<TcpStream, Refusal> {
+    let dst = connect.remote;
     tracing::Span::current().record("dst", field::display(dst));
     let live = shared.settings.get();
+    if !live.policy.allows_explicitly(dst.ip()) {
+        Destination::check(dst.ip()).map_err(|why| Refusal::BadDestination {
+            dst,
+            why,
+            received: received.to_vec(),
+        })?;
+    }
     if dst.port() == 0 {
         return Err(Refusal::Policy { dst: dst.ip(), why: crate::policy::Denied::PortZero });
     }
     live.policy.check(dst.ip()).map_err(|why| Refusal::Policy { dst: dst.ip(), why })?;
-    let timeout = live.config.limits.connect_timeout;
-    let server = match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(Refusal::Connect(e)),
-        Err(_) => return Err(Refusal::ConnectTimeout(timeout)),
-    };
-    let _ = server.set_nodelay(true);
+    let plan = Plan::from_options(&connect.options, &shared.kernel).map_err(Refusal::UnsupportedOptions)?;
+    let server = outbound::connect(dst, &plan, live.config.limits.connect_timeout).await.map_err(Refusal::Connect)?;
     let _ = conn.dst.set(dst);
     Ok(server)
 }
 
-/// The next message on a held connection, with the CPE's connection slot, once the hold ends well.
-type Held = (Option<Slot>, (Message, Vec<u8>, usize));
+/// The next message on a held connection, what it asks, and the CPE's connection slot, once the hold ends well.
+type Held = (Option<Slot>, Ask, (Message, Vec<u8>, usize));
 
 /// A hold request (Hold + Auth, no Connect): admits the CPE, takes one of its held slots, answers with the
 /// bare header and waits up to the hold timeout for the Convert message that names the destination.
@@ -433,7 +392,7 @@ async fn hold(
 ) -> Result<Option<Held>, Refusal> {
     let limits = shared.settings.get().config.limits.clone();
     let Some(cpe) = message.auth().map(|a| a.cpe_id.clone()).filter(|_| message.connect().is_none()) else {
-        return Err(Refusal::BadHold);
+        return Err(Refusal::BadHold { received: raw.to_vec() });
     };
     let cpe_slot = admit(shared, peer, conn, message, raw)?;
     let held_slot = shared
@@ -465,20 +424,22 @@ async fn hold(
             debug!("the CPE closed its held connection");
             return Ok(None);
         }
-        Ok(Err(ReadError::Invalid(e))) => return Err(Refusal::Decode(e)),
-        Ok(Err(ReadError::Truncated(n))) => return Err(Refusal::Truncated(n)),
+        Ok(Err(ReadError::Invalid(error, received))) => return Err(Refusal::Decode { error, received }),
+        Ok(Err(ReadError::Truncated(received))) => return Err(Refusal::Truncated(received)),
     };
     drop(held_slot);
     shared.stats.holds_used.fetch_add(1, Relaxed);
     let (message, buf, consumed) = &next;
+    let received = &buf[..*consumed];
+    let ask = request::ask(message, received)?;
     // The connection is authenticated already; an Auth TLV on it must still check out and name the same CPE.
-    if message.hold() || message.auth().is_some_and(|a| a.cpe_id != cpe) {
-        return Err(Refusal::BadHeldMessage);
+    if ask == Ask::Hold || message.auth().is_some_and(|a| a.cpe_id != cpe) {
+        return Err(Refusal::BadHeldMessage { received: received.to_vec() });
     }
     if message.auth().is_some() {
-        authenticate(shared, message, &buf[..*consumed])?;
+        authenticate(shared, message, received)?;
     }
-    Ok(Some((cpe_slot, next)))
+    Ok(Some((cpe_slot, ask, next)))
 }
 
 /// Authentication and per-CPE admission; records the CPE on the connection. Returns the per-CPE slot for
@@ -523,55 +484,4 @@ fn authenticate(shared: &Shared, message: &Message, raw: &[u8]) -> Result<(), Re
         return Err(e.into());
     }
     Ok(())
-}
-
-/// Sends the Error TLV for `why`, counts it, closes our side and lets the client read the reply before the
-/// socket goes (closing with unread input would send a RST that can destroy the reply in flight).
-async fn reject(shared: &Shared, mut client: SharedStream, why: Refusal) {
-    let code = why.code();
-    shared.stats.error_sent(code);
-    if matches!(why, Refusal::Policy { .. }) {
-        shared.stats.policy_denied.fetch_add(1, Relaxed);
-    }
-    if why.is_auth_failure() {
-        shared.stats.auth_failures.fetch_add(1, Relaxed);
-        let allowed = shared.auth_log.lock().expect("log limiter poisoned").allow(Instant::now());
-        if let Some(suppressed) = allowed {
-            warn!(code = code.code(), suppressed, "refused: {why}");
-        }
-    } else {
-        info!(code = code.code(), "refused: {why}");
-    }
-    let reply = Message::error_reply(code).to_bytes().expect("error reply encodes");
-    let linger = async {
-        common::mptcp::await_tfo_handshake(&client, shared.settings.get().config.limits.connect_timeout).await?;
-        client.write_all(&reply).await?;
-        client.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        let mut drained = 0;
-        while drained < REJECT_DRAIN_MAX {
-            match client.read(&mut sink).await? {
-                0 => break,
-                n => drained += n,
-            }
-        }
-        io::Result::Ok(())
-    };
-    let _ = tokio::time::timeout(REJECT_LINGER, linger).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connect_errors_map_to_rfc8803_codes() {
-        let code = |e: io::Error| connect_error_code(&e).code();
-        assert_eq!(code(io::Error::from(io::ErrorKind::ConnectionRefused)), 96);
-        assert_eq!(code(io::Error::from_raw_os_error(libc::ECONNREFUSED)), 96);
-        assert_eq!(code(io::Error::from_raw_os_error(libc::ENETUNREACH)), 97);
-        assert_eq!(code(io::Error::from_raw_os_error(libc::EHOSTUNREACH)), 97);
-        assert_eq!(code(io::Error::from_raw_os_error(libc::ETIMEDOUT)), 65);
-        assert_eq!(code(io::Error::from_raw_os_error(libc::EACCES)), 65);
-    }
 }

@@ -4,7 +4,8 @@
 //! Invariants: counters only grow, except `active` (connections currently held, a gauge) which the server's
 //! connection guard increments and decrements exactly once per accepted connection, and `held` (connections
 //! held idle for a CPE's pool, a gauge). Every connection ends in exactly one outcome counter: `relayed`, one
-//! `errors_sent` code, `header_timeouts`, `closed_before_header`, `holds_expired` or `holds_closed`.
+//! `errors_sent` code, `info_answered`, `reset_zero_length`, `error_replies_limited`, `header_timeouts`,
+//! `closed_before_header`, `holds_expired` or `holds_closed`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -56,6 +57,12 @@ pub struct Stats {
     /// Connections closed before their Convert message because a newer one from the same address came while
     /// it had `limits.max_pending_per_source` pending (the oldest goes).
     pub pending_evicted: AtomicU64,
+    /// Connections whose message held only an Info TLV, answered with the Supported TCP Extensions.
+    pub info_answered: AtomicU64,
+    /// Connections reset because their message's total length was zero (RFC 8803 §5.1).
+    pub reset_zero_length: AtomicU64,
+    /// Connections reset instead of answered with an Error TLV: their source was over its error reply budget.
+    pub error_replies_limited: AtomicU64,
     /// Held connections (Hold TLV) open right now, all CPEs (gauge).
     pub held: AtomicU64,
     /// Hold requests accepted (answered with the bare header).

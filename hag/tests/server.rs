@@ -190,8 +190,11 @@ async fn every_bad_input_gets_its_error_code() {
     s.read_to_end(&mut reply).await.unwrap();
     assert_eq!(
         convert::decode(&reply),
-        Decoded::Done { message: Message::error_reply(ErrorCode::MalformedMessage), consumed: reply.len() },
-        "truncated"
+        Decoded::Done {
+            message: Message::echo_reply(ErrorCode::MalformedMessage, &good[..good.len() - 7]),
+            consumed: reply.len()
+        },
+        "truncated, echoed"
     );
     assert_eq!(error_of(f.addr, &[1, 3, 0x22, 0x63, 0, 0, 0, 0, 0, 0, 0, 0]).await, Some(1), "garbage TLV");
 
@@ -208,9 +211,15 @@ async fn every_bad_input_gets_its_error_code() {
     assert_eq!(reply, Some(Message::success()));
     assert_eq!(error_of(f.addr, &good).await, Some(32), "replayed nonce");
 
-    for denied in ["127.0.0.1:80", "10.0.0.1:80", "[::1]:80", &f.addr.to_string()] {
+    for denied in ["10.0.0.1:80", "[fd00::9]:80", "[::ffff:10.0.0.1]:80", "0.0.0.0:80"] {
         let d: SocketAddr = denied.parse().unwrap();
         assert_eq!(error_of(f.addr, &request(d, "cpe-1", now())).await, Some(32), "policy {denied}");
+    }
+    // Loopback addresses are malformed requests (RFC 8803), unless the operator allows them (the fixture
+    // allows 127.0.0.2 for its echo server).
+    for malformed in ["127.0.0.1:80", "[::1]:80", &f.addr.to_string()] {
+        let d: SocketAddr = malformed.parse().unwrap();
+        assert_eq!(error_of(f.addr, &request(d, "cpe-1", now())).await, Some(1), "{malformed}");
     }
     assert_eq!(error_of(f.addr, &request(closed, "cpe-1", now())).await, Some(96), "closed port");
 

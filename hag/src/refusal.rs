@@ -1,0 +1,163 @@
+//! Why a connection is refused, the RFC 8803 reply each refusal gets (§5.2.8: an Error TLV whose value the
+//! code defines, or a reset where §5.1 asks for one), and the way a refused or answered-and-done
+//! connection is closed so that the client can read what it was sent.
+//!
+//! Invariants:
+//! - Malformed Message (1) and Unsupported Message (2) echo the message that caused them (as received, cut
+//!   to what one reply carries); Not Authorized, Resource Exceeded and Network Failure carry zero;
+//!   Destination Unreachable the ICMP code; Unsupported TCP Option the option kinds.
+//! - A source gets at most a burst of Error replies and then a few a second ([`ErrorReplyLimiter`]); past
+//!   that, and for a total length of zero, the connection is reset without a reply.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use common::convert::{self, ErrorCode, Message};
+use common::stream::SharedStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{info, warn};
+
+use crate::outbound::{BadDestination, Failure};
+use crate::server::Shared;
+
+/// How long a refused client gets to read its Error reply and close, before we drop the socket.
+const REJECT_LINGER: Duration = Duration::from_secs(2);
+/// Most bytes read (and discarded) from a refused client while it lingers.
+const REJECT_DRAIN_MAX: usize = 256 * 1024;
+/// Error replies one source address may get at once, and per second after that.
+pub(crate) const ERROR_REPLY_BURST: u32 = 64;
+pub(crate) const ERROR_REPLIES_PER_SECOND: u32 = 16;
+
+/// Why a connection was refused, for the log; [`Refusal::reply`] goes on the wire. `received` is the
+/// client's message as it arrived (for the echo of codes 1 and 2).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("bad Convert message: {error}")]
+    Decode { error: convert::DecodeError, received: Vec<u8> },
+    #[error("TLV type {kind} is not one a client sends to a converter")]
+    Unsupported { kind: u8, received: Vec<u8> },
+    #[error("the Convert message asks for nothing (no Connect, Info or Hold TLV)")]
+    NoRequest { received: Vec<u8> },
+    #[error("client closed after {} bytes, before its Convert message was complete", .0.len())]
+    Truncated(Vec<u8>),
+    #[error("authentication failed: {0}")]
+    Auth(#[from] convert::auth::AuthError),
+    #[error("unknown CPE id")]
+    UnknownCpe,
+    #[error("no Auth TLV from an untrusted source")]
+    MissingAuth,
+    #[error("destination {dst} is {why}, which a Connect TLV must not name")]
+    BadDestination { dst: SocketAddr, why: BadDestination, received: Vec<u8> },
+    #[error("destination {dst} denied: {why}")]
+    Policy { dst: IpAddr, why: crate::policy::Denied },
+    #[error("TCP options of kinds {0:?} in the Connect TLV cannot be honoured")]
+    UnsupportedOptions(Vec<u8>),
+    #[error("too many connections in total ({0})")]
+    TotalLimit(usize),
+    #[error("too many connections for this CPE ({0})")]
+    CpeLimit(usize),
+    #[error("too many held connections for this CPE ({0})")]
+    HeldLimit(usize),
+    #[error("a hold request must carry an Auth TLV and no Connect TLV")]
+    BadHold { received: Vec<u8> },
+    #[error("the message on a held connection holds again or names another CPE")]
+    BadHeldMessage { received: Vec<u8> },
+    #[error("connecting to the destination: {0}")]
+    Connect(Failure),
+}
+
+impl Refusal {
+    /// The reply, or `None` when the connection is to be reset instead (a total length of zero, RFC 8803
+    /// §5.1).
+    pub(crate) fn reply(&self) -> Option<Message> {
+        use ErrorCode::*;
+        Some(match self {
+            Refusal::Decode { error: convert::DecodeError::ZeroTotalLength, .. } => return None,
+            Refusal::Decode { error, received } if error.code() == MalformedMessage => {
+                Message::echo_reply(MalformedMessage, received)
+            }
+            Refusal::Decode { error, .. } => Message::error_reply(error.code()),
+            Refusal::Unsupported { received, .. } => Message::echo_reply(UnsupportedMessage, received),
+            Refusal::NoRequest { received }
+            | Refusal::Truncated(received)
+            | Refusal::BadDestination { received, .. }
+            | Refusal::BadHold { received }
+            | Refusal::BadHeldMessage { received } => Message::echo_reply(MalformedMessage, received),
+            Refusal::Auth(e) => Message::error_reply(e.code()),
+            Refusal::UnknownCpe | Refusal::MissingAuth | Refusal::Policy { .. } => Message::error_reply(NotAuthorized),
+            Refusal::UnsupportedOptions(kinds) => Message::unsupported_options_reply(kinds),
+            Refusal::TotalLimit(_) | Refusal::CpeLimit(_) | Refusal::HeldLimit(_) => {
+                Message::error_reply(ResourceExceeded)
+            }
+            Refusal::Connect(failure) => failure.reply(),
+        })
+    }
+
+    fn is_auth_failure(&self) -> bool {
+        matches!(self, Refusal::UnknownCpe | Refusal::MissingAuth)
+            || matches!(self, Refusal::Auth(e) if e.code() == ErrorCode::NotAuthorized)
+    }
+}
+
+/// Sends the reply for `why` (or resets), counts it, and closes as [`close_after`] does.
+pub(crate) async fn reject(shared: &Shared, client: SharedStream, peer: SocketAddr, why: Refusal) {
+    let stats = &shared.stats;
+    let Some(reply) = why.reply() else {
+        stats.reset_zero_length.fetch_add(1, Relaxed);
+        info!("refused with a reset: {why}");
+        return reset(client);
+    };
+    let code = reply.error().unwrap_or(ErrorCode::Unknown(255));
+    let allowed = shared.error_replies.lock().expect("error reply limiter poisoned").allow(peer.ip(), Instant::now());
+    if !allowed {
+        stats.error_replies_limited.fetch_add(1, Relaxed);
+        let logged = shared.auth_log.lock().expect("log limiter poisoned").allow(Instant::now());
+        if let Some(suppressed) = logged {
+            warn!(code = code.code(), suppressed, "refused with a reset, over the error reply budget: {why}");
+        }
+        return reset(client);
+    }
+    stats.error_sent(code);
+    if matches!(why, Refusal::Policy { .. }) {
+        stats.policy_denied.fetch_add(1, Relaxed);
+    }
+    if why.is_auth_failure() {
+        stats.auth_failures.fetch_add(1, Relaxed);
+        let allowed = shared.auth_log.lock().expect("log limiter poisoned").allow(Instant::now());
+        if let Some(suppressed) = allowed {
+            warn!(code = code.code(), suppressed, "refused: {why}");
+        }
+    } else {
+        info!(code = code.code(), "refused: {why}");
+    }
+    close_after(shared, client, &reply).await;
+}
+
+/// Writes `reply` (an Error TLV, or the answer to an Info TLV), closes our side and lets the client read it
+/// before the socket goes: closing with unread input would send a reset that can destroy the reply in flight.
+pub(crate) async fn close_after(shared: &Shared, mut client: SharedStream, reply: &Message) {
+    let bytes = reply.to_bytes().expect("replies are built to encode");
+    let linger = async {
+        common::mptcp::await_tfo_handshake(&client, shared.settings.get().config.limits.connect_timeout).await?;
+        client.write_all(&bytes).await?;
+        client.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < REJECT_DRAIN_MAX {
+            match client.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(REJECT_LINGER, linger).await;
+}
+
+/// Closes with a reset: linger on, zero seconds.
+fn reset(client: SharedStream) {
+    let _ = socket2::SockRef::from(&*client).set_linger(Some(Duration::ZERO));
+    drop(client);
+}
