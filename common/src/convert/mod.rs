@@ -14,9 +14,11 @@
 //! - A decoded message whose last TLV is not the Auth TLV never contains an Auth TLV (Auth must be last).
 
 pub mod auth;
+mod replies;
 mod wire;
 
-pub use wire::{Auth, Connect, DecodeError, Decoded, EncodeError, ErrorCode, Message, Tlv, decode, parse};
+pub use replies::ErrorCode;
+pub use wire::{Auth, Connect, DecodeError, Decoded, EncodeError, Message, Tlv, decode, parse};
 
 /// The only protocol version defined by RFC 8803.
 pub const VERSION: u8 = 1;
