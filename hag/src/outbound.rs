@@ -240,9 +240,7 @@ pub async fn connect(dst: SocketAddr, plan: &Plan, timeout: Duration) -> Result<
             setsockopt_int(socket.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, clamp as libc::c_int)?;
         }
         // Best effort: an MPTCP socket refuses it (EOPNOTSUPP on Linux 6.18), and then no ICMP code is known.
-        let (level, name) =
-            if dst.is_ipv4() { (libc::SOL_IP, libc::IP_RECVERR) } else { (libc::SOL_IPV6, libc::IPV6_RECVERR) };
-        let _ = setsockopt_int(socket.as_raw_fd(), level, name, 1);
+        let _ = set_recverr(socket.as_raw_fd(), dst, true);
         socket.set_tcp_nodelay(true)?;
         // A second handle on the same socket: the connect future owns and drops the first when it fails,
         // and the ICMP error is read from the socket after that.
@@ -252,10 +250,21 @@ pub async fn connect(dst: SocketAddr, plan: &Plan, timeout: Duration) -> Result<
     let (socket, errors) = setup().map_err(|error| Failure::Io { error, icmp: None })?;
     let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
     match tokio::time::timeout(timeout, socket.connect(dst)).await {
-        Ok(Ok(stream)) => Ok(stream),
+        Ok(Ok(stream)) => {
+            // Connected: with IP_RECVERR on, TCP would turn every later ICMP error (a route flapping for a
+            // moment) into a hard error of the relay; without it such errors stay soft, as on any socket.
+            let _ = set_recverr(stream.as_raw_fd(), dst, false);
+            Ok(stream)
+        }
         Ok(Err(error)) => Err(Failure::Io { error, icmp: queued_icmp(errors.as_raw_fd()) }),
         Err(_) => Err(Failure::Timeout { after: timeout, icmp: queued_icmp(errors.as_raw_fd()) }),
     }
+}
+
+fn set_recverr(fd: RawFd, dst: SocketAddr, on: bool) -> io::Result<()> {
+    let (level, name) =
+        if dst.is_ipv4() { (libc::SOL_IP, libc::IP_RECVERR) } else { (libc::SOL_IPV6, libc::IPV6_RECVERR) };
+    setsockopt_int(fd, level, name, on.into())
 }
 
 fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
