@@ -11,6 +11,7 @@
 //!   socket a connection task owns while the admin API may look at it;
 //! - [`net`]: rtnetlink helpers for the daemons' routing state (marked policy rules, routes, addresses);
 //! - [`admin`]: the admin API pieces both daemons mount (auth, errors, `/metrics`, status, OpenAPI);
+//! - [`clock`]: the wall clock a CPE signs with (hag's time, once hag said the system clock is off);
 //! - [`config`]: YAML loading with errors that name the field; [`process`]: the open-file limit;
 //!   [`syscheck`]: the host checks of `--check-system` and of every start.
 //!
@@ -18,6 +19,7 @@
 //! crate, which only tests depend on.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod mptcp;

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::convert::{self, ErrorCode, Message, auth::ReplayWindow};
+use common::convert::{self, ErrorCode, Message, auth::AuthError, auth::ReplayWindow};
 use common::mptcp;
 use common::stream::SharedStream;
 use tokio::io::AsyncWriteExt;
@@ -39,8 +39,7 @@ use crate::live::Settings;
 use crate::message::{ReadError, read_convert};
 use crate::outbound::{self, Destination, KernelTcp, Plan};
 use crate::policy::local_addresses;
-use crate::ratelimit::{ErrorReplyLimiter, LogLimiter};
-use crate::refusal::{ERROR_REPLIES_PER_SECOND, ERROR_REPLY_BURST, Refusal, close_after, reject};
+use crate::refusal::{Refusal, Replier, close_after};
 use crate::request::{self, Ask};
 use crate::slots::{ActiveGuard, HeldGuard, Pending, PendingTable, Slot, Slots};
 use crate::stats::Stats;
@@ -63,10 +62,10 @@ pub enum StartError {
 }
 
 /// State every connection task shares.
-pub(crate) struct Shared {
+struct Shared {
     /// The running config and destination policy; a reload swaps them.
-    pub(crate) settings: Arc<Settings>,
-    pub(crate) stats: Arc<Stats>,
+    settings: Arc<Settings>,
+    stats: Arc<Stats>,
     connections: Arc<Connections>,
     replay: Mutex<ReplayWindow>,
     /// Open connections per CPE id.
@@ -77,9 +76,8 @@ pub(crate) struct Shared {
     pending: PendingTable,
     /// Open connections per trusted source address (clients without an Auth TLV have no CPE id).
     per_trusted_source: Slots,
-    pub(crate) auth_log: Mutex<LogLimiter>,
-    /// Error replies per source address (RFC 8803 §5.2.5: rate-limited).
-    pub(crate) error_replies: Mutex<ErrorReplyLimiter>,
+    /// Refusals: their replies, error budget and log lines.
+    replier: Replier,
     /// The TCP options this host's connecting sockets can send, read at start.
     kernel: KernelTcp,
 }
@@ -113,21 +111,21 @@ impl Hag {
         let mut own = local_addresses().map_err(StartError::LocalAddresses)?;
         own.extend(config.listen.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()));
         debug!(?own, "own addresses, denied as destinations unless allowed");
+        let stats = Arc::new(Stats::default());
         let kernel = KernelTcp::read();
         debug!(?kernel, supported = ?kernel.supported_kinds(), "TCP options a Connect TLV may ask for");
         let replay = ReplayWindow::new(config.limits.auth_skew.as_secs().max(1), config.limits.replay_entries);
         Ok(Hag {
             shared: Arc::new(Shared {
                 settings: Arc::new(Settings::new(config, own)),
-                stats: Arc::new(Stats::default()),
+                stats: stats.clone(),
                 connections: Arc::new(Connections::default()),
                 replay: Mutex::new(replay),
                 per_cpe: Slots::default(),
                 held_per_cpe: Slots::default(),
                 pending: PendingTable::default(),
                 per_trusted_source: Slots::default(),
-                auth_log: Mutex::new(LogLimiter::new(20, Duration::from_secs(10))),
-                error_replies: Mutex::new(ErrorReplyLimiter::new(ERROR_REPLY_BURST, ERROR_REPLIES_PER_SECOND)),
+                replier: Replier::new(stats.clone()),
                 kernel,
             }),
             listeners,
@@ -208,8 +206,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
         let source = peer.ip().to_canonical().to_string();
         let evict = CancellationToken::new();
         let (pending, evicted) = shared.pending.admit(&source, limit, evict.clone(), &shared.stats);
-        if evicted && let Some(suppressed) = shared.auth_log.lock().expect("log limiter poisoned").allow(Instant::now())
-        {
+        if evicted && let Some(suppressed) = shared.replier.log_allowed() {
             warn!(%peer, limit, suppressed, "this address has too many connections without a Convert message: closing its oldest");
         }
         let guard = ActiveGuard::new(shared.stats.clone());
@@ -239,6 +236,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
             .instrument(span),
         );
     }
+}
+
+/// Answers `why` as [`Replier::reject`] does.
+async fn reject(shared: &Shared, client: SharedStream, peer: SocketAddr, why: Refusal) {
+    let handshake = shared.settings.get().config.limits.connect_timeout;
+    shared.replier.reject(client, peer, why, handshake).await;
 }
 
 fn now_unix() -> u64 {
@@ -288,7 +291,8 @@ async fn serve(
     let Some(connect) = message.connect().filter(|_| ask != Ask::Info) else {
         shared.stats.info_answered.fetch_add(1, Relaxed);
         debug!("answered an Info TLV with the supported TCP extensions");
-        return close_after(&shared, client, &Message::supported_extensions(&shared.kernel.supported_kinds())).await;
+        let reply = Message::supported_extensions(&shared.kernel.supported_kinds());
+        return close_after(client, &reply, shared.settings.get().config.limits.connect_timeout).await;
     };
     let server = match open(&shared, conn, connect, &buf[..consumed]).await {
         Ok(server) => server,
@@ -477,11 +481,19 @@ fn authenticate(shared: &Shared, message: &Message, raw: &[u8]) -> Result<(), Re
     let key = live.config.clients.get(&auth.cpe_id).ok_or(Refusal::UnknownCpe)?;
     let verified = convert::auth::verify_mac(key.expose(), raw)
         .and_then(|()| shared.replay.lock().expect("replay window poisoned").check(now_unix(), auth));
-    if let Err(e) = verified {
-        if e.code() == ErrorCode::NotAuthorized {
+    match verified {
+        Ok(()) => Ok(()),
+        // The CPE holds the key and only its clock is off: tell it ours, for this request only.
+        Err(error @ (AuthError::TimestampTooOld { .. } | AuthError::TimestampInFuture { .. })) => {
             shared.stats.cpe_auth_failed(&auth.cpe_id);
+            let ms = u64::try_from(common::clock::system_unix().as_millis()).unwrap_or(u64::MAX);
+            Err(Refusal::Stale { error, time: convert::auth::signed_time(key.expose(), &auth.nonce, ms) })
         }
-        return Err(e.into());
+        Err(e) => {
+            if e.code() == ErrorCode::NotAuthorized {
+                shared.stats.cpe_auth_failed(&auth.cpe_id);
+            }
+            Err(e.into())
+        }
     }
-    Ok(())
 }

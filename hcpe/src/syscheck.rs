@@ -29,7 +29,8 @@ pub fn run(config: &Config) -> Report {
     }
     findings.push(check::fd_limit(FD_CONNECTIONS.1, 2, "LAN connections"));
     findings.push(check::clock(
-        "hag refuses Auth TLVs and probes whose timestamp is off its clock by more than its skew (30 s by default)",
+        "if it is off by more than hag's skew (30 s by default), the first request is refused and hcpe signs \
+         with the time hag tells it (one round trip lost); other timestamps (logs, volume periods) stay wrong",
     ));
     Report { findings }
 }

@@ -28,9 +28,17 @@ pub fn convert_request(
     (key, cpe): (&[u8], &str),
     dst: SocketAddr,
 ) -> anyhow::Result<ConvertReply> {
-    use common::convert::{self, Decoded, auth};
+    use common::convert::auth;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let request = auth::signed_request(key, dst, cpe, now, auth::random_nonce()?)?;
+    exchange(ns, hag, source, request)
+}
+
+/// `request` (any bytes) over an MPTCP connection from `ns` (bound to `source` when given) to hag at `hag`,
+/// and hag's reply read whole.
+pub fn exchange(ns: &Netns, hag: SocketAddr, source: Option<IpAddr>, request: Vec<u8>) -> anyhow::Result<ConvertReply> {
+    use common::convert::{self, Decoded};
     use socket2::{Domain, Protocol, Socket, Type};
-    let (key, cpe) = (key.to_vec(), cpe.to_owned());
     ns.within(move || {
         let s =
             Socket::new(Domain::for_address(hag), Type::STREAM, Some(Protocol::from(common::mptcp::IPPROTO_MPTCP)))?;
@@ -40,8 +48,7 @@ pub fn convert_request(
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.connect(&hag.into())?;
         let mut stream = TcpStream::from(s);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-        stream.write_all(&auth::signed_request(&key, dst, &cpe, now, auth::random_nonce()?)?)?;
+        stream.write_all(&request)?;
         let mut buf = Vec::new();
         loop {
             if let Decoded::Done { message, consumed } = convert::decode(&buf) {
@@ -50,7 +57,7 @@ pub fn convert_request(
             let mut chunk = [0u8; 512];
             let n = stream.read(&mut chunk)?;
             if n == 0 {
-                bail!("hag closed without a reply to the request for {dst} (got {buf:02x?})");
+                bail!("hag closed without a reply (got {buf:02x?})");
             }
             buf.extend_from_slice(&chunk[..n]);
         }

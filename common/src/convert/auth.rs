@@ -1,7 +1,8 @@
 //! The Auth TLV's cryptography and replay protection (DESIGN §3).
 //!
-//! Owns: building signed requests, computing and checking the MAC over a raw Convert message, and the
-//! [`ReplayWindow`]. Sans-IO: the caller passes keys, bytes and `now`.
+//! Owns: building signed requests, computing and checking the MAC over a raw Convert message, the
+//! [`ReplayWindow`], and signing and checking hag's Time TLV. Sans-IO: the caller passes keys, bytes and
+//! `now`.
 //!
 //! Invariants:
 //! - The MAC is HMAC-SHA256(key, the whole Convert message with the 32 MAC bytes zeroed); it is checked in
@@ -17,7 +18,7 @@ use std::net::SocketAddr;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::{Auth, Connect, DecodeError, EncodeError, ErrorCode, HEADER_LEN, Message, Tlv, auth_layout as al};
+use super::{Auth, Connect, DecodeError, EncodeError, ErrorCode, HEADER_LEN, Message, Time, Tlv, auth_layout as al};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -111,6 +112,30 @@ pub fn sign(key: &[u8], message: &mut [u8]) -> Result<(), AuthError> {
 pub fn verify_mac(key: &[u8], raw_message: &[u8]) -> Result<(), AuthError> {
     let at = mac_offset(raw_message)?;
     mac_state(key, raw_message, at).verify_slice(&raw_message[at..at + al::MAC_LEN]).map_err(|_| AuthError::BadMac)
+}
+
+/// What the Time TLV's MAC covers before the nonce and the time: keeps it apart from every message MAC
+/// (a Convert message starts with its version byte, 1).
+const TIME_LABEL: &[u8] = b"hag time";
+
+/// hag's clock for the CPE whose request carried `nonce`: `unix_ms`, signed with that CPE's key over
+/// [`TIME_LABEL`], the nonce and the time.
+pub fn signed_time(key: &[u8], nonce: &[u8; 16], unix_ms: u64) -> Time {
+    Time { unix_ms, mac: time_mac(key, nonce, unix_ms).finalize().into_bytes().into() }
+}
+
+/// The time in `time` when hag signed it with `key` in answer to the request that carried `nonce`.
+pub fn verify_time(key: &[u8], nonce: &[u8; 16], time: &Time) -> Result<u64, AuthError> {
+    time_mac(key, nonce, time.unix_ms).verify_slice(&time.mac).map_err(|_| AuthError::BadMac)?;
+    Ok(time.unix_ms)
+}
+
+fn time_mac(key: &[u8], nonce: &[u8; 16], unix_ms: u64) -> HmacSha256 {
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(TIME_LABEL);
+    mac.update(nonce);
+    mac.update(&unix_ms.to_be_bytes());
+    mac
 }
 
 /// 16 random bytes from the OS, for [`signed_request`].

@@ -18,7 +18,7 @@ mod replies;
 mod wire;
 
 pub use replies::ErrorCode;
-pub use wire::{Auth, Connect, DecodeError, Decoded, EncodeError, Message, Tlv, decode, parse};
+pub use wire::{Auth, Connect, DecodeError, Decoded, EncodeError, Message, Time, Tlv, decode, parse};
 
 /// The only protocol version defined by RFC 8803.
 pub const VERSION: u8 = 1;
@@ -43,10 +43,15 @@ pub mod tlv_type {
     pub const AUTH: u8 = 192;
     /// Private use: hcpe's ready-connection pool (`docs/protocol.md`, "Hold TLV").
     pub const HOLD: u8 = 193;
+    /// Private use: hag's clock for a CPE whose timestamp was refused (`docs/protocol.md`).
+    pub const TIME: u8 = 194;
 
     /// True for every type this codec parses into a dedicated [`super::Tlv`] variant.
     pub const fn is_known(kind: u8) -> bool {
-        matches!(kind, INFO | CONNECT | EXTENDED_TCP_HEADER | SUPPORTED_TCP_EXTENSIONS | COOKIE | ERROR | AUTH | HOLD)
+        matches!(
+            kind,
+            INFO | CONNECT | EXTENDED_TCP_HEADER | SUPPORTED_TCP_EXTENSIONS | COOKIE | ERROR | AUTH | HOLD | TIME
+        )
     }
 }
 

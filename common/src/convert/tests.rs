@@ -331,6 +331,28 @@ fn malformed_auth_tlv() {
     assert_eq!(msg(vec![a.clone(), Tlv::Info]).to_bytes(), Err(EncodeError::AuthNotLast));
 }
 
+/// HMAC-SHA256(KEY, "hag time" || NONCE || 1_700_000_000_123 as u64 big-endian), computed outside this crate
+/// (Python's hmac module).
+const TIME_MAC: &str = "316b67baec2ce621d8d801f60d0b6aafc8996c9de028e9e061dcd0bc6f1f7f76";
+
+#[test]
+fn golden_time_tlv_in_an_error_32_reply() {
+    let time = auth::signed_time(KEY, &NONCE, 1_700_000_000_123);
+    assert_eq!(time.mac.to_vec(), h(TIME_MAC));
+    let mut reply = Message::error_reply(ErrorCode::NotAuthorized);
+    reply.tlvs.push(Tlv::Time(time.clone()));
+    golden(&[h("010d2263 1e012000 c20b0000 0000018b cfe5687b"), h(TIME_MAC)].concat(), &reply);
+    assert_eq!(reply.time(), Some(&time));
+    assert_eq!(auth::verify_time(KEY, &NONCE, &time), Ok(1_700_000_000_123));
+    // Another request's nonce, another key, or another time: refused.
+    assert_eq!(auth::verify_time(KEY, &[9; 16], &time), Err(AuthError::BadMac));
+    assert_eq!(auth::verify_time(b"another key", &NONCE, &time), Err(AuthError::BadMac));
+    let later = Time { unix_ms: time.unix_ms + 3_600_000, ..time };
+    assert_eq!(auth::verify_time(KEY, &NONCE, &later), Err(AuthError::BadMac));
+    // Its length is fixed.
+    assert_eq!(err(&h("01032263 c2020000 00000000")), ErrorCode::MalformedMessage);
+}
+
 #[test]
 fn encoder_limits() {
     let big = Tlv::Cookie(vec![7; 1020]);
@@ -457,6 +479,7 @@ fn arb_tlv() -> impl Strategy<Value = Tlv> {
     prop_oneof![
         Just(Tlv::Info),
         Just(Tlv::Hold),
+        (any::<u64>(), any::<[u8; 32]>()).prop_map(|(unix_ms, mac)| Tlv::Time(Time { unix_ms, mac })),
         (arb_socket_addr(), arb_tcp_options()).prop_map(|(remote, options)| Tlv::Connect(Connect { remote, options })),
         words(10).prop_map(|options| Tlv::ExtendedTcpHeader { options }),
         prop::collection::vec(3u8..=255, 0..12).prop_map(|kinds| Tlv::SupportedTcpExtensions { kinds }),

@@ -84,8 +84,23 @@ pub enum Tlv {
     /// by hcpe with an Auth TLV to fill its pool of ready connections; hag answers with a bare header (held)
     /// or an Error TLV.
     Hold,
+    /// Type 194 (private use), see [`Time`]. Only in hag's Error 32 reply to an authenticated request whose
+    /// timestamp was outside the skew.
+    Time(Time),
     /// Any other type; `value` is everything after type and length (so `value.len() % 4 == 2`).
     Unknown { kind: u8, value: Vec<u8> },
+}
+
+/// Time TLV (type 194, private use; `docs/protocol.md`, "A CPE whose clock is wrong"): hag's clock, signed
+/// with the CPE's key over the nonce of the request it answers, so that only that CPE can use it and only
+/// for that request.
+///
+/// Wire: type, length 11, 16 bits sent as zero and ignored on receipt, Unix time in milliseconds (u64),
+/// HMAC-SHA256 (32 bytes, see [`super::auth::signed_time`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Time {
+    pub unix_ms: u64,
+    pub mac: [u8; 32],
 }
 
 /// A Convert message: the fixed header (implicit) and its TLVs in order.
@@ -282,6 +297,16 @@ fn parse_tlv(kind: u8, bytes: &[u8], offset: usize) -> Result<Tlv, DecodeError> 
             Tlv::Error { code, value: after(3).to_vec() }
         }
         tlv_type::AUTH => Tlv::Auth(parse_auth(bytes, offset)?),
+        tlv_type::TIME => {
+            let (Some(ms), Some(mac), 44) = (bytes.get(4..12), bytes.get(12..44), bytes.len()) else {
+                return Err(bad_len);
+            };
+            let mut unix_ms = [0u8; 8];
+            unix_ms.copy_from_slice(ms);
+            let mut m = [0u8; 32];
+            m.copy_from_slice(mac);
+            Tlv::Time(Time { unix_ms: u64::from_be_bytes(unix_ms), mac: m })
+        }
         tlv_type::HOLD => {
             if bytes.len() != 4 {
                 return Err(bad_len);
@@ -366,6 +391,7 @@ impl Tlv {
             Tlv::Error { .. } => tlv_type::ERROR,
             Tlv::Auth(_) => tlv_type::AUTH,
             Tlv::Hold => tlv_type::HOLD,
+            Tlv::Time(_) => tlv_type::TIME,
             Tlv::Unknown { kind, .. } => *kind,
         }
     }
@@ -373,6 +399,7 @@ impl Tlv {
     fn unpadded_len(&self) -> usize {
         match self {
             Tlv::Info | Tlv::Hold => 4,
+            Tlv::Time(_) => 44,
             Tlv::Connect(c) => 20 + c.options.len(),
             Tlv::ExtendedTcpHeader { options } => 4 + options.len(),
             Tlv::SupportedTcpExtensions { kinds } => 4 + kinds.len(),
@@ -426,6 +453,11 @@ impl Tlv {
         out.push((len / 4) as u8);
         match self {
             Tlv::Info | Tlv::Hold => out.extend_from_slice(&[0, 0]),
+            Tlv::Time(t) => {
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&t.unix_ms.to_be_bytes());
+                out.extend_from_slice(&t.mac);
+            }
             Tlv::Connect(c) => {
                 out.extend_from_slice(&c.remote.port().to_be_bytes());
                 let ip6 = match c.remote.ip() {
@@ -503,6 +535,14 @@ impl Message {
     pub fn auth(&self) -> Option<&Auth> {
         self.tlvs.iter().find_map(|t| match t {
             Tlv::Auth(a) => Some(a),
+            _ => None,
+        })
+    }
+
+    /// The Time TLV (hag's clock, in its reply to a stale timestamp).
+    pub fn time(&self) -> Option<&Time> {
+        self.tlvs.iter().find_map(|t| match t {
+            Tlv::Time(t) => Some(t),
             _ => None,
         })
     }

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use super::ProbeError;
 use super::health::{Action, Health, HealthConfig, HealthState};
-use super::responder::{is_transient, unix_now};
+use super::responder::is_transient;
 use super::wire::{self, NONCE_LEN, REPLY_LEN, Request};
 
 /// How many recent probes' nonces are remembered to match replies.
@@ -316,7 +316,8 @@ impl Prober {
         getrandom::fill(&mut nonce).map_err(ProbeError::Random)?;
         let request = Request {
             seq,
-            timestamp_us: u64::try_from(unix_now().as_micros()).unwrap_or(u64::MAX),
+            // hag's responder drops probes outside its skew: sign with the clock hag's Time TLV corrected.
+            timestamp_us: u64::try_from(crate::clock::unix_now().as_micros()).unwrap_or(u64::MAX),
             uplink: self.config.uplink,
             cpe_id: self.config.cpe_id.clone(),
             nonce,

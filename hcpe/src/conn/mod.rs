@@ -222,6 +222,26 @@ pub(crate) fn plan(
     })
 }
 
+/// hag refused the request signed with `nonce` (sent at `sent`) for its timestamp and answered with `time`:
+/// when the Time TLV is hag's for that request (signed with our key over that nonce), the signing clock
+/// takes hag's time and the caller may sign again. False when it is not (then it is just a refusal).
+pub(crate) fn learn_hag_time(key: &[u8], nonce: &[u8; 16], time: &convert::Time, sent: Instant) -> bool {
+    let Ok(ms) = convert::auth::verify_time(key, nonce, time) else {
+        warn!("hag refused our timestamp with a Time TLV that does not verify; ignored");
+        return false;
+    };
+    match common::clock::CLOCK.learn(Duration::from_millis(ms), sent) {
+        common::clock::Learnt::Offset { behind_ms } => warn!(
+            behind_s = behind_ms as f64 / 1000.0,
+            "the system clock is off from hag's beyond its skew: signing with hag's time until they agree"
+        ),
+        common::clock::Learnt::SystemAgrees => {
+            info!("hag refused our timestamp, yet the system clock agrees with hag's time now")
+        }
+    }
+    true
+}
+
 /// Resets `stream`: linger 0 then close sends an RST instead of a FIN.
 pub fn reset(stream: TcpStream) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
@@ -288,7 +308,11 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared, conn: &Connecti
             conn.counters.b_to_a.fetch_add(early.len() as u64, Relaxed);
             relay(client, hag, cfg.limits.idle_timeout, &conn.counters).await;
         }
-        Ok((_, Reply::Refused(code))) => {
+        Ok((_, reply @ (Reply::Refused(_) | Reply::Stale(_)))) => {
+            let code = match reply {
+                Reply::Refused(code) => code,
+                _ => convert::ErrorCode::NotAuthorized,
+            };
             c.refused_with(code);
             info!(?code, "hag refused; resetting client");
             reset(client);

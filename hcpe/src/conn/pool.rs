@@ -24,7 +24,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::convert::{self, Decoded, ErrorCode};
 use common::mptcp::{ConnectOptions, connect_with_data};
@@ -404,16 +404,33 @@ enum OpenError {
     Malformed,
     #[error("hag did not answer the hold in time")]
     Timeout,
+    /// hag refused the timestamp and said its time, which the signing clock took: ask again.
+    #[error("hag refused the hold's timestamp and said its time")]
+    Stale,
 }
 
-/// Opens one ready connection: connect over the best uplink, send the hold request, read hag's answer, and
-/// give the other uplinks a moment to join.
+/// Opens one ready connection ([`open_once`]); when hag refused the hold's timestamp and said its time, the
+/// signing clock learns it and the hold is asked once more.
 async fn open(shared: &Shared) -> Result<Ready, OpenError> {
+    let nonce = || convert::auth::random_nonce().map_err(|e| OpenError::Request(e.to_string()));
+    match open_once(shared, nonce()?).await {
+        Err(OpenError::Stale) => {}
+        done => return done,
+    }
+    match open_once(shared, nonce()?).await {
+        Err(OpenError::Stale) => Err(OpenError::Refused(ErrorCode::NotAuthorized)),
+        done => done,
+    }
+}
+
+/// Opens one ready connection: connect over the best uplink, send the hold request (signed with `nonce` and
+/// [`common::clock`]'s time), read hag's answer, and give the other uplinks a moment to join.
+async fn open_once(shared: &Shared, nonce: [u8; 16]) -> Result<Ready, OpenError> {
     let cfg = &shared.config;
     let (hag, attempts) = super::plan(cfg, shared.sources.as_ref()).ok_or(OpenError::NoRoute)?;
     let first = attempts[0];
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let nonce = convert::auth::random_nonce().map_err(|e| OpenError::Request(e.to_string()))?;
+    let now = common::clock::unix_now().as_secs();
+    let sent = Instant::now();
     let request = convert::auth::signed_hold(&cfg.key.0, &cfg.cpe_id, now, nonce)
         .map_err(|e| OpenError::Request(e.to_string()))?;
     let io_err = |source| OpenError::Io { hag, source };
@@ -437,7 +454,7 @@ async fn open(shared: &Shared) -> Result<Ready, OpenError> {
         let mut chunk = [0u8; 64];
         loop {
             match convert::decode(&buf) {
-                Decoded::Done { message, consumed } if consumed == buf.len() => return Ok(message.error()),
+                Decoded::Done { message, consumed } if consumed == buf.len() => return Ok(message),
                 Decoded::NeedMore => {}
                 Decoded::Done { .. } | Decoded::Error(_) => return Err(OpenError::Malformed),
             }
@@ -453,8 +470,13 @@ async fn open(shared: &Shared) -> Result<Ready, OpenError> {
     match tokio::time::timeout(cfg.limits.reply_timeout, answer).await {
         Err(_) => return Err(OpenError::Timeout),
         Ok(Err(e)) => return Err(e),
-        Ok(Ok(Some(code))) => return Err(OpenError::Refused(code)),
-        Ok(Ok(None)) => {}
+        Ok(Ok(message)) => match (message.error(), message.time()) {
+            (None, _) => {}
+            (Some(ErrorCode::NotAuthorized), Some(time)) if super::learn_hag_time(&cfg.key.0, &nonce, time, sent) => {
+                return Err(OpenError::Stale);
+            }
+            (Some(code), _) => return Err(OpenError::Refused(code)),
+        },
     }
     let joins = shared.sources.as_ref().map_or(0, |s| s.ready_fit(hag.ip(), first.uplink).joins);
     if mptcp && joins > 0 {

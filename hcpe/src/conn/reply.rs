@@ -19,6 +19,9 @@ pub enum Reply {
     Converted { early: Vec<u8> },
     /// hag refused with this error code.
     Refused(ErrorCode),
+    /// hag refused the request's timestamp (Not Authorized) and said what time it is (Time TLV, not yet
+    /// verified).
+    Stale(convert::Time),
 }
 
 /// Why no reply came.
@@ -53,9 +56,10 @@ impl ReplyReader {
         match convert::decode(&self.from_hag) {
             Decoded::NeedMore => None,
             Decoded::Error(code) => Some(Err(NoReply::Malformed(code))),
-            Decoded::Done { message, consumed } => Some(Ok(match message.error() {
-                Some(code) => Reply::Refused(code),
-                None => Reply::Converted { early: self.from_hag.split_off(consumed) },
+            Decoded::Done { message, consumed } => Some(Ok(match (message.error(), message.time()) {
+                (Some(ErrorCode::NotAuthorized), Some(time)) => Reply::Stale(time.clone()),
+                (Some(code), _) => Reply::Refused(code),
+                (None, _) => Reply::Converted { early: self.from_hag.split_off(consumed) },
             })),
         }
     }
@@ -119,6 +123,12 @@ mod tests {
         garbage[0] = 9; // version 9
         assert!(matches!(ReplyReader::new(Vec::new()).on_hag(&garbage), Some(Err(NoReply::Malformed(_)))));
         assert_eq!(ReplyReader::new(Vec::new()).on_hag(&[]), Some(Err(NoReply::Closed)));
+        // Not Authorized with hag's time: the request's timestamp was refused, to be learnt from.
+        let time = convert::auth::signed_time(b"key", &[1; 16], 1_800_000_000_000);
+        let mut stale = Message::error_reply(ErrorCode::NotAuthorized);
+        stale.tlvs.push(convert::Tlv::Time(time.clone()));
+        let reply = ReplyReader::new(Vec::new()).on_hag(&stale.to_bytes().unwrap());
+        assert_eq!(reply, Some(Ok(Reply::Stale(time))));
     }
 
     #[test]

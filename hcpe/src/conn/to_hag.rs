@@ -6,7 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::convert;
 use common::mptcp::{ConnectOptions, connect_with_data};
@@ -160,8 +160,8 @@ async fn on_ready(
     Ok((stream, reply))
 }
 
-/// The Convert exchange over the planned attempts: connect (racing when the first is slow), send the signed
-/// request with `first` (the client bytes read so far), and wait for hag's reply.
+/// The Convert exchange over the planned attempts ([`fresh_once`]). When hag refuses the request's
+/// timestamp and says its time, the signing clock learns it and the request goes once more.
 async fn fresh(
     flow: Flow,
     first: &mut Vec<u8>,
@@ -169,10 +169,34 @@ async fn fresh(
     shared: &Shared,
     conn: &Connection,
 ) -> Result<(TcpStream, Reply), ExchangeError> {
+    let new_nonce = || convert::auth::random_nonce().map_err(|e| ExchangeError::Request(e.to_string()));
+    let (nonce, sent) = (new_nonce()?, Instant::now());
+    let (stream, reply) = fresh_once(flow, first, client, shared, conn, nonce).await?;
+    let Reply::Stale(time) = &reply else { return Ok((stream, reply)) };
+    if !super::learn_hag_time(&shared.config.key.0, &nonce, time, sent) {
+        return Ok((stream, Reply::Refused(convert::ErrorCode::NotAuthorized)));
+    }
+    drop(stream);
+    match fresh_once(flow, first, client, shared, conn, new_nonce()?).await? {
+        (stream, Reply::Stale(_)) => Ok((stream, Reply::Refused(convert::ErrorCode::NotAuthorized))),
+        done => Ok(done),
+    }
+}
+
+/// One Convert exchange over the planned attempts: connect (racing when the first is slow), send the
+/// request signed with `nonce` and [`common::clock`]'s time, with `first` (the client bytes read so far),
+/// and wait for hag's reply.
+async fn fresh_once(
+    flow: Flow,
+    first: &mut Vec<u8>,
+    client: &mut TcpStream,
+    shared: &Shared,
+    conn: &Connection,
+    nonce: [u8; 16],
+) -> Result<(TcpStream, Reply), ExchangeError> {
     let cfg = &shared.config;
     let (hag, attempts) = super::plan(cfg, shared.sources.as_ref()).ok_or(ExchangeError::NoRoute)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let nonce = convert::auth::random_nonce().map_err(|e| ExchangeError::Request(e.to_string()))?;
+    let now = common::clock::unix_now().as_secs();
     let mut request = convert::auth::signed_request(&cfg.key.0, flow.dest, &cfg.cpe_id, now, nonce)
         .map_err(|e| ExchangeError::Request(e.to_string()))?;
     request.extend_from_slice(first);
