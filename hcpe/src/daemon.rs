@@ -174,6 +174,7 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
             sources,
             connections: Arc::default(),
             pool: Arc::new(conn::pool::Pool::new(cfg.pool)),
+            nat: Some(interceptor.nat()),
         });
         let admin_stop = tokio_util::sync::CancellationToken::new();
         let reload = admin::Reloader::new(opts.config_path, cfg.clone(), opts.log_level);

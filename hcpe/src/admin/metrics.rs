@@ -103,6 +103,27 @@ impl Metrics for HcpeMetrics {
                 f.sample(&[("code", &label), ("name", code_name(*code))], c.refused_by_code[i].load(Relaxed));
             }
         }
+        if let Some(nat) = &self.state.conns.nat {
+            let (flows, c) = {
+                let nat = nat.lock().expect("nat lock");
+                (nat.len(), nat.counters().clone())
+            };
+            w.gauge(
+                "nat_flows",
+                "LAN flows in the NAT table now (a LAN connection's, until its close timeout after it ends).",
+                flows as u64,
+            );
+            w.counter(
+                "nat_flows_created_total",
+                "LAN flows the NAT created (one per SYN from the LAN).",
+                c.flows_created,
+            );
+            w.counter(
+                "nat_exhausted_total",
+                "LAN SYNs dropped because every fake source endpoint of their family was in use.",
+                c.exhausted,
+            );
+        }
         {
             let pool = &self.state.conns.pool;
             let st = pool.status();

@@ -201,6 +201,8 @@ pub struct Shared {
     pub connections: Arc<Connections>,
     /// Ready connections to hag (empty, and never filled, with `hag.pool.max: 0`).
     pub pool: Arc<pool::Pool>,
+    /// The interception's NAT, for its flow table in `/metrics` (`None` where no TUN device runs).
+    pub nat: Option<Arc<std::sync::Mutex<crate::nat::Nat>>>,
 }
 
 /// The hag address to use and the attempts to reach it: the healthiest uplink by role (uplink manager) and its
