@@ -20,9 +20,11 @@ impl Driver {
     }
 
     /// Follows the joins of hcpe's connections: a join that closed before it was established, over an uplink
-    /// that is not down, counts as failed for the uplink of its local address. Whether an uplink's standing
-    /// changed.
+    /// that is not down and whose endpoint hcpe did not just remove, counts as failed for the uplink of its
+    /// local address. Whether an uplink's standing changed.
     pub(super) fn on_pm_event(&mut self, ev: common::pm::PmEvent) -> bool {
+        /// How long after hcpe removed an uplink's endpoint the joins closed over it are taken as its doing.
+        const OWN_CLOSE_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
         use common::pm::PmEvent;
         let (ok, sub) = match ev {
             PmEvent::SubflowEstablished(sub) if sub.local_id != 0 => {
@@ -51,6 +53,12 @@ impl Driver {
             // A join that died with its uplink (the endpoint is withdrawn once the uplink is down) says nothing
             // about MPTCP on it: only joins over an uplink that is not down count.
             if !ok && live[i].health == HealthState::Down {
+                return false;
+            }
+            // Nor does one that hcpe closed by removing the endpoint (a path demoted for loss or delay has its
+            // endpoint re-created so that its subflows close): the kernel reports those closures right after.
+            let removed = self.wiring[i].ep_removed_at;
+            if !ok && removed.is_some_and(|t| now_std().saturating_duration_since(t) < OWN_CLOSE_WINDOW) {
                 return false;
             }
             live[i].path.on_join(now_std(), ok).map(|c| (i, c))

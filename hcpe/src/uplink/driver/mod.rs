@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::control::Command;
 use super::settings::{ManagerSettings, Uplink};
-use super::{Addrs, Shared, UplinkError, adapt, decide, evidence, links, routing, views};
+use super::{Addrs, Shared, UplinkError, adapt, decide, evidence, links, now_std, routing, views};
 
 /// What every prober shares.
 struct ProbeTemplate {
@@ -70,6 +70,9 @@ struct Wiring {
     installed: Vec<routing::UplinkRoute>,
     /// Addresses that have an MPTCP endpoint now.
     ep_addrs: Vec<IpAddr>,
+    /// When hcpe last removed one of the uplink's endpoints (to withdraw it, or to re-create it with its
+    /// subflows closed): the joins that closure cuts short are hcpe's doing, not the network's.
+    ep_removed_at: Option<std::time::Instant>,
 }
 
 impl Wiring {
@@ -86,6 +89,7 @@ impl Wiring {
             p2p: false,
             installed: Vec::new(),
             ep_addrs: Vec::new(),
+            ep_removed_at: None,
         }
     }
 }
@@ -381,8 +385,11 @@ impl Driver {
             let mut res = Vec::new();
             // Re-created (demoted for being slow): every address goes first, so its subflows close.
             let reset = std::mem::take(&mut self.shared.live_mut()[i].reset_subflows) && plan[i].is_some();
-            for addr in self.wiring[i].ep_addrs.iter().filter(|a| reset || !want.contains(a)) {
-                res.push((*addr, self.pm.del_endpoint_addr(*addr).await.map(|_| ())));
+            let removing: Vec<IpAddr> =
+                self.wiring[i].ep_addrs.iter().copied().filter(|a| reset || !want.contains(a)).collect();
+            for addr in removing {
+                res.push((addr, self.pm.del_endpoint_addr(addr).await.map(|_| ())));
+                self.wiring[i].ep_removed_at = Some(now_std());
             }
             if let Some(flags) = plan[i] {
                 for addr in &want {
