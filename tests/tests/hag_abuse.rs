@@ -120,18 +120,6 @@ fn every_address_form_of_a_denied_destination_is_refused() {
     assert!(log.contains("which is denied"), "the embedded form is named in the log:\n{log}");
 }
 
-/// Resident memory of a process, bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// hag's memory stays under this during the flood (measured 9 to 12 MiB at the peak; the bound leaves room for
 /// allocator and runtime growth, not for per-connection buffering of the flood).
 const RSS_BOUND: u64 = 64 << 20;
@@ -145,7 +133,7 @@ fn a_slow_header_flood_from_one_address_does_not_starve_a_cpe() {
     );
     let mut bed = bed(&yaml);
     tests::cpe::echo_server(&bed.cli, format!("{CLI}:7000").parse().unwrap()).unwrap();
-    let rss_before = rss(bed.hag.pid());
+    let rss_before = bed.hag.rss();
 
     // The flood: plain TCP from FLOOD, each connection sending one byte a second and never a whole message.
     let started = Instant::now();
@@ -209,7 +197,7 @@ fn a_slow_header_flood_from_one_address_does_not_starve_a_cpe() {
             assert!(n > 0, "CPE connection {i}: no echo");
             echo.extend_from_slice(&b[..n]);
         }
-        rss_peak = rss_peak.max(rss(bed.hag.pid()));
+        rss_peak = rss_peak.max(bed.hag.rss());
     }
     let cpe_done = started.elapsed();
 
