@@ -22,9 +22,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut responder = Responder::new(ResponderConfig::default());
     // The wall clock at the request's own timestamp when it has one, so the skew check passes sometimes.
-    let unix = wire::parse_request(data).map_or(Duration::from_secs(1_700_000_000), |r| {
-        Duration::from_micros(r.claimed().timestamp_us)
-    });
+    let unix = wire::parse_request(data)
+        .map_or(Duration::from_secs(1_700_000_000), |r| Duration::from_micros(r.claimed().timestamp_us));
     let now = Now { mono: Instant::now(), unix };
     let src = IpAddr::V4(Ipv4Addr::new(192, 0, 2, data.first().copied().unwrap_or(1)));
     if let Some(reply) = responder.handle(now, src, data, |_id: &str| Some(KEY)) {
