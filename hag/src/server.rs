@@ -21,7 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::convert::{self, ErrorCode, Message, auth::AuthError, auth::ReplayWindow};
 use common::mptcp;
@@ -242,10 +242,6 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
 async fn reject(shared: &Shared, client: SharedStream, peer: SocketAddr, why: Refusal) {
     let handshake = shared.settings.get().config.limits.connect_timeout;
     shared.replier.reject(client, peer, why, handshake).await;
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The whole life of one accepted connection: its Convert message (after a hold, if it asked for one),
@@ -479,8 +475,9 @@ fn authenticate(shared: &Shared, message: &Message, raw: &[u8]) -> Result<(), Re
     let auth = message.auth().ok_or(Refusal::MissingAuth)?;
     let live = shared.settings.get();
     let key = live.config.clients.get(&auth.cpe_id).ok_or(Refusal::UnknownCpe)?;
-    let verified = convert::auth::verify_mac(key.expose(), raw)
-        .and_then(|()| shared.replay.lock().expect("replay window poisoned").check(now_unix(), auth));
+    let verified = convert::auth::verify_mac(key.expose(), raw).and_then(|()| {
+        shared.replay.lock().expect("replay window poisoned").check(common::clock::system_unix().as_secs(), auth)
+    });
     match verified {
         Ok(()) => Ok(()),
         // The CPE holds the key and only its clock is off: tell it ours, for this request only.

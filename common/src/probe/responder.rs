@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::wire;
 
@@ -34,13 +34,8 @@ pub struct Now {
 impl Now {
     /// Reads both clocks. The monotonic one comes from tokio, so it follows a paused test clock.
     pub fn system() -> Now {
-        Now { mono: tokio::time::Instant::now().into_std(), unix: unix_now() }
+        Now { mono: tokio::time::Instant::now().into_std(), unix: crate::clock::system_unix() }
     }
-}
-
-/// Wall clock since the Unix epoch (zero if the clock is before 1970).
-pub(crate) fn unix_now() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 /// Responder tuning.
