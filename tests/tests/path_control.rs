@@ -211,3 +211,71 @@ fn overflow_keeps_a_paced_stream_on_dsl_and_gives_a_bulk_download_both_links() {
     assert_eq!(reasons.first().map(String::as_str), Some("saturated"), "{reasons:?}");
     assert_eq!(reasons.last().map(String::as_str), Some("drained"), "{reasons:?}");
 }
+
+#[test]
+fn adaptive_keeps_a_good_lte_that_our_own_transfers_fill_or_that_was_cut() {
+    let bed = start("adaptive");
+    assert_eq!(bed.lte_carry(), "active", "a good LTE carries: {}", bed.path_control_log());
+
+    // Two downloads and two uploads at once for about 15 s keep both links' queues full in both directions: the
+    // probes share LTE's drop-tail queues with them and some are lost there, which is congestion our own
+    // traffic causes, not the link's loss.
+    let size: u64 = 40 << 20;
+    let (up0, down0) = (bed.tb.lte.counters(Direction::Up), bed.tb.lte.counters(Direction::Down));
+    let started = Instant::now();
+    let dst = bed.dst;
+    let transfers: Vec<_> = (0..4)
+        .map(|k| {
+            bed.tb
+                .lan
+                .thread(move || {
+                    let c = Client::new(dst).timeout(Duration::from_secs(30)).seed(k);
+                    if k % 2 == 0 { c.download(size) } else { c.upload(size) }
+                })
+                .unwrap()
+        })
+        .collect();
+    let mut max_loss: f64 = 0.0;
+    while transfers.iter().any(|t| !t.is_finished()) && started.elapsed() < Duration::from_secs(60) {
+        max_loss = max_loss.max(bed.lte()["loss"].as_f64().unwrap_or(0.0));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    for t in transfers {
+        let t = t.join().unwrap().unwrap_or_else(|e| panic!("transfer: {e}\n{}", bed.hcpe.log()));
+        assert_eq!(t.bytes, size, "complete, checked by content");
+    }
+    let drops = (
+        bed.tb.lte.counters(Direction::Up).since(&up0).drop_queue,
+        bed.tb.lte.counters(Direction::Down).since(&down0).drop_queue,
+    );
+    eprintln!(
+        "2 downloads and 2 uploads in {secs:.1} s; LTE's queues dropped {drops:?} packets (up, down); LTE's probe \
+         loss up to {:.0} %\n{}",
+        max_loss * 100.0,
+        bed.path_control_log()
+    );
+    let decisions = bed.lte()["path_control"]["decisions"].as_array().unwrap().len();
+    assert_eq!(decisions, 0, "LTE stays active: {}", bed.lte()["path_control"]);
+
+    // LTE cut silently for 2 s: the probes it misses make it down, which is the verdict's business; back up,
+    // it is not demoted for the loss of its outage.
+    bed.tb.lte.cut();
+    let cut = Instant::now();
+    while bed.lte()["state"] != "down" {
+        assert!(cut.elapsed() < Duration::from_secs(3), "LTE not down: {}", bed.lte());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(cut.elapsed()));
+    bed.tb.lte.restore();
+    let restored = Instant::now();
+    while bed.lte()["state"] != "up" {
+        assert!(restored.elapsed() < Duration::from_secs(3), "LTE not up: {}", bed.lte());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let lte = bed.lte();
+    eprintln!("after the cut: loss {} over the probes since; {}", lte["loss"], bed.path_control_log());
+    assert_eq!(lte["loss"].as_f64(), Some(0.0), "{lte}");
+    assert_eq!(lte["path_control"]["decisions"].as_array().unwrap().len(), 0, "{}", lte["path_control"]);
+}

@@ -100,10 +100,12 @@ pub struct UplinkHealth {
     pub rtt_samples: u64,
     /// Send times of the probes not answered yet (outstanding or timed out): lower bounds of the round trip.
     pub unanswered: Vec<Instant>,
-    /// Missed fraction of the last `loss_window` probes.
+    /// Missed fraction of the last `loss_window` probes resolved while the path was up.
     pub loss: f64,
-    /// How many resolved probes `loss` is over (fewer than `loss_window` just after start).
+    /// How many resolved probes `loss` is over (fewer than `loss_window` just after start or an outage).
     pub loss_probes: usize,
+    /// When the oldest of those probes was sent.
+    pub loss_since: Option<Instant>,
     /// When `state` last changed (tokio clock, as a std `Instant`).
     pub last_change: Instant,
     pub stats: ProberStats,
@@ -217,6 +219,7 @@ impl Prober {
             unanswered: health.unanswered(),
             loss: health.loss(),
             loss_probes: health.loss_probes(),
+            loss_since: health.loss_since(),
             last_change: health.last_change(),
             stats,
         }

@@ -76,7 +76,8 @@ pub struct UplinkView {
     pub addresses: Vec<IpAddr>,
     /// Smoothed probe RTT in milliseconds; `null` before the first answer or when not probed.
     pub rtt_ms: Option<f64>,
-    /// Missed fraction of recent probes (0..1); `null` when not probed.
+    /// Missed fraction of recent probes while the uplink was up (0..1; the misses of an outage make it `down`
+    /// instead); `null` when not probed.
     pub loss: Option<f64>,
     /// Carrier of the uplink interface as the prober last saw it.
     pub carrier: Option<bool>,

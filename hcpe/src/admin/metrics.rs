@@ -282,7 +282,7 @@ impl HcpeMetrics {
             w,
             &ups,
             "uplink_loss_ratio",
-            "Missed fraction of the recent probes (0..1).",
+            "Missed fraction of the recent probes while the uplink was up (0..1); an outage makes it down instead.",
             MetricType::Gauge,
             |u| u.loss,
         );

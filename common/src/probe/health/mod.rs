@@ -16,7 +16,9 @@
 //!   timeout (of the last 64 timed out): it stays a miss, but its round trip is true, and it lets the timeout
 //!   follow a path whose delay jumped (a queue filling under load). Duplicate and unknown replies change
 //!   nothing. Loss: probes never answered / resolved probes over the last `loss_window` probes (a late answer
-//!   is a miss for the verdict but no loss).
+//!   is a miss for the verdict but no loss), of a path that is up: the run of misses that makes it Down and
+//!   the misses while it is Down are an outage, which the state reports, not loss (a path back from a cut
+//!   would otherwise look lossy for a whole window).
 //!
 //! Invariants: outstanding probes never exceed `timeout_max / interval + 2` (older ones are resolved as
 //! misses first); the loss window never holds more than `loss_window` outcomes.
@@ -120,8 +122,9 @@ pub struct Health {
     /// Probes that timed out, with their send time (newest at the back, at most [`TIMED_OUT_MEMORY`]): a late
     /// answer still measures the round trip.
     timed_out: VecDeque<(u32, Instant)>,
-    /// (seq, answered at all) of the last `loss_window` resolved probes, newest at the back.
-    window: VecDeque<(u32, bool)>,
+    /// (seq, sent, answered at all) of the last `loss_window` resolved probes of the path while up, newest at
+    /// the back.
+    window: VecDeque<(u32, Instant, bool)>,
 }
 
 /// How many timed-out probes are remembered for their late answers.
@@ -199,13 +202,18 @@ impl Health {
         if self.window.is_empty() {
             return 0.0;
         }
-        let missed = self.window.iter().filter(|(_, ok)| !*ok).count();
+        let missed = self.window.iter().filter(|(_, _, ok)| !*ok).count();
         missed as f64 / self.window.len() as f64
     }
 
     /// How many resolved probes [`Health::loss`] is over (at most `loss_window`; fewer just after start).
     pub fn loss_probes(&self) -> usize {
         self.window.len()
+    }
+
+    /// When the oldest probe [`Health::loss`] is over was sent: the loss describes the path since then.
+    pub fn loss_since(&self) -> Option<Instant> {
+        self.window.front().map(|(_, sent, _)| *sent)
     }
 
     /// The timeout a probe sent now would get.
@@ -252,7 +260,7 @@ impl Health {
         });
         for probe in expired {
             self.timed_out_probe(probe);
-            self.miss(now, probe.0, &mut actions);
+            self.miss(now, probe, &mut actions);
         }
         if now >= self.next_send {
             let seq = self.next_seq;
@@ -264,7 +272,7 @@ impl Health {
             while self.outstanding.len() > cap {
                 if let Some(o) = self.outstanding.pop_front() {
                     self.timed_out_probe((o.seq, o.sent));
-                    self.miss(now, o.seq, &mut actions);
+                    self.miss(now, (o.seq, o.sent), &mut actions);
                 }
             }
             self.next_send += self.config.interval;
@@ -296,12 +304,12 @@ impl Health {
         if now > probe.deadline {
             // Answered, but after its timeout: the next on_tick would have called it a miss.
             self.rtt_sample(now.saturating_duration_since(probe.sent));
-            self.miss(now, seq, &mut actions);
+            self.miss(now, (seq, probe.sent), &mut actions);
             self.answered_late(seq);
             return (false, actions);
         }
         self.rtt_sample(now.saturating_duration_since(probe.sent));
-        self.record(seq, true);
+        self.record(seq, probe.sent, true);
         self.misses_in_row = 0;
         self.successes_in_row = self.successes_in_row.saturating_add(1);
         if self.state != HealthState::Up && self.successes_in_row >= self.config.up_after {
@@ -328,11 +336,20 @@ impl Health {
         actions
     }
 
-    fn miss(&mut self, now: Instant, seq: u32, actions: &mut Vec<Action>) {
-        self.record(seq, false);
+    fn miss(&mut self, now: Instant, (seq, sent): (u32, Instant), actions: &mut Vec<Action>) {
         self.successes_in_row = 0;
         self.misses_in_row = self.misses_in_row.saturating_add(1);
-        if self.state != HealthState::Down && self.misses_in_row >= self.config.down_after {
+        if self.state == HealthState::Down {
+            return;
+        }
+        self.record(seq, sent, false);
+        if self.misses_in_row >= self.config.down_after {
+            // The run that makes it Down is the outage starting: out of the loss window again.
+            for _ in 0..self.config.down_after {
+                if self.window.back().is_some_and(|(_, _, ok)| !*ok) {
+                    self.window.pop_back();
+                }
+            }
             self.set_state(now, HealthState::Down, actions);
         }
     }
@@ -346,19 +363,19 @@ impl Health {
 
     /// A probe counted as missed was answered after all: not lost.
     fn answered_late(&mut self, seq: u32) {
-        if let Some(entry) = self.window.iter_mut().rev().find(|(s, _)| *s == seq) {
-            entry.1 = true;
+        if let Some(entry) = self.window.iter_mut().rev().find(|(s, _, _)| *s == seq) {
+            entry.2 = true;
         }
     }
 
-    fn record(&mut self, seq: u32, answered: bool) {
+    fn record(&mut self, seq: u32, sent: Instant, answered: bool) {
         if self.config.loss_window == 0 {
             return;
         }
         if self.window.len() == self.config.loss_window {
             self.window.pop_front();
         }
-        self.window.push_back((seq, answered));
+        self.window.push_back((seq, sent, answered));
     }
 
     /// RFC 6298 §2: first sample R: SRTT = R, RTTVAR = R/2; then RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R|,

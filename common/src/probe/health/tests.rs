@@ -103,7 +103,7 @@ fn up_after_three_successes_down_after_three_misses_and_back() {
     s.run_to(3000);
     assert_eq!(s.changes[2], (2620, HealthState::Up));
     assert_eq!(s.changes.len(), 3);
-    assert!(s.h.loss() > 0.0);
+    assert_eq!(s.h.loss(), 0.0, "an outage is the state's business, not loss");
 }
 
 #[test]
@@ -114,7 +114,7 @@ fn unknown_goes_down_when_nothing_answers_from_the_start() {
     // No RTT sample yet: the timeout is timeout_max (1 s). Probes at 0, 200, 400 time out at 1000,
     // 1200, 1400.
     assert_eq!(s.changes, vec![(1400, HealthState::Down)]);
-    assert_eq!(s.h.loss(), 1.0);
+    assert_eq!((s.h.loss(), s.h.loss_probes()), (0.0, 0), "never up: no loss measured");
     assert!(s.h.outstanding() <= 7);
 }
 
@@ -220,6 +220,34 @@ fn a_round_trip_that_jumps_above_the_timeout_is_followed_by_the_timeout() {
     s.run_to(20_000);
     assert!(s.h.timeout() >= 900 * MS, "timeout {:?}", s.h.timeout());
     assert_eq!(s.h.state(), HealthState::Up, "answered in time again: {:?}", s.changes);
+}
+
+#[test]
+fn loss_counts_misses_of_a_path_that_is_up_not_an_outage() {
+    let mut s = Sim::new(HealthConfig::default(), 20 * MS);
+    s.run_to(1000);
+    // Every fifth probe lost for 10 s: 20 % loss, never two misses in a row.
+    for k in 0..50u64 {
+        s.answering = k % 5 != 0;
+        s.run_to(1000 + (k + 1) * 200);
+    }
+    s.answering = true;
+    s.run_to(12_000);
+    assert_eq!(s.h.state(), HealthState::Up);
+    let lossy = s.h.loss();
+    assert!((0.15..=0.25).contains(&lossy), "{lossy}");
+    let since = s.h.loss_since().unwrap();
+    assert!(since >= s.t0 + 1900 * MS && since <= s.t0 + 2300 * MS, "{:?}", since - s.t0);
+
+    // A 2 s cut, then 10 s of answers: the cut's misses made the path Down and are not loss; the window is the
+    // answers around it.
+    s.answering = false;
+    s.run_to(14_000);
+    assert_eq!(s.h.state(), HealthState::Down);
+    s.answering = true;
+    s.run_to(24_000);
+    assert_eq!(s.h.state(), HealthState::Up);
+    assert_eq!(s.h.loss(), 0.0, "{} of {}", s.h.loss(), s.h.loss_probes());
 }
 
 #[test]

@@ -23,6 +23,8 @@ struct Sim {
     drain: Duration,
     /// Per path, probes in flight: (sent, round trip); answered once the round trip has passed.
     in_flight: Vec<Vec<(Instant, Duration)>>,
+    /// Per path: its interface is quiet although it carries (nothing to send).
+    quiet: Vec<bool>,
 }
 
 impl Sim {
@@ -36,12 +38,14 @@ impl Sim {
                 carry: p.initial(),
                 loss: 0.0,
                 loss_probes: 50,
+                loss_since: None,
                 busy: false,
             })
             .collect();
         let c = Controller::new(PathControlFile::default(), policies.len());
         let in_flight = vec![Vec::new(); policies.len()];
-        Sim { c, t0, now: t0, inputs, log: Vec::new(), drain: Duration::ZERO, in_flight }
+        let quiet = vec![false; policies.len()];
+        Sim { c, t0, now: t0, inputs, log: Vec::new(), drain: Duration::ZERO, in_flight, quiet }
     }
 
     /// DSL active (pinned), LTE adaptive.
@@ -62,7 +66,7 @@ impl Sim {
                 let draining = self.last(i, Carry::Backup).is_some_and(|t| self.elapsed() < t + self.drain)
                     && self.inputs[i].carry == Carry::Backup;
                 let loaded = if draining { Carry::Active } else { self.inputs[i].carry };
-                self.inputs[i].busy = loaded == Carry::Active;
+                self.inputs[i].busy = loaded == Carry::Active && !self.quiet[i];
                 // A probe now; the answers whose round trip has passed arrive; a lost one never does (dropped
                 // after 2 s).
                 let r = rtt(i, self.elapsed(), loaded).unwrap_or(Duration::from_secs(3600));
@@ -274,6 +278,37 @@ fn loss_demotes_only_when_the_reference_loses_less() {
     both.inputs[LTE].loss = 0.3;
     both.run(10.0, |i, _, _| Some(if i == DSL { ms(20) } else { ms(60) }));
     assert_eq!(both.decisions(LTE), vec![]);
+}
+
+#[test]
+fn probe_loss_while_our_own_traffic_fills_the_queue_is_no_evidence() {
+    // LTE 30 Mbit/s 30 ms: 60 ms idle; a bulk transfer fills its drop-tail queue (+70 ms) and a quarter of the
+    // probes find it full. Over a probe window (10 s) that began while it was saturated, the loss is our own.
+    let mut s = Sim::adaptive();
+    let lte = |i: usize, _: Duration, c: Carry| Some(if i == DSL { ms(30) } else { link(60, 70)(c) });
+    let idle = |i: usize, _: Duration, _: Carry| Some(if i == DSL { ms(30) } else { ms(60) });
+    s.quiet[LTE] = true;
+    s.run(5.0, idle);
+    s.quiet[LTE] = false;
+    // Probes are lost once the queue is full, when the round trip has grown.
+    s.run(1.0, lte);
+    s.inputs[LTE].loss = 0.25;
+    for _ in 0..20 {
+        s.inputs[LTE].loss_since = Some(s.now - Duration::from_secs(10));
+        s.run(1.0, lte);
+    }
+    assert_eq!(s.decisions(LTE), vec![], "saturated by our transfers: {:?}", s.log);
+
+    // The transfer ends; the probes of the window still include some sent while it ran: no evidence yet.
+    s.quiet[LTE] = true;
+    let ended = s.now;
+    s.inputs[LTE].loss_since = Some(ended - Duration::from_secs(5));
+    s.run(5.0, idle);
+    assert_eq!(s.decisions(LTE), vec![]);
+    // A whole window of probes sent since, still losing a quarter: the link loses them. Demoted.
+    s.inputs[LTE].loss_since = Some(ended + TICK);
+    s.run(2.0, idle);
+    assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::Loss)]);
 }
 
 #[test]

@@ -53,9 +53,9 @@ impl Driver {
     /// Whether a carry changed (the endpoints must follow).
     pub(super) async fn control_paths(&mut self) -> bool {
         let now = now_std();
-        // Only a demoted adaptive uplink needs to know whether it is busy (still draining).
-        let watch: Vec<bool> =
-            self.shared.live().iter().map(|l| l.mode == Mode::Adaptive && l.carry == adapt::Carry::Backup).collect();
+        // An adaptive uplink: whether it carries traffic (saturated, its probe loss is its own queue's) or, demoted,
+        // still drains what it held.
+        let watch: Vec<bool> = self.shared.live().iter().map(|l| l.mode == Mode::Adaptive).collect();
         for (i, watched) in watch.into_iter().enumerate() {
             let bytes = match watched {
                 true => links::byte_counters(&self.handle, &self.shared.uplinks[i].interface)
@@ -71,7 +71,7 @@ impl Driver {
                 .enumerate()
                 .map(|(i, l)| {
                     // Read in place: only the unanswered send times are copied out.
-                    let (loss, loss_probes) = l.probe.as_ref().map_or((0.0, 0), |rx| {
+                    let (loss, loss_probes, loss_since) = l.probe.as_ref().map_or((0.0, 0, None), |rx| {
                         let h = rx.borrow();
                         self.paths.on_unanswered(i, h.unanswered.clone());
                         if h.rtt_samples != self.seen_samples[i] {
@@ -80,7 +80,7 @@ impl Driver {
                                 self.paths.on_rtt(i, now, rtt);
                             }
                         }
-                        (h.loss, h.loss_probes)
+                        (h.loss, h.loss_probes, h.loss_since)
                     });
                     adapt::PathInput {
                         policy: l.mode.policy(),
@@ -88,6 +88,7 @@ impl Driver {
                         carry: l.carry,
                         loss,
                         loss_probes,
+                        loss_since,
                         busy: self.activity[i].busy,
                     }
                 })
