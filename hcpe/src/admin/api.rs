@@ -118,8 +118,8 @@ pub struct DecisionTotal {
 #[schema(as = Decision)]
 pub struct DecisionView {
     pub to: Carry,
-    /// `rtt_excess`, `loss` (demoted); `recovered`, `trial`, `only_path` (promoted); `saturated`, `drained`
-    /// (overflow joins, leaves).
+    /// `rtt_excess`, `loss`, `head_of_line` (demoted); `recovered`, `trial`, `only_path` (promoted);
+    /// `saturated`, `drained` (overflow joins, leaves).
     pub reason: Reason,
     /// When, in milliseconds since the Unix epoch.
     pub at_unix_ms: u64,

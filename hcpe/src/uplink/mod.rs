@@ -245,10 +245,11 @@ impl Live {
     /// Records a decision of the path controller.
     fn decided(&mut self, d: adapt::Decision) {
         self.carry = d.to;
-        // A path demoted for being slow or lossy still holds data in its subflows (its queue): closing them
-        // makes the kernel resend that data on the carrying uplinks at once instead of waiting for it.
-        self.reset_subflows =
-            d.to == adapt::Carry::Backup && matches!(d.reason, adapt::Reason::RttExcess | adapt::Reason::Loss);
+        // A path demoted for being slow, lossy or holding up the best path still holds data in its subflows (its
+        // queue): closing them makes the kernel resend that data on the carrying uplinks at once instead of
+        // waiting for it.
+        self.reset_subflows = d.to == adapt::Carry::Backup
+            && matches!(d.reason, adapt::Reason::RttExcess | adapt::Reason::Loss | adapt::Reason::HeadOfLine);
         if self.decisions.len() == adapt::HISTORY {
             self.decisions.pop_front();
         }

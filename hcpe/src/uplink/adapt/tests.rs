@@ -40,6 +40,7 @@ impl Sim {
                 loss_probes: 50,
                 loss_since: None,
                 busy: false,
+                rate_bps: 0.0,
             })
             .collect();
         let c = Controller::new(PathControlFile::default(), policies.len());
@@ -105,6 +106,11 @@ impl Sim {
 /// A link's probe round trip: `base` idle, `base + queue` while it carries (a full modem queue).
 fn link(base: u64, queue: u64) -> impl Fn(Carry) -> Duration {
     move |c| ms(if c == Carry::Active { base + queue } else { base })
+}
+
+/// DSL carrying a bulk transfer that fills it: its probes saw it idle (20 ms) for the first 2 s, then loaded.
+fn dsl_full(t: Duration) -> Duration {
+    ms(if t < Duration::from_secs(2) { 20 } else { 62 })
 }
 
 /// `d` moved by a deterministic pseudo-random jitter in [-j, +j] ms.
@@ -223,7 +229,7 @@ fn a_link_that_degrades_and_recovers_is_demoted_within_5s_and_promoted_within_10
 fn a_link_bad_only_under_load_gets_trials_with_a_doubling_wait() {
     // LTE whose rate dropped to 3 Mbit/s, delay unchanged: 60 ms idle, 760 ms as soon as it carries.
     let mut s = Sim::adaptive();
-    s.run(200.0, |i, _, c| Some(if i == DSL { link(20, 42)(c) } else { link(60, 700)(c) }));
+    s.run(200.0, |i, t, c| Some(if i == DSL { dsl_full(t) } else { link(60, 700)(c) }));
     let promotions: Vec<Duration> =
         s.log.iter().filter(|(_, p, d)| *p == LTE && d.to == Carry::Active).map(|(t, _, _)| *t).collect();
     assert!(s.decisions(LTE).iter().all(|(c, r)| match c {
@@ -234,6 +240,11 @@ fn a_link_bad_only_under_load_gets_trials_with_a_doubling_wait() {
     assert!((3..=5).contains(&promotions.len()), "trials at {promotions:?}");
     let gaps: Vec<Duration> = promotions.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(gaps.windows(2).all(|w| w[1] > w[0] + Duration::from_secs(5)), "the wait grows: {gaps:?}");
+
+    // The same link while DSL has room (an application that sends slowly): no trial, it would prove nothing.
+    let mut s = Sim::adaptive();
+    s.run(200.0, |i, _, c| Some(if i == DSL { ms(20) } else { link(60, 700)(c) }));
+    assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::RttExcess)]);
 }
 
 #[test]
@@ -241,7 +252,7 @@ fn a_queue_draining_after_the_demotion_is_not_a_link_bad_while_idle() {
     // The rate dropped (60 ms idle, 760 ms loaded) and the subflow held 4 s worth of data when demoted.
     let mut s = Sim::adaptive();
     s.drain = Duration::from_secs(4);
-    s.run(60.0, |i, _, c| Some(if i == DSL { link(20, 42)(c) } else { link(60, 700)(c) }));
+    s.run(60.0, |i, t, c| Some(if i == DSL { dsl_full(t) } else { link(60, 700)(c) }));
     let d = s.decisions(LTE);
     assert_eq!(d[0], (Carry::Backup, Reason::RttExcess));
     assert!(d.iter().all(|(_, r)| *r != Reason::Recovered), "{d:?}");
@@ -256,7 +267,7 @@ fn a_trial_that_holds_resets_the_wait() {
     let mut s = Sim::adaptive();
     s.run(200.0, |i, t, c| {
         Some(match i {
-            DSL => link(20, 42)(c),
+            DSL => dsl_full(t),
             _ if t < Duration::from_secs(60) => link(60, 700)(c),
             _ => link(60, 70)(c),
         })
@@ -309,6 +320,46 @@ fn probe_loss_while_our_own_traffic_fills_the_queue_is_no_evidence() {
     s.inputs[LTE].loss_since = Some(ended + TICK);
     s.run(2.0, idle);
     assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::Loss)]);
+}
+
+/// DSL and LTE idle for 5 s (their minimum round trips learnt), then both busy at these rates (Mbit/s) with
+/// these loaded round trips, for 10 s.
+fn loaded(dsl: (u64, f64), lte: (u64, f64)) -> Sim {
+    let mut s = Sim::adaptive();
+    s.quiet = vec![true, true];
+    s.run(5.0, |i, _, _| Some(if i == DSL { ms(20) } else { ms(60) }));
+    s.quiet = vec![false, false];
+    s.inputs[DSL].rate_bps = dsl.1 * 1e6;
+    s.inputs[LTE].rate_bps = lte.1 * 1e6;
+    s.run(10.0, |i, t, c| {
+        Some(match (i, c) {
+            (DSL, _) => jit(ms(dsl.0), t, 2),
+            (_, Carry::Active) => jit(ms(lte.0), t, 10),
+            _ => ms(60),
+        })
+    });
+    s
+}
+
+#[test]
+fn a_path_whose_queue_keeps_the_best_path_waiting_is_demoted() {
+    // LTE full (60 -> 130 ms, within max_rtt_excess of DSL) and carrying 5 Mbit/s while DSL, carrying 30, has an
+    // empty queue: the transfer waits for LTE's data (the jittery LTE of the testbed).
+    let s = loaded((22, 30.0), (130, 5.0));
+    assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::HeadOfLine)]);
+    let at = s.last(LTE, Carry::Backup).unwrap();
+    // Saturated shows within the 1 s median window; then HEAD_OF_LINE_AFTER.
+    assert!(at >= ms(5000) + HEAD_OF_LINE_AFTER && at <= ms(5000) + HEAD_OF_LINE_AFTER + ms(1200), "{at:?}");
+}
+
+#[test]
+fn head_of_line_is_no_reason_while_both_paths_fill_or_neither_does_or_the_path_carries_more() {
+    // A good aggregation: both queues full (DSL 20 -> 62 ms, LTE 60 -> 130 ms).
+    assert_eq!(loaded((62, 45.0), (130, 27.0)).decisions(LTE), vec![]);
+    // An application that sends slowly: both busy, neither queue fills.
+    assert_eq!(loaded((22, 6.0), (65, 3.0)).decisions(LTE), vec![]);
+    // A rural line: DSL (8 Mbit/s) waits while LTE (50 Mbit/s) is full; LTE is the better path.
+    assert_eq!(loaded((22, 7.0), (130, 50.0)).decisions(LTE), vec![]);
 }
 
 #[test]

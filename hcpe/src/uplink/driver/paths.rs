@@ -15,30 +15,35 @@ const BUSY_BPS: f64 = 100_000.0;
 /// The window over which an interface's activity is judged.
 const ACTIVITY_WINDOW: Duration = Duration::from_secs(1);
 
-/// Whether an uplink's interface carries traffic, from its byte counters over [`ACTIVITY_WINDOW`].
+/// How much an uplink's interface carries, from its byte counters over [`ACTIVITY_WINDOW`].
 #[derive(Debug, Default)]
 pub(super) struct Activity {
     /// Start of the current window and the counters (rx + tx) then.
     window: Option<(Instant, u64)>,
-    busy: bool,
+    /// Bits per second (both directions) over the last whole window.
+    bps: f64,
 }
 
 impl Activity {
-    fn update(&mut self, now: Instant, bytes: Option<u64>) -> bool {
+    fn update(&mut self, now: Instant, bytes: Option<u64>) {
         let Some(bytes) = bytes else {
             self.window = None;
-            return self.busy;
+            return;
         };
         match self.window {
             Some((t0, b0)) if now.saturating_duration_since(t0) >= ACTIVITY_WINDOW => {
                 let secs = now.saturating_duration_since(t0).as_secs_f64();
-                self.busy = bytes.saturating_sub(b0) as f64 * 8.0 / secs > BUSY_BPS;
+                self.bps = bytes.saturating_sub(b0) as f64 * 8.0 / secs;
                 self.window = Some((now, bytes));
             }
             Some(_) => {}
             None => self.window = Some((now, bytes)),
         }
-        self.busy
+    }
+
+    /// It moves more than probes do: it carries traffic.
+    fn busy(&self) -> bool {
+        self.bps > BUSY_BPS
     }
 }
 
@@ -53,16 +58,12 @@ impl Driver {
     /// Whether a carry changed (the endpoints must follow).
     pub(super) async fn control_paths(&mut self) -> bool {
         let now = now_std();
-        // An adaptive uplink: whether it carries traffic (saturated, its probe loss is its own queue's) or, demoted,
-        // still drains what it held.
-        let watch: Vec<bool> = self.shared.live().iter().map(|l| l.mode == Mode::Adaptive).collect();
-        for (i, watched) in watch.into_iter().enumerate() {
-            let bytes = match watched {
-                true => links::byte_counters(&self.handle, &self.shared.uplinks[i].interface)
-                    .await
-                    .map(|(_, rx, tx)| rx + tx),
-                false => None,
-            };
+        // What each uplink carries: whether an adaptive one is saturated by our traffic (then its probe loss is its
+        // own queue's, and it may keep the best path waiting) or, demoted, still drains what it held; and how much
+        // it and the uplinks it is compared with carry.
+        for i in 0..self.shared.uplinks.len() {
+            let bytes =
+                links::byte_counters(&self.handle, &self.shared.uplinks[i].interface).await.map(|(_, rx, tx)| rx + tx);
             self.activity[i].update(now, bytes);
         }
         let inputs: Vec<adapt::PathInput> = {
@@ -89,7 +90,8 @@ impl Driver {
                         loss,
                         loss_probes,
                         loss_since,
-                        busy: self.activity[i].busy,
+                        busy: self.activity[i].busy(),
+                        rate_bps: self.activity[i].bps,
                     }
                 })
                 .collect()
@@ -100,6 +102,7 @@ impl Driver {
                 rtt_ms = self.paths.rtt(i, now).map(|d| d.as_millis() as u64),
                 carry = input.carry.as_str(),
                 busy = input.busy,
+                mbit = (input.rate_bps / 1e5).round() / 10.0,
                 loss = input.loss,
                 "path control input"
             );
