@@ -12,7 +12,10 @@
 //! whose name contains it; `MULTIPATH_BENCH_DIRECTIONS=down` or `up` runs one direction;
 //! `MULTIPATH_BENCH_LTE_MODE=active|adaptive|backup|overflow` sets LTE's mode in hcpe's config;
 //! `MULTIPATH_BENCH_HAG_BUF_MAX=bytes` and `MULTIPATH_BENCH_CPE_BUF_MAX=bytes` set the largest TCP send and
-//! receive buffers, `net.ipv4.tcp_wmem`'s and `tcp_rmem`'s third values, in hag's and in the CPE's namespace).
+//! receive buffers, `net.ipv4.tcp_wmem`'s and `tcp_rmem`'s third values, in hag's and in the CPE's namespace;
+//! `MULTIPATH_BENCH_POOL_MAX=n` limits hcpe's ready-connection pool, 0 turns it off;
+//! `MULTIPATH_BENCH_CC=name` sets the namespaces' congestion control, one of the machine's
+//! `net.ipv4.tcp_allowed_congestion_control`; `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -190,6 +193,11 @@ fn hcpe_yaml() -> String {
         None => daemons::example_hcpe_yaml(),
     }
     .unwrap();
+    // `MULTIPATH_BENCH_POOL_MAX=n`: the ready-connection pool's size limit (0: every transfer on a fresh connection).
+    let yaml = match std::env::var("MULTIPATH_BENCH_POOL_MAX") {
+        Ok(max) => yaml.replace("    min: 4\n    max: 32", &format!("    min: 0\n    max: {max}")),
+        Err(_) => yaml,
+    };
     // `MULTIPATH_BENCH_TRACE=1`: every input of the path controller in hcpe's log, printed after each transfer.
     match std::env::var("MULTIPATH_BENCH_TRACE").is_ok() {
         true => yaml.replace("log_level: info", "log_level: info,hcpe::uplink::driver::paths=trace"),
@@ -229,6 +237,15 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
             }
         }
     }
+    // `MULTIPATH_BENCH_CC=name`: the congestion control of every TCP and MPTCP socket on the CPE and hag (the
+    // baselines' too); without it, what the namespaces inherit from the machine.
+    if let Ok(cc) = std::env::var("MULTIPATH_BENCH_CC") {
+        for ns in [&tb.cpe, &tb.hag, &tb.inet] {
+            if let Err(e) = ns.exec_ok("sysctl", &["-qw", &format!("net.ipv4.tcp_congestion_control={cc}")]) {
+                panic!("{e:?}");
+            }
+        }
+    }
     let dir = daemons::config_dir("multipath-bench").unwrap();
     let server = Server::start(&tb.inet, 0).unwrap();
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
@@ -253,6 +270,13 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
         let mid = std::thread::scope(|scope| {
             let t = scope.spawn(|| {
                 std::thread::sleep(Duration::from_secs(3));
+                // `MULTIPATH_BENCH_SS=1`: both ends' sockets to hag as `ss` shows them, with their memory.
+                if std::env::var("MULTIPATH_BENCH_SS").is_ok() {
+                    for (ns, filter) in [(&tb.cpe, "( dport = :5124 )"), (&tb.hag, "( sport = :5124 )")] {
+                        let out = ns.exec_ok("ss", &["-tinmM", "state", "established", filter]).unwrap_or_default();
+                        println!("    ss in {}:\n{out}", ns.name());
+                    }
+                }
                 subflows(&tb)
             });
             let transfer = transfer(&tb, true, Client::new(dst), d, size, s.lte_later);
