@@ -13,7 +13,8 @@
 //! `MULTIPATH_BENCH_LTE_MODE=active|adaptive|backup|overflow` sets LTE's mode in hcpe's config;
 //! `MULTIPATH_BENCH_HAG_BUF_MAX=bytes` and `MULTIPATH_BENCH_CPE_BUF_MAX=bytes` set the largest TCP send and
 //! receive buffers, `net.ipv4.tcp_wmem`'s and `tcp_rmem`'s third values, in hag's and in the CPE's namespace;
-//! `MULTIPATH_BENCH_POOL_MAX=n` limits hcpe's ready-connection pool, 0 turns it off;
+//! `MULTIPATH_BENCH_POOL_MAX=n` limits hcpe's ready-connection pool, 0 turns it off, and
+//! `MULTIPATH_BENCH_POOL_MAX_AGE=duration` sets how long a ready connection waits before it is replaced;
 //! `MULTIPATH_BENCH_CC=name` sets the namespaces' congestion control, one of the machine's
 //! `net.ipv4.tcp_allowed_congestion_control`; `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in).
 
@@ -196,6 +197,11 @@ fn hcpe_yaml() -> String {
     // `MULTIPATH_BENCH_POOL_MAX=n`: the ready-connection pool's size limit (0: every transfer on a fresh connection).
     let yaml = match std::env::var("MULTIPATH_BENCH_POOL_MAX") {
         Ok(max) => yaml.replace("    min: 4\n    max: 32", &format!("    min: 0\n    max: {max}")),
+        Err(_) => yaml,
+    };
+    // `MULTIPATH_BENCH_POOL_MAX_AGE=duration`: how long a ready connection waits before it is replaced.
+    let yaml = match std::env::var("MULTIPATH_BENCH_POOL_MAX_AGE") {
+        Ok(age) => yaml.replace("    max_age: 60s", &format!("    max_age: {age}")),
         Err(_) => yaml,
     };
     // `MULTIPATH_BENCH_TRACE=1`: every input of the path controller in hcpe's log, printed after each transfer.
