@@ -1,6 +1,7 @@
 //! hcpe's pool of ready connections (`docs/zero-rtt.md`) on the testbed, daemons as shipped (the uplink
 //! manager in charge, LTE `adaptive`, the pool at its defaults): a LAN connection taken onto a ready
-//! connection gets its download over both uplinks from its first 100 ms; a silent DSL cut never leaves a new
+//! connection gets its download over both uplinks from its first 100 ms; an upload on a ready connection that
+//! waited gets hag's full receive window at once (`hag/src/server.rs`, `HELD_RECEIVE_WINDOW`); a silent DSL cut never leaves a new
 //! LAN connection on a ready connection whose only subflow was DSL, and the first one after the cut succeeds
 //! within the uplink manager's bound (1 s).
 
@@ -79,6 +80,42 @@ fn a_ready_connection_downloads_over_both_uplinks_from_its_first_100_ms() {
     assert_eq!(bed.taken(), taken + 1.0, "the download was not carried on a ready connection");
     // Probe replies are about 100 bytes every 200 ms: kilobytes are the download's.
     assert!(dsl_bytes > 8 << 10 && lte_bytes > 8 << 10, "DSL {dsl_bytes} B, LTE {lte_bytes} B in the first 100 ms");
+}
+
+/// The largest receive buffer (`ss` `skmem` `rb`) among hag's MPTCP sockets to CPEs.
+fn hag_largest_receive_buffer(tb: &Testbed) -> u64 {
+    let out = tb.hag.exec_ok("ss", &["-nmMH", "state", "established", "( sport = :5124 )"]).unwrap_or_default();
+    out.split(|c: char| c == ',' || c == '(' || c.is_whitespace())
+        .filter_map(|field| field.strip_prefix("rb")?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_upload_on_a_ready_connection_that_waited_gets_hags_full_receive_window() {
+    let bed = Bed::new("upload");
+    // Linux 6.18 leaves an MPTCP socket's receive buffer at its initial 128 KiB for about as long as the
+    // connection was idle before its first bulk bytes: this wait makes that longer than `EARLY`.
+    std::thread::sleep(Duration::from_secs(3));
+    const EARLY: Duration = Duration::from_millis(1500);
+    let taken = bed.taken();
+    let dst = bed.dst();
+    let size = 24u64 << 20;
+    let started = Instant::now();
+    let upload = bed.tb.lan.thread(move || Client::new(dst).timeout(Duration::from_secs(20)).upload(size)).unwrap();
+    let mut early = 0;
+    while !upload.is_finished() && started.elapsed() < EARLY {
+        early = early.max(hag_largest_receive_buffer(&bed.tb));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let transfer = upload.join().unwrap().unwrap_or_else(|e| panic!("upload failed: {e}\n{}", bed.hcpe.log()));
+    eprintln!(
+        "upload of {size} B in {:?}; hag's largest receive buffer in its first {EARLY:?}: {early} B",
+        transfer.elapsed
+    );
+    assert_eq!(transfer.bytes, size);
+    assert_eq!(bed.taken(), taken + 1.0, "the upload was not carried on a ready connection");
+    assert!(early >= 4 << 20, "hag's receive buffer was {early} B in the upload's first {EARLY:?}");
 }
 
 #[test]

@@ -51,7 +51,7 @@ use std::time::Duration;
 
 pub use socket::{
     ConnectOptions, ListenOptions, await_tfo_handshake, connect_with_data, listen, listen_with, push_pending,
-    syn_data_acked,
+    raise_receive_window, syn_data_acked,
 };
 pub use tfo::{
     TFO_CLIENT_ENABLE, TFO_CLIENT_NO_COOKIE, TFO_SERVER_COOKIE_NOT_REQUIRED, TFO_SERVER_ENABLE, TfoRole,

@@ -229,6 +229,32 @@ pub fn push_pending(stream: &TcpStream) -> io::Result<()> {
     Ok(())
 }
 
+/// Raises an MPTCP socket's receive buffer so that it can offer at least `window` bytes of receive window,
+/// and leaves the kernel's receive buffer autotuning on. For a connection that waited idle before its bulk
+/// transfer, such as a held connection of a CPE's pool.
+///
+/// Why (Linux 6.18, `mptcp_rcv_space_adjust` in `net/mptcp/protocol.c`): the MPTCP socket sizes its receive
+/// buffer from the largest receive-side RTT estimate of its subflows, caches that estimate, and does not
+/// look again until that much time has passed. After an idle period the peer's first full-sized segment
+/// echoes the last timestamp it had from us, from before the idle time, so the subflow's first RTT sample is
+/// the idle time itself. TCP replaces it with the next, real sample one round trip later, but the MPTCP
+/// socket has cached it by then: its buffer stays at its initial size (128 KiB, about 80 KB of window) for
+/// as long as the connection was idle. An upload on a connection held for 5 s then runs at window / RTT
+/// for its first 5 s. `SO_RCVBUF` would avoid that but locks the buffer for good and is capped by
+/// `net.core.rmem_max`.
+///
+/// Mechanism: `SO_RCVLOWAT` on an MPTCP socket raises the socket's and its subflows' receive buffers (and the
+/// subflows' window clamps) to fit the low-water mark without locking them (`mptcp_set_rcvlowat`,
+/// `net/mptcp/sockopt.c`); setting the mark back to 1 restores the wakeups and leaves the buffers where they
+/// are. The kernel caps the mark at half of `net.ipv4.tcp_rmem[2]`, the most autotuning could reach anyway.
+/// Memory is only used by data the application has not read yet.
+pub fn raise_receive_window(fd: &impl AsFd, window: u32) -> io::Result<()> {
+    let fd = fd.as_fd();
+    let window = libc::c_int::try_from(window).unwrap_or(libc::c_int::MAX);
+    sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, window)?;
+    sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, 1)
+}
+
 /// Whether data in the SYN made it: on a client, the server acknowledged the SYN data; on an accepted
 /// socket, the SYN carried data (`TCPI_OPT_SYN_DATA` of the initial subflow's `TCP_INFO`).
 pub fn syn_data_acked(fd: &impl AsFd) -> io::Result<bool> {

@@ -142,7 +142,7 @@ pub fn getsockopt_into<T: Pod>(
     Ok(len as usize)
 }
 
-/// `setsockopt(fd, level, name, &int)` for the integer options socket2 does not wrap (TFO ones).
+/// `setsockopt(fd, level, name, &int)` for the integer options socket2 does not wrap (TFO ones, `SO_RCVLOWAT`).
 pub fn setsockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: passes a pointer to a live c_int and its exact size; the kernel only reads it.
     let rc = unsafe {

@@ -255,3 +255,19 @@ fn first_bytes_larger_than_the_syn_are_split_and_the_rest_is_the_callers() {
         assert!(got == first, "prefix from the SYN + rest from the caller arrive in order");
     });
 }
+
+#[test]
+fn raise_receive_window_grows_the_buffer_and_leaves_the_low_water_mark_at_one() {
+    in_netns(0, || async {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 16, None).unwrap();
+        let (_client, _, server) = pair(&listener, b"", &plain()).await;
+        let sock = socket2::SockRef::from(&server);
+        let before = sock.recv_buffer_size().unwrap();
+        raise_receive_window(&server, 2 << 20).unwrap();
+        let after = sock.recv_buffer_size().unwrap();
+        let mut lowat: libc::c_int = 0;
+        sys::getsockopt_into(server.as_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, &mut lowat).unwrap();
+        assert!(after >= 2 << 20 && after > before, "receive buffer {before} -> {after}");
+        assert_eq!(lowat, 1);
+    });
+}
