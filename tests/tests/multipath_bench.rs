@@ -16,7 +16,8 @@
 //! `MULTIPATH_BENCH_POOL_MAX=n` limits hcpe's ready-connection pool, 0 turns it off, and
 //! `MULTIPATH_BENCH_POOL_MAX_AGE=duration` sets how long a ready connection waits before it is replaced;
 //! `MULTIPATH_BENCH_CC=name` sets the namespaces' congestion control, one of the machine's
-//! `net.ipv4.tcp_allowed_congestion_control`; `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in).
+//! `net.ipv4.tcp_allowed_congestion_control`; `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in;
+//! `MULTIPATH_BENCH_TIMELINE=1` prints what the LAN client moved per 100 ms).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use tests::ChildGuard;
 use tests::daemons;
-use tests::emulator::{LinkConfig, Shape};
+use tests::emulator::{Direction, LinkConfig, Shape};
 use tests::testbed::{Testbed, TestbedConfig, addr, ifname};
 use tests::traffic::{Client, Server, Transfer};
 
@@ -272,6 +273,9 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
     for (d, dsl, lte, kernel) in baselines {
         let size = size_for(mbit(&s.dsl) + mbit(&s.lte), 7.0);
         let _ = counters(&tb);
+        let link_dir = if d == Dir::Down { Direction::Down } else { Direction::Up };
+        let carried = |tb: &Testbed| (tb.dsl.counters(link_dir).tx_bytes, tb.lte.counters(link_dir).tx_bytes);
+        let carried_before = carried(&tb);
         let decisions_before = path_control(&hcpe).len();
         let mid = std::thread::scope(|scope| {
             let t = scope.spawn(|| {
@@ -291,6 +295,7 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
         tb.lte.set_both(s.lte);
         let (transfer, mid) = mid;
         let moved = counters(&tb);
+        let carried_after = carried(&tb);
         let got = transfer.mbit_per_s();
         let o = Outcome { scenario: s.name, dir: d, dsl, lte, kernel, hcpe: got };
         let kernel =
@@ -304,7 +309,17 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
             got / (dsl + lte),
             transfer.timeline.max_stall()
         );
+        // `MULTIPATH_BENCH_TIMELINE=1`: what the LAN client moved per 100 ms, in Mbit/s.
+        if std::env::var("MULTIPATH_BENCH_TIMELINE").is_ok() {
+            let rates: Vec<String> = transfer.timeline.mbit_per_s().iter().map(|r| format!("{r:.0}")).collect();
+            println!("    per 100 ms: {} (then {:?} to the end)", rates.join(" "), transfer.elapsed);
+        }
         println!("    hag subflows 3 s in:\n      {mid}");
+        println!(
+            "    the links carried in the transfer's direction (frames): DSL {:.1} MB, LTE {:.2} MB",
+            (carried_after.0 - carried_before.0) as f64 / 1e6,
+            (carried_after.1 - carried_before.1) as f64 / 1e6
+        );
         println!("    hag counters that moved: {moved}");
         for line in &path_control(&hcpe)[decisions_before..] {
             println!("    hcpe: {line}");
