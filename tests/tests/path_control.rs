@@ -259,7 +259,8 @@ fn adaptive_keeps_a_good_lte_that_our_own_transfers_fill_or_that_was_cut() {
     assert_eq!(decisions, 0, "LTE stays active: {}", bed.lte()["path_control"]);
 
     // LTE cut silently for 2 s: the probes it misses make it down, which is the verdict's business; back up,
-    // it is not demoted for the loss of its outage.
+    // it is not demoted for the loss of its outage, and before the verdict, not for its silence.
+    let loss_before = bed.lte()["loss"].as_f64().unwrap();
     bed.tb.lte.cut();
     let cut = Instant::now();
     while bed.lte()["state"] != "down" {
@@ -275,8 +276,9 @@ fn adaptive_keeps_a_good_lte_that_our_own_transfers_fill_or_that_was_cut() {
     }
     std::thread::sleep(Duration::from_secs(3));
     let lte = bed.lte();
-    eprintln!("after the cut: loss {} over the probes since; {}", lte["loss"], bed.path_control_log());
-    // What is left in the window is the load's (the cut's misses counted as loss gave 0.22 here).
-    assert!(lte["loss"].as_f64().unwrap() < 0.1, "{lte}");
+    eprintln!("loss before the cut {loss_before}, after {}; {}", lte["loss"], bed.path_control_log());
+    // The window holds the load's losses and the clean probes since; the cut adds none (one probe's slack,
+    // lost just before the run of misses that made it down). Its misses counted as loss gave 0.22 here.
+    assert!(lte["loss"].as_f64().unwrap() <= loss_before + 0.021, "before the cut {loss_before}: {lte}");
     assert_eq!(lte["path_control"]["decisions"].as_array().unwrap().len(), 0, "{}", lte["path_control"]);
 }

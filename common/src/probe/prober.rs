@@ -98,7 +98,8 @@ pub struct UplinkHealth {
     pub latest_rtt: Option<Duration>,
     /// Round-trip samples since start: a new one arrived when this grew.
     pub rtt_samples: u64,
-    /// Send times of the probes not answered yet (outstanding or timed out): lower bounds of the round trip.
+    /// Send times of the probes not answered yet (outstanding or timed out) that may still be: lower bounds of
+    /// the round trip ([`Health::unanswered`](super::Health::unanswered)).
     pub unanswered: Vec<Instant>,
     /// Missed fraction of the last `loss_window` probes resolved while the path was up.
     pub loss: f64,

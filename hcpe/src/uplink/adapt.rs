@@ -17,10 +17,15 @@
 //! Invariants:
 //! - a path's round trip is the median over its probes sent in the last [`RTT_WINDOW`]: the round trips of
 //!   those answered, and the ages of those not answered yet, where older than that median (each a lower
-//!   bound: a queue that fills shows before its first late answer arrives; jitter, one late reply or one lost
-//!   probe do not move it), the latter only while some probe was answered in the last [`ANSWER_HORIZON`] (a
+//!   bound: a queue that fills shows before its first late answer arrives; the prober leaves out probes sent
+//!   before an answered one, which were lost, not queued, as when our own transfers fill a drop-tail queue;
+//!   jitter, one late reply or one lost probe do not move it), the latter only while some probe was answered in the last [`ANSWER_HORIZON`] (a
 //!   path that answers nothing is filtered or dead, which is the health verdict's business); without either it
 //!   has none and nothing is decided for it;
+//! - a path demoted on its round trip or loss has answered some probe since it went bad, or has been bad for
+//!   longer than the health verdict takes to call a silent path down (`silence_to_down`): until its first
+//!   late answer, a path whose queue fills looks like one that was cut, and a cut is the verdict's business
+//!   (demoted for it, the path would come back from the cut as a backup);
 //! - an adaptive path is compared with the best (lowest round trip) other usable path that carries traffic; it
 //!   is demoted only after being worse than `max_rtt_excess` (or losing more than `max_loss` of its probes)
 //!   for `demote_after` without a break, so the best path is never demoted and one path always carries;
@@ -361,12 +366,16 @@ impl PathState {
 #[derive(Debug)]
 pub struct Controller {
     cfg: PathControlFile,
+    /// How long the health verdict takes at most to call a path that stopped answering down.
+    silence_to_down: Duration,
     paths: Vec<PathState>,
 }
 
 impl Controller {
-    pub fn new(cfg: PathControlFile, paths: usize) -> Controller {
-        Controller { cfg, paths: (0..paths).map(|_| PathState::default()).collect() }
+    /// `silence_to_down`: how long the health verdict takes at most to call a path that stopped answering
+    /// down ([`common::probe::HealthConfig::silence_to_down`]).
+    pub fn new(cfg: PathControlFile, paths: usize, silence_to_down: Duration) -> Controller {
+        Controller { cfg, silence_to_down, paths: (0..paths).map(|_| PathState::default()).collect() }
     }
 
     /// An answered probe of path `i`.
@@ -376,7 +385,8 @@ impl Controller {
         }
     }
 
-    /// The send times of path `i`'s probes not answered yet (replaces the previous list).
+    /// The send times of path `i`'s probes not answered yet that may still be (replaces the previous list): a
+    /// probe sent before one that was answered was lost, not queued, and is not among them.
     pub fn on_unanswered(&mut self, i: usize, sent: Vec<Instant>) {
         if let Some(p) = self.paths.get_mut(i) {
             p.unanswered = sent;
@@ -510,6 +520,7 @@ impl Controller {
         };
         let (promote_after, half_excess, half_loss) =
             (self.cfg.promote_after, self.cfg.max_rtt_excess / 2, self.cfg.max_loss / 2.0);
+        let silence_to_down = self.silence_to_down;
         let p = &mut self.paths[i];
         match input.carry {
             Carry::Active => {
@@ -518,6 +529,8 @@ impl Controller {
                     return None;
                 }
                 let since = *p.streak.get_or_insert(now);
+                // Silent since it went bad: slow or cut, which the health verdict tells first.
+                let hold = if p.last_answer.is_some_and(|t| t >= since) { hold } else { hold.max(silence_to_down) };
                 (now.saturating_duration_since(since) >= hold)
                     .then(|| self.decision(i, now, Carry::Backup, reason, Some(reference), input.loss))
             }

@@ -56,6 +56,15 @@ impl Default for HealthConfig {
     }
 }
 
+impl HealthConfig {
+    /// The longest a path that stops answering can stay out of Down: the first probe it misses is sent within
+    /// an interval of the silence, the `down_after`-th one `down_after - 1` intervals after that, and each
+    /// miss is resolved at most `timeout_max` after its probe was sent.
+    pub fn silence_to_down(&self) -> Duration {
+        self.interval * self.down_after + self.timeout_max.max(self.timeout_min)
+    }
+}
+
 /// Verdict on one uplink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -122,6 +131,8 @@ pub struct Health {
     /// Probes that timed out, with their send time (newest at the back, at most [`TIMED_OUT_MEMORY`]): a late
     /// answer still measures the round trip.
     timed_out: VecDeque<(u32, Instant)>,
+    /// When the latest-sent of the answered probes (in time or late) was sent.
+    newest_answered: Option<Instant>,
     /// (seq, sent, answered at all) of the last `loss_window` resolved probes of the path while up, newest at
     /// the back.
     window: VecDeque<(u32, Instant, bool)>,
@@ -149,6 +160,7 @@ impl Health {
             latest_rtt: None,
             rtt_samples: 0,
             timed_out: VecDeque::new(),
+            newest_answered: None,
             window,
         }
     }
@@ -190,10 +202,18 @@ impl Health {
         self.rtt_samples
     }
 
-    /// Send times of the probes without an answer yet: outstanding, or timed out (the last 64). Each one's age
-    /// is a lower bound of the path's round trip now (or it was lost).
+    /// Send times of the probes without an answer yet that may still get one: outstanding, or timed out (the
+    /// last 64), and sent after the latest-sent answered probe. Each one's age is a lower bound of the path's
+    /// round trip now (or it was lost). One sent before an answered probe was lost, not queued (a queue is
+    /// first in, first out), and is left out: its age bounds nothing.
     pub fn unanswered(&self) -> Vec<Instant> {
-        self.outstanding.iter().map(|o| o.sent).chain(self.timed_out.iter().map(|(_, sent)| *sent)).collect()
+        let pending = |sent: &Instant| self.newest_answered.is_none_or(|n| *sent > n);
+        self.outstanding
+            .iter()
+            .map(|o| o.sent)
+            .chain(self.timed_out.iter().map(|(_, sent)| *sent))
+            .filter(pending)
+            .collect()
     }
 
     /// Fraction of the last `loss_window` resolved probes that were never answered (0.0 with no probes yet). An
@@ -295,7 +315,7 @@ impl Health {
             // delay grew (a queue filling under load), and the path controller see how slow the path is.
             if let Some(i) = self.timed_out.iter().position(|(s, _)| *s == seq) {
                 let (_, sent) = self.timed_out.remove(i).expect("position is in range");
-                self.rtt_sample(now.saturating_duration_since(sent));
+                self.rtt_sample(now, sent);
                 self.answered_late(seq);
             }
             return (false, actions);
@@ -303,12 +323,12 @@ impl Health {
         let probe = self.outstanding.remove(pos).expect("position is in range");
         if now > probe.deadline {
             // Answered, but after its timeout: the next on_tick would have called it a miss.
-            self.rtt_sample(now.saturating_duration_since(probe.sent));
+            self.rtt_sample(now, probe.sent);
             self.miss(now, (seq, probe.sent), &mut actions);
             self.answered_late(seq);
             return (false, actions);
         }
-        self.rtt_sample(now.saturating_duration_since(probe.sent));
+        self.rtt_sample(now, probe.sent);
         self.record(seq, probe.sent, true);
         self.misses_in_row = 0;
         self.successes_in_row = self.successes_in_row.saturating_add(1);
@@ -379,8 +399,10 @@ impl Health {
     }
 
     /// RFC 6298 §2: first sample R: SRTT = R, RTTVAR = R/2; then RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R|,
-    /// SRTT = 7/8 SRTT + 1/8 R.
-    fn rtt_sample(&mut self, r: Duration) {
+    /// SRTT = 7/8 SRTT + 1/8 R. R is from the answer of a probe sent at `sent` arriving `now`.
+    fn rtt_sample(&mut self, now: Instant, sent: Instant) {
+        let r = now.saturating_duration_since(sent);
+        self.newest_answered = self.newest_answered.max(Some(sent));
         self.latest_rtt = Some(r);
         self.rtt_samples += 1;
         match self.srtt {

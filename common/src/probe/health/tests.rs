@@ -107,6 +107,42 @@ fn up_after_three_successes_down_after_three_misses_and_back() {
 }
 
 #[test]
+fn a_path_that_falls_silent_is_down_within_silence_to_down() {
+    let config = HealthConfig::default();
+    let bound = config.silence_to_down().as_millis() as u64;
+    // A fast path (timeout at timeout_min) and a slow one (timeout near timeout_max), silent from any point
+    // of a probe interval on; the replies in flight then are lost with it.
+    for rtt in [20, 900] {
+        for offset in (0..200).step_by(25) {
+            let mut s = Sim::new(config.clone(), rtt * MS);
+            let silent = 5000 + offset;
+            s.run_to(silent);
+            assert_eq!(s.h.state(), HealthState::Up);
+            s.answering = false;
+            s.in_flight.clear();
+            s.run_to(silent + 3000);
+            let down = s.changes.iter().find(|c| c.1 == HealthState::Down).expect("down").0;
+            assert!(down - silent <= bound, "rtt {rtt} ms, silent at {silent}: down {} ms later", down - silent);
+        }
+    }
+}
+
+#[test]
+fn a_probe_sent_before_an_answered_one_is_lost_not_unanswered() {
+    let t0 = Instant::now();
+    let mut h = Health::new(HealthConfig::default(), t0);
+    assert_eq!(h.on_tick(t0), vec![Action::SendProbe { seq: 0 }]);
+    let t1 = t0 + 200 * MS;
+    assert_eq!(h.on_tick(t1), vec![Action::SendProbe { seq: 1 }]);
+    assert_eq!(h.unanswered(), vec![t0, t1]);
+    h.on_reply(t1 + 50 * MS, 1);
+    assert_eq!(h.unanswered(), vec![], "probe 0 was lost: a queue would have answered it first");
+    let t2 = t0 + 400 * MS;
+    assert_eq!(h.on_tick(t2), vec![Action::SendProbe { seq: 2 }]);
+    assert_eq!(h.unanswered(), vec![t2]);
+}
+
+#[test]
 fn unknown_goes_down_when_nothing_answers_from_the_start() {
     let mut s = Sim::new(HealthConfig::default(), 20 * MS);
     s.answering = false;

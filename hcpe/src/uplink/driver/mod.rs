@@ -134,16 +134,13 @@ impl Driver {
         (pm, nl, handle): (PathManager, Netlink, rtnetlink::Handle),
         health_tx: mpsc::Sender<(usize, u64, HealthState)>,
     ) -> Driver {
+        let health = super::health_config(&cfg.probe);
         Driver {
             pm,
             nl,
             handle,
             shared,
-            probe: ProbeTemplate {
-                cpe_id: cfg.cpe_id.clone(),
-                key: cfg.key.clone(),
-                health: super::health_config(&cfg.probe),
-            },
+            probe: ProbeTemplate { cpe_id: cfg.cpe_id.clone(), key: cfg.key.clone(), health: health.clone() },
             wiring: cfg.uplinks.iter().map(Wiring::new).collect(),
             generation: 0,
             health_tx,
@@ -154,7 +151,7 @@ impl Driver {
             fallback: evidence::Fallback::new(cfg.uplinks.len()),
             answered: false,
             joined: Default::default(),
-            paths: adapt::Controller::new(cfg.path_control.clone(), cfg.uplinks.len()),
+            paths: adapt::Controller::new(cfg.path_control.clone(), cfg.uplinks.len(), health.silence_to_down()),
             seen_samples: vec![0; cfg.uplinks.len()],
             activity: cfg.uplinks.iter().map(|_| paths::Activity::default()).collect(),
         }
