@@ -19,9 +19,9 @@
 //!   those answered, and the ages of those not answered yet, where older than that median (each a lower
 //!   bound: a queue that fills shows before its first late answer arrives; the prober leaves out probes sent
 //!   before an answered one, which were lost, not queued, as when our own transfers fill a drop-tail queue;
-//!   jitter, one late reply or one lost probe do not move it), the latter only while some probe was answered in the last [`ANSWER_HORIZON`] (a
-//!   path that answers nothing is filtered or dead, which is the health verdict's business); without either it
-//!   has none and nothing is decided for it;
+//!   jitter, one late reply or one lost probe do not move it), the latter only while some probe was answered
+//!   in the last [`ANSWER_HORIZON`] (a path that answers nothing is filtered or dead, which is the health
+//!   verdict's business); without either it has none and nothing is decided for it;
 //! - a path demoted on its round trip or loss has answered some probe since it went bad, or has been bad for
 //!   longer than the health verdict takes to call a silent path down (`silence_to_down`): until its first
 //!   late answer, a path whose queue fills looks like one that was cut, and a cut is the verdict's business

@@ -4,8 +4,10 @@
 use super::*;
 
 const TICK: Duration = Duration::from_millis(200);
-/// The health verdict's with the default probe settings.
-const SILENCE_TO_DOWN: Duration = Duration::from_millis(1600);
+/// The health verdict's longest time to call a silent path down, with the default probe settings (1.6 s).
+fn silence_to_down() -> Duration {
+    common::probe::HealthConfig::default().silence_to_down()
+}
 const DSL: usize = 0;
 const LTE: usize = 1;
 
@@ -48,7 +50,7 @@ impl Sim {
                 rate_bps: 0.0,
             })
             .collect();
-        let c = Controller::new(PathControlFile::default(), policies.len(), SILENCE_TO_DOWN);
+        let c = Controller::new(PathControlFile::default(), policies.len(), silence_to_down());
         let in_flight = vec![Vec::new(); policies.len()];
         let quiet = vec![false; policies.len()];
         let newest_answered = vec![None; policies.len()];
@@ -180,18 +182,18 @@ fn a_queue_that_fills_is_demoted_at_its_first_late_answer() {
 #[test]
 fn a_path_that_falls_silent_is_left_to_the_health_verdict() {
     // LTE answers nothing from 10 s on: a cut, or a queue so full that no answer has come back yet. The
-    // verdict calls a cut path down within SILENCE_TO_DOWN (and the path is then unusable); until then it
+    // verdict calls a cut path down within silence_to_down() (and the path is then unusable); until then it
     // is not demoted, after that a path still usable is.
     let mut s = Sim::adaptive();
-    s.run(10.0 + SILENCE_TO_DOWN.as_secs_f64() - 0.2, lte_from_10s(None));
+    s.run(10.0 + silence_to_down().as_secs_f64() - 0.2, lte_from_10s(None));
     assert_eq!(s.decisions(LTE), vec![]);
     s.run(2.0, lte_from_10s(None));
     let at = s.last(LTE, Carry::Backup).expect("demoted");
-    assert!(at <= Duration::from_secs(10) + SILENCE_TO_DOWN + ms(800), "demoted at {at:?}");
+    assert!(at <= Duration::from_secs(10) + silence_to_down() + ms(800), "demoted at {at:?}");
 
     // Cut again, the verdict calls it down in time: never demoted for the silence.
     let mut s = Sim::adaptive();
-    s.run(10.0 + SILENCE_TO_DOWN.as_secs_f64() - 0.4, lte_from_10s(None));
+    s.run(10.0 + silence_to_down().as_secs_f64() - 0.4, lte_from_10s(None));
     s.inputs[LTE].usable = false;
     s.run(5.0, lte_from_10s(None));
     assert_eq!(s.decisions(LTE), vec![]);
