@@ -26,6 +26,9 @@
 //!   longer than the health verdict takes to call a silent path down (`silence_to_down`): until its first
 //!   late answer, a path whose queue fills looks like one that was cut, and a cut is the verdict's business
 //!   (demoted for it, the path would come back from the cut as a backup);
+//! - a path is saturated while it is busy (its interface moves more than probes) and its round trip is more
+//!   than `overflow_delay`, or half its idle minimum where that is less, above that minimum: a sender that
+//!   fills it keeps a queue there (BBR one of about its idle round trip, a loss-based one a full buffer);
 //! - an adaptive path is compared with the best (lowest round trip) other usable path that carries traffic; it
 //!   is demoted only after being worse than `max_rtt_excess` (or losing more than `max_loss` of its probes)
 //!   for `demote_after` without a break, so the best path is never demoted and one path always carries;
@@ -36,11 +39,10 @@
 //!   sends slowly neither fills. Measured on the testbed with LTE 30 Mbit/s 30 ms and 60 ms jitter: LTE's
 //!   round trip 110-150 ms (within `max_rtt_excess` of DSL's 25 ms), DSL's queue empty, LTE holding 70 kB
 //!   unsent, and the aggregate at 0.83 (download) and 0.37 (upload) x DSL alone;
-//! - probe loss is evidence only when none of the probes it is over was sent while the path was saturated
-//!   (its interface busy and its round trip `overflow_delay` above its idle minimum): our own transfers keep a
-//!   drop-tail queue full and the probes that find it full are dropped with the data, which is congestion the
-//!   subflows' own congestion control answers, not a lossy link (measured: 8 % of a good LTE's probes with
-//!   four transfers on the testbed, more with more);
+//! - probe loss is evidence only when none of the probes it is over was sent while the path was saturated:
+//!   our own transfers keep a drop-tail queue full and the probes that find it full are dropped with the data,
+//!   which is congestion the subflows' own congestion control answers, not a lossy link (measured: 8 % of a
+//!   good LTE's probes with four transfers on the testbed, more with more);
 //! - a demoted path is promoted again when (a) no other path carries traffic (at once), or (b) it has been
 //!   within half the limits for `promote_after` and either it was seen bad while idle (its interface quiet, at
 //!   least [`SETTLE`] after the demotion: the link itself changed and has now recovered) or its trial time has
@@ -48,9 +50,9 @@
 //!   that path carries, and only such a transfer can show whether it helps). A path that is bad only under
 //!   load looks good idle: trials find that out, and a trial that fails (demoted again within
 //!   [`TRIAL_WINDOW`]) doubles the wait for the next, from [`TRIAL_FIRST`] up to [`TRIAL_MAX`];
-//! - an overflow path carries traffic while every other usable carrying path is saturated (its round trip
-//!   [`PathControlFile::overflow_delay`] above its own idle minimum) for [`OVERFLOW_AFTER`], and stops when
-//!   that has not been so for `overflow_release_after`; with no other carrying path it carries at once;
+//! - an overflow path carries traffic while every other usable carrying path is saturated for
+//!   [`OVERFLOW_AFTER`], and stops when that has not been so for `overflow_release_after`; with no other
+//!   carrying path it carries at once;
 //! - each change is returned once with its reason; a policy change from outside resets the path's timers.
 
 use std::collections::VecDeque;
@@ -77,6 +79,9 @@ pub const TRIAL_MAX: Duration = Duration::from_secs(300);
 pub const HEAD_OF_LINE_AFTER: Duration = Duration::from_secs(2);
 /// How long the carrying paths must be saturated before an overflow path joins.
 pub const OVERFLOW_AFTER: Duration = Duration::from_millis(500);
+/// The shortest queue that shows a path saturated, whatever its idle round trip: below it, probe round trips
+/// vary with scheduling on either end.
+pub const MIN_SATURATION_QUEUE: Duration = Duration::from_millis(2);
 /// A path's idle minimum round trip is the minimum over this long (in [`BASE_BUCKETS`] buckets).
 pub const BASE_WINDOW: Duration = Duration::from_secs(300);
 const BASE_BUCKETS: u32 = 10;
@@ -99,7 +104,9 @@ pub struct PathControlFile {
     /// How long a demoted path must be within half the limits before it is promoted.
     #[serde(with = "cfg::duration", default = "default_promote_after")]
     pub promote_after: Duration,
-    /// A carrying path whose round trip is this far above its idle minimum is saturated (its queue fills).
+    /// A busy path whose round trip is this far above its idle minimum is saturated (its queue fills); a
+    /// path with an idle round trip under twice this is saturated from half its idle round trip on
+    /// ([`PathState::saturation_queue`]).
     #[serde(with = "cfg::duration", default = "default_overflow_delay")]
     pub overflow_delay: Duration,
     /// An overflow path stops carrying when no carrying path has been saturated for this long.
@@ -305,7 +312,9 @@ struct PathState {
     bad_while_idle: bool,
     /// Since when its interface has been quiet (not [`PathInput::busy`]).
     quiet_since: Option<Instant>,
-    /// When it was last seen saturated: busy, its round trip `overflow_delay` above its idle minimum.
+    /// Whether it was saturated at the last evaluation ([`PathState::saturation_queue`]).
+    saturated: bool,
+    /// When it was last seen saturated.
     saturated_at: Option<Instant>,
     next_trial: Option<Instant>,
     backoff: Duration,
@@ -342,6 +351,21 @@ impl PathState {
     /// How far its round trip is above its idle minimum.
     fn queueing(&self, now: Instant) -> Option<Duration> {
         Some(self.rtt(now)?.saturating_sub(self.base()?))
+    }
+
+    /// The queueing delay above which this path, busy, is saturated: `limit` (`overflow_delay`), or half its
+    /// idle round trip where that is less, but at least [`MIN_SATURATION_QUEUE`].
+    ///
+    /// How long a queue a sender keeps on a path it fills depends on its congestion control. A loss-based
+    /// one (CUBIC, Reno) fills the bottleneck's buffer until it drops. BBR bounds what it has in flight at
+    /// twice its estimate of the path's bandwidth-delay product, so its queue stays near one idle round trip
+    /// and no longer: measured on the testbed with BBR senders, a 50 Mbit/s path idling at 8 ms queued
+    /// 11-13 ms and one idling at 20 ms queued 22-28 ms, where a 20 ms limit alone never saw the first
+    /// saturated (an overflow path never joined: 0.62 x the sum) and saw the second only after 2 s of its
+    /// sawtooth. Half the idle round trip is well under such a queue and well over the none of a path with
+    /// room (a 10 Mbit/s stream on it: the probes' median stays at the idle minimum).
+    fn saturation_queue(&self, limit: Duration) -> Option<Duration> {
+        Some(limit.min((self.base()? / 2).max(MIN_SATURATION_QUEUE)))
     }
 
     fn record(&mut self, now: Instant, rtt: Duration) {
@@ -412,11 +436,15 @@ impl Controller {
             }
             p.last_policy = Some(input.policy);
             p.last_carry = Some(input.carry);
+            // Saturated by traffic: only a busy path carries any, and an idle path's round trip may vary more
+            // than a short queue.
+            p.saturated = input.busy
+                && p.queueing(now).zip(p.saturation_queue(overflow_delay)).is_some_and(|(q, limit)| q > limit);
+            if p.saturated {
+                p.saturated_at = Some(now);
+            }
             if input.busy {
                 p.quiet_since = None;
-                if p.queueing(now).is_some_and(|q| q > overflow_delay) {
-                    p.saturated_at = Some(now);
-                }
             } else {
                 p.quiet_since.get_or_insert(now);
             }
@@ -458,9 +486,10 @@ impl Controller {
         self.carrying(i, inputs).filter_map(|j| Some((j, self.paths[j].rtt(now)?))).min_by_key(|(_, rtt)| *rtt)
     }
 
-    /// Whether path `i` is saturated: its queue fills (round trip `overflow_delay` above its idle minimum).
-    fn saturated(&self, i: usize, now: Instant) -> bool {
-        self.paths[i].queueing(now).is_some_and(|q| q > self.cfg.overflow_delay)
+    /// Whether path `i` was saturated at this evaluation: busy, and its queue past
+    /// [`PathState::saturation_queue`].
+    fn saturated(&self, i: usize) -> bool {
+        self.paths[i].saturated
     }
 
     /// The other usable paths that carry traffic, overflow paths excepted.
@@ -501,10 +530,10 @@ impl Controller {
             && input.busy
             && inputs[r].busy
             && input.rate_bps < inputs[r].rate_bps
-            && self.saturated(i, now)
-            && !self.saturated(r, now);
+            && self.saturated(i)
+            && !self.saturated(r);
         // Only a full reference path can use another path's help: a trial while it has room proves nothing.
-        let reference_full = self.saturated(r, now);
+        let reference_full = self.saturated(r);
         let own_queue = self.paths[i].saturated_since(input.loss_since);
         let loss_bad = |limit: f64| {
             input.loss_probes >= MIN_LOSS_PROBES && !own_queue && input.loss > limit && input.loss > ref_loss
@@ -576,7 +605,7 @@ impl Controller {
         // The carrying paths' smallest queueing delay: every one of them is at least this full.
         let queueing = carrying.iter().map(|j| self.paths[*j].queueing(now)).collect::<Option<Vec<_>>>()?;
         let least = queueing.into_iter().min()?;
-        let saturated = least > self.cfg.overflow_delay;
+        let saturated = carrying.iter().all(|j| self.saturated(*j));
         let release_after = self.cfg.overflow_release_after;
         let p = &mut self.paths[i];
         // The streak counts how long the state that would change the carry has held.

@@ -521,6 +521,34 @@ fn overflow_joins_within_a_second_of_saturation_and_leaves_after_release_after()
 }
 
 #[test]
+fn overflow_joins_a_primary_whose_sender_keeps_a_short_queue() {
+    // DSL idling at 8 ms, filled from 5 s on by a BBR sender that queues about one idle round trip (measured on
+    // the testbed: 19-21 ms loaded), far under `overflow_delay`.
+    let mut s = overflow();
+    s.run(20.0, |i, t, _| {
+        Some(if i == LTE {
+            ms(60)
+        } else if t >= Duration::from_secs(5) {
+            jit(ms(20), t, 1)
+        } else {
+            jit(ms(8), t, 1)
+        })
+    });
+    assert_eq!(s.decisions(LTE), vec![(Carry::Active, Reason::Saturated)]);
+    let on = s.last(LTE, Carry::Active).unwrap();
+    assert!(on > Duration::from_secs(5) && on <= ms(6300), "joined at {on:?}");
+}
+
+#[test]
+fn an_idle_primary_whose_round_trip_varies_is_not_saturated() {
+    // Nothing to send on DSL; its probes vary by ±10 ms around 20 ms (a cable line's request-grant delay).
+    let mut s = overflow();
+    s.quiet[DSL] = true;
+    s.run(60.0, |i, t, _| Some(if i == DSL { jit(ms(20), t, 10) } else { ms(60) }));
+    assert_eq!(s.decisions(LTE), vec![]);
+}
+
+#[test]
 fn overflow_carries_when_the_primary_is_gone() {
     let mut s = overflow();
     s.inputs[DSL].usable = false;

@@ -22,6 +22,8 @@ pub(super) struct Activity {
     window: Option<(Instant, u64)>,
     /// Bits per second (both directions) over the last whole window.
     bps: f64,
+    /// Bytes moved so far in the current window.
+    partial: u64,
 }
 
 impl Activity {
@@ -39,11 +41,13 @@ impl Activity {
             Some(_) => {}
             None => self.window = Some((now, bytes)),
         }
+        self.partial = self.window.map_or(0, |(_, b0)| bytes.saturating_sub(b0));
     }
 
-    /// It moves more than probes do: it carries traffic.
+    /// It moves more than probes do: it carries traffic. A transfer that starts is busy as soon as the current
+    /// window holds what a busy whole one would, not only once that window ends.
     fn busy(&self) -> bool {
-        self.bps > BUSY_BPS
+        self.bps > BUSY_BPS || self.partial as f64 * 8.0 > BUSY_BPS * ACTIVITY_WINDOW.as_secs_f64()
     }
 }
 
@@ -124,5 +128,29 @@ impl Driver {
             live[*i].decided(*d);
         }
         !decisions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transfer_is_busy_within_its_first_window_and_quiet_after_a_whole_quiet_one() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut a = Activity::default();
+        a.update(at(0), Some(0));
+        // Probes only: a few hundred bytes per evaluation.
+        a.update(at(200), Some(300));
+        assert!(!a.busy());
+        // A transfer starts 400 ms into the window: busy at the next evaluation, not at the window's end.
+        a.update(at(600), Some(300 + 1_250_000));
+        assert!(a.busy());
+        a.update(at(1000), Some(300 + 2_500_000));
+        assert!(a.busy());
+        // It ended: busy while the last whole window shows it, quiet after a whole window of probes only.
+        a.update(at(2000), Some(2_500_600));
+        assert!(!a.busy(), "the window [1.0, 2.0) moved 300 bytes");
     }
 }
