@@ -376,11 +376,6 @@ async fn open(
     Ok(server)
 }
 
-/// The receive window a held connection can offer as soon as it is used ([`mptcp::raise_receive_window`]: on
-/// Linux 6.18 the kernel's autotuning stays at its initial 128 KiB buffer for as long as the connection was
-/// held). 4 MiB covers 300 Mbit/s at 100 ms; autotuning grows it further once it looks again.
-const HELD_RECEIVE_WINDOW: u32 = 4 << 20;
-
 /// The next message on a held connection, what it asks, and the CPE's connection slot, once the hold ends well.
 type Held = (Option<Slot>, Ask, (Message, Vec<u8>, usize));
 
@@ -434,8 +429,11 @@ async fn hold(
     };
     drop(held_slot);
     shared.stats.holds_used.fetch_add(1, Relaxed);
+    // A held connection offers its full window as soon as it is used: on Linux 6.18 the kernel's autotuning
+    // stays at its initial 128 KiB buffer for as long as the connection was held
+    // ([`mptcp::raise_receive_window`]).
     if matches!(conn.token.get(), Some(Some(_)))
-        && let Err(e) = mptcp::raise_receive_window(client, HELD_RECEIVE_WINDOW)
+        && let Err(e) = mptcp::raise_receive_window(client, mptcp::RECEIVE_WINDOW)
     {
         debug!(error = %e, "could not raise the held connection's receive buffer");
     }
