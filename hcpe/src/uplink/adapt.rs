@@ -25,13 +25,17 @@
 //! - a path demoted on its round trip or loss has answered some probe since it went bad, or has been bad for
 //!   longer than the health verdict takes to call a silent path down (`silence_to_down`): until its first
 //!   late answer, a path whose queue fills looks like one that was cut, and a cut is the verdict's business
-//!   (demoted for it, the path would come back from the cut as a backup);
+//!   (demoted for it, the path would come back from the cut as a backup). Traffic still arriving on the
+//!   link does not tell a queue that fills from probes lost in a burst to a queue our transfers keep full;
 //! - a path is saturated while it is busy (its interface moves more than probes) and its round trip is more
 //!   than `overflow_delay`, or half its idle minimum where that is less, above that minimum: a sender that
 //!   fills it keeps a queue there (BBR one of about its idle round trip, a loss-based one a full buffer);
 //! - an adaptive path is compared with the best (lowest round trip) other usable path that carries traffic; it
 //!   is demoted only after being worse than `max_rtt_excess` (or losing more than `max_loss` of its probes)
-//!   for `demote_after` without a break, so the best path is never demoted and one path always carries;
+//!   for `demote_after` without a break, so the best path is never demoted and one path always carries; a
+//!   round trip n times over the limit needs only 1/n of `demote_after` (a link whose rate collapses under a
+//!   transfer holds the receiver waiting for every moment it is not demoted, and a 1 s median that far over
+//!   is no jitter);
 //! - an adaptive path that is saturated while the best carrying path, busy too and carrying more, is not
 //!   (`head_of_line`, for [`HEAD_OF_LINE_AFTER`]) drags the aggregate: the data queued on it keeps the
 //!   receiver waiting and the connection-level window closed, so the best path idles although the transfer
@@ -466,7 +470,9 @@ impl Controller {
             input.loss_probes >= MIN_LOSS_PROBES && !own_queue && input.loss > limit && input.loss > ref_loss
         };
         let (worse, reason, hold) = if excess > self.cfg.max_rtt_excess {
-            (true, Reason::RttExcess, self.cfg.demote_after)
+            // Far over the limit, sooner: a round trip four times over it needs a quarter of demote_after.
+            let over = self.cfg.max_rtt_excess.as_secs_f64() / excess.as_secs_f64();
+            (true, Reason::RttExcess, self.cfg.demote_after.mul_f64(over))
         } else if loss_bad(self.cfg.max_loss) {
             (true, Reason::Loss, self.cfg.demote_after)
         } else if head_of_line {

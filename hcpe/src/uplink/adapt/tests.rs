@@ -180,6 +180,24 @@ fn a_queue_that_fills_is_demoted_at_its_first_late_answer() {
 }
 
 #[test]
+fn a_round_trip_far_over_the_limit_is_demoted_sooner() {
+    // LTE's rate collapses at 10 s: its round trip goes from 60 ms to 20 ms + 4 x the limit (a quarter of
+    // demote_after) or to 20 ms + 1.1 x the limit (the whole of it, nearly). Both are demoted after their
+    // first late answer; the first sooner by about the difference of the holds.
+    let limit = PathControlFile::default().max_rtt_excess;
+    let demoted = |excess: Duration| {
+        let mut s = Sim::adaptive();
+        s.run(20.0, lte_from_10s(Some(ms(20) + excess)));
+        assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::RttExcess)]);
+        s.last(LTE, Carry::Backup).unwrap() - Duration::from_secs(10)
+    };
+    let (far, near) = (demoted(limit * 4), demoted(limit.mul_f64(1.1)));
+    let first_answer = ms(20) + limit * 4;
+    assert!(far <= first_answer + 2 * TICK, "demoted {far:?} after the collapse");
+    assert!(near >= ms(400), "demoted {near:?} after the collapse");
+}
+
+#[test]
 fn a_path_that_falls_silent_is_left_to_the_health_verdict() {
     // LTE answers nothing from 10 s on: a cut, or a queue so full that no answer has come back yet. The
     // verdict calls a cut path down within silence_to_down() (and the path is then unusable); until then it
@@ -472,8 +490,10 @@ fn round_trips_straddling_the_limit_do_not_flap() {
 
 #[test]
 fn a_mode_change_from_outside_resets_the_timers() {
-    let hold = PathControlFile::default().demote_after;
-    let rtt = |i: usize, _: Duration, _: Carry| Some(if i == DSL { ms(20) } else { ms(400) });
+    // LTE 200 ms over DSL, 4/3 of the limit: the hold is 3/4 of demote_after.
+    let cfg = PathControlFile::default();
+    let hold = cfg.demote_after.mul_f64(cfg.max_rtt_excess.as_secs_f64() / 0.2);
+    let rtt = |i: usize, _: Duration, _: Carry| Some(if i == DSL { ms(20) } else { ms(220) });
     // Pinned for 3 s (the operator's choice: nothing decided), then adaptive: the hold starts anew.
     let mut s = Sim::adaptive();
     s.inputs[LTE].policy = Policy::Pinned { carries: true };
