@@ -3,7 +3,8 @@
 //! against kernel MPTCP between the CPE and hag's namespace without the daemons, on link pairs where the second
 //! link is good, poor, lossy, jittery, better than DSL (a rural line), or drops its rate mid-transfer. Every
 //! figure is a ratio against the single-link rates measured in the same run, so the machine's load cancels
-//! out. Mid-transfer it also prints what hag's kernel says of each subflow (`ss -tinM`: cwnd, RTT, delivery
+//! out. Each direction starts on freshly started daemons, 3 s after they are up, so one row's path-control
+//! decisions do not carry into the next. Mid-transfer it also prints what hag's kernel says of each subflow (`ss -tinM`: cwnd, RTT, delivery
 //! rate, bytes in flight), the MPTCP counters that moved (`nstat`), and hcpe's path-control decisions, which is
 //! where a multipath slowdown shows its cause. At the end, a table of every round's ratios.
 //!
@@ -17,7 +18,7 @@
 //! `MULTIPATH_BENCH_POOL_MAX_AGE=duration` sets how long a ready connection waits before it is replaced;
 //! `MULTIPATH_BENCH_CC=name` sets the namespaces' congestion control, one of the machine's
 //! `net.ipv4.tcp_allowed_congestion_control`; `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in;
-//! `MULTIPATH_BENCH_TIMELINE=1` prints what the LAN client moved per 100 ms).
+//! `MULTIPATH_BENCH_TIMELINE=1` prints what the LAN client moved and each link delivered per 100 ms).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -265,19 +266,36 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
     }
 
     let hag_yaml = daemons::example_hag_yaml().unwrap();
-    let (_hag, hcpe) = daemons::start_configs(&tb, dir.path(), &hag_yaml, &hcpe_yaml()).unwrap();
-    daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
-    // A router runs long before anyone downloads: the path controller has had its few seconds.
-    std::thread::sleep(Duration::from_secs(3));
     let mut out = Vec::new();
     for (d, dsl, lte, kernel) in baselines {
+        // Each direction on freshly started daemons: what the path controller decided in the other direction's
+        // transfer (a demotion, and the trial wait after it) is not carried into this one's.
+        let (_hag, hcpe) = daemons::start_configs(&tb, dir.path(), &hag_yaml, &hcpe_yaml()).unwrap();
+        daemons::wait_up(&hcpe, 2, Duration::from_secs(5)).unwrap();
+        // A router runs long before anyone downloads: the path controller has had its few seconds.
+        std::thread::sleep(Duration::from_secs(3));
         let size = size_for(mbit(&s.dsl) + mbit(&s.lte), 7.0);
         let _ = counters(&tb);
         let link_dir = if d == Dir::Down { Direction::Down } else { Direction::Up };
         let carried = |tb: &Testbed| (tb.dsl.counters(link_dir).tx_bytes, tb.lte.counters(link_dir).tx_bytes);
         let carried_before = carried(&tb);
         let decisions_before = path_control(&hcpe).len();
+        let timeline = std::env::var("MULTIPATH_BENCH_TIMELINE").is_ok();
+        let moving = AtomicBool::new(true);
         let mid = std::thread::scope(|scope| {
+            // `MULTIPATH_BENCH_TIMELINE=1`: what each link delivered in the transfer's direction per 100 ms (the
+            // client's own timeline of an upload shows its writes, which come in bursts as its buffer drains).
+            let wire = scope.spawn(|| {
+                let mut rows = Vec::new();
+                let mut last = carried(&tb);
+                while timeline && moving.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let now = carried(&tb);
+                    rows.push(((now.0 - last.0) * 8 / 100_000, (now.1 - last.1) * 8 / 100_000));
+                    last = now;
+                }
+                rows
+            });
             let t = scope.spawn(|| {
                 std::thread::sleep(Duration::from_secs(3));
                 // `MULTIPATH_BENCH_SS=1`: both ends' sockets to hag as `ss` shows them, with their memory.
@@ -290,10 +308,11 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
                 subflows(&tb)
             });
             let transfer = transfer(&tb, true, Client::new(dst), d, size, s.lte_later);
-            (transfer, t.join().unwrap())
+            moving.store(false, Ordering::Relaxed);
+            (transfer, t.join().unwrap(), wire.join().unwrap())
         });
         tb.lte.set_both(s.lte);
-        let (transfer, mid) = mid;
+        let (transfer, mid, wire) = mid;
         let moved = counters(&tb);
         let carried_after = carried(&tb);
         let got = transfer.mbit_per_s();
@@ -313,6 +332,9 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
         if std::env::var("MULTIPATH_BENCH_TIMELINE").is_ok() {
             let rates: Vec<String> = transfer.timeline.mbit_per_s().iter().map(|r| format!("{r:.0}")).collect();
             println!("    per 100 ms: {} (then {:?} to the end)", rates.join(" "), transfer.elapsed);
+            let link = |pick: fn(&(u64, u64)) -> u64| wire.iter().map(|r| pick(r).to_string()).collect::<Vec<_>>();
+            println!("    DSL per 100 ms: {}", link(|r| r.0).join(" "));
+            println!("    LTE per 100 ms: {}", link(|r| r.1).join(" "));
         }
         println!("    hag subflows 3 s in:\n      {mid}");
         println!(
@@ -325,8 +347,6 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
             println!("    hcpe: {line}");
         }
         out.push(o);
-        // The controller settles again (a demoted LTE waits for its trial) before the next direction.
-        std::thread::sleep(Duration::from_secs(2));
     }
     out
 }
