@@ -17,7 +17,8 @@
 //! `MULTIPATH_BENCH_POOL_MAX=n` limits hcpe's ready-connection pool, 0 turns it off, and
 //! `MULTIPATH_BENCH_POOL_MAX_AGE=duration` sets how long a ready connection waits before it is replaced;
 //! `MULTIPATH_BENCH_CC=name` sets the namespaces' congestion control, one of the machine's
-//! `net.ipv4.tcp_allowed_congestion_control`; `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in;
+//! `net.ipv4.tcp_allowed_congestion_control`; `MULTIPATH_BENCH_SYSCTL=key=value,...` sets more sysctls in the
+//! CPE's and hag's namespaces; `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in;
 //! `MULTIPATH_BENCH_TIMELINE=1` prints what the LAN client moved and each link delivered per 100 ms).
 
 use std::net::{IpAddr, SocketAddr};
@@ -252,6 +253,12 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
             if let Err(e) = ns.exec_ok("sysctl", &["-qw", &format!("net.ipv4.tcp_congestion_control={cc}")]) {
                 panic!("{e:?}");
             }
+        }
+    }
+    // `MULTIPATH_BENCH_SYSCTL=key=value,...`: more sysctls on the CPE and hag (the baselines' too).
+    for kv in std::env::var("MULTIPATH_BENCH_SYSCTL").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+        for ns in [&tb.cpe, &tb.hag] {
+            ns.exec_ok("sysctl", &["-qw", kv]).unwrap();
         }
     }
     let dir = daemons::config_dir("multipath-bench").unwrap();
