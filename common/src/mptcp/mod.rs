@@ -50,8 +50,8 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 pub use socket::{
-    ConnectOptions, ListenOptions, await_tfo_handshake, connect_with_data, listen, listen_with, push_pending,
-    raise_receive_window, syn_data_acked,
+    ConnectOptions, ListenOptions, await_tfo_handshake, connect_with_data, hold_send_buffer, listen, listen_with,
+    push_pending, raise_receive_window, syn_data_acked,
 };
 pub use tfo::{
     TFO_CLIENT_ENABLE, TFO_CLIENT_NO_COOKIE, TFO_SERVER_COOKIE_NOT_REQUIRED, TFO_SERVER_ENABLE, TfoRole,
@@ -65,6 +65,14 @@ pub const IPPROTO_MPTCP: libc::c_int = libc::IPPROTO_MPTCP;
 /// ([`raise_receive_window`]), where the kernel's autotuning would start lower or grow too late: 4 MiB covers
 /// 300 Mbit/s at 100 ms. Autotuning grows it further when it sees the need.
 pub const RECEIVE_WINDOW: u32 = 4 << 20;
+
+/// The send buffer hcpe's MPTCP connections hold ([`hold_send_buffer`]; the kernel doubles it for its
+/// bookkeeping): room for what a fast path delivers while a slow path's bytes are still travelling.
+pub const SEND_BUFFER: u32 = 4 << 20;
+
+/// The most an MPTCP connection with [`SEND_BUFFER`] holds that its subflows have not taken yet: the
+/// application's writes wait beyond it, so the buffer's memory goes to data in flight.
+pub const SEND_UNSENT: u32 = 256 << 10;
 
 /// True when the socket was created as MPTCP (`SO_PROTOCOL == IPPROTO_MPTCP`). An MPTCP listener hands out
 /// plain TCP sockets for clients that did not offer MPTCP, so on an accepted socket this already tells a

@@ -271,3 +271,18 @@ fn raise_receive_window_grows_the_buffer_and_leaves_the_low_water_mark_at_one() 
         assert_eq!(lowat, 1);
     });
 }
+
+#[test]
+fn hold_send_buffer_sets_the_size_and_the_unsent_limit() {
+    in_netns(0, || async {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 16, None).unwrap();
+        let (client, _, _server) = pair(&listener, b"", &plain()).await;
+        let sock = socket2::SockRef::from(&client);
+        hold_send_buffer(&client, 2 << 20, 128 << 10).unwrap();
+        let mut lowat: libc::c_int = 0;
+        sys::getsockopt_into(client.as_fd(), libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, &mut lowat).unwrap();
+        // The kernel doubles the size for its bookkeeping.
+        assert!(sock.send_buffer_size().unwrap() >= 2 << 20, "{}", sock.send_buffer_size().unwrap());
+        assert_eq!(lowat, 128 << 10);
+    });
+}

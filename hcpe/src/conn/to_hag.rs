@@ -115,6 +115,10 @@ pub(super) async fn race<T>(
 /// subflow had nothing left to send, for about a second at the join and at each of LTE's loss recoveries.
 /// Memory is taken only by data waiting here: out of order, or unread because the LAN client reads slower than
 /// the uplinks deliver (then up to this window per connection, where autotuning would have stayed lower).
+///
+/// For the same reason in the other direction it holds a send buffer of [`common::mptcp::SEND_BUFFER`] with at
+/// most [`common::mptcp::SEND_UNSENT`] of it not yet sent ([`common::mptcp::hold_send_buffer`]): what an
+/// upload sent on the fast path stays there until the slow path's bytes before it have arrived.
 pub(super) async fn exchange(
     flow: Flow,
     first: &mut Vec<u8>,
@@ -125,9 +129,14 @@ pub(super) async fn exchange(
     let done = exchange_on_some_connection(flow, first, client, shared, conn).await;
     if let Ok((stream, Reply::Converted { .. })) = &done
         && common::mptcp::is_mptcp_socket(stream)
-        && let Err(e) = common::mptcp::raise_receive_window(stream, common::mptcp::RECEIVE_WINDOW)
     {
-        debug!(error = %e, "could not raise the connection's receive window");
+        use common::mptcp::{RECEIVE_WINDOW, SEND_BUFFER, SEND_UNSENT};
+        if let Err(e) = common::mptcp::raise_receive_window(stream, RECEIVE_WINDOW) {
+            debug!(error = %e, "could not raise the connection's receive window");
+        }
+        if let Err(e) = common::mptcp::hold_send_buffer(stream, SEND_BUFFER, SEND_UNSENT) {
+            debug!(error = %e, "could not set the connection's send buffer");
+        }
     }
     done
 }
