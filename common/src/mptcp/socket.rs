@@ -266,16 +266,16 @@ pub fn raise_receive_window(fd: &impl AsFd, window: u32) -> io::Result<()> {
 /// LTE 30 Mbit/s with 60 ms of jitter): the connection's buffer full (`ss -tmM`: `w` = `tb`), DSL stalling
 /// for 0.3-0.6 s at a time; with a 4 MiB buffer DSL ran without a stall.
 ///
-/// Mechanism: `SO_SNDBUFFORCE` (with `CAP_NET_ADMIN`, which hcpe has), else `SO_SNDBUF` (capped by
-/// `net.core.wmem_max`); both lock the size, which MPTCP hands to the subflows. `TCP_NOTSENT_LOWAT` on the
+/// Mechanism: `SO_SNDBUFFORCE` (needs `CAP_NET_ADMIN`, which hcpe has) locks the size, which MPTCP hands to
+/// the subflows. Without the capability nothing is changed and the error returned: plain `SO_SNDBUF` is
+/// capped by `net.core.wmem_max` (208 KiB on a stock Debian) and would lock a buffer smaller than
+/// autotuning's. `TCP_NOTSENT_LOWAT` on the
 /// MPTCP socket (`mptcp_stream_memory_free`) then bounds the data the application may queue before the
 /// subflows take it, so the larger buffer holds data in flight or waiting for a slow path, not a backlog.
 pub fn hold_send_buffer(fd: &impl AsFd, size: u32, unsent: u32) -> io::Result<()> {
     let fd = fd.as_fd();
     let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-    if sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size).is_err() {
-        sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, size)?;
-    }
+    sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size)?;
     let unsent = libc::c_int::try_from(unsent).unwrap_or(libc::c_int::MAX);
     sys::setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, unsent)
 }
