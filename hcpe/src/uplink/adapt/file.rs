@@ -11,7 +11,11 @@ use common::config::{self as cfg, ConfigError};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PathControlFile {
-    /// An adaptive path whose round trip exceeds the best carrying path's by more than this is demoted.
+    /// An adaptive path whose round trip exceeds the best carrying path's by more than this is demoted. The
+    /// default lies between a jittery LTE loaded by our own upload (157-165 ms over DSL, and it helps) and a
+    /// 3-5 Mbit/s LTE 150 ms away (240-280 ms over a loaded DSL, idle); the connections' 4 MiB windows
+    /// ([`common::mptcp::RECEIVE_WINDOW`], [`common::mptcp::SEND_BUFFER`]) cover what a 50 Mbit/s best path
+    /// delivers in twice that (`docs/path-control.md`).
     #[serde(with = "cfg::duration", default = "default_excess")]
     pub max_rtt_excess: Duration,
     /// An adaptive path losing more than this fraction of its probes (and more than the best path) is demoted.
@@ -47,7 +51,7 @@ impl Default for PathControlFile {
 }
 
 fn default_excess() -> Duration {
-    Duration::from_millis(150)
+    Duration::from_millis(200)
 }
 fn default_loss() -> f64 {
     0.1
