@@ -437,6 +437,11 @@ async fn hold(
     {
         debug!(error = %e, "could not raise the held connection's receive buffer");
     }
+    // It waited idle since its handshake: its congestion control starts afresh, as a new connection's would
+    // ([`mptcp::restart_congestion_control`]).
+    if let Err(e) = mptcp::restart_congestion_control(client) {
+        debug!(error = %e, "could not restart the held connection's congestion control");
+    }
     let (message, buf, consumed) = &next;
     let received = &buf[..*consumed];
     let ask = request::ask(message, received)?;

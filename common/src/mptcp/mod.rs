@@ -51,7 +51,7 @@ use std::time::Duration;
 
 pub use socket::{
     ConnectOptions, ListenOptions, await_tfo_handshake, connect_with_data, hold_send_buffer, listen, listen_with,
-    push_pending, raise_receive_window, syn_data_acked,
+    push_pending, raise_receive_window, restart_congestion_control, syn_data_acked,
 };
 pub use tfo::{
     TFO_CLIENT_ENABLE, TFO_CLIENT_NO_COOKIE, TFO_SERVER_COOKIE_NOT_REQUIRED, TFO_SERVER_ENABLE, TfoRole,

@@ -286,3 +286,18 @@ fn hold_send_buffer_sets_the_size_and_the_unsent_limit() {
         assert_eq!(lowat, 128 << 10);
     });
 }
+
+#[test]
+fn restart_congestion_control_leaves_the_connection_on_its_algorithm() {
+    in_netns(0, || async {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 16, None).unwrap();
+        let (client, _, _server) = pair(&listener, b"", &plain()).await;
+        let sock = socket2::SockRef::from(&client);
+        let before = sock.tcp_congestion().unwrap();
+        let restarted = restart_congestion_control(&client).unwrap();
+        assert_eq!(sock.tcp_congestion().unwrap(), before);
+        // Through reno and back: not for reno itself (the namespace's default is always allowed).
+        let name = before.split(|b| *b == 0).next().unwrap().to_vec();
+        assert_eq!(restarted, name != b"reno", "{}", String::from_utf8_lossy(&name));
+    });
+}

@@ -188,6 +188,11 @@ async fn on_ready(
     let mut request =
         convert::Message::connect_request(flow.dest).to_bytes().map_err(|e| ExchangeError::Request(e.to_string()))?;
     request.extend_from_slice(first);
+    // The connection waited idle since its handshake: its congestion control starts afresh, as a new
+    // connection's would ([`common::mptcp::restart_congestion_control`]).
+    if let Err(e) = common::mptcp::restart_congestion_control(&stream) {
+        debug!(error = %e, "could not restart the ready connection's congestion control");
+    }
     stream.write_all(&request).await.map_err(|source| ExchangeError::Io { hag, source })?;
     let reply = await_reply(&mut stream, hag, first, client, &shared.config).await?;
     if let Some(u) = shared.config.uplinks.get(uplink) {
