@@ -301,3 +301,45 @@ fn restart_congestion_control_leaves_the_connection_on_its_algorithm() {
         assert_eq!(restarted, name != b"reno", "{}", String::from_utf8_lossy(&name));
     });
 }
+
+/// BBR's bandwidth estimate (`TCP_CC_INFO`, `struct tcp_bbr_info`), in bytes per second.
+fn bbr_bandwidth(fd: &impl AsFd) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut info = [0u32; 5];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is a writable buffer of `len` bytes; the kernel writes at most that and reports the count.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CC_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_CC_INFO: {}", std::io::Error::last_os_error());
+    (u64::from(info[1]) << 32) | u64::from(info[0])
+}
+
+#[test]
+fn restart_congestion_control_starts_bbr_over() {
+    // On plain TCP, where TCP_CC_INFO shows BBR's state; an MPTCP socket passes the same two settings to each
+    // subflow. BBR must be the namespace's default (a new namespace takes the machine's).
+    in_netns(0, || async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let name = socket2::SockRef::from(&client).tcp_congestion().unwrap();
+        if !name.starts_with(b"bbr\0") {
+            eprintln!("skipped: the default congestion control is {}", String::from_utf8_lossy(&name));
+            return;
+        }
+        client.write_all(&vec![0u8; 1 << 20]).await.unwrap();
+        server.read_exact(&mut vec![0u8; 1 << 20]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(bbr_bandwidth(&client) > 0, "a transfer gives BBR a bandwidth estimate");
+        assert!(restart_congestion_control(&client).unwrap());
+        assert_eq!(bbr_bandwidth(&client), 0, "started over");
+        assert_eq!(socket2::SockRef::from(&client).tcp_congestion().unwrap(), name);
+    });
+}
