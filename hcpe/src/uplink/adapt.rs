@@ -11,7 +11,7 @@
 //! path's queues with the subflows, so they see the delay a subflow sees, loaded or idle.
 //!
 //! Inputs: each answered probe ([`Controller::on_rtt`]), each uplink's probe loss, and per evaluation which
-//! uplinks are usable and under which [`Policy`]. Output: the uplinks whose [`Carry`] changes, each with a
+//! uplinks are usable and under which [`Policy`], and the round trip its subflows measure under an upload. Output: the uplinks whose [`Carry`] changes, each with a
 //! [`Decision`] that says why, with the numbers behind it.
 //!
 //! Invariants:
@@ -22,6 +22,12 @@
 //!   jitter, one late reply or one lost probe do not move it), the latter only while some probe was answered
 //!   in the last [`ANSWER_HORIZON`] (a path that answers nothing is filtered or dead, which is the health
 //!   verdict's business); without either it has none and nothing is decided for it;
+//! - under an upload, a path's round trip for its demotion and promotion and as a reference is the larger of
+//!   that median and the smoothed round trip of its subflows that carry the upload, which the kernel updates
+//!   on every acknowledgement: when a link's rate collapses, that one passes the limit within a few hundred
+//!   milliseconds, while the probes' median waits for their late answers (0.8-1 s at 3 Mbit/s behind a
+//!   256 KiB queue), and every moment in between the data queued on the path keeps the best path idle.
+//!   Subflows that are acknowledged prove the path alive, so it is not left to the health verdict;
 //! - a path demoted on its round trip or loss has answered some probe since it went bad, or has been bad for
 //!   longer than the health verdict takes to call a silent path down (`silence_to_down`): until its first
 //!   late answer, a path whose queue fills looks like one that was cut, and a cut is the verdict's business
@@ -187,7 +193,7 @@ pub struct Decision {
     pub at: Instant,
     pub to: Carry,
     pub reason: Reason,
-    /// The path's round trip then.
+    /// The path's round trip under load then (its probes', or its uploading subflows' where larger).
     pub rtt: Option<Duration>,
     /// The round trip it was compared with: the best other carrying path's (adaptive), or the carrying
     /// paths' smallest queueing delay (overflow).
@@ -220,6 +226,9 @@ pub struct PathInput {
     pub busy: bool,
     /// What its interface moved in the last second, both directions, in bit/s.
     pub rate_bps: f64,
+    /// The smoothed round trip of its subflows that carry an upload, as the kernel measures it on every
+    /// acknowledgement ([`super::evidence::sending_rtts`]); `None` without one.
+    pub sending_rtt: Option<Duration>,
 }
 
 /// A path's measurements and timers.
@@ -353,6 +362,15 @@ impl Controller {
         self.paths.get(i)?.rtt(now)
     }
 
+    /// Path `i`'s round trip under load: the larger of its probes' and of its uploading subflows'.
+    fn loaded_rtt(&self, i: usize, now: Instant, inputs: &[PathInput]) -> Option<Duration> {
+        let probes = self.paths.get(i)?.rtt(now);
+        match (probes, inputs[i].sending_rtt) {
+            (Some(p), Some(s)) => Some(p.max(s)),
+            (p, s) => p.or(s),
+        }
+    }
+
     /// Decides every path's carry from the measurements so far; returns the changes.
     pub fn evaluate(&mut self, now: Instant, inputs: &[PathInput]) -> Vec<(usize, Decision)> {
         let overflow_delay = self.cfg.overflow_delay;
@@ -414,7 +432,7 @@ impl Controller {
 
     /// The other usable path that carries traffic (not an overflow one) with the best round trip, and that.
     fn reference(&self, i: usize, now: Instant, inputs: &[PathInput]) -> Option<(usize, Duration)> {
-        self.carrying(i, inputs).filter_map(|j| Some((j, self.paths[j].rtt(now)?))).min_by_key(|(_, rtt)| *rtt)
+        self.carrying(i, inputs).filter_map(|j| Some((j, self.loaded_rtt(j, now, inputs)?))).min_by_key(|(_, rtt)| *rtt)
     }
 
     /// Whether path `i` was saturated at this evaluation: busy, and its queue past
@@ -435,12 +453,12 @@ impl Controller {
         &self,
         i: usize,
         now: Instant,
+        inputs: &[PathInput],
         to: Carry,
         reason: Reason,
         reference: Option<Duration>,
-        loss: f64,
     ) -> Decision {
-        Decision { at: now, to, reason, rtt: self.paths[i].rtt(now), reference, loss }
+        Decision { at: now, to, reason, rtt: self.loaded_rtt(i, now, inputs), reference, loss: inputs[i].loss }
     }
 
     fn adaptive(&mut self, i: usize, now: Instant, inputs: &[PathInput]) -> Option<Decision> {
@@ -451,11 +469,11 @@ impl Controller {
         }
         let has_other = self.carrying(i, inputs).next().is_some();
         if input.carry == Carry::Backup && !has_other {
-            return Some(self.decision(i, now, Carry::Active, Reason::OnlyPath, None, input.loss));
+            return Some(self.decision(i, now, inputs, Carry::Active, Reason::OnlyPath, None));
         }
         let (r, reference) = self.reference(i, now, inputs)?;
         let ref_loss = inputs[r].loss;
-        let rtt = self.paths[i].rtt(now)?;
+        let rtt = self.loaded_rtt(i, now, inputs)?;
         let excess = rtt.saturating_sub(reference);
         let head_of_line = input.carry == Carry::Active
             && input.busy
@@ -491,10 +509,12 @@ impl Controller {
                     return None;
                 }
                 let since = *p.streak.get_or_insert(now);
-                // Silent since it went bad: slow or cut, which the health verdict tells first.
-                let hold = if p.last_answer.is_some_and(|t| t >= since) { hold } else { hold.max(silence_to_down) };
+                // Silent since it went bad: slow or cut, which the health verdict tells first. Subflows still
+                // acknowledged an upload just now: slow, not cut.
+                let alive = p.last_answer.is_some_and(|t| t >= since) || input.sending_rtt.is_some();
+                let hold = if alive { hold } else { hold.max(silence_to_down) };
                 (now.saturating_duration_since(since) >= hold)
-                    .then(|| self.decision(i, now, Carry::Backup, reason, Some(reference), input.loss))
+                    .then(|| self.decision(i, now, inputs, Carry::Backup, reason, Some(reference)))
             }
             Carry::Backup => {
                 // Idle: quiet for as long as its round trip looks back, and settled after the demotion.
@@ -519,7 +539,7 @@ impl Controller {
                 } else {
                     return None;
                 };
-                Some(self.decision(i, now, Carry::Active, reason, Some(reference), input.loss))
+                Some(self.decision(i, now, inputs, Carry::Active, reason, Some(reference)))
             }
         }
     }
@@ -533,7 +553,7 @@ impl Controller {
         let carrying: Vec<usize> = self.carrying(i, inputs).collect();
         if carrying.is_empty() {
             return (input.carry == Carry::Backup)
-                .then(|| self.decision(i, now, Carry::Active, Reason::OnlyPath, None, input.loss));
+                .then(|| self.decision(i, now, inputs, Carry::Active, Reason::OnlyPath, None));
         }
         // The carrying paths' smallest queueing delay: every one of them is at least this full.
         let queueing = carrying.iter().map(|j| self.paths[*j].queueing(now)).collect::<Option<Vec<_>>>()?;
@@ -551,8 +571,7 @@ impl Controller {
             return None;
         }
         let since = *p.streak.get_or_insert(now);
-        (now.saturating_duration_since(since) >= hold)
-            .then(|| self.decision(i, now, to, reason, Some(least), input.loss))
+        (now.saturating_duration_since(since) >= hold).then(|| self.decision(i, now, inputs, to, reason, Some(least)))
     }
 }
 

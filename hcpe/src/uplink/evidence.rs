@@ -3,6 +3,9 @@
 //! while MPTCP itself may work fine. Sans-IO: samples and `now` in, verdicts out.
 //!
 //! - [`judge`] turns one `sock_diag` sample of the subflows towards hag into an [`Evidence`] per uplink.
+//! - [`sending_rtts`] reads from the same sample each uplink's round trip under an upload, for the path
+//!   controller ([`super::adapt`]); [`with_own_closures`] keeps subflows hcpe closed itself from counting as
+//!   silence.
 //! - [`Fallback`] decides per uplink which signal counts and, in subflow mode, the verdict. Every uplink switches
 //!   to its subflows when no probe was ever answered and the first uplink's probes give up, or when every
 //!   probed uplink with carrier is `Down` by its probes while some uplink's subflows carry data; one uplink
@@ -113,6 +116,46 @@ pub fn judge(samples: &[Sample], uplinks: usize, th: &Thresholds) -> Vec<Evidenc
             }
         })
         .collect()
+}
+
+/// A subflow with at least this many segments unacknowledged carries a transfer we send (an upload), not a
+/// request or acknowledgements alone.
+pub const SENDING_MIN_UNACKED: u32 = 8;
+/// ... and one acknowledged within this is alive right now: its round trip is the path's under our load.
+pub const SENDING_FRESH_ACK: Duration = Duration::from_millis(200);
+
+/// Per uplink, the largest smoothed round trip of its subflows that carry a transfer we send
+/// ([`SENDING_MIN_UNACKED`]) and were acknowledged within [`SENDING_FRESH_ACK`]; `None` where none does.
+///
+/// The kernel updates that round trip on every acknowledgement, so a queue that fills under an upload shows
+/// in it within a few of them, while the probes, one per interval, show it only once their answers come back
+/// through the same queue. A download's subflows here only receive: they measure nothing of the path under load.
+pub fn sending_rtts(samples: &[Sample], uplinks: usize) -> Vec<Option<Duration>> {
+    (0..uplinks)
+        .map(|i| {
+            samples
+                .iter()
+                .filter(|s| s.uplink == i && s.tcp.state == SubflowTcp::ESTABLISHED)
+                .filter(|s| s.tcp.unacked >= SENDING_MIN_UNACKED && ms(s.tcp.last_ack_recv_ms) <= SENDING_FRESH_ACK)
+                .map(|s| Duration::from_micros(u64::from(s.tcp.rtt_us)))
+                .max()
+        })
+        .collect()
+}
+
+/// The evidence of uplinks whose subflows hcpe itself closed a moment ago while they carried an upload
+/// (`closed_alive`: its endpoint re-created on a demotion): `Silent` there is hcpe's doing, and the path was
+/// working when they closed, so it counts as `Receiving`. Without this, a link whose rate collapses, whose
+/// probes then sit in its full queue past their timeout, would be called down by its probes with nothing to
+/// say otherwise, and its endpoint removed a second time: every subflow the kernel closes makes it resend
+/// the whole connection-level queue.
+pub fn with_own_closures(mut evidence: Vec<Evidence>, closed_alive: &[bool]) -> Vec<Evidence> {
+    for (e, closed) in evidence.iter_mut().zip(closed_alive) {
+        if *closed && *e == Evidence::Silent {
+            *e = Evidence::Receiving;
+        }
+    }
+    evidence
 }
 
 /// What [`Fallback`] needs to know about one uplink.
@@ -450,5 +493,45 @@ mod tests {
         assert_eq!(v[0].state, Down);
         let v = f.update(t0, &[input(Down), input(Down)], false, None);
         assert_eq!(v[0], Verdict { state: Unknown, from_subflows: true, trial: true });
+    }
+
+    #[test]
+    fn sending_round_trips_come_from_loaded_freshly_acknowledged_subflows() {
+        let sub = |uplink: usize, rtt_ms: u32, unacked: u32, ack_ms: u32| Sample {
+            uplink,
+            conn: 1,
+            tcp: SubflowTcp {
+                state: SubflowTcp::ESTABLISHED,
+                rtt_us: rtt_ms * 1000,
+                unacked,
+                last_ack_recv_ms: ack_ms,
+                ..Default::default()
+            },
+        };
+        let samples = [
+            // Uplink 0: two uploads, the larger round trip counts; an idle subflow's stale one does not.
+            sub(0, 40, 120, 2),
+            sub(0, 55, 30, 10),
+            sub(0, 700, 0, 5000),
+            // Uplink 1: a request in flight (too few segments), and an upload whose ACKs stopped (a cut, the
+            // health verdict's business).
+            sub(1, 300, 2, 5),
+            sub(1, 900, 200, 600),
+            // Uplink 2: a download (nothing of ours in flight).
+            sub(2, 60, 0, 3),
+        ];
+        let mut syn = sub(0, 5000, 50, 0);
+        syn.tcp.state = SubflowTcp::SYN_SENT;
+        let mut all = samples.to_vec();
+        all.push(syn);
+        assert_eq!(sending_rtts(&all, 4), vec![Some(Duration::from_millis(55)), None, None, None]);
+    }
+
+    #[test]
+    fn subflows_hcpe_closed_while_they_carried_are_not_silence() {
+        use Evidence::{Dead, Receiving, Silent};
+        let judged = vec![Silent, Silent, Dead];
+        assert_eq!(with_own_closures(judged.clone(), &[true, false, true]), vec![Receiving, Silent, Dead]);
+        assert_eq!(with_own_closures(judged.clone(), &[]), judged);
     }
 }

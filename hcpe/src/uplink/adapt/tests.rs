@@ -48,6 +48,7 @@ impl Sim {
                 loss_since: None,
                 busy: false,
                 rate_bps: 0.0,
+                sending_rtt: None,
             })
             .collect();
         let c = Controller::new(PathControlFile::default(), policies.len(), silence_to_down());
@@ -68,6 +69,16 @@ impl Sim {
 
     /// Runs for `secs`; `rtt(path, elapsed, carry)` is the answer of that path's probe (`None`: unanswered).
     fn run(&mut self, secs: f64, rtt: impl Fn(usize, Duration, Carry) -> Option<Duration>) {
+        self.run_uploading(secs, rtt, |_, _, _| None);
+    }
+
+    /// [`Sim::run`], with `sending(path, elapsed, carry)` the round trip its uploading subflows measure.
+    fn run_uploading(
+        &mut self,
+        secs: f64,
+        rtt: impl Fn(usize, Duration, Carry) -> Option<Duration>,
+        sending: impl Fn(usize, Duration, Carry) -> Option<Duration>,
+    ) {
         let end = self.now + Duration::from_secs_f64(secs);
         while self.now < end {
             self.now += TICK;
@@ -76,6 +87,7 @@ impl Sim {
                     && self.inputs[i].carry == Carry::Backup;
                 let loaded = if draining { Carry::Active } else { self.inputs[i].carry };
                 self.inputs[i].busy = loaded == Carry::Active && !self.quiet[i];
+                self.inputs[i].sending_rtt = sending(i, self.elapsed(), self.inputs[i].carry);
                 // A probe now; the answers whose round trip has passed arrive; a lost one never does (dropped
                 // after 2 s).
                 let r = rtt(i, self.elapsed(), loaded).unwrap_or(Duration::from_secs(3600));
@@ -159,14 +171,24 @@ fn a_jittery_link_that_our_upload_loads_keeps_carrying() {
     // LTE 30 Mbit/s 30 ms with 60 ms of jitter each way, carrying an upload next to a full DSL: measured on the
     // testbed, its probes' median 187-195 ms (each probe anywhere in +-60 ms of it) against DSL's 30 ms. It
     // adds its rate (1.2-1.5 x DSL alone with it, 0.99 once it is demoted), so it stays under the limit.
+    // Its subflows measure 100-160 ms under the upload (the kernel's smoothed round trip, on the testbed), DSL's
+    // 45-50 ms: within the limit too.
     let mut s = Sim::adaptive();
-    s.run(120.0, |i, t, c| {
-        Some(match i {
-            DSL => jit(ms(30), t, 3),
-            _ if c == Carry::Active => jit(ms(191), t, 60),
-            _ => jit(ms(120), t, 60),
-        })
-    });
+    s.run_uploading(
+        120.0,
+        |i, t, c| {
+            Some(match i {
+                DSL => jit(ms(30), t, 3),
+                _ if c == Carry::Active => jit(ms(191), t, 60),
+                _ => jit(ms(120), t, 60),
+            })
+        },
+        |i, t, c| match (i, c) {
+            (DSL, _) => Some(jit(ms(47), t, 3)),
+            (_, Carry::Active) => Some(jit(ms(130), t, 30)),
+            _ => None,
+        },
+    );
     assert_eq!(s.decisions(LTE), vec![]);
 }
 
@@ -211,6 +233,32 @@ fn a_round_trip_far_over_the_limit_is_demoted_sooner() {
     let first_answer = ms(20) + limit * 4;
     assert!(far <= first_answer + 2 * TICK, "demoted {far:?} after the collapse");
     assert!(near >= ms(400), "demoted {near:?} after the collapse");
+}
+
+#[test]
+fn an_upload_on_a_collapsing_link_is_demoted_on_its_subflows_round_trip() {
+    // As above, LTE's rate collapses at 10 s under an upload and its probes come back 4 x the limit late. The
+    // subflows carrying the upload measure the queue as it fills (as on the testbed: from 100 ms loaded, about
+    // a millisecond more per millisecond, up to the full queue's 820 ms); DSL's measure 45 ms.
+    let limit = PathControlFile::default().max_rtt_excess;
+    let probes = lte_from_10s(Some(ms(20) + limit * 4));
+    let demoted = |sending: bool| {
+        let mut s = Sim::adaptive();
+        s.run_uploading(20.0, &probes, |i, t, c| {
+            let filling = t.saturating_sub(Duration::from_secs(10));
+            match (sending, i, c) {
+                (false, _, _) | (true, LTE, Carry::Backup) => None,
+                (true, DSL, _) => Some(ms(45)),
+                (true, _, _) => Some((ms(100) + filling).min(ms(820))),
+            }
+        });
+        assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::RttExcess)]);
+        s.last(LTE, Carry::Backup).unwrap() - Duration::from_secs(10)
+    };
+    let (subflows, probes_only) = (demoted(true), demoted(false));
+    // Over the limit (45 + 200 ms) from 145 ms on; 600 ms over (a third of demote_after) by 700 ms.
+    assert!(subflows <= ms(700), "demoted {subflows:?} after the collapse");
+    assert!(subflows + 2 * TICK <= probes_only, "{subflows:?} on the subflows, {probes_only:?} on the probes");
 }
 
 #[test]

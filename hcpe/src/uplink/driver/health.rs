@@ -7,7 +7,7 @@ use common::probe::{HealthState, Prober, ProberConfig};
 use futures::TryStreamExt as _;
 use tracing::{info, warn};
 
-use super::{Driver, ProberSlot};
+use super::{Driver, OWN_CLOSE_WINDOW, ProberSlot};
 use crate::uplink::control::log_path_change;
 use crate::uplink::{Mode, UplinkError, carrier, evidence, now_std};
 
@@ -23,8 +23,6 @@ impl Driver {
     /// that is not down and whose endpoint hcpe did not just remove, counts as failed for the uplink of its
     /// local address. Whether an uplink's standing changed.
     pub(super) fn on_pm_event(&mut self, ev: common::pm::PmEvent) -> bool {
-        /// How long after hcpe removed an uplink's endpoint the joins closed over it are taken as its doing.
-        const OWN_CLOSE_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
         use common::pm::PmEvent;
         let (ok, sub) = match ev {
             PmEvent::SubflowEstablished(sub) if sub.local_id != 0 => {
@@ -102,7 +100,7 @@ impl Driver {
                 changed = true;
                 if v.from_subflows {
                     l.subflow_fallbacks += 1;
-                    warn!(%uplink, "probes unanswered: health from subflows (UDP to hag filtered, or its probe responder down?)");
+                    warn!(%uplink, "probes unanswered: health from subflows (UDP to hag filtered, its probe responder down, or the link's queue full?)");
                 } else {
                     info!(%uplink, "a probe was answered again: health from probes");
                 }
@@ -120,6 +118,17 @@ impl Driver {
 
     /// One `sock_diag` dump of the subflows towards hag's port, attributed to uplinks by local address, judged.
     pub(super) async fn sample_subflows(&self) -> Option<Vec<evidence::Evidence>> {
+        let samples = self.read_subflows().await?;
+        let judged = evidence::judge(&samples, self.shared.uplinks.len(), &evidence::Thresholds::default());
+        let now = now_std();
+        let closed_alive: Vec<bool> = (self.wiring.iter())
+            .map(|w| w.closed_alive_at.is_some_and(|t| now.saturating_duration_since(t) < OWN_CLOSE_WINDOW))
+            .collect();
+        Some(evidence::with_own_closures(judged, &closed_alive))
+    }
+
+    /// One `sock_diag` dump of the subflows towards hag's port, attributed to uplinks by local address.
+    pub(super) async fn read_subflows(&self) -> Option<Vec<evidence::Sample>> {
         let port = self.shared.hag.port();
         let diag = match tokio::task::spawn_blocking(move || common::mptcp::subflow_diag::by_remote_port(&[port])).await
         {
@@ -139,7 +148,7 @@ impl Driver {
                 })
                 .collect()
         };
-        Some(evidence::judge(&samples, self.shared.uplinks.len(), &evidence::Thresholds::default()))
+        Some(samples)
     }
 
     /// Starts, re-binds or stops each uplink's prober so that exactly the uplinks not `off` with an address

@@ -25,6 +25,13 @@ use super::control::Command;
 use super::settings::{ManagerSettings, Uplink};
 use super::{Addrs, Shared, UplinkError, adapt, decide, evidence, links, now_std, routing, views};
 
+/// An endpoint re-created within this of a reading that showed its subflows carrying an upload closed
+/// working subflows (the controller's readings are one probe interval apart).
+const SENDING_RECENT: Duration = Duration::from_millis(250);
+/// How long after hcpe removed an uplink's endpoint the subflows and joins closed over it are taken as its
+/// doing.
+const OWN_CLOSE_WINDOW: Duration = Duration::from_secs(2);
+
 /// What every prober shares.
 struct ProbeTemplate {
     cpe_id: String,
@@ -73,6 +80,12 @@ struct Wiring {
     /// When hcpe last removed one of the uplink's endpoints (to withdraw it, or to re-create it with its
     /// subflows closed): the joins that closure cuts short are hcpe's doing, not the network's.
     ep_removed_at: Option<std::time::Instant>,
+    /// When its subflows last carried an upload and were acknowledged just before (the path controller's
+    /// reading): the path worked then.
+    sending_at: Option<std::time::Instant>,
+    /// When hcpe last re-created its endpoint (a demotion) while its subflows carried an upload: for a while
+    /// after, the subflows' absence is hcpe's doing, not the path's.
+    closed_alive_at: Option<std::time::Instant>,
 }
 
 impl Wiring {
@@ -90,6 +103,8 @@ impl Wiring {
             installed: Vec::new(),
             ep_addrs: Vec::new(),
             ep_removed_at: None,
+            sending_at: None,
+            closed_alive_at: None,
         }
     }
 }
@@ -199,7 +214,8 @@ impl Driver {
         // Without the event stream, the carrier is polled (a change is seen within one probe interval).
         let mut tick = tokio::time::interval(carrier_poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The subflows are sampled on the probe grid, only while every probe goes unanswered.
+        // For the health fallback the subflows are sampled on the probe grid, only while every probe goes
+        // unanswered (the path controller reads them itself while an adaptive uplink carries traffic).
         let mut sample_tick = tokio::time::interval(carrier_poll);
         sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Withdrawn endpoints of uplinks whose joins failed come back when their retry time is up.
@@ -386,7 +402,13 @@ impl Driver {
                 self.wiring[i].ep_addrs.iter().copied().filter(|a| reset || !want.contains(a)).collect();
             for addr in removing {
                 res.push((addr, self.pm.del_endpoint_addr(addr).await.map(|_| ())));
-                self.wiring[i].ep_removed_at = Some(now_std());
+                let now = now_std();
+                self.wiring[i].ep_removed_at = Some(now);
+                if reset
+                    && self.wiring[i].sending_at.is_some_and(|t| now.saturating_duration_since(t) <= SENDING_RECENT)
+                {
+                    self.wiring[i].closed_alive_at = Some(now);
+                }
             }
             if let Some(flags) = plan[i] {
                 for addr in &want {

@@ -1,5 +1,6 @@
-//! The driver's path-control half: feeds each probe's round trip (answered in time or late) and the send times
-//! of the probes still unanswered to the path controller ([`adapt`]), and records its decisions on the uplinks,
+//! The driver's path-control half: feeds each probe's round trip (answered in time or late), the send times
+//! of the probes still unanswered and, while an adaptive uplink carries traffic, the round trips of the subflows
+//! that carry uploads to the path controller ([`adapt`]), and records its decisions on the uplinks,
 //! which the endpoint plan then follows (SET_FLAGS, or a re-created endpoint on a demotion for delay or loss).
 
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use common::probe::HealthState;
 use tracing::info;
 
 use super::Driver;
-use crate::uplink::{Mode, adapt, links, now_std};
+use crate::uplink::{Mode, adapt, evidence, links, now_std};
 
 /// An interface moving more than this (both directions) carries traffic: probes alone are a few kbit/s.
 const BUSY_BPS: f64 = 100_000.0;
@@ -70,6 +71,23 @@ impl Driver {
                 links::byte_counters(&self.handle, &self.shared.uplinks[i].interface).await.map(|(_, rx, tx)| rx + tx);
             self.activity[i].update(now, bytes);
         }
+        // The subflows' own round trips, read only while an adaptive uplink carries traffic (one `sock_diag`
+        // dump per evaluation then; nothing while idle or where no uplink is adaptive).
+        let sending = {
+            let live = self.shared.live();
+            live.iter()
+                .enumerate()
+                .any(|(i, l)| l.mode == Mode::Adaptive && l.carry == adapt::Carry::Active && self.activity[i].busy())
+        };
+        let sending = match sending {
+            true => self.read_subflows().await.map(|s| evidence::sending_rtts(&s, self.shared.uplinks.len())),
+            false => None,
+        };
+        for (w, rtt) in self.wiring.iter_mut().zip(sending.iter().flatten()) {
+            if rtt.is_some() {
+                w.sending_at = Some(now);
+            }
+        }
         let inputs: Vec<adapt::PathInput> = {
             let live = self.shared.live();
             live.iter()
@@ -96,6 +114,7 @@ impl Driver {
                         loss_since,
                         busy: self.activity[i].busy(),
                         rate_bps: self.activity[i].bps,
+                        sending_rtt: sending.as_ref().and_then(|s| s[i]),
                     }
                 })
                 .collect()
@@ -104,6 +123,7 @@ impl Driver {
             tracing::trace!(
                 uplink = %self.shared.uplinks[i].name,
                 rtt_ms = self.paths.rtt(i, now).map(|d| d.as_millis() as u64),
+                sending_rtt_ms = input.sending_rtt.map(|d| d.as_millis() as u64),
                 carry = input.carry.as_str(),
                 busy = input.busy,
                 mbit = (input.rate_bps / 1e5).round() / 10.0,
