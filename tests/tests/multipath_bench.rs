@@ -4,9 +4,10 @@
 //! link is good, poor, lossy, jittery, better than DSL (a rural line), or drops its rate mid-transfer. Every
 //! figure is a ratio against the single-link rates measured in the same run, so the machine's load cancels
 //! out. Each direction starts on freshly started daemons, 3 s after they are up, so one row's path-control
-//! decisions do not carry into the next. Mid-transfer it also prints what hag's kernel says of each subflow (`ss -tinM`: cwnd, RTT, delivery
-//! rate, bytes in flight), the MPTCP counters that moved (`nstat`), and hcpe's path-control decisions, which is
-//! where a multipath slowdown shows its cause. At the end, a table of every round's ratios.
+//! decisions do not carry into the next. Mid-transfer it also prints what hag's kernel says of each subflow
+//! (`ss -tinM`: cwnd, RTT, delivery rate, bytes in flight), the MPTCP counters that moved (`nstat`), and hcpe's
+//! path-control decisions, health verdicts and endpoint changes, which is where a multipath slowdown shows its
+//! cause. At the end, a table of every round's ratios.
 //!
 //! `cargo build --release --workspace --bins && cargo test --release -p tests --test multipath_bench -- --ignored --nocapture --test-threads 1`
 //! (`MULTIPATH_BENCH_ROUNDS=n` repeats each scenario, default 1; `MULTIPATH_BENCH_ONLY=text` runs the scenarios
@@ -358,9 +359,16 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
     out
 }
 
-/// hcpe's path-control log lines so far.
+/// hcpe's log lines so far that tell what happened to LTE's path: path-control decisions (and with
+/// `MULTIPATH_BENCH_TRACE`, their inputs), health verdicts, and the endpoint changes that follow them.
 fn path_control(hcpe: &ChildGuard) -> Vec<String> {
-    hcpe.log().lines().filter(|l| l.contains("path control") && l.contains("uplink=lte")).map(str::to_owned).collect()
+    let relevant = |l: &&str| {
+        (l.contains("path control") && l.contains("uplink=lte"))
+            || l.contains("MPTCP endpoint")
+            || l.contains("health")
+            || l.contains("join")
+    };
+    hcpe.log().lines().filter(relevant).map(str::to_owned).collect()
 }
 
 #[test]
