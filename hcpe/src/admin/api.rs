@@ -123,7 +123,8 @@ pub struct DecisionView {
     pub reason: Reason,
     /// When, in milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
-    /// The uplink's probe round trip then (median of the last second).
+    /// The uplink's round trip then: its probes' median of the last second, or the smoothed round trip of its
+    /// subflows that carried an upload where that was larger.
     pub rtt_ms: Option<f64>,
     /// What it was compared with: the best other carrying uplink's round trip (adaptive), or the carrying
     /// uplinks' smallest queueing delay (overflow).
