@@ -48,7 +48,9 @@
 //!   wants more. In a healthy aggregation the sender fills both paths' queues; with an application that
 //!   sends slowly neither fills. Measured on the testbed with LTE 30 Mbit/s 30 ms and 60 ms jitter: LTE's
 //!   round trip 110-150 ms (within `max_rtt_excess` of DSL's 25 ms), DSL's queue empty, LTE holding 70 kB
-//!   unsent, and the aggregate at 0.83 (download) and 0.37 (upload) x DSL alone;
+//!   unsent, and the aggregate at 0.83 (download) and 0.37 (upload) x DSL alone. When the best path waits
+//!   outright (a connection's subflow there idle while its subflow on the adaptive path carries, read from the
+//!   subflows) that is the same drag at its worst, shown directly: [`WAITED_FOR_AFTER`] is enough;
 //! - probe loss is evidence only when none of the probes it is over was sent while the path was saturated:
 //!   our own transfers keep a drop-tail queue full and the probes that find it full are dropped with the data,
 //!   which is congestion the subflows' own congestion control answers, not a lossy link (measured: 8 % of a
@@ -87,6 +89,11 @@ pub const TRIAL_MAX: Duration = Duration::from_secs(300);
 /// How long an adaptive path must keep the best path waiting ([`Reason::HeadOfLine`]) before it is demoted:
 /// longer than a loss-based congestion control's sawtooth lets a full queue drain.
 pub const HEAD_OF_LINE_AFTER: Duration = Duration::from_secs(2);
+/// How long the best path must have waited outright for an adaptive path (a connection's subflow there idle
+/// while its subflow on the adaptive path carried, [`PathInput::waited_for_by`]) before that path is demoted:
+/// each reading already shows the best path idle for a while, and a connection whose fast subflow stops
+/// needs no sawtooth to explain it.
+pub const WAITED_FOR_AFTER: Duration = Duration::from_millis(400);
 /// How long the carrying paths must be saturated before an overflow path joins.
 pub const OVERFLOW_AFTER: Duration = Duration::from_millis(500);
 /// The shortest queue that shows a path saturated, whatever its idle round trip: below it, probe round trips
@@ -145,8 +152,8 @@ pub enum Reason {
     RttExcess,
     /// It lost more than `max_loss` of its probes.
     Loss,
-    /// It was saturated while the best carrying path, busy and carrying more, was not: its queue kept the best
-    /// path waiting.
+    /// It was saturated while the best carrying path, busy and carrying more, was not, or a connection's subflow
+    /// on the best path idled while its subflow here carried: the data queued here kept the best path waiting.
     HeadOfLine,
     /// It was bad while idle and is within half the limits again.
     Recovered,
@@ -229,6 +236,9 @@ pub struct PathInput {
     /// The smoothed round trip of its subflows that carry an upload, as the kernel measures it on every
     /// acknowledgement ([`super::evidence::sending_rtts`]); `None` without one.
     pub sending_rtt: Option<Duration>,
+    /// Bit `j`: a connection's subflow on path `j` idled while its subflow on this one carried
+    /// ([`super::evidence::waiting_for`]).
+    pub waited_for_by: u32,
 }
 
 /// A path's measurements and timers.
@@ -475,12 +485,20 @@ impl Controller {
         let ref_loss = inputs[r].loss;
         let rtt = self.loaded_rtt(i, now, inputs)?;
         let excess = rtt.saturating_sub(reference);
-        let head_of_line = input.carry == Carry::Active
-            && input.busy
-            && inputs[r].busy
-            && input.rate_bps < inputs[r].rate_bps
-            && self.saturated(i)
-            && !self.saturated(r);
+        // The best path waits for this one while carrying more: this one's queue fills while the best path's does
+        // not, or, outright, a connection's subflow there idles while its subflow here carries. A path that
+        // carries more than the best one (a rural DSL line's LTE) is worth its wait.
+        let waited_for = input.carry == Carry::Active
+            && r < 32
+            && input.waited_for_by & (1 << r) != 0
+            && input.rate_bps < inputs[r].rate_bps;
+        let head_of_line = waited_for
+            || (input.carry == Carry::Active
+                && input.busy
+                && inputs[r].busy
+                && input.rate_bps < inputs[r].rate_bps
+                && self.saturated(i)
+                && !self.saturated(r));
         // Only a full reference path can use another path's help: a trial while it has room proves nothing.
         let reference_full = self.saturated(r);
         let own_queue = self.paths[i].saturated_since(input.loss_since);
@@ -494,7 +512,8 @@ impl Controller {
         } else if loss_bad(self.cfg.max_loss) {
             (true, Reason::Loss, self.cfg.demote_after)
         } else if head_of_line {
-            (true, Reason::HeadOfLine, self.cfg.demote_after.max(HEAD_OF_LINE_AFTER))
+            let hold = if waited_for { WAITED_FOR_AFTER } else { self.cfg.demote_after.max(HEAD_OF_LINE_AFTER) };
+            (true, Reason::HeadOfLine, hold)
         } else {
             (false, Reason::RttExcess, self.cfg.demote_after)
         };
@@ -510,8 +529,8 @@ impl Controller {
                 }
                 let since = *p.streak.get_or_insert(now);
                 // Silent since it went bad: slow or cut, which the health verdict tells first. Subflows still
-                // acknowledged an upload just now: slow, not cut.
-                let alive = p.last_answer.is_some_and(|t| t >= since) || input.sending_rtt.is_some();
+                // acknowledged an upload or received data just now: slow, not cut.
+                let alive = p.last_answer.is_some_and(|t| t >= since) || input.sending_rtt.is_some() || waited_for;
                 let hold = if alive { hold } else { hold.max(silence_to_down) };
                 (now.saturating_duration_since(since) >= hold)
                     .then(|| self.decision(i, now, inputs, Carry::Backup, reason, Some(reference)))

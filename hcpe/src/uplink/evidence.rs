@@ -143,6 +143,42 @@ pub fn sending_rtts(samples: &[Sample], uplinks: usize) -> Vec<Option<Duration>>
         .collect()
 }
 
+/// A subflow with nothing in flight that has heard nothing for this long (and four of its round trips) while
+/// a sibling of its connection carries data waits for that sibling.
+pub const WAITING_QUIET: Duration = Duration::from_millis(200);
+
+/// Per uplink, a bit mask of the uplinks that wait for it (bit `j`: uplink `j`): some connection's subflow on
+/// it carries data (an upload in flight and acknowledged within [`SENDING_FRESH_ACK`], or a download's data
+/// received within it) while the same connection's subflow on uplink `j` has nothing in flight and has heard
+/// nothing for [`WAITING_QUIET`].
+///
+/// Both subflows are open and the transfer still moves, so the kernel's scheduler, which sends on the subflow
+/// that would get data out soonest, would use the idle one; it does not because the connection-level window is
+/// full: the receiver holds everything sent since the oldest data still queued on the slow subflow
+/// (head-of-line blocking). At most 32 uplinks are told apart; MPTCP itself uses at most 8 subflows.
+pub fn waiting_for(samples: &[Sample], uplinks: usize) -> Vec<u32> {
+    let fresh = |d: u32| ms(d) <= SENDING_FRESH_ACK;
+    let carries = |t: &SubflowTcp| {
+        t.state == SubflowTcp::ESTABLISHED
+            && ((t.unacked >= SENDING_MIN_UNACKED && fresh(t.last_ack_recv_ms)) || fresh(t.last_data_recv_ms))
+    };
+    let waits = |t: &SubflowTcp| {
+        t.state == SubflowTcp::ESTABLISHED
+            && t.unacked == 0
+            && quiet(t) >= WAITING_QUIET.max(Duration::from_micros(u64::from(t.rtt_us)) * 4)
+    };
+    (0..uplinks)
+        .map(|i| {
+            samples
+                .iter()
+                .filter(|s| s.uplink == i && carries(&s.tcp))
+                .flat_map(|s| samples.iter().filter(move |o| o.conn == s.conn && o.uplink != i && o.uplink < 32))
+                .filter(|o| waits(&o.tcp))
+                .fold(0, |mask, o| mask | 1 << o.uplink)
+        })
+        .collect()
+}
+
 /// The evidence of uplinks whose subflows hcpe itself closed a moment ago while they carried an upload
 /// (`closed_alive`: its endpoint re-created on a demotion): `Silent` there is hcpe's doing, and the path was
 /// working when they closed, so it counts as `Receiving`. Without this, a link whose rate collapses, whose

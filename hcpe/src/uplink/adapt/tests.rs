@@ -49,6 +49,7 @@ impl Sim {
                 busy: false,
                 rate_bps: 0.0,
                 sending_rtt: None,
+                waited_for_by: 0,
             })
             .collect();
         let c = Controller::new(PathControlFile::default(), policies.len(), silence_to_down());
@@ -502,6 +503,53 @@ fn head_of_line_is_no_reason_while_both_paths_fill_or_neither_does_or_the_path_c
     assert_eq!(loaded((22, 6.0), (65, 3.0)).decisions(LTE), vec![]);
     // A rural line: DSL (8 Mbit/s) waits while LTE (50 Mbit/s) is full; LTE is the better path.
     assert_eq!(loaded((22, 7.0), (130, 50.0)).decisions(LTE), vec![]);
+}
+
+/// DSL (22 ms, carrying `dsl` Mbit/s) and LTE (70 ms, its queue not full, carrying `lte`) busy after 5 s idle.
+fn both_busy(dsl: f64, lte: f64) -> Sim {
+    let mut s = Sim::adaptive();
+    s.quiet = vec![true, true];
+    s.run(5.0, |i, _, _| Some(if i == DSL { ms(20) } else { ms(60) }));
+    s.quiet = vec![false, false];
+    s.inputs[DSL].rate_bps = dsl * 1e6;
+    s.inputs[LTE].rate_bps = lte * 1e6;
+    s
+}
+
+fn steady(i: usize, _: Duration, _: Carry) -> Option<Duration> {
+    Some(if i == DSL { ms(22) } else { ms(70) })
+}
+
+#[test]
+fn a_path_the_best_path_waits_for_outright_is_demoted_soon() {
+    // The jittery LTE of the testbed under an upload: its subflow carries 1-2 Mbit/s, which its queue does not
+    // notice, while the connection's DSL subflow idles (the connection-level window full behind LTE's data).
+    let mut s = both_busy(20.0, 1.5);
+    s.run(2.0, steady);
+    assert_eq!(s.decisions(LTE), vec![], "no reading shows DSL waiting yet");
+    s.inputs[LTE].waited_for_by = 1 << DSL;
+    s.run(1.0, steady);
+    assert_eq!(s.decisions(LTE), vec![(Carry::Backup, Reason::HeadOfLine)]);
+    let at = s.last(LTE, Carry::Backup).unwrap();
+    assert!(at >= ms(7000) + WAITED_FOR_AFTER && at <= ms(7000) + WAITED_FOR_AFTER + TICK * 2, "{at:?}");
+}
+
+#[test]
+fn a_moment_of_waiting_or_a_wait_for_the_path_carrying_more_is_no_reason() {
+    // DSL waits now and then (one reading a second: the end of a burst, LTE's last segments still on the way).
+    let mut s = both_busy(20.0, 1.5);
+    for _ in 0..10 {
+        s.inputs[LTE].waited_for_by = 1 << DSL;
+        s.run(0.2, steady);
+        s.inputs[LTE].waited_for_by = 0;
+        s.run(0.8, steady);
+    }
+    assert_eq!(s.decisions(LTE), vec![]);
+    // A rural line: DSL (7 Mbit/s) waits for LTE (50 Mbit/s), the better path.
+    let mut s = both_busy(7.0, 50.0);
+    s.inputs[LTE].waited_for_by = 1 << DSL;
+    s.run(10.0, steady);
+    assert_eq!(s.decisions(LTE), vec![]);
 }
 
 #[test]

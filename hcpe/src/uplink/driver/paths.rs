@@ -1,6 +1,7 @@
 //! The driver's path-control half: feeds each probe's round trip (answered in time or late), the send times
 //! of the probes still unanswered and, while an adaptive uplink carries traffic, the round trips of the subflows
-//! that carry uploads to the path controller ([`adapt`]), and records its decisions on the uplinks,
+//! that carry uploads and which uplinks wait for another's subflows to the path controller ([`adapt`]), and
+//! records its decisions on the uplinks,
 //! which the endpoint plan then follows (SET_FLAGS, or a re-created endpoint on a demotion for delay or loss).
 
 use std::time::{Duration, Instant};
@@ -71,18 +72,22 @@ impl Driver {
                 links::byte_counters(&self.handle, &self.shared.uplinks[i].interface).await.map(|(_, rx, tx)| rx + tx);
             self.activity[i].update(now, bytes);
         }
-        // The subflows' own round trips, read only while an adaptive uplink carries traffic (one `sock_diag`
-        // dump per evaluation then; nothing while idle or where no uplink is adaptive).
+        // The subflows, read only while an adaptive uplink carries traffic (one `sock_diag` dump per evaluation
+        // then; nothing while idle or where no uplink is adaptive): their own round trips under an upload, and
+        // which uplinks' subflows idle while their connection's subflows on another carry.
         let sending = {
             let live = self.shared.live();
             live.iter()
                 .enumerate()
                 .any(|(i, l)| l.mode == Mode::Adaptive && l.carry == adapt::Carry::Active && self.activity[i].busy())
         };
-        let sending = match sending {
-            true => self.read_subflows().await.map(|s| evidence::sending_rtts(&s, self.shared.uplinks.len())),
+        let subflows = match sending {
+            true => self.read_subflows().await,
             false => None,
         };
+        let n = self.shared.uplinks.len();
+        let sending = subflows.as_ref().map(|s| evidence::sending_rtts(s, n));
+        let waiting = subflows.as_ref().map(|s| evidence::waiting_for(s, n));
         for (w, rtt) in self.wiring.iter_mut().zip(sending.iter().flatten()) {
             if rtt.is_some() {
                 w.sending_at = Some(now);
@@ -115,6 +120,7 @@ impl Driver {
                         busy: self.activity[i].busy(),
                         rate_bps: self.activity[i].bps,
                         sending_rtt: sending.as_ref().and_then(|s| s[i]),
+                        waited_for_by: waiting.as_ref().map_or(0, |w| w[i]),
                     }
                 })
                 .collect()
@@ -124,6 +130,7 @@ impl Driver {
                 uplink = %self.shared.uplinks[i].name,
                 rtt_ms = self.paths.rtt(i, now).map(|d| d.as_millis() as u64),
                 sending_rtt_ms = input.sending_rtt.map(|d| d.as_millis() as u64),
+                waited_for_by = input.waited_for_by,
                 carry = input.carry.as_str(),
                 busy = input.busy,
                 mbit = (input.rate_bps / 1e5).round() / 10.0,

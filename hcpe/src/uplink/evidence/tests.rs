@@ -202,6 +202,44 @@ fn sending_round_trips_come_from_loaded_freshly_acknowledged_subflows() {
 }
 
 #[test]
+fn an_idle_subflow_waits_for_its_connections_carrying_sibling() {
+    let sub = |uplink: usize, conn: u32, unacked: u32, data_ms: u32, ack_ms: u32| Sample {
+        uplink,
+        conn,
+        tcp: SubflowTcp {
+            state: SubflowTcp::ESTABLISHED,
+            rtt_us: 25_000,
+            unacked,
+            last_data_recv_ms: data_ms,
+            last_ack_recv_ms: ack_ms,
+            ..Default::default()
+        },
+    };
+    let samples = [
+        // Connection 1, an upload: LTE (1) in flight and acknowledged, DSL (0) empty and quiet for 300 ms.
+        sub(1, 1, 40, 5000, 30),
+        sub(0, 1, 0, 5000, 300),
+        // Connection 2, a download: LTE receives, DSL heard nothing for 250 ms.
+        sub(1, 2, 0, 10, 10),
+        sub(0, 2, 0, 250, 250),
+        // Connection 3: DSL quiet only 100 ms (between two bursts), or still sending.
+        sub(1, 3, 0, 10, 10),
+        sub(0, 3, 0, 100, 100),
+        sub(2, 3, 3, 900, 900),
+    ];
+    assert_eq!(waiting_for(&samples[..2], 3), vec![0, 1, 0]);
+    assert_eq!(waiting_for(&samples[2..4], 3), vec![0, 1, 0]);
+    assert_eq!(waiting_for(&samples[4..], 3), vec![0, 0, 0], "short quiet; something in flight");
+    // Both connections at once; and nothing waits for an idle connection.
+    assert_eq!(waiting_for(&samples, 3), vec![0, 1, 0]);
+    assert_eq!(waiting_for(&[sub(1, 4, 0, 900, 900), sub(0, 4, 0, 900, 900)], 2), vec![0, 0]);
+    // A subflow with a long round trip waits only after four of them.
+    let mut slow = sub(0, 1, 0, 5000, 300);
+    slow.tcp.rtt_us = 100_000;
+    assert_eq!(waiting_for(&[sub(1, 1, 40, 5000, 30), slow], 2), vec![0, 0]);
+}
+
+#[test]
 fn subflows_hcpe_closed_while_they_carried_are_not_silence() {
     use Evidence::{Dead, Receiving, Silent};
     let judged = vec![Silent, Silent, Dead];
