@@ -124,7 +124,7 @@ fn tfo() -> bool {
 }
 
 fn mptcp_opts() -> ConnectOptions {
-    ConnectOptions { bind: None, bind_device: None, mptcp: true, fastopen: tfo(), timeout: Duration::from_secs(5) }
+    ConnectOptions { fastopen: tfo(), timeout: Duration::from_secs(5), ..ConnectOptions::default() }
 }
 
 async fn via_hag(hag: SocketAddr, dst: SocketAddr, mptcp: bool) -> TcpStream {

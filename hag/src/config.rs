@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::config::{self as cfg, ConfigError};
+use common::mptcp::CongestionControl;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
@@ -48,6 +49,10 @@ pub struct FileConfig {
     /// Connection limits and timers.
     #[serde(default)]
     pub limits: Limits,
+    /// The congestion control of the MPTCP connections from CPEs (every subflow; downloads): `cubic` where not
+    /// set (where it can be used), `system` for the namespace's default ([`common::mptcp::CongestionControl`]).
+    #[serde(default)]
+    pub congestion_control: Option<CongestionControl>,
     /// Admin REST API; absent = no admin API.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
@@ -245,6 +250,9 @@ pub struct Config {
     pub destinations: DestinationsFile,
     /// Limits and timers.
     pub limits: Limits,
+    /// What the MPTCP connections from CPEs run, as configured (resolved at start:
+    /// [`CongestionControl::resolve`]).
+    pub congestion_control: Option<CongestionControl>,
     /// Admin REST API (token file already read), if configured.
     pub admin: Option<Admin>,
     /// tracing filter directive, checked to parse.
@@ -324,6 +332,7 @@ impl Config {
             trusted_sources: file.trusted_sources,
             destinations: file.destinations,
             limits: file.limits,
+            congestion_control: file.congestion_control,
             admin,
             log_level: file.log_level,
         })

@@ -168,6 +168,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     cmp("clients", keys_differ);
     cmp("trusted_sources", old.trusted_sources != new.trusted_sources);
     cmp("destinations", d(&old.destinations) != d(&new.destinations));
+    cmp("congestion_control", old.congestion_control != new.congestion_control);
     let (a, b) = (&old.limits, &new.limits);
     for (field, differs) in [
         ("max_connections", a.max_connections != b.max_connections),

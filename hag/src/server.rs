@@ -59,6 +59,9 @@ pub enum StartError {
     /// The host's interface addresses (for the destination policy) could not be read.
     #[error("cannot read the host's interface addresses: {0}")]
     LocalAddresses(#[source] io::Error),
+    /// `congestion_control` names an algorithm this kernel does not have, or this process may not use.
+    #[error("congestion_control: {0}")]
+    CongestionControl(#[source] io::Error),
 }
 
 /// State every connection task shares.
@@ -101,11 +104,18 @@ impl Hag {
                  message in the SYN lose 0-RTT (and on Linux 6.18 their MPTCP connections fall back to TCP)"
             );
         }
+        let cc = mptcp::CongestionControl::resolve(config.congestion_control.as_ref(), "congestion_control")
+            .map_err(StartError::CongestionControl)?;
+        let opts = mptcp::ListenOptions {
+            backlog: config.limits.backlog,
+            tfo_queue: tfo,
+            congestion_control: cc.name().map(str::to_owned),
+            ..Default::default()
+        };
         let mut listeners = Vec::new();
         for &addr in &config.listen {
-            let l = mptcp::listen(addr, config.limits.backlog, tfo)
-                .map_err(|source| StartError::Listen { addr, source })?;
-            info!(%addr, local = ?l.local_addr().ok(), tfo_queue = ?tfo, "listening (MPTCP)");
+            let l = mptcp::listen_with(addr, &opts).map_err(|source| StartError::Listen { addr, source })?;
+            info!(%addr, local = ?l.local_addr().ok(), tfo_queue = ?tfo, congestion_control = %cc, "listening (MPTCP)");
             listeners.push(l);
         }
         let mut own = local_addresses().map_err(StartError::LocalAddresses)?;

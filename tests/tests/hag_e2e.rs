@@ -295,6 +295,7 @@ fn mptcp_opts(bind: Option<&str>) -> ConnectOptions {
         mptcp: true,
         fastopen: true,
         timeout: Duration::from_secs(5),
+        congestion_control: None,
     }
 }
 

@@ -70,10 +70,9 @@ async fn open(i: usize, hag: SocketAddr, dst: SocketAddr, key: &[u8]) -> std::io
         common::convert::auth::signed_request(key, dst, daemons::CPE_ID, now, nonce).map_err(std::io::Error::other)?;
     let opts = ConnectOptions {
         bind: Some(SocketAddr::new(addr::CPE_DSL.v4.into(), 0)),
-        bind_device: None,
-        mptcp: true,
         fastopen: false,
         timeout: Duration::from_secs(10),
+        ..Default::default()
     };
     let (mut s, sent) = connect_with_data(hag, &req, &opts).await?;
     s.write_all(&req[sent..]).await?;

@@ -8,8 +8,8 @@
 //!   least 0.9 x the two links' sum, and LTE leaves again once the download is over. Here DSL is a line 8 ms
 //!   from the gateway (50 Mbit/s 4 ms).
 //!
-//! hag's kernel sends with BBR, a common choice on servers, whatever this machine's default: BBR fills a path
-//! with a queue of about one idle round trip, far less than the full modem buffer a loss-based sender leaves.
+//! hag's namespace defaults to BBR, a common choice on servers, whatever this machine's default; the daemons'
+//! MPTCP connections run CUBIC, as the example configs have it, and fill a path's queue.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -36,6 +36,7 @@
 //! - Per-subflow backup flags are not part of `MPTCP_FULL_INFO`; [`SubflowInfo::backup`] is `None` and the
 //!   path manager's netlink events are the source for it.
 
+mod congestion;
 mod socket;
 pub mod subflow_diag;
 pub mod sys;
@@ -49,9 +50,10 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
+pub use congestion::{CongestionControl, restart_congestion_control, set_congestion_control};
 pub use socket::{
     ConnectOptions, ListenOptions, await_tfo_handshake, connect_with_data, hold_send_buffer, listen, listen_with,
-    push_pending, raise_receive_window, restart_congestion_control, syn_data_acked,
+    push_pending, raise_receive_window, syn_data_acked,
 };
 pub use tfo::{
     TFO_CLIENT_ENABLE, TFO_CLIENT_NO_COOKIE, TFO_SERVER_COOKIE_NOT_REQUIRED, TFO_SERVER_ENABLE, TfoRole,

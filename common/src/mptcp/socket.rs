@@ -12,6 +12,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::congestion::set_congestion_control;
 use super::{IPPROTO_MPTCP, sys};
 
 /// How to open a listener.
@@ -24,11 +25,13 @@ pub struct ListenOptions {
     pub mptcp: bool,
     /// `SO_BINDTODEVICE`.
     pub bind_device: Option<String>,
+    /// `TCP_CONGESTION` of the listener, which the connections it accepts take; `None`: the namespace's default.
+    pub congestion_control: Option<String>,
 }
 
 impl Default for ListenOptions {
     fn default() -> Self {
-        ListenOptions { backlog: 1024, tfo_queue: Some(1024), mptcp: true, bind_device: None }
+        ListenOptions { backlog: 1024, tfo_queue: Some(1024), mptcp: true, bind_device: None, congestion_control: None }
     }
 }
 
@@ -59,6 +62,9 @@ pub fn listen_with(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpList
     if let Some(dev) = &opts.bind_device {
         sock.bind_device(Some(dev.as_bytes()))?;
     }
+    if let Some(cc) = &opts.congestion_control {
+        set_congestion_control(&sock, cc)?;
+    }
     sock.bind(&addr.into())?;
     if let Some(q) = opts.tfo_queue {
         let q = libc::c_int::try_from(q).unwrap_or(libc::c_int::MAX);
@@ -83,11 +89,20 @@ pub struct ConnectOptions {
     pub fastopen: bool,
     /// Bound on the whole handshake.
     pub timeout: Duration,
+    /// `TCP_CONGESTION` (on an MPTCP socket: of every subflow); `None`: the namespace's default.
+    pub congestion_control: Option<String>,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions { bind: None, bind_device: None, mptcp: true, fastopen: true, timeout: Duration::from_secs(10) }
+        ConnectOptions {
+            bind: None,
+            bind_device: None,
+            mptcp: true,
+            fastopen: true,
+            timeout: Duration::from_secs(10),
+            congestion_control: None,
+        }
     }
 }
 
@@ -113,6 +128,9 @@ pub async fn connect_with_data(
     }
     if let Some(bind) = opts.bind {
         sock.bind(&bind.into())?;
+    }
+    if let Some(cc) = &opts.congestion_control {
+        set_congestion_control(&sock, cc)?;
     }
     let dst_addr = socket2::SockAddr::from(dst);
     let mut sent = 0;
@@ -253,34 +271,6 @@ pub fn raise_receive_window(fd: &impl AsFd, window: u32) -> io::Result<()> {
     let window = libc::c_int::try_from(window).unwrap_or(libc::c_int::MAX);
     sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, window)?;
     sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, 1)
-}
-
-/// Starts a connection's congestion control afresh, as on a new connection: for one that waited idle before
-/// its first transfer (a ready connection of a CPE's pool). Returns whether it did.
-///
-/// Why (Linux 6.18, BBR, `bbr_update_min_rtt` in `net/ipv4/tcp_bbr.c`): BBR's minimum round trip expires
-/// 10 s after it was last lowered, and BBR then keeps 4 packets in flight for 200 ms and a round trip
-/// (ProbeRTT). Nothing refreshes it on an idle connection, so one that waited `w` seconds enters ProbeRTT
-/// `10 - w` seconds into its first transfer, where a new connection would first do so 10 s in. Measured on
-/// the testbed after a 3 s wait: DSL (50 Mbit/s) all but stopped for 0.25 s 6.6 s into every 8.5 s
-/// transfer, 3 % of it.
-///
-/// Mechanism: `TCP_CONGESTION` re-initializes the algorithm only when the name changes
-/// (`tcp_set_congestion_control`), so the socket goes to `reno` and back; on an MPTCP socket each setting
-/// reaches every subflow (`mptcp_setsockopt_sol_tcp_congestion`). Nothing is changed where the algorithm is
-/// reno already, or is not in `net.ipv4.tcp_allowed_congestion_control` (the namespace's default always
-/// is): a process without `CAP_NET_ADMIN` could not set it back.
-pub fn restart_congestion_control(fd: &impl AsFd) -> io::Result<bool> {
-    let sock = socket2::SockRef::from(fd);
-    let raw = sock.tcp_congestion()?;
-    let name = raw.split(|b| *b == 0).next().unwrap_or_default();
-    let allowed = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")?;
-    if name.is_empty() || name == b"reno" || !allowed.split_whitespace().any(|a| a.as_bytes() == name) {
-        return Ok(false);
-    }
-    sock.set_tcp_congestion(b"reno")?;
-    sock.set_tcp_congestion(name)?;
-    Ok(true)
 }
 
 /// Gives an MPTCP connection that sends a send buffer of `size` bytes that does not shrink or wait for

@@ -343,3 +343,46 @@ fn restart_congestion_control_starts_bbr_over() {
         assert_eq!(socket2::SockRef::from(&client).tcp_congestion().unwrap(), name);
     });
 }
+
+#[test]
+fn both_ends_of_an_mptcp_connection_run_the_congestion_control_they_are_given() {
+    in_netns(0, || async {
+        let cc = |s: &TcpStream| {
+            let name = socket2::SockRef::from(s).tcp_congestion().unwrap();
+            String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap()).into_owned()
+        };
+        let reno = Some("reno".to_owned());
+        let opts = ListenOptions { tfo_queue: None, congestion_control: reno.clone(), ..ListenOptions::default() };
+        let listener = listen_with("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let (client, _, server) = pair(&listener, b"", &ConnectOptions { congestion_control: reno, ..plain() }).await;
+        assert!(info(&client).unwrap().is_some(), "an MPTCP connection");
+        // The accepted connection takes the listener's.
+        assert_eq!((cc(&client), cc(&server)), ("reno".to_owned(), "reno".to_owned()));
+        // A name the kernel does not have is an error at start, with what it has.
+        let missing = CongestionControl::Named("nosuchcc".into()).check().unwrap_err().to_string();
+        assert!(missing.contains("nosuchcc") && missing.contains("reno"), "{missing}");
+        CongestionControl::System.check().unwrap();
+        CongestionControl::Named("reno".into()).check().unwrap();
+        // Configured: it must work. Not configured: CUBIC where this process may use it (root may), else the
+        // system's.
+        assert!(CongestionControl::resolve(Some(&CongestionControl::Named("nosuchcc".into())), "k").is_err());
+        let reno = CongestionControl::Named("reno".into());
+        assert_eq!(CongestionControl::resolve(Some(&reno), "k").unwrap(), reno);
+        let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control").unwrap();
+        let expected = match available.split_whitespace().any(|a| a == "cubic") {
+            true => CongestionControl::default(),
+            false => CongestionControl::System,
+        };
+        assert_eq!(CongestionControl::resolve(None, "k").unwrap(), expected);
+    });
+}
+
+#[test]
+fn congestion_control_names_parse() {
+    assert_eq!("system".parse(), Ok(CongestionControl::System));
+    assert_eq!("cubic".parse(), Ok(CongestionControl::Named("cubic".into())));
+    assert_eq!(CongestionControl::default().name(), Some("cubic"));
+    for bad in ["", "Cubic", "bbr ", "a_name_far_too_long", "../x"] {
+        assert!(bad.parse::<CongestionControl>().is_err(), "{bad:?}");
+    }
+}

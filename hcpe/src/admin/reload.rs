@@ -172,6 +172,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     cmp("hag.key_file", hex(&old.key.0), hex(&new.key.0));
     cmp("hag.fastopen", d(&old.fastopen), d(&new.fastopen));
     cmp("hag.pool", d(&old.pool), d(&new.pool));
+    cmp("hag.congestion_control", d(&old.congestion_control), d(&new.congestion_control));
     let same_names =
         old.uplinks.len() == new.uplinks.len() && old.uplinks.iter().zip(&new.uplinks).all(|(a, b)| a.name == b.name);
     if same_names {

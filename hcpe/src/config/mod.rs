@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::config::{self as cfg, ConfigError};
+use common::mptcp::CongestionControl;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
@@ -134,11 +135,15 @@ pub struct HagFile {
     /// Send the Convert request (and the client's first bytes) in the SYN with TCP Fast Open (0-RTT). Off by
     /// default while the kernel has the bug `tests/tests/mptcp_tfo_join.rs` reproduces (Linux 6.18; see
     /// `common::mptcp` and docs/troubleshooting.md): downloads on about half of such connections crawl.
-    #[serde(default = "default_fastopen")]
+    #[serde(default)]
     pub fastopen: bool,
     /// Ready connections to hag, held open ahead of demand (`docs/zero-rtt.md`).
     #[serde(default)]
     pub pool: PoolFile,
+    /// The congestion control of the MPTCP connections to hag (every subflow; uploads): `cubic` where not set
+    /// (where it can be used), `system` for the namespace's default ([`common::mptcp::CongestionControl`]).
+    #[serde(default)]
+    pub congestion_control: Option<CongestionControl>,
 }
 
 /// The `hag.pool` section: MPTCP connections to hag opened, authenticated (Hold TLV) and joined over every
@@ -146,24 +151,22 @@ pub struct HagFile {
 /// starts on all uplinks. The pool keeps `min` ready when idle, grows by one for each LAN connection that
 /// found it empty (up to `max`), and shrinks by one every 10 s without such a miss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct PoolFile {
     /// Ready connections kept when idle.
-    #[serde(default = "default_pool_min")]
     pub min: usize,
     /// Most ready connections after a burst; 0 turns the pool off. Keep it at or below hag's
     /// `limits.max_held_per_cpe` (64 by default).
-    #[serde(default = "default_pool_max")]
     pub max: usize,
     /// A ready connection older than this is closed and replaced (keep it below hag's `limits.hold_timeout`,
     /// 90 s by default).
-    #[serde(with = "cfg::duration", default = "default_pool_max_age")]
+    #[serde(with = "cfg::duration")]
     pub max_age: Duration,
 }
 
 impl Default for PoolFile {
     fn default() -> Self {
-        PoolFile { min: default_pool_min(), max: default_pool_max(), max_age: default_pool_max_age() }
+        PoolFile { min: 4, max: 32, max_age: Duration::from_secs(60) }
     }
 }
 
@@ -172,16 +175,6 @@ impl PoolFile {
     pub fn enabled(&self) -> bool {
         self.max > 0
     }
-}
-
-fn default_pool_min() -> usize {
-    4
-}
-fn default_pool_max() -> usize {
-    32
-}
-fn default_pool_max_age() -> Duration {
-    Duration::from_secs(60)
 }
 
 /// One uplink.
@@ -383,6 +376,9 @@ pub struct Config {
     pub key: Key,
     pub fastopen: bool,
     pub pool: PoolFile,
+    /// As configured; the daemon resolves it at start ([`CongestionControl::resolve`]). `None` in use: the
+    /// namespace's default.
+    pub congestion_control: Option<CongestionControl>,
     pub uplinks: Vec<Uplink>,
     pub bypass: Vec<IpNet>,
     pub fallback: Fallback,
@@ -562,6 +558,7 @@ impl Config {
             cpe_id: f.hag.cpe_id,
             key,
             fastopen: f.hag.fastopen,
+            congestion_control: f.hag.congestion_control,
             pool: f.hag.pool,
             uplinks,
             bypass: f.bypass,
@@ -589,10 +586,6 @@ fn check_ifname(field: &str, name: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(field, format!("`{name}` is not a valid interface name (1..=15 bytes)")));
     }
     Ok(())
-}
-
-fn default_fastopen() -> bool {
-    false
 }
 
 #[cfg(test)]

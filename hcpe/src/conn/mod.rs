@@ -348,8 +348,13 @@ async fn run(mut client: TcpStream, flow: Flow, shared: &Shared, conn: &Connecti
 /// `fallback: direct`: plain TCP to the destination from the primary uplink, replaying the first bytes.
 async fn direct(flow: Flow, first: &[u8], cfg: &Config) -> io::Result<TcpStream> {
     let bind = cfg.uplinks.iter().find_map(|u| u.source_for(flow.dest.ip())).map(|ip| SocketAddr::new(ip, 0));
-    let opts =
-        ConnectOptions { bind, bind_device: None, mptcp: false, fastopen: false, timeout: cfg.limits.connect_timeout };
+    let opts = ConnectOptions {
+        bind,
+        mptcp: false,
+        fastopen: false,
+        timeout: cfg.limits.connect_timeout,
+        ..Default::default()
+    };
     let (mut stream, _) = connect_with_data(flow.dest, &[], &opts).await?;
     let _ = stream.set_nodelay(true);
     stream.write_all(first).await?;

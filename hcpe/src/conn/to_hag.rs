@@ -249,6 +249,7 @@ async fn fresh_once(
         mptcp: true,
         fastopen,
         timeout: cfg.limits.connect_timeout,
+        congestion_control: cfg.congestion_control.as_ref().and_then(|c| c.name()).map(str::to_owned),
     };
     let first_opts = opts(&attempts[0], cfg.fastopen);
     // The second attempt sends the request after its handshake, never in its SYN: should both SYNs reach hag,
