@@ -10,15 +10,16 @@
 //! cause. At the end, a table of every round's ratios.
 //!
 //! `cargo build --release --workspace --bins && cargo test --release -p tests --test multipath_bench -- --ignored --nocapture --test-threads 1`
-//! (`MULTIPATH_BENCH_ROUNDS=n` repeats each scenario, default 1; `MULTIPATH_BENCH_ONLY=text` runs the scenarios
-//! whose name contains it; `MULTIPATH_BENCH_DIRECTIONS=down` or `up` runs one direction;
+//! (`MULTIPATH_BENCH_ROUNDS=n` repeats each scenario, default 1; `MULTIPATH_BENCH_ONLY=text,...` runs the
+//! scenarios whose name contains one of them; `MULTIPATH_BENCH_DIRECTIONS=down` or `up` runs one direction;
 //! `MULTIPATH_BENCH_LTE_MODE=active|adaptive|backup|overflow` sets LTE's mode in hcpe's config;
 //! `MULTIPATH_BENCH_HAG_BUF_MAX=bytes` and `MULTIPATH_BENCH_CPE_BUF_MAX=bytes` set the largest TCP send and
 //! receive buffers, `net.ipv4.tcp_wmem`'s and `tcp_rmem`'s third values, in hag's and in the CPE's namespace;
 //! `MULTIPATH_BENCH_POOL_MAX=n` limits hcpe's ready-connection pool, 0 turns it off, and
 //! `MULTIPATH_BENCH_POOL_MAX_AGE=duration` sets how long a ready connection waits before it is replaced;
 //! `MULTIPATH_BENCH_CC=name` sets the namespaces' congestion control, one of the machine's
-//! `net.ipv4.tcp_allowed_congestion_control`; `MULTIPATH_BENCH_SYSCTL=key=value,...` sets more sysctls in the
+//! `net.ipv4.tcp_allowed_congestion_control`; `MULTIPATH_BENCH_DAEMON_CC=name` only the daemons' MPTCP
+//! connections' (their `congestion_control`, any the kernel has); `MULTIPATH_BENCH_SYSCTL=key=value,...` sets more sysctls in the
 //! CPE's and hag's namespaces; `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in;
 //! `MULTIPATH_BENCH_TIMELINE=1` prints what the LAN client moved and each link delivered per 100 ms).
 
@@ -157,11 +158,12 @@ fn subflows(tb: &Testbed) -> String {
     lines.join("\n      ")
 }
 
-/// MPTCP and TCP counters of hag's namespace that changed since the last call (`nstat` keeps the history).
+/// MPTCP and TCP counters of hag's namespace that changed since the last call (`nstat` keeps the history):
+/// reordering, retransmissions, and CUBIC's slow-start exits (HyStart).
 fn counters(tb: &Testbed) -> String {
     let out = tb.hag.exec_ok("nstat", &["-z"]).unwrap_or_default();
     out.lines()
-        .filter(|l| l.starts_with("MPTcpExt") || l.starts_with("TcpExtTCPOFO") || l.starts_with("TcpRetransSegs"))
+        .filter(|l| ["MPTcpExt", "TcpExtTCPOFO", "TcpRetransSegs", "TcpExtTCPHystart"].iter().any(|p| l.starts_with(p)))
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             let (name, value) = (w.next()?, w.next()?);
@@ -209,9 +211,19 @@ fn hcpe_yaml() -> String {
         Err(_) => yaml,
     };
     // `MULTIPATH_BENCH_TRACE=1`: every input of the path controller in hcpe's log, printed after each transfer.
-    match std::env::var("MULTIPATH_BENCH_TRACE").is_ok() {
+    let yaml = match std::env::var("MULTIPATH_BENCH_TRACE").is_ok() {
         true => yaml.replace("log_level: info", "log_level: info,hcpe::uplink::driver::paths=trace"),
         false => yaml,
+    };
+    with_daemon_cc(yaml)
+}
+
+/// `MULTIPATH_BENCH_DAEMON_CC=name`: the congestion control of the daemons' MPTCP connections
+/// (`congestion_control` in both configs; the baselines keep the namespaces' default).
+fn with_daemon_cc(yaml: String) -> String {
+    match std::env::var("MULTIPATH_BENCH_DAEMON_CC") {
+        Ok(cc) => yaml.replace("congestion_control: cubic", &format!("congestion_control: {cc}")),
+        Err(_) => yaml,
     }
 }
 
@@ -273,7 +285,7 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
         baselines.push((*d, dsl, lte, kernel));
     }
 
-    let hag_yaml = daemons::example_hag_yaml().unwrap();
+    let hag_yaml = with_daemon_cc(daemons::example_hag_yaml().unwrap());
     let mut out = Vec::new();
     for (d, dsl, lte, kernel) in baselines {
         // Each direction on freshly started daemons: what the path controller decided in the other direction's
@@ -383,7 +395,7 @@ fn transfers_against_each_link_alone() {
     };
     println!("LTE mode: {}", lte_mode().unwrap_or_else(|| "as in deploy/examples/hcpe.yaml".into()));
     let mut all: Vec<Outcome> = Vec::new();
-    for s in scenarios().into_iter().filter(|s| s.name.contains(&only)) {
+    for s in scenarios().into_iter().filter(|s| only.split(',').any(|o| s.name.contains(o))) {
         for round in 0..rounds {
             all.extend(run(&s, round, &dirs));
         }
