@@ -60,7 +60,7 @@ pub enum StartError {
     #[error("cannot read the host's interface addresses: {0}")]
     LocalAddresses(#[source] io::Error),
     /// `congestion_control` names an algorithm this kernel does not have, or this process may not use.
-    #[error("congestion_control: {0}")]
+    #[error("congestion_control")]
     CongestionControl(#[source] io::Error),
 }
 

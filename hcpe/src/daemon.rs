@@ -148,11 +148,8 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
     {
         warn!("TCP Fast Open: {missing}; the Convert request will cost an extra round trip");
     }
-    let mut cfg = cfg;
-    cfg.congestion_control = Some(
-        common::mptcp::CongestionControl::resolve(cfg.congestion_control.as_ref(), "hag.congestion_control")
-            .context("hag.congestion_control")?,
-    );
+    let cc = common::mptcp::CongestionControl::resolve(cfg.congestion_control.as_ref(), "hag.congestion_control")
+        .context("hag.congestion_control")?;
     let nl = Netlink::new().context("rtnetlink")?;
     let flushed = nl.flush_marked(RT_PROTO_HCPE).await.context("removing leftovers")?;
     if flushed.rules + flushed.routes > 0 {
@@ -162,7 +159,6 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
     let quic = crate::quic::QuicBlocker::start(cfg.block_quic, &cfg.lan_interfaces);
     let result = async {
         let (rules, routes) = install_routing(&cfg, &nl, interceptor.ifindex).await?;
-        let cc = cfg.congestion_control.clone().unwrap_or(common::mptcp::CongestionControl::System);
         info!(rules, routes, tun = %cfg.tun.name, congestion_control = %cc, "hcpe ready");
         let uplinks = match UplinkManager::start(&cfg.uplink_settings()).await {
             Ok(m) => Some(m),
@@ -181,6 +177,7 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = (
             connections: Arc::default(),
             pool: Arc::new(conn::pool::Pool::new(cfg.pool)),
             nat: Some(interceptor.nat()),
+            congestion_control: cc.name().map(str::to_owned),
         });
         let admin_stop = tokio_util::sync::CancellationToken::new();
         let reload = admin::Reloader::new(opts.config_path, cfg.clone(), opts.log_level);

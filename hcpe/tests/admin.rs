@@ -82,7 +82,15 @@ async fn fixture() -> Fixture {
     counters.bytes_up.store(11, Relaxed);
     counters.bytes_down.store(22, Relaxed);
     let pool = Arc::new(hcpe::conn::pool::Pool::new(config.pool));
-    let shared = Arc::new(Shared { config: config.clone(), counters, sources: None, connections, pool, nat: None });
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        counters,
+        sources: None,
+        connections,
+        pool,
+        nat: None,
+        congestion_control: None,
+    });
 
     let log_levels = Arc::new(Mutex::new(Vec::new()));
     let seen = log_levels.clone();

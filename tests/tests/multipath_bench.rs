@@ -222,7 +222,7 @@ fn hcpe_yaml() -> String {
 /// (`congestion_control` in both configs; the baselines keep the namespaces' default).
 fn with_daemon_cc(yaml: String) -> String {
     match std::env::var("MULTIPATH_BENCH_DAEMON_CC") {
-        Ok(cc) => yaml.replace("congestion_control: cubic", &format!("congestion_control: {cc}")),
+        Ok(cc) => yaml.replace("#congestion_control: cubic", &format!("congestion_control: {cc}")),
         Err(_) => yaml,
     }
 }

@@ -9,7 +9,7 @@
 //!   from the gateway (50 Mbit/s 4 ms).
 //!
 //! hag's namespace defaults to BBR, a common choice on servers, whatever this machine's default; the daemons'
-//! MPTCP connections run CUBIC, as the example configs have it, and fill a path's queue.
+//! MPTCP connections run CUBIC, their default, and fill a path's queue.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

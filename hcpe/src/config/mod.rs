@@ -376,8 +376,7 @@ pub struct Config {
     pub key: Key,
     pub fastopen: bool,
     pub pool: PoolFile,
-    /// As configured; the daemon resolves it at start ([`CongestionControl::resolve`]). `None` in use: the
-    /// namespace's default.
+    /// As configured; the daemon resolves it at start ([`CongestionControl::resolve`]).
     pub congestion_control: Option<CongestionControl>,
     pub uplinks: Vec<Uplink>,
     pub bypass: Vec<IpNet>,

@@ -203,6 +203,9 @@ pub struct Shared {
     pub pool: Arc<pool::Pool>,
     /// The interception's NAT, for its flow table in `/metrics` (`None` where no TUN device runs).
     pub nat: Option<Arc<std::sync::Mutex<crate::nat::Nat>>>,
+    /// What the MPTCP connections to hag run: `hag.congestion_control` as resolved at start
+    /// ([`common::mptcp::CongestionControl::resolve`]); `None`: the namespace's default.
+    pub congestion_control: Option<String>,
 }
 
 /// The hag address to use and the attempts to reach it: the healthiest uplink by role (uplink manager) and its

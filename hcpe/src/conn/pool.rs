@@ -441,7 +441,7 @@ async fn open_once(shared: &Shared, nonce: [u8; 16]) -> Result<Ready, OpenError>
         mptcp: true,
         fastopen: false,
         timeout: cfg.limits.connect_timeout,
-        congestion_control: cfg.congestion_control.as_ref().and_then(|c| c.name()).map(str::to_owned),
+        congestion_control: shared.congestion_control.clone(),
     };
     let (mut stream, _) = connect_with_data(hag, &[], &opts).await.map_err(io_err)?;
     let mptcp = common::mptcp::info(&stream).ok().flatten().is_some();

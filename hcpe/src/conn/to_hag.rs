@@ -249,7 +249,7 @@ async fn fresh_once(
         mptcp: true,
         fastopen,
         timeout: cfg.limits.connect_timeout,
-        congestion_control: cfg.congestion_control.as_ref().and_then(|c| c.name()).map(str::to_owned),
+        congestion_control: shared.congestion_control.clone(),
     };
     let first_opts = opts(&attempts[0], cfg.fastopen);
     // The second attempt sends the request after its handshake, never in its SYN: should both SYNs reach hag,
