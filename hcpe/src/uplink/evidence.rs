@@ -124,6 +124,11 @@ pub const SENDING_MIN_UNACKED: u32 = 8;
 /// ... and one acknowledged within this is alive right now: its round trip is the path's under our load.
 pub const SENDING_FRESH_ACK: Duration = Duration::from_millis(200);
 
+/// The subflow carries a transfer we send and was acknowledged just now.
+fn sends(t: &SubflowTcp) -> bool {
+    t.unacked >= SENDING_MIN_UNACKED && ms(t.last_ack_recv_ms) <= SENDING_FRESH_ACK
+}
+
 /// Per uplink, the largest smoothed round trip of its subflows that carry a transfer we send
 /// ([`SENDING_MIN_UNACKED`]) and were acknowledged within [`SENDING_FRESH_ACK`]; `None` where none does.
 ///
@@ -136,7 +141,7 @@ pub fn sending_rtts(samples: &[Sample], uplinks: usize) -> Vec<Option<Duration>>
             samples
                 .iter()
                 .filter(|s| s.uplink == i && s.tcp.state == SubflowTcp::ESTABLISHED)
-                .filter(|s| s.tcp.unacked >= SENDING_MIN_UNACKED && ms(s.tcp.last_ack_recv_ms) <= SENDING_FRESH_ACK)
+                .filter(|s| sends(&s.tcp))
                 .map(|s| Duration::from_micros(u64::from(s.tcp.rtt_us)))
                 .max()
         })
@@ -158,10 +163,7 @@ pub const WAITING_QUIET: Duration = Duration::from_millis(200);
 /// (head-of-line blocking). At most 32 uplinks are told apart; MPTCP itself uses at most 8 subflows.
 pub fn waiting_for(samples: &[Sample], uplinks: usize) -> Vec<u32> {
     let fresh = |d: u32| ms(d) <= SENDING_FRESH_ACK;
-    let carries = |t: &SubflowTcp| {
-        t.state == SubflowTcp::ESTABLISHED
-            && ((t.unacked >= SENDING_MIN_UNACKED && fresh(t.last_ack_recv_ms)) || fresh(t.last_data_recv_ms))
-    };
+    let carries = |t: &SubflowTcp| t.state == SubflowTcp::ESTABLISHED && (sends(t) || fresh(t.last_data_recv_ms));
     let waits = |t: &SubflowTcp| {
         t.state == SubflowTcp::ESTABLISHED
             && t.unacked == 0
