@@ -320,28 +320,6 @@ pub fn fd_limit(connections: u64, fds_per_connection: u64, what: &str) -> Findin
     }
 }
 
-/// The process can hold its MPTCP connections' send buffers at `size` bytes
-/// ([`crate::mptcp::hold_send_buffer`]): with `CAP_NET_ADMIN`, or where `net.core.wmem_max` allows it. Without
-/// either, transfers that send over a slow path next to a fast one stall whenever the connection's
-/// autotuned buffer fills with what the fast path delivered past the slow path's bytes.
-pub fn send_buffer(can: Result<crate::mptcp::SendBufferHold, String>, size: u32) -> Finding {
-    use crate::mptcp::SendBufferHold;
-    let name = "send buffer";
-    match can {
-        Ok(SendBufferHold::Forced) => Finding::ok(name, format!("{size} bytes per connection (CAP_NET_ADMIN)")),
-        Ok(SendBufferHold::WithinWmemMax) => {
-            Finding::ok(name, format!("{size} bytes per connection (within net.core.wmem_max)"))
-        }
-        Err(why) => Finding::warn(
-            name,
-            format!(
-                "cannot hold {size} bytes per connection ({why}): sending over a slow path next to a fast one stalls"
-            ),
-            format!("sysctl -w net.core.wmem_max={size} (host-wide; the package's 60-*.conf sets it)"),
-        ),
-    }
-}
-
 /// `/dev/net/tun` opens read-write (hcpe's interception device).
 pub fn tun_device() -> Finding {
     let path = "/dev/net/tun";

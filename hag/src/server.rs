@@ -304,13 +304,6 @@ async fn serve(
         Ok(server) => server,
         Err(refusal) => return reject(&shared, client, peer, refusal).await,
     };
-    // What it sends on a fast path past bytes still travelling on a slow one waits in its send buffer for the
-    // connection-level acknowledgement ([`mptcp::hold_send_buffer`]); the system check says when it cannot.
-    if matches!(conn.token.get(), Some(Some(_)))
-        && let Err(e) = mptcp::hold_send_buffer(&client, mptcp::SEND_BUFFER, mptcp::SEND_UNSENT)
-    {
-        debug!(error = %e, "could not set the connection's send buffer");
-    }
     let limits = shared.settings.get().config.limits.clone();
     // An Info TLV next to the Connect TLV is answered in the success reply.
     let mut reply = Message::success();

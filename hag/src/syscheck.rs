@@ -1,7 +1,7 @@
 //! What `hag --check-system` checks, and what hag checks at every start (refusing to start on a fail): MPTCP on,
 //! the in-kernel path manager and its subflow limit (joins from a CPE's second uplink), the Fast Open bits
-//! when `limits.tfo_queue` is on, the open-file limit against `limits.max_connections`, the connections' send
-//! buffer (downloads over a slow path next to a fast one), and the clock (the Auth TLV's timestamps). The checks themselves are `common::syscheck`.
+//! when `limits.tfo_queue` is on, the open-file limit against `limits.max_connections`, and the clock (the
+//! Auth TLV's timestamps). The checks themselves are `common::syscheck`.
 
 use common::mptcp::TfoRole;
 use common::syscheck::{self as check, Level, Report, Sysctl};
@@ -20,8 +20,6 @@ pub fn run(config: &Config) -> Report {
         findings.push(check::fastopen(&s, TfoRole::Server));
     }
     findings.push(check::fd_limit(config.limits.max_connections as u64, 2, "relays"));
-    let size = common::mptcp::SEND_BUFFER;
-    findings.push(check::send_buffer(common::mptcp::can_hold_send_buffer(size), size));
     findings.push(check::clock(&format!(
         "hag refuses Auth TLVs whose timestamp is more than limits.auth_skew ({:?}) off its clock",
         config.limits.auth_skew

@@ -52,8 +52,8 @@ use std::time::Duration;
 
 pub use congestion::{CongestionControl, restart_congestion_control, set_congestion_control};
 pub use socket::{
-    ConnectOptions, ListenOptions, SendBufferHold, await_tfo_handshake, can_hold_send_buffer, connect_with_data,
-    hold_send_buffer, listen, listen_with, push_pending, raise_receive_window, syn_data_acked,
+    ConnectOptions, ListenOptions, await_tfo_handshake, connect_with_data, hold_send_buffer, listen, listen_with,
+    push_pending, raise_receive_window, syn_data_acked,
 };
 pub use tfo::{
     TFO_CLIENT_ENABLE, TFO_CLIENT_NO_COOKIE, TFO_SERVER_COOKIE_NOT_REQUIRED, TFO_SERVER_ENABLE, TfoRole,
@@ -68,8 +68,8 @@ pub const IPPROTO_MPTCP: libc::c_int = libc::IPPROTO_MPTCP;
 /// 300 Mbit/s at 100 ms. Autotuning grows it further when it sees the need.
 pub const RECEIVE_WINDOW: u32 = 4 << 20;
 
-/// The send buffer hcpe's and hag's MPTCP connections hold ([`hold_send_buffer`]; the kernel doubles it for
-/// its bookkeeping): room for what a fast path delivers while a slow path's bytes are still travelling.
+/// The send buffer hcpe's MPTCP connections hold ([`hold_send_buffer`]; the kernel doubles it for its
+/// bookkeeping): room for what a fast path delivers while a slow path's bytes are still travelling.
 pub const SEND_BUFFER: u32 = 4 << 20;
 
 /// The most an MPTCP connection with [`SEND_BUFFER`] holds that its subflows have not taken yet: the

@@ -274,7 +274,7 @@ pub fn raise_receive_window(fd: &impl AsFd, window: u32) -> io::Result<()> {
 }
 
 /// Gives an MPTCP connection that sends a send buffer of `size` bytes that does not shrink or wait for
-/// autotuning, and keeps what it holds that is not sent yet under `unsent` bytes. Returns how the size was set.
+/// autotuning, and keeps what it holds that is not sent yet under `unsent` bytes.
 ///
 /// Why (Linux 6.18, `__mptcp_sync_sndbuf` in `net/mptcp/protocol.h`): an MPTCP socket's send buffer is the
 /// sum of its subflows' autotuned ones, each sized from that subflow's own congestion window. Data the fast
@@ -282,58 +282,20 @@ pub fn raise_receive_window(fd: &impl AsFd, window: u32) -> io::Result<()> {
 /// until that byte arrives, and it stays in the send buffer meanwhile: DSL at 50 Mbit/s behind an LTE
 /// round trip of 400 ms holds 2.5 MB that no subflow's autotuning counts. Measured on the testbed (uploads,
 /// LTE 30 Mbit/s with 60 ms of jitter): the connection's buffer full (`ss -tmM`: `w` = `tb`), DSL stalling
-/// for 0.3-0.6 s at a time; with a 4 MiB buffer DSL ran without a stall. Downloads from hag the same (LTE
-/// 5 Mbit/s 150 ms carrying next to DSL): 0.90 x DSL alone with autotuning, 0.99-1.03 with the held buffer.
+/// for 0.3-0.6 s at a time; with a 4 MiB buffer DSL ran without a stall.
 ///
 /// Mechanism: `SO_SNDBUFFORCE` (needs `CAP_NET_ADMIN`, which hcpe has) locks the size, which MPTCP hands to
-/// the subflows. Without the capability, plain `SO_SNDBUF` does the same where `net.core.wmem_max` (a
-/// host-wide sysctl, 208 KiB on a stock Debian) allows `size`; where it does not, nothing is changed and an
-/// error returned: a capped size would lock a buffer smaller than autotuning's. `TCP_NOTSENT_LOWAT` on the
+/// the subflows. Without the capability nothing is changed and the error returned: plain `SO_SNDBUF` is
+/// capped by `net.core.wmem_max` (208 KiB on a stock Debian) and would lock a buffer smaller than
+/// autotuning's. `TCP_NOTSENT_LOWAT` on the
 /// MPTCP socket (`mptcp_stream_memory_free`) then bounds the data the application may queue before the
 /// subflows take it, so the larger buffer holds data in flight or waiting for a slow path, not a backlog.
-pub fn hold_send_buffer(fd: &impl AsFd, size: u32, unsent: u32) -> io::Result<SendBufferHold> {
+pub fn hold_send_buffer(fd: &impl AsFd, size: u32, unsent: u32) -> io::Result<()> {
     let fd = fd.as_fd();
-    let int = |v: u32| libc::c_int::try_from(v).unwrap_or(libc::c_int::MAX);
-    let hold = match sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, int(size)) {
-        Ok(()) => SendBufferHold::Forced,
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            let wmem_max = read_wmem_max()?;
-            if wmem_max < u64::from(size) {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("no CAP_NET_ADMIN and net.core.wmem_max = {wmem_max}, below {size}"),
-                ));
-            }
-            sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, int(size))?;
-            SendBufferHold::WithinWmemMax
-        }
-        Err(e) => return Err(e),
-    };
-    sys::setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, int(unsent))?;
-    Ok(hold)
-}
-
-/// How [`hold_send_buffer`] set a connection's send buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendBufferHold {
-    /// `SO_SNDBUFFORCE`: the process has `CAP_NET_ADMIN`.
-    Forced,
-    /// `SO_SNDBUF`: `net.core.wmem_max` allows the size.
-    WithinWmemMax,
-}
-
-/// Whether this process can hold send buffers of `size` bytes ([`hold_send_buffer`]), tried on a socket of
-/// its own: `Err` says why not, for a startup log or a system check.
-pub fn can_hold_send_buffer(size: u32) -> Result<SendBufferHold, String> {
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(|e| e.to_string())?;
-    hold_send_buffer(&sock, size, u32::MAX).map_err(|e| e.to_string())
-}
-
-/// `net.core.wmem_max`: the most `SO_SNDBUF` may set without `CAP_NET_ADMIN` (host-wide: a network namespace
-/// other than the first reads the host's and cannot change it).
-fn read_wmem_max() -> io::Result<u64> {
-    let text = std::fs::read_to_string("/proc/sys/net/core/wmem_max")?;
-    text.trim().parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("net.core.wmem_max: {e}")))
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    sys::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size)?;
+    let unsent = libc::c_int::try_from(unsent).unwrap_or(libc::c_int::MAX);
+    sys::setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, unsent)
 }
 
 /// Whether data in the SYN made it: on a client, the server acknowledged the SYN data; on an accepted
