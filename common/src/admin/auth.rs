@@ -10,7 +10,9 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use portable_atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::{ConnectInfo, Request, State};

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
+
+use portable_atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 type Map<T> = Arc<Mutex<BTreeMap<u64, Arc<T>>>>;

@@ -47,13 +47,13 @@ mod tests;
 pub mod volume;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use common::net::Netlink;
 use common::pm::{EndpointFlags, Limits, PathManager, PmError};
 use common::probe::{HealthConfig, HealthState, UplinkHealth};
+use portable_atomic::AtomicU64;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
