@@ -437,8 +437,8 @@ pub fn wait_up(hcpe: &ChildGuard, n: usize, timeout: Duration) -> anyhow::Result
     bail!("uplinks did not come up within {timeout:?}:\n{}", hcpe.log())
 }
 
-/// A download from the LAN client to `dst` on its own thread, with the bytes read so far: what the failover
-/// tests watch while they cut and restore links.
+/// A download (or, [`LanDownload::start_upload`], an upload) from the LAN client to `dst` on its own thread, with
+/// the bytes moved so far: what the failover tests watch while they cut and restore links.
 pub struct LanDownload {
     progress: Arc<AtomicU64>,
     /// When the download thread was started.
@@ -452,6 +452,19 @@ impl LanDownload {
         let progress = Arc::new(AtomicU64::new(0));
         let p = progress.clone();
         let thread = tb.lan.thread(move || Client::new(dst).timeout(client_timeout).progress(p).download(size))?;
+        Ok(LanDownload { progress, started: Instant::now(), thread })
+    }
+
+    /// The same for an upload of `size` bytes to `dst`: [`LanDownload::bytes`] counts what the client wrote.
+    pub fn start_upload(
+        tb: &Testbed,
+        dst: SocketAddr,
+        size: u64,
+        client_timeout: Duration,
+    ) -> anyhow::Result<LanDownload> {
+        let progress = Arc::new(AtomicU64::new(0));
+        let p = progress.clone();
+        let thread = tb.lan.thread(move || Client::new(dst).timeout(client_timeout).progress(p).upload(size))?;
         Ok(LanDownload { progress, started: Instant::now(), thread })
     }
 

@@ -3,7 +3,9 @@
 //! local addresses are the DSL and the LTE address; after `PATCH /api/v1/uplinks/lte {"mode":"backup"}` the
 //! LTE subflow reports `backup: true` (in hcpe's list and, once the MP_PRIO arrived, in hag's) and LTE's share of the download (the link emulators' byte counters)
 //! falls below 1 %; `DELETE` of the connection ends the download and unlists it. `/metrics` scraped on the way
-//! is valid Prometheus text and counts the admin mode change; `POST /api/v1/reload` re-reads hcpe's file.
+//! is valid Prometheus text and counts the admin mode change; `POST /api/v1/reload` re-reads hcpe's file. The
+//! same PATCH during an upload: once what LTE's subflow had queued drained (hcpe is the sender), LTE carries
+//! under 1 % of the next 16 MiB.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -217,4 +219,68 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
     );
     assert!(active_share > 0.15, "LTE carried only {:.1} % while active", active_share * 100.0);
     assert!(backup_share < 0.01, "LTE carried {:.2} % after PATCH to backup", backup_share * 100.0);
+}
+
+#[test]
+fn patch_to_backup_moves_an_upload_to_dsl() {
+    // An upload's sender is hcpe. Its MPTCP connections hold a 4 MiB send buffer, and the kernel's scheduler
+    // hands most of it to the subflows' own queues, so what LTE's subflow queued before the PATCH still leaves
+    // on LTE (Linux 6.18: the subflows' `tcp_notsent_lowat` does not bound that queue); after it, nothing new.
+    let tb = daemons::managed_testbed(Shape::mbit(40.0).delay_ms(5.0), Shape::mbit(20.0).delay_ms(10.0)).unwrap();
+    let dir = daemons::config_dir("hcpe-admin-up").unwrap();
+    let server = Server::start(&tb.inet, 0).unwrap();
+    let _hag = daemons::start_hag(&tb, dir.path(), &HagSpec { v6: false, ..HagSpec::default() }).unwrap();
+    let spec = HcpeSpec { managed: true, admin: true, v6: false, ..HcpeSpec::default() };
+    let mut hcpe = daemons::start_hcpe(&tb, dir.path(), &spec).unwrap();
+    assert!(hcpe.wait_for_log("admin API started", Duration::from_secs(5)), "{}", hcpe.log());
+    daemons::wait_up(&hcpe, 2, Duration::from_secs(10)).unwrap();
+    let api = Api { tb: &tb, token: daemons::admin_token(dir.path()).unwrap() };
+    let (dsl_ip, lte_ip) = (IpAddr::V4(addr::CPE_DSL.v4), IpAddr::V4(addr::CPE_LTE.v4));
+
+    let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
+    let upload = LanDownload::start_upload(&tb, dst, 400 << 20, Duration::from_secs(10)).unwrap();
+    let wait_progress = |n: u64| upload.wait_for(n, Duration::from_secs(60), "upload", &hcpe);
+    wait_progress(1 << 20);
+    let c = api.wait_connection(dst, Duration::from_secs(5), &hcpe, |c| {
+        subflow_of(c, dsl_ip).is_some() && subflow_of(c, lte_ip).is_some()
+    });
+    let lte_up = || tb.lte.counters(Direction::Up).tx_bytes;
+    let share = |from: u64, to: u64| {
+        wait_progress(from);
+        let (d1, l1) = (tb.dsl.counters(Direction::Up).tx_bytes, lte_up());
+        wait_progress(to);
+        let (d2, l2) = (tb.dsl.counters(Direction::Up).tx_bytes, lte_up());
+        let (dsl, lte) = (d2 - d1, l2 - l1);
+        lte as f64 / (dsl + lte).max(1) as f64
+    };
+    let p = upload.bytes();
+    let active_share = share(p + (4 << 20), p + (12 << 20));
+
+    let patched = Instant::now();
+    let up = api.json("PATCH", "/api/v1/uplinks/lte", Some(r#"{"mode":"backup"}"#));
+    assert_eq!(up["mode"], "backup", "{up:#}");
+    // LTE's queue drains: LTE's bytes per 100 ms until two in a row are under 10 kB.
+    let (mut tail, mut last) = (Vec::new(), lte_up());
+    while tail.len() < 2 || tail[tail.len() - 2..].iter().any(|kb| *kb >= 10) {
+        assert!(patched.elapsed() < Duration::from_secs(5), "LTE still sends, kB per 100 ms: {tail:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        let now = lte_up();
+        tail.push((now - last) / 1000);
+        last = now;
+    }
+    let drained = patched.elapsed();
+    let p = upload.bytes();
+    let backup_share = share(p, p + (16 << 20));
+    eprintln!(
+        "hcpe admin, upload: LTE share active {:.1} %, after PATCH to backup and LTE's queue drained {:.3} %; LTE \
+         kB per 100 ms after the PATCH {tail:?}, drained after {drained:?}",
+        active_share * 100.0,
+        backup_share * 100.0,
+    );
+    assert!(active_share > 0.15, "LTE carried only {:.1} % while active", active_share * 100.0);
+    assert!(backup_share < 0.01, "LTE carried {:.2} % after PATCH to backup", backup_share * 100.0);
+    // The client's thread ends before the testbed goes.
+    let (status, body) = api.call("DELETE", &format!("/api/v1/connections/{}", c["id"].as_str().unwrap()), None);
+    assert_eq!(status, 204, "{body}");
+    assert!(upload.join().is_err(), "the upload was cut short by DELETE");
 }
