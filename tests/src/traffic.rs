@@ -261,6 +261,7 @@ pub struct Client {
     progress: Option<Arc<AtomicU64>>,
     mptcp: bool,
     pace_kbit: u32,
+    congestion: Option<String>,
 }
 
 impl Client {
@@ -275,6 +276,7 @@ impl Client {
             progress: None,
             mptcp: false,
             pace_kbit: 0,
+            congestion: None,
         }
     }
     /// Downloads come paced at `mbit` Mbit/s (the server writes every 10 ms), like a video stream.
@@ -285,6 +287,12 @@ impl Client {
     /// Connect with a kernel MPTCP socket instead of TCP (a baseline without hcpe/hag).
     pub fn mptcp(mut self) -> Client {
         self.mptcp = true;
+        self
+    }
+    /// Congestion control of the client's socket (`TCP_CONGESTION`; one outside the namespace's allowed list
+    /// needs `CAP_NET_ADMIN`, which the tests have as root).
+    pub fn congestion(mut self, name: Option<String>) -> Client {
+        self.congestion = name;
         self
     }
     /// Seed of the data stream.
@@ -315,7 +323,7 @@ impl Client {
     }
 
     fn connect(&self) -> Result<TcpStream, Error> {
-        let s = if self.bind.is_none() && !self.mptcp {
+        let s = if self.bind.is_none() && !self.mptcp && self.congestion.is_none() {
             TcpStream::connect_timeout(&self.server, self.timeout).map_err(io("connect"))?
         } else {
             let domain = if self.server.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
@@ -323,6 +331,9 @@ impl Client {
             let sock = socket2::Socket::new(domain, socket2::Type::STREAM, proto).map_err(io("socket"))?;
             if let Some(local) = self.bind {
                 sock.bind(&local.into()).map_err(io("bind"))?;
+            }
+            if let Some(cc) = &self.congestion {
+                sock.set_tcp_congestion(cc.as_bytes()).map_err(io("congestion control"))?;
             }
             sock.connect_timeout(&self.server.into(), self.timeout).map_err(io("connect"))?;
             sock.into()
@@ -523,10 +534,20 @@ impl Server {
 
     /// Listens on `addr` inside `ns` with a kernel MPTCP socket (accepts MPTCP and TCP).
     pub fn bind_mptcp(ns: &Netns, addr: SocketAddr) -> Result<Server, Error> {
+        Server::bind_with(ns, addr, true, None)
+    }
+
+    /// Listens on `addr` inside `ns`, with kernel MPTCP or plain TCP, its connections on congestion control `cc`
+    /// (accepted sockets take the listener's).
+    pub fn bind_with(ns: &Netns, addr: SocketAddr, mptcp: bool, cc: Option<&str>) -> Result<Server, Error> {
         let l = ns
             .within(|| -> std::io::Result<TcpListener> {
                 let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-                let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::MPTCP))?;
+                let proto = mptcp.then_some(socket2::Protocol::MPTCP);
+                let s = socket2::Socket::new(domain, socket2::Type::STREAM, proto)?;
+                if let Some(cc) = cc {
+                    s.set_tcp_congestion(cc.as_bytes())?;
+                }
                 s.set_reuse_address(true)?;
                 s.bind(&addr.into())?;
                 s.listen(1024)?;

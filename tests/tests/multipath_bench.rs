@@ -17,10 +17,10 @@
 //! receive buffers, `net.ipv4.tcp_wmem`'s and `tcp_rmem`'s third values, in hag's and in the CPE's namespace;
 //! `MULTIPATH_BENCH_POOL_MAX=n` limits hcpe's ready-connection pool, 0 turns it off, and
 //! `MULTIPATH_BENCH_POOL_MAX_AGE=duration` sets how long a ready connection waits before it is replaced;
-//! `MULTIPATH_BENCH_CC=name` sets the namespaces' congestion control, one of the machine's
-//! `net.ipv4.tcp_allowed_congestion_control`; `MULTIPATH_BENCH_DAEMON_CC=name` only the daemons' MPTCP
-//! connections' (their `congestion_control`, any the kernel has); `MULTIPATH_BENCH_SYSCTL=key=value,...` sets more sysctls in the
-//! CPE's and hag's namespaces; `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in;
+//! `MULTIPATH_BENCH_CC=name` sets the congestion control of the bench's own sockets (the baselines' senders,
+//! and the LAN and Internet legs through the daemons), any the kernel has; `MULTIPATH_BENCH_DAEMON_CC=name` the
+//! daemons' MPTCP connections' (their `congestion_control`, any the kernel has);
+//! `MULTIPATH_BENCH_SYSCTL=key=value,...` sets more sysctls in the CPE's and hag's namespaces; `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in;
 //! `MULTIPATH_BENCH_TIMELINE=1` prints what the LAN client moved and each link delivered per 100 ms).
 
 use std::net::{IpAddr, SocketAddr};
@@ -84,6 +84,13 @@ fn mbit(shape: &Shape) -> f64 {
     shape.rate_bps.map_or(1000.0, |r| r as f64 / 1e6)
 }
 
+/// `MULTIPATH_BENCH_CC=name`: the congestion control of the bench's own sockets (the test server's and
+/// client's, so the baselines' senders and the LAN and Internet legs through the daemons), any the kernel has;
+/// without it, the namespaces' default, which they inherit from the machine.
+fn bench_cc() -> Option<String> {
+    std::env::var("MULTIPATH_BENCH_CC").ok()
+}
+
 /// One transfer of `size` bytes with `client` (from the LAN client or the CPE itself), in `dir`; with `drop`,
 /// LTE takes that shape once a third of the bytes have moved.
 fn transfer(tb: &Testbed, on_lan: bool, client: Client, dir: Dir, size: u64, drop: Option<Shape>) -> Transfer {
@@ -119,7 +126,7 @@ fn transfer(tb: &Testbed, on_lan: bool, client: Client, dir: Dir, size: u64, dro
 fn single_link(tb: &Testbed, s: &Scenario, dst: SocketAddr, src: IpAddr, link: &Shape, dir: Dir, drop: bool) -> f64 {
     let drop = if drop { s.lte_later } else { None };
     let size = size_for(mbit(link), 5.0);
-    let t = transfer(tb, false, Client::new(dst).bind(SocketAddr::new(src, 0)), dir, size, drop);
+    let t = transfer(tb, false, Client::new(dst).bind(SocketAddr::new(src, 0)).congestion(bench_cc()), dir, size, drop);
     // The drop is undone for what follows.
     tb.lte.set_both(s.lte);
     t.mbit_per_s()
@@ -179,10 +186,12 @@ fn counters(tb: &Testbed) -> String {
 fn kernel_mptcp(tb: &Testbed, s: &Scenario) -> f64 {
     let lte = addr::CPE_LTE.ip(false).to_string();
     tb.cpe.ip(&["mptcp", "endpoint", "add", &lte, "dev", ifname::LTE, "subflow"]).unwrap();
-    let server = Server::bind_mptcp(&tb.hag, SocketAddr::new(addr::HAG_SERVICE.ip(false), 0)).unwrap();
+    let addr = SocketAddr::new(addr::HAG_SERVICE.ip(false), 0);
+    let server = Server::bind_with(&tb.hag, addr, true, bench_cc().as_deref()).unwrap();
     let (dst, src) = (server.addr(), SocketAddr::new(addr::CPE_DSL.ip(false), 0));
     let size = size_for(mbit(&s.dsl) + mbit(&s.lte), 7.0);
-    let t = transfer(tb, false, Client::new(dst).bind(src).mptcp(), Dir::Down, size, s.lte_later);
+    let t =
+        transfer(tb, false, Client::new(dst).bind(src).mptcp().congestion(bench_cc()), Dir::Down, size, s.lte_later);
     tb.lte.set_both(s.lte);
     tb.cpe.ip(&["mptcp", "endpoint", "flush"]).unwrap();
     t.mbit_per_s()
@@ -259,15 +268,6 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
             }
         }
     }
-    // `MULTIPATH_BENCH_CC=name`: the congestion control of every TCP and MPTCP socket on the CPE and hag (the
-    // baselines' too); without it, what the namespaces inherit from the machine.
-    if let Ok(cc) = std::env::var("MULTIPATH_BENCH_CC") {
-        for ns in [&tb.cpe, &tb.hag, &tb.inet] {
-            if let Err(e) = ns.exec_ok("sysctl", &["-qw", &format!("net.ipv4.tcp_congestion_control={cc}")]) {
-                panic!("{e:?}");
-            }
-        }
-    }
     // `MULTIPATH_BENCH_SYSCTL=key=value,...`: more sysctls on the CPE and hag (the baselines' too).
     for kv in std::env::var("MULTIPATH_BENCH_SYSCTL").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
         for ns in [&tb.cpe, &tb.hag] {
@@ -275,7 +275,7 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
         }
     }
     let dir = daemons::config_dir("multipath-bench").unwrap();
-    let server = Server::start(&tb.inet, 0).unwrap();
+    let server = Server::bind_with(&tb.inet, "[::]:0".parse().unwrap(), false, bench_cc().as_deref()).unwrap();
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
     let mut baselines = Vec::new();
     for d in dirs {
@@ -327,7 +327,7 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
                 }
                 subflows(&tb)
             });
-            let transfer = transfer(&tb, true, Client::new(dst), d, size, s.lte_later);
+            let transfer = transfer(&tb, true, Client::new(dst).congestion(bench_cc()), d, size, s.lte_later);
             moving.store(false, Ordering::Relaxed);
             (transfer, t.join().unwrap(), wire.join().unwrap())
         });
