@@ -67,17 +67,41 @@ fn subflow_of(c: &Value, local: IpAddr) -> Option<&Value> {
     c["subflows"].as_array()?.iter().find(|s| daemons::subflow_ip(s, "local") == Some(local))
 }
 
+/// Both daemons on the managed testbed (DSL 40 Mbit/s 5 ms, LTE 20 Mbit/s 10 ms) with their admin APIs, a test
+/// server behind hag, both uplinks up. Fields drop in order: the daemons before the namespaces.
+struct Bed {
+    hcpe: ChildGuard,
+    _hag: ChildGuard,
+    server: Server,
+    spec: HcpeSpec,
+    dir: tempfile::TempDir,
+    tb: Testbed,
+}
+
+impl Bed {
+    fn start(tag: &str) -> Bed {
+        let tb = daemons::managed_testbed(Shape::mbit(40.0).delay_ms(5.0), Shape::mbit(20.0).delay_ms(10.0)).unwrap();
+        let dir = daemons::config_dir(tag).unwrap();
+        let server = Server::start(&tb.inet, 0).unwrap();
+        let hag_spec = HagSpec { v6: false, admin: true, ..HagSpec::default() };
+        let _hag = daemons::start_hag(&tb, dir.path(), &hag_spec).unwrap();
+        let spec = HcpeSpec { managed: true, admin: true, v6: false, ..HcpeSpec::default() };
+        let mut hcpe = daemons::start_hcpe(&tb, dir.path(), &spec).unwrap();
+        assert!(hcpe.wait_for_log("admin API started", Duration::from_secs(5)), "{}", hcpe.log());
+        daemons::wait_up(&hcpe, 2, Duration::from_secs(10)).unwrap();
+        Bed { hcpe, _hag, server, spec, dir, tb }
+    }
+
+    fn api(&self) -> Api<'_> {
+        Api { tb: &self.tb, token: daemons::admin_token(self.dir.path()).unwrap() }
+    }
+}
+
 #[test]
 fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
-    let tb = daemons::managed_testbed(Shape::mbit(40.0).delay_ms(5.0), Shape::mbit(20.0).delay_ms(10.0)).unwrap();
-    let dir = daemons::config_dir("hcpe-admin").unwrap();
-    let server = Server::start(&tb.inet, 0).unwrap();
-    let _hag = daemons::start_hag(&tb, dir.path(), &HagSpec { v6: false, admin: true, ..HagSpec::default() }).unwrap();
-    let spec = HcpeSpec { managed: true, admin: true, v6: false, ..HcpeSpec::default() };
-    let mut hcpe = daemons::start_hcpe(&tb, dir.path(), &spec).unwrap();
-    assert!(hcpe.wait_for_log("admin API started", Duration::from_secs(5)), "{}", hcpe.log());
-    daemons::wait_up(&hcpe, 2, Duration::from_secs(10)).unwrap();
-    let api = Api { tb: &tb, token: daemons::admin_token(dir.path()).unwrap() };
+    let bed = Bed::start("hcpe-admin");
+    let (tb, dir, spec, server, hcpe) = (&bed.tb, &bed.dir, &bed.spec, &bed.server, &bed.hcpe);
+    let api = bed.api();
     let (dsl_ip, lte_ip) = (IpAddr::V4(addr::CPE_DSL.v4), IpAddr::V4(addr::CPE_LTE.v4));
 
     // Both uplinks up and active before the download.
@@ -90,7 +114,7 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
     // invalid file is refused naming the field and the running config stays.
     let reload = api.json("POST", "/api/v1/reload", None);
     assert_eq!(reload["changed"], serde_json::json!([]), "{reload:#}");
-    let yaml = daemons::hcpe_yaml(&spec);
+    let yaml = daemons::hcpe_yaml(spec);
     daemons::write_config(dir.path(), "hcpe.yaml", &yaml.replace("log_level: hcpe=debug", "log_level: hcpe=info"))
         .unwrap();
     let reload = api.json("POST", "/api/v1/reload", None);
@@ -103,12 +127,12 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
 
     const SIZE: u64 = 400 << 20;
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
-    let download = LanDownload::start(&tb, dst, SIZE, Duration::from_secs(10)).unwrap();
-    let wait_progress = |n: u64| download.wait_for(n, Duration::from_secs(60), "download", &hcpe);
+    let download = LanDownload::start(tb, dst, SIZE, Duration::from_secs(10)).unwrap();
+    let wait_progress = |n: u64| download.wait_for(n, Duration::from_secs(60), "download", hcpe);
     wait_progress(1 << 20);
 
     // Two subflows: DSL (initial) and LTE, neither backup.
-    let c = api.wait_connection(dst, Duration::from_secs(5), &hcpe, |c| {
+    let c = api.wait_connection(dst, Duration::from_secs(5), hcpe, |c| {
         subflow_of(c, dsl_ip).is_some() && subflow_of(c, lte_ip).is_some()
     });
     let subflows = c["subflows"].as_array().unwrap();
@@ -146,7 +170,7 @@ fn connections_list_subflows_and_patch_to_backup_moves_the_download_to_dsl() {
     let up = api.json("PATCH", "/api/v1/uplinks/lte", Some(r#"{"mode":"backup"}"#));
     assert_eq!(up["mode"], "backup", "{up:#}");
     assert_eq!(up["endpoint"]["backup"], true, "{up:#}");
-    let c = api.wait_connection(dst, Duration::from_secs(3), &hcpe, |c| {
+    let c = api.wait_connection(dst, Duration::from_secs(3), hcpe, |c| {
         subflow_of(c, lte_ip).is_some_and(|s| s["backup"] == true)
     });
     let flagged = patched.elapsed();
@@ -226,22 +250,16 @@ fn patch_to_backup_moves_an_upload_to_dsl() {
     // An upload's sender is hcpe. Its MPTCP connections hold a 4 MiB send buffer, and the kernel's scheduler
     // hands most of it to the subflows' own queues, so what LTE's subflow queued before the PATCH still leaves
     // on LTE (Linux 6.18: the subflows' `tcp_notsent_lowat` does not bound that queue); after it, nothing new.
-    let tb = daemons::managed_testbed(Shape::mbit(40.0).delay_ms(5.0), Shape::mbit(20.0).delay_ms(10.0)).unwrap();
-    let dir = daemons::config_dir("hcpe-admin-up").unwrap();
-    let server = Server::start(&tb.inet, 0).unwrap();
-    let _hag = daemons::start_hag(&tb, dir.path(), &HagSpec { v6: false, ..HagSpec::default() }).unwrap();
-    let spec = HcpeSpec { managed: true, admin: true, v6: false, ..HcpeSpec::default() };
-    let mut hcpe = daemons::start_hcpe(&tb, dir.path(), &spec).unwrap();
-    assert!(hcpe.wait_for_log("admin API started", Duration::from_secs(5)), "{}", hcpe.log());
-    daemons::wait_up(&hcpe, 2, Duration::from_secs(10)).unwrap();
-    let api = Api { tb: &tb, token: daemons::admin_token(dir.path()).unwrap() };
+    let bed = Bed::start("hcpe-admin-up");
+    let (tb, server, hcpe) = (&bed.tb, &bed.server, &bed.hcpe);
+    let api = bed.api();
     let (dsl_ip, lte_ip) = (IpAddr::V4(addr::CPE_DSL.v4), IpAddr::V4(addr::CPE_LTE.v4));
 
     let dst = SocketAddr::new(addr::INET_SERVER.ip(false), server.port());
-    let upload = LanDownload::start_upload(&tb, dst, 400 << 20, Duration::from_secs(10)).unwrap();
-    let wait_progress = |n: u64| upload.wait_for(n, Duration::from_secs(60), "upload", &hcpe);
+    let upload = LanDownload::start_upload(tb, dst, 400 << 20, Duration::from_secs(10)).unwrap();
+    let wait_progress = |n: u64| upload.wait_for(n, Duration::from_secs(60), "upload", hcpe);
     wait_progress(1 << 20);
-    let c = api.wait_connection(dst, Duration::from_secs(5), &hcpe, |c| {
+    let c = api.wait_connection(dst, Duration::from_secs(5), hcpe, |c| {
         subflow_of(c, dsl_ip).is_some() && subflow_of(c, lte_ip).is_some()
     });
     let lte_up = || tb.lte.counters(Direction::Up).tx_bytes;
