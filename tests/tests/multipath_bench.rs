@@ -20,8 +20,9 @@
 //! `MULTIPATH_BENCH_CC=name` sets the congestion control of the bench's own sockets (the baselines' senders,
 //! and the LAN and Internet legs through the daemons), any the kernel has; `MULTIPATH_BENCH_DAEMON_CC=name` the
 //! daemons' MPTCP connections' (their `congestion_control`, any the kernel has);
-//! `MULTIPATH_BENCH_SYSCTL=key=value,...` sets more sysctls in the CPE's and hag's namespaces; `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in;
-//! `MULTIPATH_BENCH_TIMELINE=1` prints what the LAN client moved and each link delivered per 100 ms).
+//! `MULTIPATH_BENCH_SYSCTL=key=value,...` sets more sysctls in the CPE's and hag's namespaces;
+//! `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in; `MULTIPATH_BENCH_TIMELINE=1` prints what the
+//! LAN client moved and each link delivered per 100 ms).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
