@@ -233,6 +233,29 @@ pub fn read_subflow_limit() -> Result<u32, String> {
     })
 }
 
+/// A daemon without `CAP_NET_ADMIN` (hag's service) can give its connections `algorithm`: the kernel has it
+/// and `net.ipv4.tcp_allowed_congestion_control` lists it, or it is the machine's default. `key` is the
+/// config key that names it, `otherwise` what the daemon does when it cannot.
+pub fn congestion_control_allowed(s: &Sysctl, key: &str, algorithm: &str, otherwise: &str) -> Finding {
+    let name = format!("{key} {algorithm}");
+    let has = |k: &str| s.read(k).is_ok_and(|v| v.split_whitespace().any(|a| a == algorithm));
+    if has("net.ipv4.tcp_allowed_congestion_control") || has("net.ipv4.tcp_congestion_control") {
+        return Finding::ok(name, format!("{algorithm} is in net.ipv4.tcp_allowed_congestion_control"));
+    }
+    let fix = format!(
+        "modprobe tcp_{algorithm} and add {algorithm} to net.ipv4.tcp_allowed_congestion_control (at boot: \
+         /etc/modules-load.d/ and /etc/sysctl.d/)"
+    );
+    let detail = match has("net.ipv4.tcp_available_congestion_control") {
+        true => format!(
+            "{algorithm} is not in net.ipv4.tcp_allowed_congestion_control, so a daemon without CAP_NET_ADMIN \
+             cannot use it: {otherwise}"
+        ),
+        false => format!("this kernel has no {algorithm} loaded: {otherwise}"),
+    };
+    Finding::warn(name, detail, fix)
+}
+
 /// `net.ipv4.tcp_fastopen` has the bits `role` needs (only when Fast Open is configured on).
 pub fn fastopen(s: &Sysctl, role: TfoRole) -> Finding {
     match s.number("net.ipv4.tcp_fastopen") {
@@ -444,6 +467,31 @@ mod tests {
         let f = fastopen(&t.sysctl(), TfoRole::Server);
         assert_eq!(f.level, Level::Warn);
         assert!(f.fix.unwrap().contains("net.ipv4.tcp_fastopen=515"));
+    }
+
+    #[test]
+    fn congestion_control_allowed_to_an_unprivileged_daemon() {
+        let t = Tree::new(&[
+            ("net.ipv4.tcp_available_congestion_control", "reno cubic bbr"),
+            ("net.ipv4.tcp_allowed_congestion_control", "reno cubic"),
+            ("net.ipv4.tcp_congestion_control", "cubic"),
+        ]);
+        assert_eq!(congestion_control_allowed(&t.sysctl(), "k", "cubic", "x").level, Level::Ok);
+        let f = congestion_control_allowed(&t.sysctl(), "k", "bbr", "starts without it");
+        assert_eq!(f.level, Level::Warn);
+        assert!(
+            f.detail.contains("not in net.ipv4.tcp_allowed") && f.detail.contains("starts without it"),
+            "{}",
+            f.detail
+        );
+        let t = Tree::new(&[
+            ("net.ipv4.tcp_available_congestion_control", "reno bbr"),
+            ("net.ipv4.tcp_allowed_congestion_control", "reno"),
+            ("net.ipv4.tcp_congestion_control", "bbr"),
+        ]);
+        assert_eq!(congestion_control_allowed(&t.sysctl(), "k", "bbr", "x").level, Level::Ok, "the default");
+        let f = congestion_control_allowed(&t.sysctl(), "k", "cubic", "x");
+        assert!(f.detail.contains("no cubic loaded"), "{}", f.detail);
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! The congestion control of the MPTCP connections between hcpe and hag: which algorithm their subflows run
-//! (an operator's choice, loss-based by default), and starting it afresh on a connection that waited idle.
+//! (an operator's choice, loss-based by default), the algorithm a connection starts on before it, and starting
+//! it afresh on a connection that waited idle.
 
 use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
 
 /// The congestion control the daemons give their MPTCP connections to each other (`congestion_control` in
 /// both configurations); every subflow runs it.
@@ -150,4 +155,71 @@ pub fn restart_congestion_control(fd: &impl AsFd) -> io::Result<bool> {
     sock.set_tcp_congestion(b"reno")?;
     sock.set_tcp_congestion(name)?;
     Ok(true)
+}
+
+/// The first seconds of a connection on another algorithm than the one it runs after (`congestion_control_start`
+/// in hag's config, off unless set): from the start of its transfer the connection runs `algorithm` for
+/// `duration`, then the algorithm it ran before (`congestion_control`).
+///
+/// What BBR then CUBIC does for downloads (measured on the testbed, Linux 6.18, `BENCHMARKS.md`): CUBIC's slow
+/// start ends at HyStart's first sign of a queue, a round trip an eighth above its minimum
+/// (`TcpExtTCPHystartDelayDetect`), and an LTE link's few milliseconds of jitter look like one; the subflow
+/// then grows about 5 % per round trip and takes 2-3 s to reach a 30-60 Mbit/s link's rate (`good` and `rural`
+/// rows at 0.86-0.94 x the two links' sum in about one run in three). HyStart's thresholds are the
+/// `tcp_cubic` module's, for every socket of the host. BBR's start ends on a bandwidth estimate that stopped
+/// growing, not on delay, but BBR alone stalls for good on a path with much delay variation
+/// ([`CongestionControl`]). Three seconds of BBR find each subflow's rate; CUBIC then continues from the window
+/// BBR left (`tcp_reinit_congestion_control` keeps `snd_cwnd`; BBR leaves `snd_ssthresh` unset, so CUBIC's
+/// own slow start and HyStart go on from there) and copes with the jitter from then on. Its cost, and why it is
+/// not the default: a DSL cut within the phase left the download without data for 45 ms longer on average
+/// (417 against 370 ms over 15 runs, `tests/tests/uplink_failover.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartPhase {
+    /// The algorithm of the first phase, by its kernel name.
+    pub algorithm: String,
+    /// How long it runs; zero turns the phase off.
+    pub duration: Duration,
+}
+
+impl StartPhase {
+    /// What a daemon runs: `None` where no phase is configured or its duration is zero; a configured
+    /// algorithm must work (an error otherwise).
+    pub fn resolve(configured: Option<&StartPhase>) -> io::Result<Option<StartPhase>> {
+        let Some(phase) = configured.filter(|p| !p.duration.is_zero()) else { return Ok(None) };
+        CongestionControl::Named(phase.algorithm.clone()).check()?;
+        Ok(Some(phase.clone()))
+    }
+
+    /// Gives the connection the phase's algorithm and returns the one to give it back when the phase ends,
+    /// `None` where it runs the phase's algorithm already.
+    pub fn begin(&self, fd: &impl AsFd) -> io::Result<Option<Vec<u8>>> {
+        let sock = socket2::SockRef::from(fd);
+        let raw = sock.tcp_congestion()?;
+        let running = raw.split(|b| *b == 0).next().unwrap_or_default();
+        if running.is_empty() || running == self.algorithm.as_bytes() {
+            return Ok(None);
+        }
+        let running = running.to_vec();
+        sock.set_tcp_congestion(self.algorithm.as_bytes())?;
+        Ok(Some(running))
+    }
+
+    /// Runs `work` (the connection's relay) and, `duration` into it, gives the connection behind `stream` the
+    /// algorithm `then` back ([`StartPhase::begin`]'s answer). A connection closed before that is left alone.
+    pub async fn run<T>(&self, work: impl Future<Output = T>, stream: Weak<TcpStream>, then: Vec<u8>) -> T {
+        let handover = async {
+            tokio::time::sleep(self.duration).await;
+            if let Some(s) = stream.upgrade()
+                && let Err(e) = socket2::SockRef::from(&*s).set_tcp_congestion(&then)
+            {
+                tracing::debug!(error = %e, "could not end the connection's start phase");
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            out = &mut work => out,
+            () = handover => unreachable!("the handover never completes"),
+        }
+    }
 }

@@ -50,7 +50,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-pub use congestion::{CongestionControl, restart_congestion_control, set_congestion_control};
+pub use congestion::{CongestionControl, StartPhase, restart_congestion_control, set_congestion_control};
 pub use socket::{
     ConnectOptions, ListenOptions, await_tfo_handshake, connect_with_data, hold_send_buffer, listen, listen_with,
     push_pending, raise_receive_window, syn_data_acked,

@@ -378,6 +378,63 @@ fn both_ends_of_an_mptcp_connection_run_the_congestion_control_they_are_given() 
 }
 
 #[test]
+fn a_start_phase_runs_its_algorithm_then_gives_the_connection_its_own_back() {
+    in_netns(0, || async {
+        let cc = |s: &TcpStream| {
+            let name = socket2::SockRef::from(s).tcp_congestion().unwrap();
+            String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap()).into_owned()
+        };
+        let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control").unwrap();
+        let Some(other) = available.split_whitespace().find(|a| *a != "reno").map(str::to_owned) else {
+            eprintln!("skipped: this kernel has only reno");
+            return;
+        };
+        let reno = Some("reno".to_owned());
+        let opts = ListenOptions { tfo_queue: None, congestion_control: reno.clone(), ..ListenOptions::default() };
+        let listener = listen_with("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let phase = StartPhase { algorithm: other.clone(), duration: Duration::from_millis(200) };
+
+        let (_client, _, server) =
+            pair(&listener, b"", &ConnectOptions { congestion_control: reno.clone(), ..plain() }).await;
+        let server = std::sync::Arc::new(server);
+        let then = phase.begin(&*server).unwrap();
+        assert_eq!(then.as_deref(), Some(&b"reno"[..]));
+        assert_eq!(cc(&server), other);
+        assert_eq!(phase.begin(&*server).unwrap(), None, "it runs the phase's algorithm already");
+        let seen = phase
+            .run(
+                async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let during = cc(&server);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    (during, cc(&server))
+                },
+                std::sync::Arc::downgrade(&server),
+                then.unwrap(),
+            )
+            .await;
+        assert_eq!(seen, (other.clone(), "reno".to_owned()));
+
+        // A transfer that ends within the phase ends at once, and its connection is left as it is.
+        let (_client, _, server) = pair(&listener, b"", &ConnectOptions { congestion_control: reno, ..plain() }).await;
+        let server = std::sync::Arc::new(server);
+        let then = phase.begin(&*server).unwrap().unwrap();
+        let started = std::time::Instant::now();
+        phase.run(async {}, std::sync::Arc::downgrade(&server), then).await;
+        assert!(started.elapsed() < Duration::from_millis(150), "{:?}", started.elapsed());
+        assert_eq!(cc(&server), other);
+
+        // Configured: its algorithm must work; a zero duration, or none configured, is no phase.
+        let missing = StartPhase { algorithm: "nosuchcc".into(), duration: Duration::from_secs(3) };
+        assert!(StartPhase::resolve(Some(&missing)).is_err());
+        let off = StartPhase { duration: Duration::ZERO, ..missing.clone() };
+        assert_eq!(StartPhase::resolve(Some(&off)).unwrap(), None);
+        assert_eq!(StartPhase::resolve(None).unwrap(), None);
+        assert_eq!(StartPhase::resolve(Some(&phase)).unwrap(), Some(phase));
+    });
+}
+
+#[test]
 fn congestion_control_names_parse() {
     assert_eq!("system".parse(), Ok(CongestionControl::System));
     assert_eq!("cubic".parse(), Ok(CongestionControl::Named("cubic".into())));
