@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::config::{self as cfg, ConfigError};
-use common::mptcp::CongestionControl;
+use common::mptcp::{CongestionControl, StartPhase};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
@@ -53,6 +53,10 @@ pub struct FileConfig {
     /// set (where it can be used), `system` for the namespace's default ([`common::mptcp::CongestionControl`]).
     #[serde(default)]
     pub congestion_control: Option<CongestionControl>,
+    /// The algorithm those connections start on, and for how long, before `congestion_control`
+    /// ([`common::mptcp::StartPhase`]); not set: none.
+    #[serde(default)]
+    pub congestion_control_start: Option<StartFile>,
     /// Admin REST API; absent = no admin API.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
@@ -62,6 +66,17 @@ pub struct FileConfig {
     /// A key or token file the group or other users can read: refuse the config (default) or warn.
     #[serde(default)]
     pub secret_files: cfg::SecretFiles,
+}
+
+/// The `congestion_control_start:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartFile {
+    /// The algorithm of the first phase, by its kernel name.
+    pub algorithm: CongestionControl,
+    /// How long it runs from the start of each transfer; `0s` turns the phase off.
+    #[serde(with = "cfg::duration")]
+    pub duration: Duration,
 }
 
 /// One client (CPE) entry.
@@ -253,6 +268,8 @@ pub struct Config {
     /// What the MPTCP connections from CPEs run, as configured (resolved at start:
     /// [`CongestionControl::resolve`]).
     pub congestion_control: Option<CongestionControl>,
+    /// Their start phase, as configured (resolved at start: [`StartPhase::resolve`]).
+    pub congestion_control_start: Option<StartPhase>,
     /// Admin REST API (token file already read), if configured.
     pub admin: Option<Admin>,
     /// tracing filter directive, checked to parse.
@@ -322,6 +339,18 @@ impl Config {
                 return Err(ConfigError::invalid(format!("limits.{name}"), "must be longer than 0s"));
             }
         }
+        let congestion_control_start = match file.congestion_control_start {
+            None => None,
+            Some(StartFile { algorithm: CongestionControl::System, .. }) => {
+                return Err(ConfigError::invalid(
+                    "congestion_control_start.algorithm",
+                    "name an algorithm (e.g. bbr); `0s` as the duration turns the start phase off",
+                ));
+            }
+            Some(StartFile { algorithm: CongestionControl::Named(algorithm), duration }) => {
+                Some(StartPhase { algorithm, duration })
+            }
+        };
         let admin = file.admin.map(|a| a.load("admin", config_path, file.secret_files)).transpose()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log_level) {
             return Err(ConfigError::invalid("log_level", format!("`{}` is not a log filter: {e}", file.log_level)));
@@ -333,6 +362,7 @@ impl Config {
             destinations: file.destinations,
             limits: file.limits,
             congestion_control: file.congestion_control,
+            congestion_control_start,
             admin,
             log_level: file.log_level,
         })
@@ -394,6 +424,20 @@ mod tests {
         assert_eq!(a.config.listen, vec!["127.0.0.1:5125".parse().unwrap()]);
         assert_eq!(a.config.token_file, d.0.join("cpe1.key"));
         assert!(!format!("{a:?}").contains("0a0b"), "token must not appear in Debug");
+    }
+
+    #[test]
+    fn congestion_control_start_names_an_algorithm_or_is_off() {
+        let d = Dir::new("start");
+        assert_eq!(load(&d, "listen: ['192.0.2.1']\n").unwrap().congestion_control_start, None);
+        let c = load(&d, "congestion_control_start: {algorithm: bbr, duration: 2500ms}\n").unwrap();
+        let phase = StartPhase { algorithm: "bbr".into(), duration: Duration::from_millis(2500) };
+        assert_eq!(c.congestion_control_start, Some(phase));
+        let c = load(&d, "congestion_control_start: {algorithm: bbr, duration: 0s}\n").unwrap();
+        assert_eq!(c.congestion_control_start.unwrap().duration, Duration::ZERO);
+        let e = load(&d, "congestion_control_start: {algorithm: system, duration: 3s}\n").unwrap_err();
+        assert!(e.to_string().contains("congestion_control_start.algorithm"), "{e}");
+        assert!(load(&d, "congestion_control_start: {algorithm: bbr}\n").is_err(), "the duration is required");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! idle timeout it started with), `log_level`, and the admin token (re-read on every reload).
 //! Restart: `listen`, `limits.backlog` and `limits.tfo_queue` (they shape the bound sockets),
 //! `limits.auth_skew` and `limits.replay_entries` (they size the replay window, which must not forget
-//! nonces it has seen), and the rest of `admin`.
+//! nonces it has seen), `congestion_control` and `congestion_control_start` (checked against the kernel at
+//! start), and the rest of `admin`.
 //!
 //! Invariants: an invalid file changes nothing; a connection reads one [`Live`] snapshot per step, never a
 //! half-applied one; the running config is what hag really runs with, i.e. a field that needs a restart
@@ -169,6 +170,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     cmp("trusted_sources", old.trusted_sources != new.trusted_sources);
     cmp("destinations", d(&old.destinations) != d(&new.destinations));
     cmp("congestion_control", old.congestion_control != new.congestion_control);
+    cmp("congestion_control_start", old.congestion_control_start != new.congestion_control_start);
     let (a, b) = (&old.limits, &new.limits);
     for (field, differs) in [
         ("max_connections", a.max_connections != b.max_connections),

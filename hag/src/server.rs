@@ -62,6 +62,10 @@ pub enum StartError {
     /// `congestion_control` names an algorithm this kernel does not have, or this process may not use.
     #[error("congestion_control")]
     CongestionControl(#[source] io::Error),
+    /// `congestion_control_start.algorithm` names an algorithm this kernel does not have, or this process may
+    /// not use.
+    #[error("congestion_control_start")]
+    CongestionControlStart(#[source] io::Error),
 }
 
 /// State every connection task shares.
@@ -83,6 +87,8 @@ struct Shared {
     replier: Replier,
     /// The TCP options this host's connecting sockets can send, read at start.
     kernel: KernelTcp,
+    /// The algorithm the MPTCP connections from CPEs start their transfers on, if any.
+    start_phase: Option<mptcp::StartPhase>,
 }
 
 /// A bound, not yet running hag.
@@ -106,6 +112,8 @@ impl Hag {
         }
         let cc = mptcp::CongestionControl::resolve(config.congestion_control.as_ref(), "congestion_control")
             .map_err(StartError::CongestionControl)?;
+        let start_phase = mptcp::StartPhase::resolve(config.congestion_control_start.as_ref())
+            .map_err(StartError::CongestionControlStart)?;
         let opts = mptcp::ListenOptions {
             backlog: config.limits.backlog,
             tfo_queue: tfo,
@@ -115,7 +123,14 @@ impl Hag {
         let mut listeners = Vec::new();
         for &addr in &config.listen {
             let l = mptcp::listen_with(addr, &opts).map_err(|source| StartError::Listen { addr, source })?;
-            info!(%addr, local = ?l.local_addr().ok(), tfo_queue = ?tfo, congestion_control = %cc, "listening (MPTCP)");
+            info!(
+                %addr,
+                local = ?l.local_addr().ok(),
+                tfo_queue = ?tfo,
+                congestion_control = %cc,
+                start = ?start_phase.as_ref().map(|p| format!("{} for {:?}", p.algorithm, p.duration)),
+                "listening (MPTCP)"
+            );
             listeners.push(l);
         }
         let mut own = local_addresses().map_err(StartError::LocalAddresses)?;
@@ -137,6 +152,7 @@ impl Hag {
                 per_trusted_source: Slots::default(),
                 replier: Replier::new(stats.clone()),
                 kernel,
+                start_phase,
             }),
             listeners,
         })
@@ -310,7 +326,18 @@ async fn serve(
     if message.tlvs.iter().any(|t| matches!(t, convert::Tlv::Info)) {
         reply = Message::supported_extensions(&shared.kernel.supported_kinds());
     }
-    answer::relay_to(&shared.stats, &limits, conn, (client, &reply), server, &buf[consumed..], started).await;
+    let handover = shared.start_phase.as_ref().and_then(|phase| match phase.begin(&client) {
+        Ok(then) => then.map(|then| (phase, client.downgrade(), then)),
+        Err(e) => {
+            debug!(error = %e, "could not start the connection on its start phase's algorithm");
+            None
+        }
+    });
+    let relay = answer::relay_to(&shared.stats, &limits, conn, (client, &reply), server, &buf[consumed..], started);
+    match handover {
+        Some((phase, stream, then)) => phase.run(relay, stream, then).await,
+        None => relay.await,
+    }
     drop(cpe_slot);
 }
 

@@ -1,9 +1,11 @@
 //! What `hag --check-system` checks, and what hag checks at every start (refusing to start on a fail): MPTCP on,
 //! the in-kernel path manager and its subflow limit (joins from a CPE's second uplink), the Fast Open bits
-//! when `limits.tfo_queue` is on, the open-file limit against `limits.max_connections`, and the clock (the
-//! Auth TLV's timestamps). The checks themselves are `common::syscheck`.
+//! when `limits.tfo_queue` is on, the open-file limit against `limits.max_connections`, the clock (the
+//! Auth TLV's timestamps), and (warnings) whether the service, which has no `CAP_NET_ADMIN`, may use the
+//! congestion control algorithms of `congestion_control` and (where set) `congestion_control_start`. The checks
+//! themselves are `common::syscheck`.
 
-use common::mptcp::TfoRole;
+use common::mptcp::{CongestionControl, TfoRole};
 use common::syscheck::{self as check, Level, Report, Sysctl};
 
 use crate::config::Config;
@@ -24,5 +26,19 @@ pub fn run(config: &Config) -> Report {
         "hag refuses Auth TLVs whose timestamp is more than limits.auth_skew ({:?}) off its clock",
         config.limits.auth_skew
     )));
+    let cc = config.congestion_control.clone().unwrap_or_default();
+    if let Some(name) = cc.name() {
+        let otherwise = match config.congestion_control {
+            Some(_) => "hag's service does not start",
+            None => "hag's service runs the machine's default",
+        };
+        findings.push(check::congestion_control_allowed(&s, "congestion_control", name, otherwise));
+    }
+    if let Some(start) = config.congestion_control_start.as_ref().filter(|p| !p.duration.is_zero())
+        && CongestionControl::Named(start.algorithm.clone()) != cc
+    {
+        let otherwise = "hag's service does not start";
+        findings.push(check::congestion_control_allowed(&s, "congestion_control_start", &start.algorithm, otherwise));
+    }
     Report { findings }
 }
