@@ -125,6 +125,12 @@ pub fn hag_yaml(spec: &HagSpec) -> String {
         y.push_str(&format!("admin: {{ listen: ['127.0.0.1:{HAG_ADMIN_PORT}'], token_file: admin.token }}\n"));
     }
     y.push_str(&spec.extra_yaml);
+    // `TESTBED_HAG_YAML=text`: more top-level keys for every generated hag config, to run a test with a setting
+    // it does not choose (`congestion_control_start: {algorithm: bbr, duration: 3s}`).
+    if let Ok(extra) = std::env::var("TESTBED_HAG_YAML") {
+        y.push_str(&extra);
+        y.push('\n');
+    }
     y
 }
 

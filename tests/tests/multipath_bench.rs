@@ -20,6 +20,7 @@
 //! `MULTIPATH_BENCH_CC=name` sets the congestion control of the bench's own sockets (the baselines' senders,
 //! and the LAN and Internet legs through the daemons), any the kernel has; `MULTIPATH_BENCH_DAEMON_CC=name` the
 //! daemons' MPTCP connections' (their `congestion_control`, any the kernel has);
+//! `MULTIPATH_BENCH_HAG_START=name:duration` or `off` sets hag's `congestion_control_start` (shipped: none);
 //! `MULTIPATH_BENCH_SYSCTL=key=value,...` sets more sysctls in the CPE's and hag's namespaces;
 //! `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in; `MULTIPATH_BENCH_TIMELINE=1` prints what the
 //! LAN client moved and each link delivered per 100 ms).
@@ -230,11 +231,21 @@ fn hcpe_yaml() -> String {
 
 /// `MULTIPATH_BENCH_DAEMON_CC=name`: the congestion control of the daemons' MPTCP connections
 /// (`congestion_control` in both configs; the baselines keep the namespaces' default).
+/// `MULTIPATH_BENCH_HAG_START=name:duration` or `off`: hag's `congestion_control_start`.
 fn with_daemon_cc(yaml: String) -> String {
-    match std::env::var("MULTIPATH_BENCH_DAEMON_CC") {
+    let yaml = match std::env::var("MULTIPATH_BENCH_DAEMON_CC") {
         Ok(cc) => yaml.replace("#congestion_control: cubic", &format!("congestion_control: {cc}")),
         Err(_) => yaml,
-    }
+    };
+    let start = match std::env::var("MULTIPATH_BENCH_HAG_START").as_deref() {
+        Ok("off") => "bbr:0s".to_owned(),
+        Ok(s) => s.to_owned(),
+        Err(_) => return yaml,
+    };
+    let (algorithm, duration) = start.split_once(':').expect("MULTIPATH_BENCH_HAG_START=name:duration or off");
+    let commented = "#congestion_control_start:\n#  algorithm: bbr\n#  duration: 3s";
+    assert!(yaml.contains(commented), "MULTIPATH_BENCH_HAG_START: hag's example no longer has {commented:?}");
+    yaml.replace(commented, &format!("congestion_control_start:\n  algorithm: {algorithm}\n  duration: {duration}"))
 }
 
 /// What one round of one scenario measured in one direction.
