@@ -344,13 +344,15 @@ fn restart_congestion_control_starts_bbr_over() {
     });
 }
 
+/// The congestion control a socket runs, by name.
+fn cc(s: &TcpStream) -> String {
+    let name = socket2::SockRef::from(s).tcp_congestion().unwrap();
+    String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap()).into_owned()
+}
+
 #[test]
 fn both_ends_of_an_mptcp_connection_run_the_congestion_control_they_are_given() {
     in_netns(0, || async {
-        let cc = |s: &TcpStream| {
-            let name = socket2::SockRef::from(s).tcp_congestion().unwrap();
-            String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap()).into_owned()
-        };
         let reno = Some("reno".to_owned());
         let opts = ListenOptions { tfo_queue: None, congestion_control: reno.clone(), ..ListenOptions::default() };
         let listener = listen_with("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
@@ -380,10 +382,6 @@ fn both_ends_of_an_mptcp_connection_run_the_congestion_control_they_are_given() 
 #[test]
 fn a_start_phase_runs_its_algorithm_then_gives_the_connection_its_own_back() {
     in_netns(0, || async {
-        let cc = |s: &TcpStream| {
-            let name = socket2::SockRef::from(s).tcp_congestion().unwrap();
-            String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap()).into_owned()
-        };
         let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control").unwrap();
         let Some(other) = available.split_whitespace().find(|a| *a != "reno").map(str::to_owned) else {
             eprintln!("skipped: this kernel has only reno");
