@@ -256,6 +256,14 @@ impl Testbed {
         hag.route(&[&format!("{}/24", net24(LAN_CLIENT.v4)), "via", &s(&CPE_DSL.v4)])?;
         hag.route(&[&format!("{}/64", net64(LAN_CLIENT.v6)), "via", &s(&CPE_DSL.v6)])?;
 
+        // `TESTBED_SYSCTL=key=value,...`: more sysctls in the CPE's and hag's namespaces, to run a test on a
+        // kernel setting it does not choose (`net.ipv4.tcp_rto_min_us=50000`).
+        for kv in std::env::var("TESTBED_SYSCTL").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+            let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+            for ns in [&cpe, &hag] {
+                ns.sysctl(key.trim(), value.trim())?;
+            }
+        }
         if cfg.tfo {
             cpe.sysctl("net.ipv4.tcp_fastopen", "5")?;
             hag.sysctl("net.ipv4.tcp_fastopen", "514")?;

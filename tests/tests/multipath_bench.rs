@@ -21,7 +21,7 @@
 //! and the LAN and Internet legs through the daemons), any the kernel has; `MULTIPATH_BENCH_DAEMON_CC=name` the
 //! daemons' MPTCP connections' (their `congestion_control`, any the kernel has);
 //! `MULTIPATH_BENCH_HAG_START=name:duration` or `off` sets hag's `congestion_control_start` (shipped: none);
-//! `MULTIPATH_BENCH_SYSCTL=key=value,...` sets more sysctls in the CPE's and hag's namespaces;
+//! `TESTBED_SYSCTL=key=value,...` (every testbed's) sets more sysctls in the CPE's and hag's namespaces;
 //! `MULTIPATH_BENCH_SS=1` prints both ends' `ss -tinmM` 3 s in; `MULTIPATH_BENCH_TIMELINE=1` prints what the
 //! LAN client moved and each link delivered per 100 ms).
 
@@ -278,12 +278,6 @@ fn run(s: &Scenario, round: usize, dirs: &[Dir]) -> Vec<Outcome> {
             for key in ["net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"] {
                 ns.exec_ok("sysctl", &["-qw", &format!("{key}=4096 131072 {max}")]).unwrap();
             }
-        }
-    }
-    // `MULTIPATH_BENCH_SYSCTL=key=value,...`: more sysctls on the CPE and hag (the baselines' too).
-    for kv in std::env::var("MULTIPATH_BENCH_SYSCTL").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
-        for ns in [&tb.cpe, &tb.hag] {
-            ns.exec_ok("sysctl", &["-qw", kv]).unwrap();
         }
     }
     let dir = daemons::config_dir("multipath-bench").unwrap();
