@@ -134,8 +134,10 @@ fn a_silent_dsl_cut_strands_no_connection_on_a_ready_one() {
             bed.tb
                 .lan
                 .thread(move || {
+                    let began = cut.elapsed();
                     let r = Client::new(dst).seed(u64::from(i)).timeout(Duration::from_secs(5)).download(256 << 10);
-                    (r.is_ok(), cut.elapsed())
+                    // (success, its first byte and its end, both after the cut)
+                    (r.as_ref().is_ok(), r.map(|t| began + t.first_byte).ok(), cut.elapsed())
                 })
                 .unwrap()
         })
@@ -155,14 +157,16 @@ fn a_silent_dsl_cut_strands_no_connection_on_a_ready_one() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let results: Vec<(bool, Duration)> = attempts.into_iter().map(|a| a.join().unwrap()).collect();
+    let results: Vec<(bool, Option<Duration>, Duration)> = attempts.into_iter().map(|a| a.join().unwrap()).collect();
     let failed = results.iter().filter(|r| !r.0).count();
-    let first_ok = results.iter().filter(|r| r.0).map(|r| r.1).min();
+    // Judged like `uplink_failover`'s new connections: when the first one got through (its first byte), not
+    // when its 256 KiB were done, which adds 0.2-0.35 s of transfer over LTE to the uplink manager's verdict.
+    let first_ok = results.iter().filter_map(|r| r.1).min();
     let taken = bed.taken() - taken_before;
     let bypassed = bed.pool("hcpe_pool_connections_total", &[("event", "bypassed")]);
-    let done: Vec<String> = results.iter().map(|r| format!("{:.0}", r.1.as_secs_f64() * 1e3)).collect();
+    let done: Vec<String> = results.iter().map(|r| format!("{:.0}", r.2.as_secs_f64() * 1e3)).collect();
     eprintln!(
-        "after the cut: first success {first_ok:?}, {failed} of 20 failed, {taken} on ready connections, \
+        "after the cut: first byte of a successful connection {first_ok:?}, {failed} of 20 failed, {taken} on ready connections, \
          {bypassed} bypassed the pool, {} seen through the API; done at (ms after the cut): {}",
         seen.len(),
         done.join(" ")
@@ -174,6 +178,6 @@ fn a_silent_dsl_cut_strands_no_connection_on_a_ready_one() {
     assert!(stranded.is_empty(), "ready connections with DSL subflows only: {stranded:?}\n{}", bed.hcpe.log());
     assert!(taken >= 1.0, "no connection after the cut was carried on a ready connection");
     let first_ok = first_ok.unwrap_or_else(|| panic!("no connection succeeded:\n{}", bed.hcpe.log()));
-    assert!(first_ok <= Duration::from_secs(1), "first success {first_ok:?} after the cut");
+    assert!(first_ok <= Duration::from_secs(1), "first byte of a successful connection {first_ok:?} after the cut");
     assert_eq!(failed, 0, "{}", bed.hcpe.log());
 }
