@@ -171,9 +171,9 @@ pub fn restart_congestion_control(fd: &impl AsFd) -> io::Result<bool> {
 /// ([`CongestionControl`]). Three seconds of BBR find each subflow's rate; CUBIC then continues from the window
 /// BBR left (`tcp_reinit_congestion_control` keeps `snd_cwnd`; BBR leaves `snd_ssthresh` unset, so CUBIC's
 /// own slow start and HyStart go on from there) and copes with the jitter from then on. Its cost, and why it is
-/// not the default: a DSL cut within the phase may leave the download without data for longer (430 against
-/// 403 ms on average over 35 runs each, within the noise, but the longest 100 ms stall one bin longer in most
-/// runs; `tests/tests/uplink_failover.rs`, `BENCHMARKS.md`).
+/// not the default: a DSL cut within the phase leaves the download without data for longer (437 against
+/// 407 ms on average over 50 runs each, a 100 ms stall of 400 ms or more in 24 of them against 5;
+/// `tests/tests/uplink_failover.rs`, `BENCHMARKS.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartPhase {
     /// The algorithm of the first phase, by its kernel name.
